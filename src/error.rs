@@ -1,0 +1,137 @@
+//! The crate's one error type.
+//!
+//! Every public function that takes user data returns [`Result<_, Error>`](Result).
+//! Messages name the offending argument and its shape or value.
+
+use std::fmt;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when calling into `ntk` with user data.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A matrix or vector has the wrong shape.
+    ShapeMismatch {
+        /// The argument, e.g. `"x1"`.
+        argument: &'static str,
+        /// What was expected, e.g. `"3 columns (the input dimension)"`.
+        expected: String,
+        /// What was found, e.g. `"5 x 4"`.
+        found: String,
+    },
+    /// An entry is NaN or infinite.
+    NonFinite {
+        /// The argument holding the entry.
+        argument: &'static str,
+        /// Row of the first offending entry.
+        row: usize,
+        /// Column of the first offending entry.
+        col: usize,
+    },
+    /// A hyperparameter is out of its domain (negative std, zero width, η ≤ 0, …).
+    InvalidParameter {
+        /// The parameter, e.g. `"weight_std"`.
+        parameter: &'static str,
+        /// Its value, formatted.
+        value: String,
+        /// The rule it breaks, e.g. `"must be finite and >= 0"`.
+        reason: &'static str,
+    },
+    /// A kernel that must be symmetric is not.
+    NotSymmetric {
+        /// The argument, e.g. `"theta"`.
+        argument: &'static str,
+        /// max |K - Kᵀ| / max |K|.
+        relative_asymmetry: f64,
+    },
+    /// A factorisation failed (e.g. Cholesky of a kernel that is not positive definite).
+    Factorization {
+        /// Which factorisation failed and what to try instead.
+        message: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::ShapeMismatch {
+                argument,
+                expected,
+                found,
+            } => write!(f, "`{argument}` has shape {found}, expected {expected}"),
+            Error::NonFinite { argument, row, col } => write!(
+                f,
+                "`{argument}` has a NaN or infinite entry at row {row}, column {col}"
+            ),
+            Error::InvalidParameter {
+                parameter,
+                value,
+                reason,
+            } => write!(f, "`{parameter}` = {value} is invalid: {reason}"),
+            Error::NotSymmetric {
+                argument,
+                relative_asymmetry,
+            } => write!(
+                f,
+                "`{argument}` is not symmetric: max |K - Kᵀ| / max |K| = {relative_asymmetry:e}"
+            ),
+            Error::Factorization { message } => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Shape of a matrix as `"rows x cols"`, for messages.
+pub(crate) fn shape<T: nalgebra::Scalar>(m: &nalgebra::DMatrix<T>) -> String {
+    format!("{} x {}", m.nrows(), m.ncols())
+}
+
+/// Errors unless every entry of `m` is finite.
+pub(crate) fn check_finite<T: crate::Scalar>(
+    argument: &'static str,
+    m: &nalgebra::DMatrix<T>,
+) -> Result<()> {
+    // Column-major storage: the first non-finite index gives (row, col).
+    match m.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::NonFinite {
+            argument,
+            row: k % m.nrows().max(1),
+            col: k / m.nrows().max(1),
+        }),
+    }
+}
+
+/// Errors unless `m` has `expected` columns; `what` says what the columns are.
+pub(crate) fn check_cols<T: nalgebra::Scalar>(
+    argument: &'static str,
+    m: &nalgebra::DMatrix<T>,
+    expected: usize,
+    what: &str,
+) -> Result<()> {
+    if m.ncols() == expected {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            argument,
+            expected: format!("{expected} columns ({what})"),
+            found: shape(m),
+        })
+    }
+}
+
+/// Errors unless `value` is finite and `>= 0` (a standard deviation).
+pub(crate) fn check_std(parameter: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            parameter,
+            value: format!("{value}"),
+            reason: "a standard deviation must be finite and >= 0",
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! Fully connected networks: [`MlpSpec`] describes one, [`Mlp`] is one.
+//!
+//! With inputs as rows, layer l = 1..L computes
+//!
+//! H^l = s_w X^{l−1} W^{lᵀ} + s_b 1 b^{lᵀ},  X^l = φ_l(H^l),
+//!
+//! X⁰ = x, and the network's output is H^L (the last layer is linear).
+//! The scales depend on the [`Parameterization`]:
+//!
+//! | | s_w | s_b | W, b drawn from |
+//! |---|---|---|---|
+//! | NTK (default) | σ_w/√n^{l−1} | σ_b | N(0, 1) |
+//! | Standard | 1 | 1 | W ~ N(0, σ_w²/n^{l−1}), b ~ N(0, σ_b²) |
+//!
+//! These are neural-tangents' `stax.Dense(n, W_std=σ_w, b_std=σ_b, parameterization=…)`.
+//! Both give the same distribution of networks at initialisation; their NTKs differ,
+//! since the gradient with respect to a stored parameter carries its scale. With
+//! σ_b = 0 the layers have no bias parameters.
+
+use nalgebra::{DMatrix, DVector};
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::Scalar;
+use crate::activation::Activation;
+use crate::error::{Error, Result, check_cols, check_finite, check_std};
+use crate::model::{DenseUse, LayerTangent, NtkModel};
+
+/// How stored parameters map to the network's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Parameterization {
+    /// h = (σ_w/√n_in) W x + σ_b b with W, b ~ N(0, 1) (Jacot et al. 2018; neural-tangents' default).
+    #[default]
+    Ntk,
+    /// h = W x + b with W ~ N(0, σ_w²/n_in), b ~ N(0, σ_b²): the NTK grows with width.
+    Standard,
+}
+
+/// The architecture of a fully connected network, without its parameters.
+///
+/// ```
+/// use ntk::{Activation, MlpSpec};
+/// let spec = MlpSpec::new(3)
+///     .hidden(512, Activation::Relu)
+///     .hidden(512, Activation::Erf)
+///     .weight_std(1.5)
+///     .bias_std(0.05)
+///     .outputs(2);
+/// assert_eq!(spec.widths(), vec![3, 512, 512, 2]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MlpSpec {
+    input_dim: usize,
+    hidden: Vec<(usize, Activation)>,
+    outputs: usize,
+    weight_std: f64,
+    bias_std: f64,
+    parameterization: Parameterization,
+}
+
+impl MlpSpec {
+    /// A network with input dimension `input_dim`, no hidden layers, one output,
+    /// σ_w = 1, σ_b = 0 (no biases), NTK parameterization.
+    #[must_use]
+    pub fn new(input_dim: usize) -> Self {
+        MlpSpec {
+            input_dim,
+            hidden: Vec::new(),
+            outputs: 1,
+            weight_std: 1.0,
+            bias_std: 0.0,
+            parameterization: Parameterization::Ntk,
+        }
+    }
+
+    /// Appends a hidden Dense layer of `width` units followed by `activation`.
+    #[must_use]
+    pub fn hidden(mut self, width: usize, activation: Activation) -> Self {
+        self.hidden.push((width, activation));
+        self
+    }
+
+    /// Sets the output dimension k (default 1).
+    #[must_use]
+    pub fn outputs(mut self, k: usize) -> Self {
+        self.outputs = k;
+        self
+    }
+
+    /// Sets σ_w for every layer (default 1).
+    #[must_use]
+    pub fn weight_std(mut self, sigma_w: f64) -> Self {
+        self.weight_std = sigma_w;
+        self
+    }
+
+    /// Sets σ_b for every layer (default 0: no bias parameters).
+    #[must_use]
+    pub fn bias_std(mut self, sigma_b: f64) -> Self {
+        self.bias_std = sigma_b;
+        self
+    }
+
+    /// Sets the parameterization (default [`Parameterization::Ntk`]).
+    #[must_use]
+    pub fn parameterization(mut self, p: Parameterization) -> Self {
+        self.parameterization = p;
+        self
+    }
+
+    /// Input dimension d.
+    #[must_use]
+    pub fn input_dim(&self) -> usize {
+        self.input_dim
+    }
+
+    /// Output dimension k.
+    #[must_use]
+    pub fn output_dim(&self) -> usize {
+        self.outputs
+    }
+
+    /// The hidden layers as (width, activation).
+    #[must_use]
+    pub fn hidden_layers(&self) -> &[(usize, Activation)] {
+        &self.hidden
+    }
+
+    /// σ_w.
+    #[must_use]
+    pub fn get_weight_std(&self) -> f64 {
+        self.weight_std
+    }
+
+    /// σ_b.
+    #[must_use]
+    pub fn get_bias_std(&self) -> f64 {
+        self.bias_std
+    }
+
+    /// The parameterization.
+    #[must_use]
+    pub fn get_parameterization(&self) -> Parameterization {
+        self.parameterization
+    }
+
+    /// Whether the layers carry bias parameters (σ_b > 0).
+    #[must_use]
+    pub fn has_bias(&self) -> bool {
+        self.bias_std > 0.0
+    }
+
+    /// Layer widths n⁰ = d, n¹, …, n^L = k.
+    #[must_use]
+    pub fn widths(&self) -> Vec<usize> {
+        std::iter::once(self.input_dim)
+            .chain(self.hidden.iter().map(|(w, _)| *w))
+            .chain(std::iter::once(self.outputs))
+            .collect()
+    }
+
+    /// The same architecture with every hidden layer's width replaced by `width`.
+    #[must_use]
+    pub fn with_hidden_width(&self, width: usize) -> Self {
+        let mut s = self.clone();
+        for layer in &mut s.hidden {
+            layer.0 = width;
+        }
+        s
+    }
+
+    /// Number of parameters P = Σ_l n^l (n^{l−1} + [σ_b > 0]).
+    #[must_use]
+    pub fn parameter_count(&self) -> usize {
+        let w = self.widths();
+        let bias = usize::from(self.has_bias());
+        w.windows(2).map(|p| p[1] * (p[0] + bias)).sum()
+    }
+
+    /// Checks dimensions, standard deviations and activations.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a zero input dimension, width or output
+    /// dimension, a negative or non-finite σ, or an invalid activation.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |parameter: &'static str, v: usize| {
+            if v == 0 {
+                Err(Error::InvalidParameter {
+                    parameter,
+                    value: "0".into(),
+                    reason: "must be at least 1",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("input_dim", self.input_dim)?;
+        positive("outputs", self.outputs)?;
+        for (width, act) in &self.hidden {
+            positive("hidden width", *width)?;
+            act.validate()?;
+        }
+        check_std("weight_std", self.weight_std)?;
+        check_std("bias_std", self.bias_std)
+    }
+
+    /// Draws a network: W, b ~ N(0, 1) (NTK parameterization) or
+    /// W ~ N(0, σ_w²/n_in), b ~ N(0, σ_b²) (standard), layer by layer, W row-major
+    /// then b, from `rng`.
+    ///
+    /// # Errors
+    /// If the spec is invalid ([`MlpSpec::validate`]).
+    pub fn init<T: Scalar, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Mlp<T>> {
+        self.validate()?;
+        let widths = self.widths();
+        let params = DVector::<T>::from_fn(self.parameter_count(), |_, _| {
+            let z: f64 = StandardNormal.sample(rng);
+            T::of(z)
+        });
+        let mut net = Mlp::zeros(self.clone());
+        net.set_parameters(&params)?;
+        if self.parameterization == Parameterization::Standard {
+            for (layer, n_in) in net.layers.iter_mut().zip(&widths) {
+                layer.weights_t *= T::of(self.weight_std / (*n_in as f64).sqrt());
+                if let Some(b) = layer.bias.as_mut() {
+                    *b *= T::of(self.bias_std);
+                }
+            }
+        }
+        Ok(net)
+    }
+}
+
+/// One Dense layer. Stores Wᵀ (n_in × n_out), whose column-major storage is W row-major.
+#[derive(Clone, Debug, PartialEq)]
+struct Dense<T: Scalar> {
+    weights_t: DMatrix<T>,
+    bias: Option<DVector<T>>,
+    weight_scale: T,
+    bias_scale: T,
+}
+
+/// A fully connected network with parameters, generic over `f32`/`f64`.
+///
+/// Build one with [`MlpSpec::init`]. Parameters are laid out layer by layer,
+/// W^l row-major (n^l × n^{l−1}) then b^l (n^l, when σ_b > 0).
+#[derive(Clone, Debug)]
+pub struct Mlp<T: Scalar> {
+    spec: MlpSpec,
+    layers: Vec<Dense<T>>,
+}
+
+/// What the forward pass keeps for the backward pass.
+struct Trace<T: Scalar> {
+    /// X^{l−1}, the input of each layer.
+    inputs: Vec<DMatrix<T>>,
+    /// φ_l'(H^l) for each hidden layer.
+    derivatives: Vec<DMatrix<T>>,
+    /// H^L.
+    output: DMatrix<T>,
+}
+
+impl<T: Scalar> Mlp<T> {
+    fn zeros(spec: MlpSpec) -> Self {
+        let widths = spec.widths();
+        let (sw, sb) = match spec.parameterization {
+            Parameterization::Ntk => (spec.weight_std, spec.bias_std),
+            Parameterization::Standard => (1.0, 1.0),
+        };
+        let layers = widths
+            .windows(2)
+            .map(|p| Dense {
+                weights_t: DMatrix::zeros(p[0], p[1]),
+                bias: spec.has_bias().then(|| DVector::zeros(p[1])),
+                weight_scale: T::of(match spec.parameterization {
+                    Parameterization::Ntk => sw / (p[0] as f64).sqrt(),
+                    Parameterization::Standard => sw,
+                }),
+                bias_scale: T::of(sb),
+            })
+            .collect();
+        Mlp { spec, layers }
+    }
+
+    /// A network of the given architecture with the given parameters (in the
+    /// documented order).
+    ///
+    /// # Errors
+    /// If the spec is invalid or `params` has the wrong length or non-finite entries.
+    pub fn from_parameters(spec: &MlpSpec, params: &DVector<T>) -> Result<Self> {
+        spec.validate()?;
+        let mut net = Mlp::zeros(spec.clone());
+        net.set_parameters(params)?;
+        Ok(net)
+    }
+
+    /// The architecture.
+    #[must_use]
+    pub fn spec(&self) -> &MlpSpec {
+        &self.spec
+    }
+
+    /// Number of Dense layers L (hidden layers + the output layer).
+    #[must_use]
+    pub fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// W^l for l = 0..L (n^l × n^{l−1}), as stored.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `layer >= depth()`.
+    pub fn weights(&self, layer: usize) -> Result<DMatrix<T>> {
+        self.layer(layer).map(|d| d.weights_t.transpose())
+    }
+
+    /// b^l for l = 0..L, as stored; `None` without biases.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `layer >= depth()`.
+    pub fn bias(&self, layer: usize) -> Result<Option<DVector<T>>> {
+        self.layer(layer).map(|d| d.bias.clone())
+    }
+
+    fn layer(&self, layer: usize) -> Result<&Dense<T>> {
+        self.layers
+            .get(layer)
+            .ok_or_else(|| Error::InvalidParameter {
+                parameter: "layer",
+                value: format!("{layer}"),
+                reason: "must be less than the number of Dense layers",
+            })
+    }
+
+    fn check_x(&self, x: &DMatrix<T>) -> Result<()> {
+        check_cols("x", x, self.spec.input_dim, "the network's input dimension")?;
+        check_finite("x", x)
+    }
+
+    /// Forward pass keeping what the backward pass needs.
+    fn trace(&self, x: &DMatrix<T>) -> Trace<T> {
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut derivatives = Vec::with_capacity(self.layers.len().saturating_sub(1));
+        let mut current = x.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.pre_activation(&current);
+            inputs.push(current);
+            match self.spec.hidden.get(l) {
+                Some((_, act)) => {
+                    let (out, d) = act.apply_with_derivative(&h);
+                    derivatives.push(d);
+                    current = out;
+                }
+                None => current = h,
+            }
+        }
+        Trace {
+            inputs,
+            derivatives,
+            output: current,
+        }
+    }
+
+    /// The output gradients G^l = ∂f/∂H^l (N × k·n^l, output c in column block c),
+    /// for every layer l, first to last.
+    fn backward(&self, trace: &Trace<T>) -> Vec<DMatrix<T>> {
+        let n = trace.output.nrows();
+        let k = self.spec.outputs;
+        // ∂f_c/∂H^L is the unit row e_c for every sample.
+        let mut g = DMatrix::<T>::from_fn(n, k * k, |_, col| {
+            if col / k == col % k {
+                T::one()
+            } else {
+                T::zero()
+            }
+        });
+        let mut grads = Vec::with_capacity(self.layers.len());
+        for l in (1..self.layers.len()).rev() {
+            // G^{l−1} = (G^l s_w W^l) ⊙ φ'(H^{l−1}), for each output block.
+            let layer = &self.layers[l];
+            let w = layer.weights_t.transpose() * layer.weight_scale;
+            let (n_here, n_prev) = (w.nrows(), w.ncols());
+            let d = &trace.derivatives[l - 1];
+            let mut prev = DMatrix::<T>::zeros(n, k * n_prev);
+            for c in 0..k {
+                let mut block = prev.columns_mut(c * n_prev, n_prev);
+                block.gemm(T::one(), &g.columns(c * n_here, n_here), &w, T::zero());
+                block.component_mul_assign(d);
+            }
+            grads.push(std::mem::replace(&mut g, prev));
+        }
+        grads.push(g);
+        grads.reverse();
+        grads
+    }
+}
+
+impl<T: Scalar> Dense<T> {
+    /// H = s_w X Wᵀ + s_b 1 bᵀ.
+    fn pre_activation(&self, x: &DMatrix<T>) -> DMatrix<T> {
+        let mut h = x * &self.weights_t;
+        h *= self.weight_scale;
+        if let Some(b) = &self.bias {
+            for (mut col, bj) in h.column_iter_mut().zip(b.iter()) {
+                col.add_scalar_mut(self.bias_scale * *bj);
+            }
+        }
+        h
+    }
+}
+
+impl<T: Scalar> NtkModel<T> for Mlp<T> {
+    fn input_dim(&self) -> usize {
+        self.spec.input_dim
+    }
+
+    fn output_dim(&self) -> usize {
+        self.spec.outputs
+    }
+
+    fn parameter_count(&self) -> usize {
+        self.spec.parameter_count()
+    }
+
+    fn parameters(&self) -> DVector<T> {
+        let mut p = Vec::with_capacity(self.parameter_count());
+        for layer in &self.layers {
+            p.extend_from_slice(layer.weights_t.as_slice());
+            if let Some(b) = &layer.bias {
+                p.extend_from_slice(b.as_slice());
+            }
+        }
+        DVector::from_vec(p)
+    }
+
+    fn set_parameters(&mut self, params: &DVector<T>) -> Result<()> {
+        if params.len() != self.parameter_count() {
+            return Err(Error::ShapeMismatch {
+                argument: "params",
+                expected: format!("{} entries (the parameter count)", self.parameter_count()),
+                found: format!("{} entries", params.len()),
+            });
+        }
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                argument: "params",
+                row: i,
+                col: 0,
+            });
+        }
+        let mut offset = 0;
+        for layer in &mut self.layers {
+            let len = layer.weights_t.len();
+            layer
+                .weights_t
+                .as_mut_slice()
+                .copy_from_slice(&params.as_slice()[offset..offset + len]);
+            offset += len;
+            if let Some(b) = layer.bias.as_mut() {
+                let len = b.len();
+                b.as_mut_slice()
+                    .copy_from_slice(&params.as_slice()[offset..offset + len]);
+                offset += len;
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
+        self.check_x(x)?;
+        let mut current = x.clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.pre_activation(&current);
+            current = match self.spec.hidden.get(l) {
+                Some((_, act)) => act.apply(&h),
+                None => h,
+            };
+        }
+        Ok(current)
+    }
+
+    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>> {
+        self.check_x(x)?;
+        let trace = self.trace(x);
+        let grads = self.backward(&trace);
+        Ok(self
+            .layers
+            .iter()
+            .zip(trace.inputs)
+            .zip(grads)
+            .map(|((layer, input), output_grad)| LayerTangent::Dense {
+                weight_scale: layer.weight_scale,
+                bias_scale: layer.bias.as_ref().map(|_| layer.bias_scale),
+                uses: vec![DenseUse { input, output_grad }],
+            })
+            .collect())
+    }
+}

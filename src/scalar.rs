@@ -1,0 +1,65 @@
+//! The scalar types the crate computes in: `f32` and `f64` through one generic path.
+
+use nalgebra::RealField;
+
+/// A real floating-point scalar: `f32` or `f64`.
+///
+/// An alias over [`RealField`] (which brings nalgebra's fast GEMM for `f32`/`f64`)
+/// with the few extra functions the activations need and lossless-enough
+/// conversions to and from `f64`. Sealed: only `f32` and `f64` implement it.
+pub trait Scalar:
+    RealField + Copy + Send + Sync + std::fmt::Debug + std::fmt::Display + sealed::Sealed + 'static
+{
+    /// `x` converted from `f64` (rounded for `f32`).
+    fn of(x: f64) -> Self;
+    /// `self` converted to `f64`.
+    fn to_f64(self) -> f64;
+    /// The error function erf(x) = 2/√π ∫₀ˣ e^{−t²} dt.
+    fn erf(self) -> Self;
+    /// Machine epsilon.
+    fn epsilon() -> Self;
+}
+
+impl Scalar for f64 {
+    #[inline]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn erf(self) -> Self {
+        libm::erf(self)
+    }
+    #[inline]
+    fn epsilon() -> Self {
+        f64::EPSILON
+    }
+}
+
+impl Scalar for f32 {
+    #[inline]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
+    #[inline]
+    fn epsilon() -> Self {
+        f32::EPSILON
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
