@@ -1,0 +1,7 @@
+//! Integration tests for `ntk`, in one binary (one link step for the whole suite).
+//!
+//! Every check compares against an independent reference: finite differences, the
+//! explicit Jacobian, closed forms, or values computed by neural-tangents 0.6.5
+//! (`tests/data/neural_tangents.json`).
+
+mod common;
