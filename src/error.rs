@@ -135,3 +135,86 @@ pub(crate) fn check_std(parameter: &'static str, value: f64) -> Result<()> {
         })
     }
 }
+
+/// Errors unless `m` has `expected` rows; `what` says what the rows are.
+pub(crate) fn check_rows<T: nalgebra::Scalar>(
+    argument: &'static str,
+    m: &nalgebra::DMatrix<T>,
+    expected: usize,
+    what: &str,
+) -> Result<()> {
+    if m.nrows() == expected {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            argument,
+            expected: format!("{expected} rows ({what})"),
+            found: shape(m),
+        })
+    }
+}
+
+/// Largest relative asymmetry max |K − Kᵀ| / max |K| accepted for a symmetric kernel.
+pub(crate) const SYMMETRY_TOLERANCE: f64 = 1e-8;
+
+/// Errors unless `k` is square, finite and symmetric: max |K − Kᵀ| / max |K| at most
+/// [`SYMMETRY_TOLERANCE`].
+pub(crate) fn check_symmetric_kernel<T: crate::Scalar>(
+    argument: &'static str,
+    k: &nalgebra::DMatrix<T>,
+) -> Result<()> {
+    if k.nrows() != k.ncols() {
+        return Err(Error::ShapeMismatch {
+            argument,
+            expected: "a square matrix".into(),
+            found: shape(k),
+        });
+    }
+    check_finite(argument, k)?;
+    let n = k.nrows();
+    let mut scale = 0.0_f64;
+    let mut asym = 0.0_f64;
+    for j in 0..n {
+        for i in 0..n {
+            let a = k[(i, j)].to_f64();
+            scale = scale.max(a.abs());
+            if i > j {
+                asym = asym.max((a - k[(j, i)].to_f64()).abs());
+            }
+        }
+    }
+    let relative_asymmetry = if scale > 0.0 { asym / scale } else { 0.0 };
+    if relative_asymmetry > SYMMETRY_TOLERANCE {
+        return Err(Error::NotSymmetric {
+            argument,
+            relative_asymmetry,
+        });
+    }
+    Ok(())
+}
+
+/// Errors unless `value` is finite and `> 0` (a learning rate).
+pub(crate) fn check_positive(parameter: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            parameter,
+            value: format!("{value}"),
+            reason: "must be finite and > 0",
+        })
+    }
+}
+
+/// Errors unless `value` is a time `>= 0` (`+∞` allowed, NaN not).
+pub(crate) fn check_time(parameter: &'static str, value: f64) -> Result<()> {
+    if value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            parameter,
+            value: format!("{value}"),
+            reason: "a time must be >= 0 (and not NaN)",
+        })
+    }
+}

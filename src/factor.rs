@@ -1,0 +1,170 @@
+//! Dense factorizations of symmetric kernels (eigendecomposition, Cholesky), computed
+//! in f64 by [`faer`].
+//!
+//! faer's self-adjoint eigensolver (Householder tridiagonalisation, then divide and
+//! conquer) runs at LAPACK speed, several times faster than nalgebra's
+//! `SymmetricEigen` at N = 2048. Its AVX-512 kernels can leave the upper halves of the
+//! vector registers dirty, which slows later non-VEX (SSE) code on the same thread, so
+//! every factorization here runs on threads that end when it does: a scoped thread
+//! (sequential build) or a short-lived two-level rayon pool (`parallel` feature).
+//! The caller's threads, rayon's global pool included, never execute faer code.
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::LltRegularization;
+use faer::linalg::evd::ComputeEigenvectors;
+use faer::{Conj, MatMut, MatRef, Par};
+use nalgebra::{DMatrix, DVector};
+
+use crate::error::{Error, Result};
+
+/// Runs `f` with faer's parallelism on threads that exit when it returns.
+fn isolated<R: Send>(f: impl FnOnce(Par) -> R + Send) -> R {
+    #[cfg(feature = "parallel")]
+    {
+        let threads = rayon::current_num_threads().max(1);
+        if threads > 1 {
+            if let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+                return pool.install(|| f(Par::rayon(threads)));
+            }
+        }
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| f(Par::Seq))
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// The eigendecomposition A = V diag(λ) Vᵀ of the symmetric `a` (only its lower
+/// triangle is read), eigenvalues in **descending** order, column i of V ↔ λ_i.
+pub(crate) fn symmetric_eigen(a: &DMatrix<f64>) -> Result<(DVector<f64>, DMatrix<f64>)> {
+    let n = a.nrows();
+    debug_assert_eq!(n, a.ncols());
+    let mut vectors = DMatrix::<f64>::zeros(n, n);
+    let mut values = faer::diag::Diag::<f64>::zeros(n);
+    if n == 0 {
+        return Ok((DVector::zeros(0), vectors));
+    }
+    let outcome = isolated(|par| {
+        let a = MatRef::from_column_major_slice(a.as_slice(), n, n);
+        let u = MatMut::from_column_major_slice_mut(vectors.as_mut_slice(), n, n);
+        let mut mem = MemBuffer::new(faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
+            n,
+            ComputeEigenvectors::Yes,
+            par,
+            Default::default(),
+        ));
+        faer::linalg::evd::self_adjoint_evd(
+            a,
+            values.as_mut(),
+            Some(u),
+            par,
+            MemStack::new(&mut mem),
+            Default::default(),
+        )
+    });
+    if outcome.is_err() {
+        return Err(Error::Factorization {
+            message: format!(
+                "the symmetric eigendecomposition of the {n} x {n} kernel did not converge"
+            ),
+        });
+    }
+    // faer sorts ascending; reverse to descending.
+    let values = DVector::from_fn(n, |i, _| values[n - 1 - i]);
+    let vectors = DMatrix::from_fn(n, n, |i, j| vectors[(i, n - 1 - j)]);
+    Ok((values, vectors))
+}
+
+/// The Cholesky factor L (lower triangular, A = L Lᵀ) of the symmetric positive
+/// definite `a` (only its lower triangle is read).
+#[derive(Clone, Debug)]
+pub(crate) struct Cholesky {
+    /// L in the lower triangle; the strict upper triangle is unspecified.
+    factor: DMatrix<f64>,
+}
+
+impl Cholesky {
+    /// Factors `a`; `None` if a pivot is not positive (A is not positive definite
+    /// to working precision).
+    pub(crate) fn new(a: &DMatrix<f64>) -> Option<Self> {
+        let n = a.nrows();
+        debug_assert_eq!(n, a.ncols());
+        let mut factor = a.clone();
+        let ok = isolated(|par| {
+            let l = MatMut::from_column_major_slice_mut(factor.as_mut_slice(), n, n);
+            let mut mem = MemBuffer::new(
+                faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(
+                    n,
+                    par,
+                    Default::default(),
+                ),
+            );
+            faer::linalg::cholesky::llt::factor::cholesky_in_place(
+                l,
+                LltRegularization::default(),
+                par,
+                MemStack::new(&mut mem),
+                Default::default(),
+            )
+            .is_ok()
+        });
+        ok.then_some(Cholesky { factor })
+    }
+
+    /// A⁻¹ B.
+    pub(crate) fn solve(&self, b: &DMatrix<f64>) -> DMatrix<f64> {
+        let n = self.factor.nrows();
+        let mut x = b.clone();
+        let k = x.ncols();
+        isolated(|par| {
+            let l = MatRef::from_column_major_slice(self.factor.as_slice(), n, n);
+            let rhs = MatMut::from_column_major_slice_mut(x.as_mut_slice(), n, k);
+            let mut mem = MemBuffer::new(
+                faer::linalg::cholesky::llt::solve::solve_in_place_scratch::<f64>(n, k, par),
+            );
+            faer::linalg::cholesky::llt::solve::solve_in_place_with_conj(
+                l,
+                Conj::No,
+                rhs,
+                par,
+                MemStack::new(&mut mem),
+            );
+        });
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spd(n: usize) -> DMatrix<f64> {
+        let a = DMatrix::from_fn(n, n + 3, |i, j| ((3 * i + 5 * j) as f64 * 0.41).sin());
+        &a * a.transpose() + DMatrix::identity(n, n) * 0.1
+    }
+
+    #[test]
+    fn eigen_recomposes_and_is_sorted() {
+        for n in [0, 1, 7, 40] {
+            let a = spd(n);
+            let (values, vectors) = symmetric_eigen(&a).unwrap();
+            let recomposed = &vectors * DMatrix::from_diagonal(&values) * vectors.transpose();
+            assert!((recomposed - &a).norm() <= 1e-12 * a.norm().max(1.0));
+            let gram = vectors.transpose() * &vectors;
+            assert!((gram - DMatrix::identity(n, n)).norm() <= 1e-12 * (n as f64).max(1.0));
+            assert!(values.as_slice().windows(2).all(|w| w[0] >= w[1]));
+        }
+    }
+
+    #[test]
+    fn cholesky_solves() {
+        let a = spd(30);
+        let b = DMatrix::from_fn(30, 2, |i, j| (i + j) as f64);
+        let x = Cholesky::new(&a).unwrap().solve(&b);
+        assert!((&a * x - &b).norm() <= 1e-10 * b.norm());
+        let mut bad = a.clone();
+        bad[(3, 3)] = -1.0;
+        assert!(Cholesky::new(&bad).is_none());
+    }
+}

@@ -1,0 +1,798 @@
+//! Gradient-flow dynamics of a model linearised around its initialisation.
+//!
+//! Under gradient flow on the loss L = ½ Σ_i ‖f(x_i) − y_i‖² with learning rate η, a
+//! model whose tangent kernel stays at Θ (a linearised network; a wide one, by Jacot et
+//! al. 2018 and Lee et al. 2019) obeys df_t/dt = −η Θ (f_t − Y) on the N training
+//! points, so
+//!
+//! f_t(X) = Y + e^{−ηtΘ} (f_0(X) − Y),
+//!
+//! and on test points x (kernel Θ(x, X), M × N)
+//!
+//! f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − e^{−ηtΘ}) (Y − f_0(X)).
+//!
+//! With Θ = V Λ Vᵀ (computed once, in [`GradientFlow::new`]), e^{−ηtΘ} = V e^{−ηtΛ} Vᵀ
+//! and Θ⁻¹(I − e^{−ηtΘ}) = V diag((1 − e^{−ηtλ_i})/λ_i) Vᵀ, where
+//! (1 − e^{−ηtλ})/λ = −expm1(−ηtλ)/λ is evaluated without cancellation and tends to
+//! ηt as λ → 0 (so Θ need not be invertible). Eigenvalues below 0 (round-off in a PSD
+//! kernel) are clipped to 0. Each prediction then costs O(N²k) (test: O(N²k + MNk)).
+//!
+//! Discrete gradient descent with step η gives f_s − Y = (I − ηΘ)^s (f_0 − Y) after s
+//! steps, and f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − (I − ηΘ)^s)(Y − f_0(X)); it is stable
+//! iff η < 2/λ_max ([`GradientFlow::max_stable_learning_rate`]).
+//!
+//! # Time units
+//!
+//! The loss here is the **sum** ½ Σ ‖f − y‖². neural-tangents'
+//! `predict.gradient_descent_mse(k, y, learning_rate)` uses the mean over the
+//! `y.size` target entries, so its time t_nt corresponds to ours through
+//! η t = learning_rate · t_nt / y.size: pass `eta = learning_rate / y.len()` here and
+//! the same t.
+//!
+//! # More outputs
+//!
+//! With k > 1 outputs, Y is N × k and Θ acts on each column (the Θ ⊗ I limit, and
+//! what [`empirical_ntk`](crate::empirical_ntk) returns). For the exact linearisation
+//! of a finite network with k > 1, pass the (N·k) × (N·k)
+//! [`empirical_ntk_full`](crate::empirical_ntk_full) and Y reshaped to (N·k) × 1, row
+//! i·k + c holding y_c(x_i).
+
+use nalgebra::{DMatrix, DVector};
+
+use crate::Scalar;
+use crate::error::{
+    Error, Result, check_cols, check_finite, check_positive, check_rows, check_symmetric_kernel,
+    check_time, shape,
+};
+use crate::factor::{Cholesky, symmetric_eigen};
+
+/// Where along the dynamics a prediction is made.
+#[derive(Clone, Copy, Debug)]
+enum Horizon<T> {
+    /// Continuous time t ≥ 0 (+∞ allowed).
+    Time(T),
+    /// s steps of gradient descent.
+    Steps(usize),
+}
+
+/// The closed-form gradient-flow (and gradient-descent) dynamics of a linearised model
+/// on the MSE loss ½ Σ_i ‖f(x_i) − y_i‖², from the eigendecomposition of its kernel.
+///
+/// See the [module documentation](crate::flow) for the formulas and the time units
+/// (neural-tangents' time: `eta = learning_rate / y.len()`).
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::rand::{rngs::StdRng, SeedableRng};
+/// use ntk::{empirical_ntk, Activation, GradientFlow, MlpSpec, NtkModel};
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let net = MlpSpec::new(2).hidden(128, Activation::Erf).init::<f64, _>(&mut StdRng::seed_from_u64(1))?;
+/// let x = DMatrix::from_fn(6, 2, |i, j| ((i + 3 * j) as f64).sin());
+/// let x_test = DMatrix::from_fn(3, 2, |i, j| ((2 * i + j) as f64).cos());
+/// let y = DMatrix::from_fn(6, 1, |i, _| (i as f64 * 0.7).cos());
+///
+/// let theta = empirical_ntk(&net, &x, &x)?;
+/// let flow = GradientFlow::new(&theta, &y, 0.5)?;
+/// let (f0, f0_test) = (net.forward(&x)?, net.forward(&x_test)?);
+/// let f_train = flow.train(10.0, &f0)?;                                     // 6 × 1
+/// let f_test = flow.test(10.0, &f0, &f0_test, &empirical_ntk(&net, &x_test, &x)?)?; // 3 × 1
+/// assert!(flow.loss(10.0, &f0)? < flow.loss(0.0, &f0)?);
+/// assert_eq!((f_train.nrows(), f_test.nrows()), (6, 3));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct GradientFlow<T: Scalar> {
+    eta: T,
+    targets: DMatrix<T>,
+    eigenvalues: DVector<T>,
+    eigenvectors: DMatrix<T>,
+}
+
+impl<T: Scalar> GradientFlow<T> {
+    /// Prepares the dynamics on the N × N training kernel `theta_train` with targets
+    /// `y_train` (N × k) and learning rate `eta`: one symmetric eigendecomposition,
+    /// O(N³).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `theta_train` is not square or `y_train` does not
+    /// have N rows; [`Error::NonFinite`] on NaN or infinite entries;
+    /// [`Error::NotSymmetric`] if max |Θ − Θᵀ| / max |Θ| > 1e-8;
+    /// [`Error::InvalidParameter`] unless `eta` is finite and > 0;
+    /// [`Error::Factorization`] if the eigensolver does not converge.
+    pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
+        check_symmetric_kernel("theta_train", theta_train)?;
+        let n = theta_train.nrows();
+        check_rows("y_train", y_train, n, "one per row of theta_train")?;
+        check_finite("y_train", y_train)?;
+        check_positive("eta", eta.to_f64())?;
+        let sym = DMatrix::from_fn(n, n, |i, j| {
+            0.5 * (theta_train[(i, j)].to_f64() + theta_train[(j, i)].to_f64())
+        });
+        let (values, vectors) = symmetric_eigen(&sym)?;
+        Ok(GradientFlow {
+            eta,
+            targets: y_train.clone(),
+            eigenvalues: values.map(|v| T::of(v.max(0.0))),
+            eigenvectors: vectors.map(T::of),
+        })
+    }
+
+    /// The learning rate η.
+    #[must_use]
+    pub fn eta(&self) -> T {
+        self.eta
+    }
+
+    /// The targets Y (N × k).
+    #[must_use]
+    pub fn targets(&self) -> &DMatrix<T> {
+        &self.targets
+    }
+
+    /// The eigenvalues λ_1 ≥ … ≥ λ_N ≥ 0 of Θ (negative round-off clipped to 0).
+    #[must_use]
+    pub fn eigenvalues(&self) -> &DVector<T> {
+        &self.eigenvalues
+    }
+
+    /// The orthonormal eigenvectors of Θ, column i for [`eigenvalues`](Self::eigenvalues)`[i]`.
+    #[must_use]
+    pub fn eigenvectors(&self) -> &DMatrix<T> {
+        &self.eigenvectors
+    }
+
+    /// The largest stable gradient-descent step, 2/λ_max: with η < 2/λ_max every
+    /// factor |1 − ηλ_i| of (I − ηΘ)^s is below 1. Infinite when Θ = 0.
+    ///
+    /// In neural-tangents' units (mean loss) this is `2 * y.len() / λ_max`.
+    #[must_use]
+    pub fn max_stable_learning_rate(&self) -> T {
+        let top = self.eigenvalues.iter().copied().fold(T::zero(), T::max);
+        T::of(2.0) / top
+    }
+
+    /// f_t(X) = Y + e^{−ηtΘ}(f_0(X) − Y): the training outputs at time `t`, N × k.
+    ///
+    /// `t = +∞` gives the limit (Y on the range of Θ; directions with λ = 0 keep
+    /// their initial residual).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
+    /// or [`Error::NonFinite`] if `f0_train` is not a finite N × k matrix.
+    pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        check_time("t", t.to_f64())?;
+        Ok(self.train_at(&[Horizon::Time(t)], f0_train)?.remove(0))
+    }
+
+    /// [`train`](Self::train) at every time in `ts`, sharing one projection and one
+    /// GEMM.
+    ///
+    /// # Errors
+    /// As [`train`](Self::train), for any of the times.
+    pub fn train_many(&self, ts: &[T], f0_train: &DMatrix<T>) -> Result<Vec<DMatrix<T>>> {
+        let horizons = self.times(ts)?;
+        self.train_at(&horizons, f0_train)
+    }
+
+    /// f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X)): the outputs at time
+    /// `t` on M test points, M × k. `theta_test_train` is Θ(x, X), M × N.
+    ///
+    /// At `t = +∞` this is kernel regression with the pseudo-inverse of the clipped
+    /// spectrum; [`KernelRegression`] does it without the eigendecomposition.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
+    /// if `f0_train` is not N × k, `f0_test` not M × k or `theta_test_train` not
+    /// M × N; [`Error::NonFinite`] on NaN or infinite entries.
+    pub fn test(
+        &self,
+        t: T,
+        f0_train: &DMatrix<T>,
+        f0_test: &DMatrix<T>,
+        theta_test_train: &DMatrix<T>,
+    ) -> Result<DMatrix<T>> {
+        check_time("t", t.to_f64())?;
+        Ok(self
+            .test_at(&[Horizon::Time(t)], f0_train, f0_test, theta_test_train)?
+            .remove(0))
+    }
+
+    /// [`test`](Self::test) at every time in `ts`.
+    ///
+    /// # Errors
+    /// As [`test`](Self::test), for any of the times.
+    pub fn test_many(
+        &self,
+        ts: &[T],
+        f0_train: &DMatrix<T>,
+        f0_test: &DMatrix<T>,
+        theta_test_train: &DMatrix<T>,
+    ) -> Result<Vec<DMatrix<T>>> {
+        let horizons = self.times(ts)?;
+        self.test_at(&horizons, f0_train, f0_test, theta_test_train)
+    }
+
+    /// The training loss ½ ‖f_t(X) − Y‖²_F = ½ Σ_i e^{−2ηtλ_i} ‖v_iᵀ(f_0 − Y)‖² at
+    /// time `t`.
+    ///
+    /// # Errors
+    /// As [`train`](Self::train).
+    pub fn loss(&self, t: T, f0_train: &DMatrix<T>) -> Result<T> {
+        let r = self.residual_in_eigenbasis(t, f0_train)?;
+        Ok(T::of(0.5) * r.norm_squared())
+    }
+
+    /// The training loss at every time in `ts` (one O(N²k) projection, then O(Nk) per
+    /// time).
+    ///
+    /// # Errors
+    /// As [`train`](Self::train), for any of the times.
+    pub fn loss_many(&self, ts: &[T], f0_train: &DMatrix<T>) -> Result<Vec<T>> {
+        let horizons = self.times(ts)?;
+        let coefficients = self.project(f0_train)?;
+        Ok(horizons
+            .iter()
+            .map(|h| {
+                let mut sum = T::zero();
+                for (i, row) in coefficients.row_iter().enumerate() {
+                    let d = self.decay(*h, self.eigenvalues[i]);
+                    sum += d * d * row.norm_squared();
+                }
+                T::of(0.5) * sum
+            })
+            .collect())
+    }
+
+    /// The residual at time `t` in the eigenbasis of Θ: row i is
+    /// v_iᵀ(f_t(X) − Y) = e^{−ηtλ_i} v_iᵀ(f_0(X) − Y), N × k, for the eigenvalue
+    /// [`eigenvalues`](Self::eigenvalues)`[i]` (largest first).
+    ///
+    /// Directions with large λ are learned first (after t ≈ 1/(ηλ)); small-λ
+    /// directions stay unlearned for a long time: the spectral bias of kernel
+    /// gradient descent, made visible.
+    ///
+    /// # Errors
+    /// As [`train`](Self::train).
+    pub fn residual_in_eigenbasis(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        check_time("t", t.to_f64())?;
+        let mut coefficients = self.project(f0_train)?;
+        for (i, mut row) in coefficients.row_iter_mut().enumerate() {
+            row *= self.decay(Horizon::Time(t), self.eigenvalues[i]);
+        }
+        Ok(coefficients)
+    }
+
+    /// After `steps` steps of gradient descent with step η:
+    /// f_s(X) = Y + (I − ηΘ)^s (f_0(X) − Y), N × k.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
+    /// N × k matrix.
+    pub fn train_gd(&self, steps: usize, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        Ok(self.train_at(&[Horizon::Steps(steps)], f0_train)?.remove(0))
+    }
+
+    /// [`train_gd`](Self::train_gd) after each step count in `steps`.
+    ///
+    /// # Errors
+    /// As [`train_gd`](Self::train_gd).
+    pub fn train_gd_many(&self, steps: &[usize], f0_train: &DMatrix<T>) -> Result<Vec<DMatrix<T>>> {
+        let horizons: Vec<_> = steps.iter().map(|&s| Horizon::Steps(s)).collect();
+        self.train_at(&horizons, f0_train)
+    }
+
+    /// After `steps` steps of gradient descent, on test points:
+    /// f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − (I − ηΘ)^s)(Y − f_0(X)), M × k, where
+    /// Θ⁻¹(I − (I − ηΘ)^s) = η Σ_{j<s} (I − ηΘ)^j has eigenvalues
+    /// (1 − (1 − ηλ)^s)/λ → ηs as λ → 0.
+    ///
+    /// # Errors
+    /// As [`test`](Self::test), except for the time.
+    pub fn test_gd(
+        &self,
+        steps: usize,
+        f0_train: &DMatrix<T>,
+        f0_test: &DMatrix<T>,
+        theta_test_train: &DMatrix<T>,
+    ) -> Result<DMatrix<T>> {
+        Ok(self
+            .test_at(
+                &[Horizon::Steps(steps)],
+                f0_train,
+                f0_test,
+                theta_test_train,
+            )?
+            .remove(0))
+    }
+
+    /// [`test_gd`](Self::test_gd) after each step count in `steps`.
+    ///
+    /// # Errors
+    /// As [`test_gd`](Self::test_gd).
+    pub fn test_gd_many(
+        &self,
+        steps: &[usize],
+        f0_train: &DMatrix<T>,
+        f0_test: &DMatrix<T>,
+        theta_test_train: &DMatrix<T>,
+    ) -> Result<Vec<DMatrix<T>>> {
+        let horizons: Vec<_> = steps.iter().map(|&s| Horizon::Steps(s)).collect();
+        self.test_at(&horizons, f0_train, f0_test, theta_test_train)
+    }
+
+    /// Number of training points N.
+    fn n(&self) -> usize {
+        self.targets.nrows()
+    }
+
+    /// Number of outputs k.
+    fn k(&self) -> usize {
+        self.targets.ncols()
+    }
+
+    fn times(&self, ts: &[T]) -> Result<Vec<Horizon<T>>> {
+        ts.iter()
+            .map(|&t| check_time("t", t.to_f64()).map(|()| Horizon::Time(t)))
+            .collect()
+    }
+
+    /// Checks an N × k matrix of initial training outputs.
+    fn check_train_outputs(&self, argument: &'static str, f0: &DMatrix<T>) -> Result<()> {
+        if f0.shape() != self.targets.shape() {
+            return Err(Error::ShapeMismatch {
+                argument,
+                expected: format!("{} (the shape of y_train)", shape(&self.targets)),
+                found: shape(f0),
+            });
+        }
+        check_finite(argument, f0)
+    }
+
+    /// Vᵀ(f_0 − Y), N × k.
+    fn project(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        self.check_train_outputs("f0_train", f0_train)?;
+        Ok(self.eigenvectors.tr_mul(&(f0_train - &self.targets)))
+    }
+
+    /// The factor of the residual along eigenvalue λ: e^{−ηtλ} or (1 − ηλ)^s.
+    fn decay(&self, h: Horizon<T>, lambda: T) -> T {
+        match h {
+            Horizon::Time(_) if lambda == T::zero() => T::one(),
+            Horizon::Time(t) => (-(self.eta * t * lambda)).exp(),
+            Horizon::Steps(s) => power(T::one() - self.eta * lambda, s),
+        }
+    }
+
+    /// The eigenvalue of Θ⁻¹(I − decay): (1 − e^{−ηtλ})/λ or (1 − (1 − ηλ)^s)/λ,
+    /// continuous at λ = 0 (ηt, ηs); 0 at λ = 0 for t = ∞ (pseudo-inverse).
+    fn integral(&self, h: Horizon<T>, lambda: T) -> T {
+        let eta = self.eta;
+        match h {
+            Horizon::Time(t) if lambda == T::zero() => {
+                if t.is_finite() {
+                    eta * t
+                } else {
+                    T::zero()
+                }
+            }
+            Horizon::Time(t) => -(-(eta * t * lambda)).exp_m1() / lambda,
+            Horizon::Steps(s) if lambda == T::zero() => eta * T::of(s as f64),
+            Horizon::Steps(s) => {
+                let x = eta * lambda;
+                if x < T::one() {
+                    // 1 − (1 − x)^s = −expm1(s · ln(1 − x)), accurate for small x.
+                    -(T::of(s as f64) * (-x).ln_1p()).exp_m1() / lambda
+                } else {
+                    (T::one() - power(T::one() - x, s)) / lambda
+                }
+            }
+        }
+    }
+
+    fn train_at(&self, horizons: &[Horizon<T>], f0_train: &DMatrix<T>) -> Result<Vec<DMatrix<T>>> {
+        let coefficients = self.project(f0_train)?;
+        let moved = self.expand(horizons, &coefficients, |h, l| self.decay(h, l));
+        Ok((0..horizons.len())
+            .map(|h| &self.targets + moved.columns(h * self.k(), self.k()))
+            .collect())
+    }
+
+    fn test_at(
+        &self,
+        horizons: &[Horizon<T>],
+        f0_train: &DMatrix<T>,
+        f0_test: &DMatrix<T>,
+        theta_test_train: &DMatrix<T>,
+    ) -> Result<Vec<DMatrix<T>>> {
+        let m = f0_test.nrows();
+        check_cols("f0_test", f0_test, self.k(), "the outputs, as y_train")?;
+        check_finite("f0_test", f0_test)?;
+        check_rows(
+            "theta_test_train",
+            theta_test_train,
+            m,
+            "one per row of f0_test",
+        )?;
+        check_cols(
+            "theta_test_train",
+            theta_test_train,
+            self.n(),
+            "one per training point",
+        )?;
+        check_finite("theta_test_train", theta_test_train)?;
+        // Vᵀ(Y − f_0) = −Vᵀ(f_0 − Y).
+        let coefficients = -self.project(f0_train)?;
+        let weights = self.expand(horizons, &coefficients, |h, l| self.integral(h, l));
+        let moved = theta_test_train * weights;
+        Ok((0..horizons.len())
+            .map(|h| f0_test + moved.columns(h * self.k(), self.k()))
+            .collect())
+    }
+
+    /// V [g(h, λ) ⊙ C for each horizon h], N × (k · horizons), in one GEMM.
+    fn expand(
+        &self,
+        horizons: &[Horizon<T>],
+        coefficients: &DMatrix<T>,
+        g: impl Fn(Horizon<T>, T) -> T,
+    ) -> DMatrix<T> {
+        let (n, k) = (self.n(), self.k());
+        let mut scaled = DMatrix::<T>::zeros(n, k * horizons.len());
+        for (h, horizon) in horizons.iter().enumerate() {
+            for i in 0..n {
+                let factor = g(*horizon, self.eigenvalues[i]);
+                for c in 0..k {
+                    scaled[(i, h * k + c)] = factor * coefficients[(i, c)];
+                }
+            }
+        }
+        &self.eigenvectors * scaled
+    }
+}
+
+/// q^s for any real q, without overflow of the exponent type.
+fn power<T: Scalar>(q: T, s: usize) -> T {
+    let magnitude = q.abs().powf(T::of(s as f64));
+    if q < T::zero() && s % 2 == 1 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// Kernel regression, the t → ∞ limit of gradient flow, through a Cholesky solve (no
+/// eigendecomposition), with an optional ridge ρ (`diag_reg`):
+///
+/// f_∞(x) = f_0(x) + Θ(x, X) (Θ + ρI)⁻¹ (Y − f_0(X)),
+///
+/// and on the training points f_0(X) + Θ(Θ + ρI)⁻¹(Y − f_0(X)) = Y − ρ (Θ + ρI)⁻¹(Y − f_0(X))
+/// (= Y without ridge).
+///
+/// `diag_reg` is absolute. neural-tangents' `diag_reg` is by default relative to the
+/// mean diagonal (`diag_reg_absolute_scale=False`): pass `diag_reg · trace(Θ)/N` to
+/// match it.
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{GradientFlow, KernelRegression};
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let theta = DMatrix::from_row_slice(3, 3, &[2.0, 0.5, 0.1, 0.5, 1.5, 0.3, 0.1, 0.3, 1.0]);
+/// let y = DMatrix::from_column_slice(3, 1, &[1.0, -1.0, 0.5]);
+/// let f0 = DMatrix::zeros(3, 1);
+/// let theta_test = DMatrix::from_row_slice(1, 3, &[0.4, 0.2, 0.7]);
+/// let f0_test = DMatrix::zeros(1, 1);
+///
+/// let regression = KernelRegression::new(&theta, &y, 0.0)?;
+/// let limit = regression.test(&f0, &f0_test, &theta_test)?;
+/// let flow = GradientFlow::new(&theta, &y, 1.0)?;
+/// let late = flow.test(200.0, &f0, &f0_test, &theta_test)?;
+/// assert!((limit - late).norm() < 1e-12);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct KernelRegression<T: Scalar> {
+    cholesky: Cholesky,
+    targets: DMatrix<T>,
+    diag_reg: T,
+}
+
+impl<T: Scalar> KernelRegression<T> {
+    /// Factors Θ + ρI (ρ = `diag_reg` ≥ 0) for the targets `y_train` (N × k).
+    ///
+    /// # Errors
+    /// As [`GradientFlow::new`] for `theta_train` and `y_train`;
+    /// [`Error::InvalidParameter`] unless `diag_reg` is finite and ≥ 0;
+    /// [`Error::Factorization`] if Θ + ρI is not positive definite to working
+    /// precision (the message suggests a `diag_reg`).
+    pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, diag_reg: T) -> Result<Self> {
+        check_symmetric_kernel("theta_train", theta_train)?;
+        let n = theta_train.nrows();
+        check_rows("y_train", y_train, n, "one per row of theta_train")?;
+        check_finite("y_train", y_train)?;
+        let rho = diag_reg.to_f64();
+        if !(rho.is_finite() && rho >= 0.0) {
+            return Err(Error::InvalidParameter {
+                parameter: "diag_reg",
+                value: format!("{rho}"),
+                reason: "a ridge must be finite and >= 0",
+            });
+        }
+        let a = DMatrix::from_fn(n, n, |i, j| {
+            0.5 * (theta_train[(i, j)].to_f64() + theta_train[(j, i)].to_f64())
+                + if i == j { rho } else { 0.0 }
+        });
+        let Some(cholesky) = Cholesky::new(&a) else {
+            let mean_diag = a.trace() / n.max(1) as f64;
+            let message = if rho == 0.0 {
+                format!(
+                    "Cholesky factorization of `theta_train` ({n} x {n}) failed: the kernel is \
+                     not positive definite to working precision; pass a small ridge `diag_reg` \
+                     (e.g. {:e}, 1e-10 of its mean diagonal)",
+                    1e-10 * mean_diag.abs().max(f64::MIN_POSITIVE)
+                )
+            } else {
+                format!(
+                    "Cholesky factorization of `theta_train` + {rho:e} I ({n} x {n}) failed: \
+                     not positive definite to working precision; increase `diag_reg`"
+                )
+            };
+            return Err(Error::Factorization { message });
+        };
+        Ok(KernelRegression {
+            cholesky,
+            targets: y_train.clone(),
+            diag_reg,
+        })
+    }
+
+    /// The ridge ρ.
+    #[must_use]
+    pub fn diag_reg(&self) -> T {
+        self.diag_reg
+    }
+
+    /// (Θ + ρI)⁻¹ (Y − f_0(X)), the dual coefficients, N × k.
+    fn dual(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<f64>> {
+        if f0_train.shape() != self.targets.shape() {
+            return Err(Error::ShapeMismatch {
+                argument: "f0_train",
+                expected: format!("{} (the shape of y_train)", shape(&self.targets)),
+                found: shape(f0_train),
+            });
+        }
+        check_finite("f0_train", f0_train)?;
+        let r = (&self.targets - f0_train).map(|v| v.to_f64());
+        Ok(self.cholesky.solve(&r))
+    }
+
+    /// The training outputs at t = ∞: Y − ρ(Θ + ρI)⁻¹(Y − f_0(X)), N × k.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
+    /// N × k matrix.
+    pub fn train(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        let w = self.dual(f0_train)?;
+        let rho = self.diag_reg.to_f64();
+        Ok(DMatrix::from_fn(
+            self.targets.nrows(),
+            self.targets.ncols(),
+            |i, c| self.targets[(i, c)] - T::of(rho * w[(i, c)]),
+        ))
+    }
+
+    /// The test outputs at t = ∞: f_0(x) + Θ(x, X)(Θ + ρI)⁻¹(Y − f_0(X)), M × k.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `f0_train` is not N × k, `f0_test` not M × k or
+    /// `theta_test_train` not M × N; [`Error::NonFinite`] on NaN or infinite entries.
+    pub fn test(
+        &self,
+        f0_train: &DMatrix<T>,
+        f0_test: &DMatrix<T>,
+        theta_test_train: &DMatrix<T>,
+    ) -> Result<DMatrix<T>> {
+        let (n, k) = self.targets.shape();
+        check_cols("f0_test", f0_test, k, "the outputs, as y_train")?;
+        check_finite("f0_test", f0_test)?;
+        check_rows(
+            "theta_test_train",
+            theta_test_train,
+            f0_test.nrows(),
+            "one per row of f0_test",
+        )?;
+        check_cols(
+            "theta_test_train",
+            theta_test_train,
+            n,
+            "one per training point",
+        )?;
+        check_finite("theta_test_train", theta_test_train)?;
+        let w = self.dual(f0_train)?;
+        Ok(f0_test + theta_test_train * w.map(T::of))
+    }
+}
+
+/// A Gaussian over outputs: mean M × k and one M × M covariance shared by the k
+/// (independent) outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GaussianPrediction<T: Scalar> {
+    /// The mean, M × k.
+    pub mean: DMatrix<T>,
+    /// The covariance between the M points, M × M (the same for every output).
+    pub covariance: DMatrix<T>,
+}
+
+/// The infinite ensemble of linearised networks trained by gradient flow: outputs
+/// averaged over random initialisations (Lee et al. 2019, §2.3; neural-tangents'
+/// `predict.gradient_descent_mse_ensemble`, `get='ntk'`).
+///
+/// At initialisation f_0 is a centred Gaussian process with the NNGP kernel K; the
+/// flow with NTK Θ is linear in f_0, so at time t the outputs are Gaussian with, on
+/// test points (Θ_* = Θ(x, X), K_* = K(x, X), K_** = K(x, x),
+/// A_t = Θ⁻¹(I − e^{−ηtΘ})),
+///
+/// mean = Θ_* A_t Y,
+///
+/// cov = K_** − Θ_* A_t K_*ᵀ − K_* A_t Θ_*ᵀ + Θ_* A_t K A_t Θ_*ᵀ,
+///
+/// and on the training points mean = (I − e^{−ηtΘ}) Y, cov = e^{−ηtΘ} K e^{−ηtΘ}.
+/// The kernels are matrices, so any source works: the infinite-width kernels, or
+/// Monte Carlo estimates. Time units as for [`GradientFlow`].
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::InfiniteEnsemble;
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let ntk = DMatrix::from_row_slice(2, 2, &[2.0, 0.6, 0.6, 1.5]);
+/// let nngp = DMatrix::from_row_slice(2, 2, &[1.0, 0.3, 0.3, 0.8]);
+/// let y = DMatrix::from_column_slice(2, 1, &[1.0, -1.0]);
+/// let ensemble = InfiniteEnsemble::new(&ntk, &nngp, &y, 1.0)?;
+/// let at_start = ensemble.train(0.0)?;
+/// assert!((at_start.covariance - &nngp).norm() < 1e-14); // f_0 ~ N(0, K)
+/// let late = ensemble.train(100.0)?;
+/// assert!((late.mean - &y).norm() < 1e-12 && late.covariance.norm() < 1e-12);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct InfiniteEnsemble<T: Scalar> {
+    flow: GradientFlow<T>,
+    nngp_train: DMatrix<T>,
+}
+
+impl<T: Scalar> InfiniteEnsemble<T> {
+    /// Prepares the ensemble from the train-train NTK Θ and NNGP K (N × N), targets
+    /// `y_train` (N × k) and learning rate `eta` (one eigendecomposition of Θ).
+    ///
+    /// # Errors
+    /// As [`GradientFlow::new`]; the same checks apply to `nngp_train`, which must also
+    /// be N × N.
+    pub fn new(
+        ntk_train: &DMatrix<T>,
+        nngp_train: &DMatrix<T>,
+        y_train: &DMatrix<T>,
+        eta: T,
+    ) -> Result<Self> {
+        let flow = GradientFlow::new(ntk_train, y_train, eta)?;
+        check_symmetric_kernel("nngp_train", nngp_train)?;
+        check_rows(
+            "nngp_train",
+            nngp_train,
+            ntk_train.nrows(),
+            "as many as ntk_train",
+        )?;
+        Ok(InfiniteEnsemble {
+            flow,
+            nngp_train: nngp_train.clone(),
+        })
+    }
+
+    /// The gradient flow on the NTK.
+    #[must_use]
+    pub fn flow(&self) -> &GradientFlow<T> {
+        &self.flow
+    }
+
+    /// V diag(g(λ)) Vᵀ for the horizon `h`.
+    fn spectral(
+        &self,
+        h: Horizon<T>,
+        g: impl Fn(&GradientFlow<T>, Horizon<T>, T) -> T,
+    ) -> DMatrix<T> {
+        let flow = &self.flow;
+        let v = &flow.eigenvectors;
+        let mut scaled = v.clone();
+        for (j, mut col) in scaled.column_iter_mut().enumerate() {
+            col *= g(flow, h, flow.eigenvalues[j]);
+        }
+        scaled * v.transpose()
+    }
+
+    /// Mean and covariance on the training points at time `t`:
+    /// (I − e^{−ηtΘ})Y and e^{−ηtΘ} K e^{−ηtΘ}.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `t` is negative or NaN.
+    pub fn train(&self, t: T) -> Result<GaussianPrediction<T>> {
+        check_time("t", t.to_f64())?;
+        let decay = self.spectral(Horizon::Time(t), GradientFlow::decay);
+        let y = &self.flow.targets;
+        let mean = y - &decay * y;
+        let covariance = &decay * &self.nngp_train * &decay;
+        Ok(GaussianPrediction { mean, covariance })
+    }
+
+    /// The mean on M test points at time `t`, Θ_* A_t Y (M × k), from
+    /// `ntk_test_train` = Θ(x, X) (M × N). O(N²k + MNk).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
+    /// or [`Error::NonFinite`] if `ntk_test_train` is not a finite M × N matrix.
+    pub fn test_mean(&self, t: T, ntk_test_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        let zeros = DMatrix::zeros(ntk_test_train.nrows(), self.flow.k());
+        let f0 = DMatrix::zeros(self.flow.n(), self.flow.k());
+        self.flow.test(t, &f0, &zeros, ntk_test_train)
+    }
+
+    /// Mean and covariance on M test points at time `t`, from the NTK `ntk_test_train`
+    /// = Θ(x, X) (M × N) and the NNGP kernels `nngp_test_train` = K(x, X) (M × N) and
+    /// `nngp_test_test` = K(x, x) (M × M). O(MN² + M²N).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
+    /// if the kernels do not have the shapes above; [`Error::NonFinite`] on NaN or
+    /// infinite entries; [`Error::NotSymmetric`] if `nngp_test_test` is not symmetric.
+    pub fn test(
+        &self,
+        t: T,
+        ntk_test_train: &DMatrix<T>,
+        nngp_test_train: &DMatrix<T>,
+        nngp_test_test: &DMatrix<T>,
+    ) -> Result<GaussianPrediction<T>> {
+        check_time("t", t.to_f64())?;
+        let n = self.flow.n();
+        let m = ntk_test_train.nrows();
+        check_cols(
+            "ntk_test_train",
+            ntk_test_train,
+            n,
+            "one per training point",
+        )?;
+        check_finite("ntk_test_train", ntk_test_train)?;
+        check_rows(
+            "nngp_test_train",
+            nngp_test_train,
+            m,
+            "as many as ntk_test_train",
+        )?;
+        check_cols(
+            "nngp_test_train",
+            nngp_test_train,
+            n,
+            "one per training point",
+        )?;
+        check_finite("nngp_test_train", nngp_test_train)?;
+        check_symmetric_kernel("nngp_test_test", nngp_test_test)?;
+        check_rows(
+            "nngp_test_test",
+            nngp_test_test,
+            m,
+            "as many as ntk_test_train",
+        )?;
+        let a = self.spectral(Horizon::Time(t), GradientFlow::integral);
+        // Θ_* A_t: M × N.
+        let ta = ntk_test_train * a;
+        let mean = &ta * &self.flow.targets;
+        let cross = &ta * nngp_test_train.transpose();
+        let mut covariance =
+            nngp_test_test - &cross - cross.transpose() + &ta * &self.nngp_train * ta.transpose();
+        // Symmetrise the round-off.
+        covariance = (&covariance + covariance.transpose()) * T::of(0.5);
+        Ok(GaussianPrediction { mean, covariance })
+    }
+}
