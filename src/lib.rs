@@ -74,6 +74,7 @@ pub mod mlp;
 pub mod model;
 mod parallel;
 mod scalar;
+pub mod train;
 
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_full};
@@ -82,3 +83,4 @@ pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegress
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::{DenseUse, LayerKernel, LayerTangent, NtkModel};
 pub use scalar::Scalar;
+pub use train::{GradientDescent, Trajectory};

@@ -154,6 +154,34 @@ pub trait NtkModel<T: Scalar>: Sync {
         jacobian_from_tangents(&tangents, x.nrows(), self.output_dim())
     }
 
+    /// The vector–Jacobian product Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ (length P, in the
+    /// parameter order), for a cotangent `cotangent` = r of shape N × k.
+    ///
+    /// With r = f(X) − Y this is the gradient of the loss ½ ‖f(X) − Y‖²_F, what
+    /// gradient descent needs. It is computed from
+    /// [`layer_tangents`](NtkModel::layer_tangents) without forming J: a dense group
+    /// contributes s_w Σ_u X_uᵀ M_u to W (n_in × n_out, i.e. W row-major) and s_b
+    /// Σ_u 1ᵀ M_u to b, where M_u = Σ_c diag(r_c) G_{u,c} (N × n_out), and a Jacobian
+    /// group its Jᵀ vec(r) (rows i·k + c).
+    ///
+    /// # Errors
+    /// As [`layer_tangents`](NtkModel::layer_tangents);
+    /// [`Error::ShapeMismatch`] if `cotangent` is not N × k, [`Error::NonFinite`] if
+    /// it has NaN or infinite entries.
+    fn vjp(&self, x: &DMatrix<T>, cotangent: &DMatrix<T>) -> Result<DVector<T>> {
+        let (n, k) = (x.nrows(), self.output_dim());
+        if cotangent.shape() != (n, k) {
+            return Err(Error::ShapeMismatch {
+                argument: "cotangent",
+                expected: format!("{n} x {k} (rows of x x outputs)"),
+                found: shape(cotangent),
+            });
+        }
+        check_finite("cotangent", cotangent)?;
+        let tangents = self.layer_tangents(x)?;
+        vjp_from_tangents(&tangents, cotangent, n, k)
+    }
+
     /// Each layer's share of the empirical NTK between `x1` (N1 × d) and `x2` (N2 × d),
     /// averaged over outputs; they sum to [`empirical_ntk`](crate::empirical_ntk).
     ///
@@ -246,6 +274,73 @@ pub(crate) fn jacobian_from_tangents<T: Scalar>(
         }
     }
     Ok(jac)
+}
+
+/// Jᵀ r from tangent features, r: N × k (see [`NtkModel::vjp`]).
+pub(crate) fn vjp_from_tangents<T: Scalar>(
+    tangents: &[LayerTangent<T>],
+    r: &DMatrix<T>,
+    n: usize,
+    k: usize,
+) -> Result<DVector<T>> {
+    let p: usize = tangents.iter().map(|t| t.parameter_count(k)).sum();
+    let mut grad = DVector::<T>::zeros(p);
+    let mut offset = 0;
+    for t in tangents {
+        match t {
+            LayerTangent::Dense {
+                weight_scale,
+                bias_scale,
+                uses,
+            } => {
+                let Some(first) = uses.first() else { continue };
+                let n_in = first.input.ncols();
+                let n_out = first.output_grad.ncols() / k.max(1);
+                let mut w = DMatrix::<T>::zeros(n_in, n_out);
+                let mut b = DVector::<T>::zeros(n_out);
+                for u in uses {
+                    check_tangent_shape(u, n, n_in, n_out, k)?;
+                    // M_u = Σ_c diag(r_c) G_{u,c}.
+                    let mut m = DMatrix::<T>::zeros(n, n_out);
+                    for c in 0..k {
+                        let g = u.output_grad.columns(c * n_out, n_out);
+                        for (a, mut col) in m.column_iter_mut().enumerate() {
+                            for i in 0..n {
+                                col[i] += r[(i, c)] * g[(i, a)];
+                            }
+                        }
+                    }
+                    w += u.input.transpose() * &m;
+                    if bias_scale.is_some() {
+                        for (a, col) in m.column_iter().enumerate() {
+                            b[a] += col.sum();
+                        }
+                    }
+                }
+                // W row-major is Wᵀ column-major: the n_in × n_out matrix above.
+                let len = n_in * n_out;
+                grad.rows_mut(offset, len).copy_from_slice(w.as_slice());
+                grad.rows_mut(offset, len).scale_mut(*weight_scale);
+                if let Some(sb) = bias_scale {
+                    grad.rows_mut(offset + len, n_out).copy_from(&(b * *sb));
+                }
+                offset += t.parameter_count(k);
+            }
+            LayerTangent::Jacobian(j) => {
+                if j.nrows() != n * k {
+                    return Err(Error::ShapeMismatch {
+                        argument: "LayerTangent::Jacobian",
+                        expected: format!("{} rows (N·k)", n * k),
+                        found: shape(j),
+                    });
+                }
+                let flat = DVector::from_fn(n * k, |row, _| r[(row / k, row % k)]);
+                grad.rows_mut(offset, j.ncols()).copy_from(&j.tr_mul(&flat));
+                offset += j.ncols();
+            }
+        }
+    }
+    Ok(grad)
 }
 
 /// Checks that a model's [`DenseUse`] has the shapes its layer declares.

@@ -1,0 +1,189 @@
+//! Full-batch gradient descent on the MSE loss, by backpropagation: the real training
+//! that [`GradientFlow`](crate::GradientFlow) predicts for wide networks.
+//!
+//! Each step computes the residual r = f(X) − Y, the gradient of
+//! L = ½ ‖f(X) − Y‖²_F through [`NtkModel::vjp`] (∇θ L = Jᵀ r) and updates
+//! θ ← θ − η ∇θ L. Linearised around θ_0, s such steps give
+//! f_s − Y = (I − ηΘ_0)^s (f_0 − Y) with the empirical NTK Θ_0 = J Jᵀ at
+//! initialisation: [`GradientFlow::train_gd`](crate::GradientFlow::train_gd).
+
+use nalgebra::DMatrix;
+
+use crate::Scalar;
+use crate::error::{Error, Result, check_cols, check_finite, check_positive, check_rows};
+use crate::model::NtkModel;
+
+/// Full-batch gradient descent with a fixed learning rate, recording outputs at
+/// chosen steps.
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::rand::{rngs::StdRng, SeedableRng};
+/// use ntk::{Activation, GradientDescent, MlpSpec};
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let mut net = MlpSpec::new(2).hidden(64, Activation::Tanh).init::<f64, _>(&mut StdRng::seed_from_u64(0))?;
+/// let x = DMatrix::from_fn(5, 2, |i, j| ((i + 2 * j) as f64).sin());
+/// let y = DMatrix::from_fn(5, 1, |i, _| (i as f64).cos());
+/// let x_test = DMatrix::from_fn(2, 2, |i, j| ((i * j) as f64).cos());
+///
+/// let run = GradientDescent::new(0.1, 200)?.record_every(50)?.train(&mut net, &x, &y, &x_test)?;
+/// assert_eq!(run.steps, vec![0, 50, 100, 150, 200]);
+/// assert!(run.losses[4] < run.losses[0]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct GradientDescent<T: Scalar> {
+    learning_rate: T,
+    steps: usize,
+    record: Vec<usize>,
+}
+
+/// What [`GradientDescent::train`] records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trajectory<T: Scalar> {
+    /// The recorded step counts, increasing (0 = initialisation).
+    pub steps: Vec<usize>,
+    /// f(X_train) at each recorded step, N × k.
+    pub train_outputs: Vec<DMatrix<T>>,
+    /// f(X_test) at each recorded step, M × k.
+    pub test_outputs: Vec<DMatrix<T>>,
+    /// The loss ½ ‖f(X_train) − Y‖²_F at each recorded step.
+    pub losses: Vec<T>,
+}
+
+impl<T: Scalar> GradientDescent<T> {
+    /// `steps` steps with learning rate `learning_rate` on the sum loss
+    /// ½ Σ_i ‖f(x_i) − y_i‖², recording the start and the end.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] unless `learning_rate` is finite and > 0.
+    pub fn new(learning_rate: T, steps: usize) -> Result<Self> {
+        check_positive("learning_rate", learning_rate.to_f64())?;
+        Ok(GradientDescent {
+            learning_rate,
+            steps,
+            record: vec![0, steps],
+        })
+    }
+
+    /// Records at every multiple of `every` (and at the last step).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `every` is 0.
+    pub fn record_every(mut self, every: usize) -> Result<Self> {
+        if every == 0 {
+            return Err(Error::InvalidParameter {
+                parameter: "every",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        self.record = (0..=self.steps).step_by(every).collect();
+        self.record.push(self.steps);
+        self.record.dedup();
+        Ok(self)
+    }
+
+    /// Records exactly at the given step counts (sorted and deduplicated).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if a step exceeds the number of steps.
+    pub fn record_at(mut self, steps: &[usize]) -> Result<Self> {
+        if let Some(&bad) = steps.iter().find(|&&s| s > self.steps) {
+            return Err(Error::InvalidParameter {
+                parameter: "record_at",
+                value: format!("{bad}"),
+                reason: "a recorded step must not exceed the number of steps",
+            });
+        }
+        self.record = steps.to_vec();
+        self.record.sort_unstable();
+        self.record.dedup();
+        Ok(self)
+    }
+
+    /// The learning rate η.
+    #[must_use]
+    pub fn learning_rate(&self) -> T {
+        self.learning_rate
+    }
+
+    /// Trains `model` in place on (`x_train`, `y_train`) and records its outputs on
+    /// `x_train` and `x_test` (which may have 0 rows) at the chosen steps.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `x_train` or `x_test` does not have the model's
+    /// input dimension or `y_train` is not N × k; [`Error::NonFinite`] on NaN or
+    /// infinite entries; [`Error::InvalidParameter`] (`learning_rate`) if training
+    /// diverges to non-finite outputs (η above the stable 2/λ_max(Θ)).
+    pub fn train<M: NtkModel<T> + ?Sized>(
+        &self,
+        model: &mut M,
+        x_train: &DMatrix<T>,
+        y_train: &DMatrix<T>,
+        x_test: &DMatrix<T>,
+    ) -> Result<Trajectory<T>> {
+        let d = model.input_dim();
+        check_cols("x_train", x_train, d, "the model's input dimension")?;
+        check_finite("x_train", x_train)?;
+        check_cols("x_test", x_test, d, "the model's input dimension")?;
+        check_finite("x_test", x_test)?;
+        check_rows(
+            "y_train",
+            y_train,
+            x_train.nrows(),
+            "one per row of x_train",
+        )?;
+        check_cols(
+            "y_train",
+            y_train,
+            model.output_dim(),
+            "the model's outputs",
+        )?;
+        check_finite("y_train", y_train)?;
+
+        let mut run = Trajectory {
+            steps: Vec::with_capacity(self.record.len()),
+            train_outputs: Vec::with_capacity(self.record.len()),
+            test_outputs: Vec::with_capacity(self.record.len()),
+            losses: Vec::with_capacity(self.record.len()),
+        };
+        let mut next = self.record.iter().peekable();
+        let mut theta = model.parameters();
+        for step in 0..=self.steps {
+            let f = model.forward(x_train)?;
+            let residual = &f - y_train;
+            if residual.iter().any(|v| !v.is_finite()) {
+                return Err(self.diverged());
+            }
+            if next.peek() == Some(&&step) {
+                let _ = next.next();
+                run.steps.push(step);
+                run.losses.push(T::of(0.5) * residual.norm_squared());
+                run.test_outputs.push(model.forward(x_test)?);
+                run.train_outputs.push(f);
+            }
+            if step == self.steps {
+                break;
+            }
+            let grad = model.vjp(x_train, &residual)?;
+            theta.axpy(-self.learning_rate, &grad, T::one());
+            if theta.iter().any(|v| !v.is_finite()) {
+                return Err(self.diverged());
+            }
+            model.set_parameters(&theta)?;
+        }
+        Ok(run)
+    }
+
+    fn diverged(&self) -> Error {
+        Error::InvalidParameter {
+            parameter: "learning_rate",
+            value: format!("{}", self.learning_rate),
+            reason: "training diverged to non-finite values; use a learning rate below \
+                     2/λ_max of the empirical NTK",
+        }
+    }
+}
