@@ -22,10 +22,10 @@ fn isolated<R: Send>(f: impl FnOnce(Par) -> R + Send) -> R {
     #[cfg(feature = "parallel")]
     {
         let threads = rayon::current_num_threads().max(1);
-        if threads > 1 {
-            if let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-                return pool.install(|| f(Par::rayon(threads)));
-            }
+        if threads > 1
+            && let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build()
+        {
+            return pool.install(|| f(Par::rayon(threads)));
         }
     }
     std::thread::scope(|s| {

@@ -5,3 +5,5 @@
 //! (`tests/data/neural_tangents.json`).
 
 mod common;
+mod flow;
+mod train;
