@@ -296,7 +296,7 @@ pub(crate) fn vjp_from_tangents<T: Scalar>(
                 let Some(first) = uses.first() else { continue };
                 let n_in = first.input.ncols();
                 let n_out = first.output_grad.ncols() / k.max(1);
-                let mut w = DMatrix::<T>::zeros(n_in, n_out);
+                let len = n_in * n_out;
                 let mut b = DVector::<T>::zeros(n_out);
                 for u in uses {
                     check_tangent_shape(u, n, n_in, n_out, k)?;
@@ -310,17 +310,20 @@ pub(crate) fn vjp_from_tangents<T: Scalar>(
                             }
                         }
                     }
-                    w += u.input.transpose() * &m;
+                    // W row-major is Wᵀ column-major: accumulate s_w X_uᵀ M_u
+                    // (n_in × n_out) in place, in one GEMM pass.
+                    let mut w = nalgebra::DMatrixViewMut::from_slice(
+                        grad.rows_mut(offset, len).data.into_slice_mut(),
+                        n_in,
+                        n_out,
+                    );
+                    w.gemm(*weight_scale, &u.input.transpose(), &m, T::one());
                     if bias_scale.is_some() {
                         for (a, col) in m.column_iter().enumerate() {
                             b[a] += col.sum();
                         }
                     }
                 }
-                // W row-major is Wᵀ column-major: the n_in × n_out matrix above.
-                let len = n_in * n_out;
-                grad.rows_mut(offset, len).copy_from_slice(w.as_slice());
-                grad.rows_mut(offset, len).scale_mut(*weight_scale);
                 if let Some(sb) = bias_scale {
                     grad.rows_mut(offset + len, n_out).copy_from(&(b * *sb));
                 }
