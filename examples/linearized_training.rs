@@ -1,0 +1,388 @@
+//! Wide networks train like their linearisation (Lee et al. 2019).
+//!
+//! On a small regression task on the circle (16 training points, 48 test points),
+//! MLPs with one hidden Erf layer of width n ∈ {64, 256, 1024, 4096} are trained by
+//! full-batch gradient descent (backpropagation, [`GradientDescent`]) for 2000 steps,
+//! and each trajectory is compared with [`GradientFlow::train_gd_many`] /
+//! [`GradientFlow::test_gd_many`]: the same gradient descent on the linearised model,
+//! f_s − Y = (I − ηΘ)^s (f_0 − Y), with
+//!
+//! - Θ = the network's own empirical NTK at initialisation, and
+//! - Θ = Θ̊, a stand-in for the infinite-width NTK: the mean empirical NTK of 8
+//!   networks of width 16384 (the deviation then also contains the O(n^{-1/2})
+//!   fluctuation of Θ_0 around Θ̊).
+//!
+//! It prints, per width (mean over 3 initialisations), the maximum deviation
+//! max_s max_x |f_s^NN(x) − f_s^lin(x)| over the run (train and test points), relative
+//! to the largest change of the linearised outputs, with the fitted slope of
+//! log(deviation) against log(n) (Lee et al. 2019 bound the deviation by O(n^{-1/2})),
+//! and the relative change ‖Θ_T − Θ_0‖_F / ‖Θ_0‖_F of the empirical NTK during
+//! training. It writes two SVG plots into `out/`: trajectories of three test outputs,
+//! and deviation against width on log-log axes.
+//!
+//! Run with `cargo run --release --example linearized_training` (about a minute).
+
+use std::f64::consts::PI;
+
+use ntk::nalgebra::DMatrix;
+use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::{Activation, GradientDescent, GradientFlow, Mlp, MlpSpec, NtkModel, empirical_ntk};
+use plotters::prelude::*;
+
+const WIDTHS: [usize; 4] = [64, 256, 1024, 4096];
+const SEEDS: u64 = 3;
+const STEPS: usize = 2000;
+const RECORD_EVERY: usize = 10;
+const N_TRAIN: usize = 16;
+const N_TEST: usize = 48;
+/// Width and count of the networks whose mean NTK stands in for Θ̊.
+const REFERENCE_WIDTH: usize = 16384;
+const REFERENCE_SEEDS: u64 = 8;
+/// Test points whose trajectories are plotted.
+const SHOWN: [usize; 3] = [5, 20, 37];
+
+type Error = Box<dyn std::error::Error>;
+
+fn spec(width: usize) -> MlpSpec {
+    MlpSpec::new(2)
+        .hidden(width, Activation::Erf)
+        .weight_std(1.5)
+        .bias_std(0.1)
+}
+
+/// Points on the unit circle at the given angles, as rows (cos φ, sin φ).
+fn circle(angles: &[f64]) -> DMatrix<f64> {
+    DMatrix::from_fn(angles.len(), 2, |i, j| {
+        if j == 0 {
+            angles[i].cos()
+        } else {
+            angles[i].sin()
+        }
+    })
+}
+
+fn target(phi: f64) -> f64 {
+    (2.0 * phi).sin() + 0.5 * (3.0 * phi).cos()
+}
+
+/// The kernel blocks (train-train, test-train) of an NTK on the joint inputs.
+fn blocks(joint: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
+    (
+        joint.view((0, 0), (N_TRAIN, N_TRAIN)).into_owned(),
+        joint.view((N_TRAIN, 0), (N_TEST, N_TRAIN)).into_owned(),
+    )
+}
+
+/// One training run against both linearisations.
+struct Run {
+    steps: Vec<usize>,
+    /// f(x_test) of the network at each recorded step.
+    network: Vec<DMatrix<f64>>,
+    /// The linearisation on its own Θ_0.
+    own: Vec<DMatrix<f64>>,
+    /// The linearisation on Θ̊.
+    reference: Vec<DMatrix<f64>>,
+    deviation_own: f64,
+    deviation_reference: f64,
+    kernel_change: f64,
+    /// ½‖f(X) − Y‖² after the last step.
+    final_loss: f64,
+}
+
+/// max over steps and points of |a − b|, over the largest |lin_s − lin_0|.
+fn relative_deviation(
+    network: &[DMatrix<f64>],
+    linear: &[DMatrix<f64>],
+    network_train: &[DMatrix<f64>],
+    linear_train: &[DMatrix<f64>],
+) -> f64 {
+    let mut deviation = 0.0_f64;
+    let mut motion = 0.0_f64;
+    for s in 0..network.len() {
+        deviation = deviation
+            .max((&network[s] - &linear[s]).amax())
+            .max((&network_train[s] - &linear_train[s]).amax());
+        motion = motion
+            .max((&linear[s] - &linear[0]).amax())
+            .max((&linear_train[s] - &linear_train[0]).amax());
+    }
+    deviation / motion
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    width: usize,
+    seed: u64,
+    x: &DMatrix<f64>,
+    x_test: &DMatrix<f64>,
+    joint_x: &DMatrix<f64>,
+    y: &DMatrix<f64>,
+    reference: &DMatrix<f64>,
+    eta: f64,
+) -> Result<Run, Error> {
+    let mut net: Mlp<f64> = spec(width).init(&mut StdRng::seed_from_u64(seed))?;
+    let theta0 = empirical_ntk(&net, joint_x, joint_x)?;
+    let (theta, theta_test) = blocks(&theta0);
+    let (f0, f0_test) = (net.forward(x)?, net.forward(x_test)?);
+
+    let trained = GradientDescent::new(eta, STEPS)?
+        .record_every(RECORD_EVERY)?
+        .train(&mut net, x, y, x_test)?;
+    let theta_end = empirical_ntk(&net, joint_x, joint_x)?;
+
+    let own = GradientFlow::new(&theta, y, eta)?;
+    let own_train = own.train_gd_many(&trained.steps, &f0)?;
+    let own_test = own.test_gd_many(&trained.steps, &f0, &f0_test, &theta_test)?;
+    let (ref_train_kernel, ref_test_kernel) = blocks(reference);
+    let limit = GradientFlow::new(&ref_train_kernel, y, eta)?;
+    let ref_train = limit.train_gd_many(&trained.steps, &f0)?;
+    let ref_test = limit.test_gd_many(&trained.steps, &f0, &f0_test, &ref_test_kernel)?;
+
+    Ok(Run {
+        deviation_own: relative_deviation(
+            &trained.test_outputs,
+            &own_test,
+            &trained.train_outputs,
+            &own_train,
+        ),
+        deviation_reference: relative_deviation(
+            &trained.test_outputs,
+            &ref_test,
+            &trained.train_outputs,
+            &ref_train,
+        ),
+        kernel_change: (&theta_end - &theta0).norm() / theta0.norm(),
+        final_loss: *trained.losses.last().unwrap_or(&f64::NAN),
+        steps: trained.steps,
+        network: trained.test_outputs,
+        own: own_test,
+        reference: ref_test,
+    })
+}
+
+/// Least-squares slope of log y against log x.
+fn log_slope(x: &[f64], y: &[f64]) -> f64 {
+    let lx: Vec<f64> = x.iter().map(|v| v.ln()).collect();
+    let ly: Vec<f64> = y.iter().map(|v| v.ln()).collect();
+    let n = lx.len() as f64;
+    let (mx, my) = (lx.iter().sum::<f64>() / n, ly.iter().sum::<f64>() / n);
+    let sxy: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = lx.iter().map(|a| (a - mx).powi(2)).sum();
+    sxy / sxx
+}
+
+fn plot_trajectories(path: &str, runs: &[(usize, &Run)], eta: f64) -> Result<(), Error> {
+    let root = SVGBackend::new(path, (1200, 420 * runs.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((runs.len(), 1));
+    for (panel, (width, run)) in panels.iter().zip(runs) {
+        let t_max = eta * *run.steps.last().unwrap_or(&1) as f64;
+        let values = run.network.iter().chain(&run.own).chain(&run.reference);
+        let (lo, hi) = values
+            .flat_map(|m| SHOWN.iter().map(move |&i| m[(i, 0)]))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        let pad = 0.1 * (hi - lo).max(1e-3);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(
+                format!("width {width}: test outputs during training (solid: network, dashed: linearised on own Θ₀, dotted: on Θ̊)"),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_max, (lo - pad)..(hi + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("η · step")
+            .y_desc("f(x)")
+            .draw()?;
+        for (c, &i) in SHOWN.iter().enumerate() {
+            let color = Palette99::pick(c).to_rgba();
+            let series = |outputs: &[DMatrix<f64>]| -> Vec<(f64, f64)> {
+                run.steps
+                    .iter()
+                    .zip(outputs)
+                    .map(|(&s, m)| (eta * s as f64, m[(i, 0)]))
+                    .collect()
+            };
+            chart
+                .draw_series(LineSeries::new(series(&run.network), color.stroke_width(2)))?
+                .label(format!("test point {i}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(DashedLineSeries::new(
+                series(&run.own),
+                6,
+                4,
+                color.stroke_width(1),
+            ))?;
+            chart.draw_series(DottedLineSeries::new(
+                series(&run.reference),
+                0,
+                3,
+                move |c| Circle::new(c, 1, color.filled()),
+            ))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn plot_deviation(
+    path: &str,
+    widths: &[f64],
+    own: &[f64],
+    reference: &[f64],
+    change: &[f64],
+) -> Result<(), Error> {
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let all = own.iter().chain(reference).chain(change);
+    let (lo, hi) = all.fold((f64::INFINITY, 0.0_f64), |(a, b), &v| (a.min(v), b.max(v)));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Deviation of gradient descent from its linearisation vs width",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (widths[0] / 1.5..widths[widths.len() - 1] * 1.5).log_scale(),
+            (lo / 3.0..hi * 3.0).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("hidden width n")
+        .y_desc("relative deviation")
+        .draw()?;
+    let curves: [(&str, &[f64], RGBColor); 3] = [
+        ("max |f_NN − f_lin| (own Θ₀)", own, BLUE),
+        ("max |f_NN − f_lin| (Θ̊ stand-in)", reference, RED),
+        ("‖Θ_T − Θ₀‖ / ‖Θ₀‖", change, GREEN),
+    ];
+    for (name, values, color) in curves {
+        let points: Vec<(f64, f64)> = widths.iter().copied().zip(values.iter().copied()).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(format!("{name}: slope {:.2}", log_slope(widths, values)))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    }
+    // n^{-1/2} and n^{-1} through the first Θ̊ point, for reference.
+    for (power, style) in [
+        (-0.5, BLACK.stroke_width(1)),
+        (-1.0, BLACK.mix(0.4).stroke_width(1)),
+    ] {
+        let start = reference[0];
+        let line: Vec<(f64, f64)> = widths
+            .iter()
+            .map(|&w| (w, start * (w / widths[0]).powf(power)))
+            .collect();
+        chart
+            .draw_series(DashedLineSeries::new(line, 5, 5, style))?
+            .label(format!("n^{power}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
+    let train_angles: Vec<f64> = (0..N_TRAIN)
+        .map(|i| 2.0 * PI * (i as f64 + 0.3 * (i % 3) as f64) / N_TRAIN as f64)
+        .collect();
+    let test_angles: Vec<f64> = (0..N_TEST)
+        .map(|i| 2.0 * PI * (i as f64 + 0.5) / N_TEST as f64)
+        .collect();
+    let x = circle(&train_angles);
+    let x_test = circle(&test_angles);
+    let joint_x = circle(&[train_angles.clone(), test_angles].concat());
+    let y = DMatrix::from_fn(N_TRAIN, 1, |i, _| target(train_angles[i]));
+
+    // Θ̊ stand-in: the mean empirical NTK of very wide networks.
+    let mut reference = DMatrix::zeros(N_TRAIN + N_TEST, N_TRAIN + N_TEST);
+    for seed in 0..REFERENCE_SEEDS {
+        let net: Mlp<f64> = spec(REFERENCE_WIDTH).init(&mut StdRng::seed_from_u64(1000 + seed))?;
+        reference += empirical_ntk(&net, &joint_x, &joint_x)?;
+    }
+    reference /= REFERENCE_SEEDS as f64;
+    let (ref_train, _) = blocks(&reference);
+    let probe = GradientFlow::new(&ref_train, &y, 1.0)?;
+    let eigenvalues = probe.eigenvalues();
+    // η λ̊_max = 1: half the stable limit, so every width's own Θ₀ is stable too.
+    let eta = 0.5 * probe.max_stable_learning_rate();
+    println!(
+        "task: {N_TRAIN} training / {N_TEST} test points on the circle, y = sin 2φ + cos(3φ)/2; \
+         MLP 2 → n (Erf) → 1, σ_w = 1.5, σ_b = 0.1"
+    );
+    println!(
+        "Θ̊ stand-in (mean NTK of {REFERENCE_SEEDS} nets of width {REFERENCE_WIDTH}): \
+         λ_max = {:.4}, λ_min = {:.3e}; η = 1/λ_max = {eta:.4}, {STEPS} steps (η λ_min · steps = {:.2})",
+        eigenvalues[0],
+        eigenvalues[N_TRAIN - 1],
+        eta * eigenvalues[N_TRAIN - 1] * STEPS as f64
+    );
+    println!();
+    println!(
+        "{:>7} {:>22} {:>22} {:>20} {:>12}",
+        "width", "deviation (own Θ₀)", "deviation (Θ̊)", "‖ΔΘ‖/‖Θ₀‖", "final loss (mean)"
+    );
+    let mut own = Vec::new();
+    let mut limit = Vec::new();
+    let mut change = Vec::new();
+    let mut shown = Vec::new();
+    for &width in &WIDTHS {
+        let (mut d_own, mut d_ref, mut d_kernel, mut loss) = (0.0, 0.0, 0.0, 0.0);
+        for seed in 0..SEEDS {
+            let r = run(width, seed, &x, &x_test, &joint_x, &y, &reference, eta)?;
+            d_own += r.deviation_own / SEEDS as f64;
+            d_ref += r.deviation_reference / SEEDS as f64;
+            d_kernel += r.kernel_change / SEEDS as f64;
+            loss += r.final_loss / SEEDS as f64;
+            if seed == 0 && (width == WIDTHS[0] || width == WIDTHS[WIDTHS.len() - 1]) {
+                shown.push((width, r));
+            }
+        }
+        println!("{width:>7} {d_own:>22.3e} {d_ref:>22.3e} {d_kernel:>20.3e} {loss:>12.3e}");
+        own.push(d_own);
+        limit.push(d_ref);
+        change.push(d_kernel);
+    }
+    let widths: Vec<f64> = WIDTHS.iter().map(|&w| w as f64).collect();
+    println!();
+    println!(
+        "fitted slopes of log(value) vs log(n): deviation (own Θ₀) {:.2}, deviation (Θ̊) {:.2}, \
+         NTK change {:.2}  (Lee et al. 2019: at most -0.5 up to constants)",
+        log_slope(&widths, &own),
+        log_slope(&widths, &limit),
+        log_slope(&widths, &change)
+    );
+
+    std::fs::create_dir_all("out")?;
+    let refs: Vec<(usize, &Run)> = shown.iter().map(|(w, r)| (*w, r)).collect();
+    plot_trajectories("out/linearized_training_trajectories.svg", &refs, eta)?;
+    plot_deviation(
+        "out/linearized_training_deviation.svg",
+        &widths,
+        &own,
+        &limit,
+        &change,
+    )?;
+    println!(
+        "wrote out/linearized_training_trajectories.svg and out/linearized_training_deviation.svg"
+    );
+    Ok(())
+}
