@@ -15,6 +15,7 @@ use faer::linalg::evd::ComputeEigenvectors;
 use faer::{Conj, MatMut, MatRef, Par};
 use nalgebra::{DMatrix, DVector};
 
+use crate::Scalar;
 use crate::error::{Error, Result};
 
 /// Runs `f` with faer's parallelism on threads that exit when it returns.
@@ -37,13 +38,13 @@ fn isolated<R: Send>(f: impl FnOnce(Par) -> R + Send) -> R {
 
 /// The eigendecomposition A = V diag(λ) Vᵀ of the symmetric `a` (only its lower
 /// triangle is read), eigenvalues in **descending** order, column i of V ↔ λ_i.
-pub(crate) fn symmetric_eigen(a: &DMatrix<f64>) -> Result<(DVector<f64>, DMatrix<f64>)> {
+pub(crate) fn symmetric_eigen<T: Scalar>(a: &DMatrix<f64>) -> Result<(DVector<f64>, DMatrix<T>)> {
     let n = a.nrows();
     debug_assert_eq!(n, a.ncols());
     let mut vectors = DMatrix::<f64>::zeros(n, n);
     let mut values = faer::diag::Diag::<f64>::zeros(n);
     if n == 0 {
-        return Ok((DVector::zeros(0), vectors));
+        return Ok((DVector::zeros(0), DMatrix::zeros(0, 0)));
     }
     let outcome = isolated(|par| {
         let a = MatRef::from_column_major_slice(a.as_slice(), n, n);
@@ -72,7 +73,7 @@ pub(crate) fn symmetric_eigen(a: &DMatrix<f64>) -> Result<(DVector<f64>, DMatrix
     }
     // faer sorts ascending; reverse to descending.
     let values = DVector::from_fn(n, |i, _| values[n - 1 - i]);
-    let vectors = DMatrix::from_fn(n, n, |i, j| vectors[(i, n - 1 - j)]);
+    let vectors = DMatrix::from_fn(n, n, |i, j| T::of(vectors[(i, n - 1 - j)]));
     Ok((values, vectors))
 }
 
@@ -148,7 +149,7 @@ mod tests {
     fn eigen_recomposes_and_is_sorted() {
         for n in [0, 1, 7, 40] {
             let a = spd(n);
-            let (values, vectors) = symmetric_eigen(&a).unwrap();
+            let (values, vectors) = symmetric_eigen::<f64>(&a).unwrap();
             let recomposed = &vectors * DMatrix::from_diagonal(&values) * vectors.transpose();
             assert!((recomposed - &a).norm() <= 1e-12 * a.norm().max(1.0));
             let gram = vectors.transpose() * &vectors;

@@ -107,15 +107,13 @@ impl<T: Scalar> GradientFlow<T> {
         check_rows("y_train", y_train, n, "one per row of theta_train")?;
         check_finite("y_train", y_train)?;
         check_positive("eta", eta.to_f64())?;
-        let sym = DMatrix::from_fn(n, n, |i, j| {
-            0.5 * (theta_train[(i, j)].to_f64() + theta_train[(j, i)].to_f64())
-        });
-        let (values, vectors) = symmetric_eigen(&sym)?;
+        // Symmetric to 1e-8 (checked): the eigensolver reads the lower triangle.
+        let (values, vectors) = symmetric_eigen(&theta_train.map(|v| v.to_f64()))?;
         Ok(GradientFlow {
             eta,
             targets: y_train.clone(),
             eigenvalues: values.map(|v| T::of(v.max(0.0))),
-            eigenvectors: vectors.map(T::of),
+            eigenvectors: vectors,
         })
     }
 
@@ -521,10 +519,11 @@ impl<T: Scalar> KernelRegression<T> {
                 reason: "a ridge must be finite and >= 0",
             });
         }
-        let a = DMatrix::from_fn(n, n, |i, j| {
-            0.5 * (theta_train[(i, j)].to_f64() + theta_train[(j, i)].to_f64())
-                + if i == j { rho } else { 0.0 }
-        });
+        // Symmetric to 1e-8 (checked): the factorization reads the lower triangle.
+        let mut a = theta_train.map(|v| v.to_f64());
+        for i in 0..n {
+            a[(i, i)] += rho;
+        }
         let Some(cholesky) = Cholesky::new(&a) else {
             let mean_diag = a.trace() / n.max(1) as f64;
             let message = if rho == 0.0 {
