@@ -186,7 +186,7 @@ fn plot_trajectories(path: &str, runs: &[(usize, &Run)], eta: f64) -> Result<(),
         let pad = 0.1 * (hi - lo).max(1e-3);
         let mut chart = ChartBuilder::on(panel)
             .caption(
-                format!("width {width}: test outputs during training (solid: network, dashed: linearised on own Θ₀, dotted: on Θ̊)"),
+                format!("width {width}: test outputs during training (colour: network; thin black: linearised on own Θ₀; wide pale: on Θ̊)"),
                 ("sans-serif", 18),
             )
             .margin(12)
@@ -207,22 +207,15 @@ fn plot_trajectories(path: &str, runs: &[(usize, &Run)], eta: f64) -> Result<(),
                     .map(|(&s, m)| (eta * s as f64, m[(i, 0)]))
                     .collect()
             };
+            chart.draw_series(LineSeries::new(
+                series(&run.reference),
+                color.mix(0.35).stroke_width(7),
+            ))?;
             chart
                 .draw_series(LineSeries::new(series(&run.network), color.stroke_width(2)))?
                 .label(format!("test point {i}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart.draw_series(DashedLineSeries::new(
-                series(&run.own),
-                6,
-                4,
-                color.stroke_width(1),
-            ))?;
-            chart.draw_series(DottedLineSeries::new(
-                series(&run.reference),
-                0,
-                3,
-                move |c| Circle::new(c, 1, color.filled()),
-            ))?;
+            chart.draw_series(LineSeries::new(series(&run.own), BLACK.stroke_width(1)))?;
         }
         chart
             .configure_series_labels()

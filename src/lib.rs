@@ -57,6 +57,44 @@
 //! inputs and output gradients of each use of its weights ([`LayerTangent`]); shared
 //! weights contribute the double sum over their uses.
 //!
+//! ## Gradient flow
+//!
+//! A network that stays close to its linearisation (a wide one) follows
+//! f_t − Y = e^{−ηtΘ}(f_0 − Y) on its N training points under gradient flow on
+//! L = ½ Σ_i ‖f(x_i) − y_i‖², and f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0)
+//! on test points. [`GradientFlow`] eigendecomposes Θ once and then predicts at any
+//! time (or after any number of gradient-descent steps) in O(N²k);
+//! [`KernelRegression`] is the t = ∞ limit by Cholesky; [`InfiniteEnsemble`] is the
+//! mean and covariance over random initialisations from the NTK and NNGP kernels;
+//! [`GradientDescent`] trains the real network by backpropagation
+//! ([`NtkModel::vjp`]) to compare.
+//!
+//! ```
+//! use ntk::nalgebra::DMatrix;
+//! use ntk::rand::{rngs::StdRng, SeedableRng};
+//! use ntk::{empirical_ntk, Activation, GradientDescent, GradientFlow, MlpSpec, NtkModel};
+//!
+//! # fn main() -> Result<(), ntk::Error> {
+//! let mut net = MlpSpec::new(2).hidden(1024, Activation::Erf)
+//!     .init::<f64, _>(&mut StdRng::seed_from_u64(0))?;
+//! let x = DMatrix::from_fn(8, 2, |i, j| ((i + 3 * j) as f64).sin());
+//! let y = DMatrix::from_fn(8, 1, |i, _| (i as f64).cos());
+//!
+//! let theta = empirical_ntk(&net, &x, &x)?;
+//! let flow = GradientFlow::new(&theta, &y, 0.1)?;   // η = 0.1 on the sum loss
+//! let f0 = net.forward(&x)?;
+//! let predicted = flow.train_gd(100, &f0)?;          // 100 steps of the linear model
+//!
+//! let run = GradientDescent::new(0.1, 100)?.train(&mut net, &x, &y, &DMatrix::zeros(0, 2))?;
+//! let moved = (&predicted - &f0).amax();
+//! assert!((&run.train_outputs[1] - &predicted).amax() < 0.05 * moved);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! neural-tangents' `predict.gradient_descent_mse` uses the mean loss: its
+//! `learning_rate` is η · y.len() here (see [`flow`]).
+//!
 //! ## Scalars and parallelism
 //!
 //! Everything is generic over [`Scalar`] (`f32`, `f64`). With the default `parallel`
