@@ -4,6 +4,8 @@
 //! with its eigendecomposition, then one prediction on 256 test points, against
 //! neural-tangents' `gradient_descent_mse` at N = 2048, ~0.91 s on LAPACK):
 //! - `ntk`: `GradientFlow::new` + one `test` call;
+//! - `krylov`: `KrylovFlow::new` + one `test` call (Lanczos, no eigendecomposition;
+//!   the bench kernel has η t λ_max ≈ 3, so a few dozen steps suffice);
 //! - `faer_eigen`: faer's self-adjoint eigendecomposition alone, called directly;
 //! - `nalgebra_symmetric_eigen`: nalgebra's `SymmetricEigen::try_new` (N ≤ 1024; at
 //!   N = 2048 a single run takes ~10 s, see the README);
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ntk::nalgebra::{DMatrix, SymmetricEigen};
 use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
-use ntk::{GradientFlow, KernelRegression};
+use ntk::{GradientFlow, KernelRegression, KrylovFlow};
 
 const SIZES: [usize; 3] = [256, 1024, 2048];
 const TEST_POINTS: usize = 256;
@@ -90,6 +92,12 @@ fn setup_and_predict(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("ntk", n), &n, |b, _| {
             b.iter(|| {
                 let flow = GradientFlow::new(&theta, &y, 0.5).expect("flow");
+                black_box(flow.test(1.0, &f0, &f0_test, &theta_test).expect("test"))
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("krylov", n), &n, |b, _| {
+            b.iter(|| {
+                let flow = KrylovFlow::new(&theta, &y, 0.5).expect("krylov");
                 black_box(flow.test(1.0, &f0, &f0_test, &theta_test).expect("test"))
             });
         });

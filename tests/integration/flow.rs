@@ -1,12 +1,14 @@
 //! Gradient flow: `GradientFlow`, `KernelRegression`, `InfiniteEnsemble` against
 //! neural-tangents' predictions, matrix exponentials computed by nalgebra (Padé),
 //! explicit iteration of the dynamics, finite differences in time, the semigroup
-//! property, and Monte Carlo over random initial outputs.
+//! property, and Monte Carlo over random initial outputs; `KrylovFlow` against the
+//! eigen path.
 
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, Error, GradientFlow, InfiniteEnsemble, KernelRegression, MlpSpec, empirical_ntk,
+    Activation, Error, GradientFlow, InfiniteEnsemble, KernelRegression, KrylovFlow, MlpSpec,
+    empirical_ntk,
 };
 use proptest::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
@@ -667,6 +669,108 @@ fn negative_round_off_eigenvalues_are_clipped() {
         )
         .unwrap();
     assert!(out[0].is_finite());
+}
+
+#[test]
+fn krylov_matches_eigen_path() {
+    let (theta, theta_test, _) = mlp_kernels(200, 7);
+    let y = gaussian(200, 2, 60);
+    let f0 = gaussian(200, 2, 61) * 0.3;
+    let f0_test = gaussian(7, 2, 62) * 0.3;
+    let eta = 0.5 / theta.symmetric_eigenvalues().max();
+    let exact = GradientFlow::new(&theta, &y, eta).unwrap();
+    let krylov = KrylovFlow::new(&theta, &y, eta)
+        .unwrap()
+        .tolerance(1e-12)
+        .unwrap();
+    let mut worst = 0.0_f64;
+    for t in [0.0, 0.3, 3.0, 30.0, 300.0] {
+        let a = krylov.train(t, &f0).unwrap();
+        let b = exact.train(t, &f0).unwrap();
+        let e_train = (&a - &b).norm() / (&f0 - &y).norm();
+        let c = krylov.test(t, &f0, &f0_test, &theta_test).unwrap();
+        let d = exact.test(t, &f0, &f0_test, &theta_test).unwrap();
+        let e_test = rel_err(&c, &d);
+        worst = worst.max(e_train).max(e_test);
+        assert!(
+            e_train <= 1e-9 && e_test <= 1e-8,
+            "t = {t}: {e_train:e}, {e_test:e}"
+        );
+    }
+    eprintln!("Krylov vs eigen path: worst relative error {worst:e}");
+}
+
+#[test]
+fn krylov_small_spaces_and_limits() {
+    // A rank-2 kernel: the Krylov space is exhausted after 3 steps, exactly.
+    let a = gaussian(40, 2, 63);
+    let theta = &a * a.transpose();
+    let y = gaussian(40, 1, 64);
+    let f0 = gaussian(40, 1, 65);
+    let krylov = KrylovFlow::new(&theta, &y, 0.3)
+        .unwrap()
+        .max_dimension(3)
+        .unwrap();
+    let exact = GradientFlow::new(&theta, &y, 0.3).unwrap();
+    assert!(
+        rel_err(
+            &krylov.train(2.0, &f0).unwrap(),
+            &exact.train(2.0, &f0).unwrap()
+        ) <= 1e-10
+    );
+    let xt = gaussian(3, 2, 66) * a.transpose();
+    let f0_test = DMatrix::zeros(3, 1);
+    let k_test = krylov.test(2.0, &f0, &f0_test, &xt).unwrap();
+    assert!(rel_err(&k_test, &exact.test(2.0, &f0, &f0_test, &xt).unwrap()) <= 1e-9);
+
+    // A well-spread spectrum at a long time needs many steps: too few is an error.
+    let theta = spd(120, 67, 1e-4);
+    let y = gaussian(120, 1, 68);
+    let f0 = DMatrix::zeros(120, 1);
+    let short = KrylovFlow::new(&theta, &y, 1.0)
+        .unwrap()
+        .max_dimension(4)
+        .unwrap();
+    assert!(matches!(
+        short.test(1e4, &f0, &DMatrix::zeros(1, 1), &gaussian(1, 120, 69)),
+        Err(Error::Factorization { .. })
+    ));
+    // Validation.
+    let krylov = KrylovFlow::new(&theta, &y, 1.0).unwrap();
+    assert!(matches!(
+        krylov.train(f64::INFINITY, &f0),
+        Err(Error::InvalidParameter { parameter: "t", .. })
+    ));
+    assert!(matches!(
+        krylov.train(-1.0, &f0),
+        Err(Error::InvalidParameter { parameter: "t", .. })
+    ));
+    assert!(matches!(
+        krylov.train(1.0, &DMatrix::zeros(3, 1)),
+        Err(Error::ShapeMismatch {
+            argument: "f0_train",
+            ..
+        })
+    ));
+    assert!(matches!(
+        krylov.test(1.0, &f0, &DMatrix::zeros(2, 1), &gaussian(2, 7, 1)),
+        Err(Error::ShapeMismatch {
+            argument: "theta_test_train",
+            ..
+        })
+    ));
+    assert!(krylov.clone().tolerance(0.0).is_err());
+    assert!(krylov.clone().tolerance(f64::NAN).is_err());
+    assert!(krylov.clone().max_dimension(0).is_err());
+    assert!(matches!(
+        KrylovFlow::new(&theta, &y, -1.0),
+        Err(Error::InvalidParameter {
+            parameter: "eta",
+            ..
+        })
+    ));
+    // A zero residual is returned as is.
+    assert_eq!(krylov.train(3.0, &y).unwrap(), y);
 }
 
 proptest! {
