@@ -64,7 +64,8 @@
 //! L = ½ Σ_i ‖f(x_i) − y_i‖², and f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0)
 //! on test points. [`GradientFlow`] eigendecomposes Θ once and then predicts at any
 //! time (or after any number of gradient-descent steps) in O(N²k);
-//! [`KernelRegression`] is the t = ∞ limit by Cholesky; [`InfiniteEnsemble`] is the
+//! [`KernelRegression`] is the t = ∞ limit by Cholesky; [`KrylovFlow`] predicts at
+//! one time by Lanczos without the eigendecomposition; [`InfiniteEnsemble`] is the
 //! mean and covariance over random initialisations from the NTK and NNGP kernels;
 //! [`GradientDescent`] trains the real network by backpropagation
 //! ([`NtkModel::vjp`]) to compare.
