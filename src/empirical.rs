@@ -75,6 +75,62 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
     blocked_ntk(model, x1, x2, Layout::Full)
 }
 
+/// The block of [`empirical_ntk`] with rows `rows` (samples of `x1`) and columns
+/// `cols` (samples of `x2`): Θ(x1[rows], x2[cols]).
+///
+/// Every entry of Θ depends only on its two samples, so a kernel too large for one
+/// machine can be computed block by block, by any scheduler (threads, or the tasks
+/// of a cluster job array), and assembled or streamed to disk. Each call runs its
+/// own forward and backward passes on the rows it needs.
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::rand::{rngs::StdRng, SeedableRng};
+/// use ntk::{empirical_ntk, empirical_ntk_block, Activation, Mlp, MlpSpec};
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let net: Mlp<f64> = MlpSpec::new(2)
+///     .hidden(32, Activation::Tanh)
+///     .init(&mut StdRng::seed_from_u64(1))?;
+/// let x = DMatrix::from_fn(10, 2, |i, j| (i as f64 - 3.0 * j as f64).cos());
+/// let full = empirical_ntk(&net, &x, &x)?;
+/// let block = empirical_ntk_block(&net, &x, &x, 2..5, 6..10)?;
+/// assert!((block - full.view((2, 6), (3, 4))).amax() < 1e-12);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`empirical_ntk`], and [`Error::InvalidParameter`] if a range is reversed or
+/// reaches past the last sample.
+pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
+    model: &M,
+    x1: &DMatrix<T>,
+    x2: &DMatrix<T>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Result<DMatrix<T>> {
+    let a = select_rows("rows", x1, rows)?;
+    let b = select_rows("cols", x2, cols)?;
+    blocked_ntk(model, &a, &b, Layout::Trace)
+}
+
+/// The samples `range` of `x`, or an error naming `argument` if the range does not fit.
+pub(crate) fn select_rows<T: Scalar>(
+    argument: &'static str,
+    x: &DMatrix<T>,
+    range: Range<usize>,
+) -> Result<DMatrix<T>> {
+    if range.start > range.end || range.end > x.nrows() {
+        return Err(Error::InvalidParameter {
+            parameter: argument,
+            value: format!("{}..{}", range.start, range.end),
+            reason: "must be an increasing range within the samples (rows) of its matrix",
+        });
+    }
+    Ok(x.rows(range.start, range.len()).into_owned())
+}
+
 /// How output dimensions appear in a kernel.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Layout {

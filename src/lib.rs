@@ -74,7 +74,7 @@ mod parallel;
 mod scalar;
 
 pub use activation::Activation;
-pub use empirical::{empirical_ntk, empirical_ntk_full};
+pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::{DenseUse, LayerKernel, LayerTangent, NtkModel};
