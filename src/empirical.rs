@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result, shape};
+use crate::linalg::gemm_nt;
 use crate::model::{LayerKernel, LayerTangent, NtkModel, check_inputs, check_tangent_shape};
 use crate::{Scalar, parallel};
 
@@ -179,19 +180,16 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     let out = Mutex::new(DMatrix::<T>::zeros(x1.nrows() * per, x2.nrows() * per));
     parallel::for_each(&pairs, |&(i, j)| {
         let mut sum = DMatrix::<T>::zeros(b1[i].len() * per, b2[j].len() * per);
+        let mut scratch = Scratch::default();
         for (l1, l2) in f1[i].iter().zip(&f2[j]) {
-            let (w, b) = contract(l1, l2, k, layout);
-            sum += w;
-            if let Some(b) = b {
-                sum += b;
-            }
+            accumulate(&mut sum, None, l1, l2, k, layout, &mut scratch);
         }
         let (r0, c0) = (b1[i].start * per, b2[j].start * per);
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
         out.view_mut((r0, c0), sum.shape()).copy_from(&sum);
         if symmetric && i != j {
             out.view_mut((c0, r0), (sum.ncols(), sum.nrows()))
-                .copy_from(&sum.transpose());
+                .tr_copy_from(&sum);
         }
     });
     Ok(out.into_inner().unwrap_or_else(|e| e.into_inner()))
@@ -214,11 +212,22 @@ pub(crate) fn layer_kernels_from_tangents<T: Scalar>(
     let n2 = t2.first().map_or(0, |t| rows_of(t, k));
     let f1 = factors(t1.to_vec(), n1, k)?;
     let f2 = factors(t2.to_vec(), n2, k)?;
+    let mut scratch = Scratch::default();
     Ok(f1
         .iter()
         .zip(&f2)
         .map(|(a, b)| {
-            let (weights, bias) = contract(a, b, k, Layout::Trace);
+            let mut weights = DMatrix::zeros(n1, n2);
+            let mut bias = a.bias_coef.map(|_| DMatrix::zeros(n1, n2));
+            accumulate(
+                &mut weights,
+                bias.as_mut(),
+                a,
+                b,
+                k,
+                Layout::Trace,
+                &mut scratch,
+            );
             LayerKernel { weights, bias }
         })
         .collect())
@@ -301,76 +310,165 @@ fn factors<T: Scalar>(
         .collect()
 }
 
-/// One parameter group's weight and bias kernels between two batches.
-fn contract<T: Scalar>(
+/// Reused products: X₁ X₂ᵀ and G₁ G₂ᵀ of one block.
+struct Scratch<T: Scalar> {
+    xx: Option<DMatrix<T>>,
+    gg: Option<DMatrix<T>>,
+}
+
+impl<T: Scalar> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { xx: None, gg: None }
+    }
+}
+
+/// A buffer of shape `shape`, reused when it already has it (GEMMs with β = 0
+/// overwrite it without reading).
+fn buffer<T: Scalar>(slot: &mut Option<DMatrix<T>>, shape: (usize, usize)) -> &mut DMatrix<T> {
+    if slot.as_ref().is_none_or(|m| m.shape() != shape) {
+        *slot = Some(DMatrix::zeros(shape.0, shape.1));
+    }
+    slot.as_mut().expect("just set")
+}
+
+/// Adds one parameter group's kernel between two batches: the weight term
+/// c_w Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) to `weights` and the bias term
+/// c_b Σ_{u,v} G₁_u G₂_vᵀ to `bias`, or to `weights` too when `bias` is `None`
+/// (one fused pass: (c_w X₁X₂ᵀ + c_b) ⊙ G₁G₂ᵀ). Trace layout divides by k.
+fn accumulate<T: Scalar>(
+    weights: &mut DMatrix<T>,
+    mut bias: Option<&mut DMatrix<T>>,
     f1: &Factor<T>,
     f2: &Factor<T>,
     k: usize,
     layout: Layout,
-) -> (DMatrix<T>, Option<DMatrix<T>>) {
-    let n1 = f1.uses.first().map_or(0, |u| u.1.nrows());
-    let n2 = f2.uses.first().map_or(0, |u| u.1.nrows());
+    scratch: &mut Scratch<T>,
+) {
+    let norm = match layout {
+        Layout::Trace => T::one() / T::of(k as f64),
+        Layout::Full => T::one(),
+    };
+    let cw = f1.weight_coef * norm;
+    let cb = f1.bias_coef.map_or(T::zero(), |c| c * norm);
     let per = if layout == Layout::Full { k } else { 1 };
-    let mut weights = DMatrix::<T>::zeros(n1 * per, n2 * per);
-    let mut bias = f1
-        .bias_coef
-        .map(|_| DMatrix::<T>::zeros(n1 * per, n2 * per));
     for (x1, g1) in &f1.uses {
         for (x2, g2) in &f2.uses {
-            let xx: Option<DMatrix<T>> = match (x1, x2) {
-                (Some(a), Some(b)) => Some(a * b.transpose()),
+            let (n1, n2) = (g1.nrows(), g2.nrows());
+            let xx = match (x1, x2) {
+                (Some(a), Some(b)) => {
+                    let xx = buffer(&mut scratch.xx, (n1, n2));
+                    gemm_nt(&mut xx.as_view_mut(), a, 0, b, 0, a.ncols());
+                    Some(&*xx)
+                }
                 _ => None,
             };
-            let grams: Vec<(usize, usize, DMatrix<T>)> = match layout {
-                Layout::Trace => vec![(0, 0, g1 * g2.transpose())],
-                Layout::Full => {
-                    let m1 = g1.ncols() / k;
-                    let m2 = g2.ncols() / k;
-                    (0..k)
-                        .flat_map(|c| (0..k).map(move |d| (c, d)))
-                        .map(|(c, d)| {
-                            (
-                                c,
-                                d,
-                                g1.columns(c * m1, m1) * g2.columns(d * m2, m2).transpose(),
-                            )
-                        })
-                        .collect()
-                }
+            // Output pairs (c, d) and the columns of G they use; in trace layout one
+            // GEMM over all columns sums the k diagonal pairs at once.
+            let m1 = g1.ncols() / k;
+            let pairs: Vec<(usize, usize, usize, usize, usize)> = match layout {
+                Layout::Trace => vec![(0, 0, 0, 0, g1.ncols())],
+                Layout::Full => (0..k)
+                    .flat_map(|c| (0..k).map(move |d| (c, d, c * m1, d * m1, m1)))
+                    .collect(),
             };
-            for (c, d, gg) in grams {
-                let weight_term = match &xx {
-                    Some(xx) => xx.component_mul(&gg),
-                    None => gg.clone(),
-                };
-                add_strided(&mut weights, &weight_term, per, c, d);
-                if let Some(b) = bias.as_mut() {
-                    add_strided(b, &gg, per, c, d);
+            for (c, d, a0, b0, w) in pairs {
+                let gg = buffer(&mut scratch.gg, (n1, n2));
+                gemm_nt(&mut gg.as_view_mut(), g1, a0, g2, b0, w);
+                let gg = &*gg;
+                if per == 1 {
+                    // Same layout everywhere: one pass over contiguous storage.
+                    let w = weights.as_mut_slice();
+                    let g = gg.as_slice();
+                    match (xx, bias.as_deref_mut()) {
+                        (Some(xx), None) => {
+                            for ((w, &x), &g) in w.iter_mut().zip(xx.as_slice()).zip(g) {
+                                *w += (cw * x + cb) * g;
+                            }
+                        }
+                        (Some(xx), Some(b)) => {
+                            let b = b.as_mut_slice();
+                            for (((w, b), &x), &g) in
+                                w.iter_mut().zip(b.iter_mut()).zip(xx.as_slice()).zip(g)
+                            {
+                                *w += cw * x * g;
+                                *b += cb * g;
+                            }
+                        }
+                        (None, _) => {
+                            for (w, &g) in w.iter_mut().zip(g) {
+                                *w += cw * g;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                for j in 0..n2 {
+                    for i in 0..n1 {
+                        let g = gg[(i, j)];
+                        let (r, s) = (i * per + c, j * per + d);
+                        let x = xx.map_or(T::one(), |xx| xx[(i, j)]);
+                        match bias.as_deref_mut() {
+                            Some(b) => {
+                                weights[(r, s)] += cw * x * g;
+                                b[(r, s)] += cb * g;
+                            }
+                            None => weights[(r, s)] += (cw * x + cb) * g,
+                        }
+                    }
                 }
             }
         }
     }
-    let norm = if layout == Layout::Trace {
-        T::one() / T::of(k as f64)
-    } else {
-        T::one()
-    };
-    weights *= f1.weight_coef * norm;
-    if let (Some(b), Some(coef)) = (bias.as_mut(), f1.bias_coef) {
-        *b *= coef * norm;
-    }
-    (weights, bias)
 }
 
-/// out[(i·per + c, j·per + d)] += m[(i, j)].
-fn add_strided<T: Scalar>(out: &mut DMatrix<T>, m: &DMatrix<T>, per: usize, c: usize, d: usize) {
-    if per == 1 {
-        *out += m;
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Activation, MlpSpec};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// ‖a − b‖_F / ‖b‖_F.
+    fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+        (a - b).norm() / b.norm()
     }
-    for j in 0..m.ncols() {
-        for i in 0..m.nrows() {
-            out[(i * per + c, j * per + d)] += m[(i, j)];
+
+    /// The blocked, fused contraction equals J₁ J₂ᵀ of the explicit Jacobians, across
+    /// several row blocks, with and without symmetry, for both output layouts.
+    #[test]
+    fn blocked_kernels_equal_jacobian_contraction() {
+        for k in [1, 2] {
+            let spec = MlpSpec::new(3)
+                .hidden(6, Activation::Tanh)
+                .hidden(5, Activation::Relu)
+                .bias_std(0.4)
+                .outputs(k);
+            let net = spec.init::<f64, _>(&mut StdRng::seed_from_u64(7)).unwrap();
+            let x1 = DMatrix::from_fn(BLOCK_ROWS + 37, 3, |i, j| (0.37 * (i * 3 + j) as f64).sin());
+            let x2 = DMatrix::from_fn(BLOCK_ROWS * 2 + 3, 3, |i, j| {
+                (0.11 * (i + 5 * j) as f64).cos()
+            });
+            let j1 = net.jacobian(&x1).unwrap();
+            let j2 = net.jacobian(&x2).unwrap();
+            let full = empirical_ntk_full(&net, &x1, &x2).unwrap();
+            assert!(rel(&full, &(&j1 * j2.transpose())) < 1e-12);
+            let sym = empirical_ntk_full(&net, &x1, &x1).unwrap();
+            assert!(rel(&sym, &(&j1 * j1.transpose())) < 1e-12);
+            let traced = empirical_ntk(&net, &x1, &x2).unwrap();
+            let expected = DMatrix::from_fn(x1.nrows(), x2.nrows(), |i, j| {
+                (0..k).map(|c| full[(i * k + c, j * k + c)]).sum::<f64>() / k as f64
+            });
+            assert!(rel(&traced, &expected) < 1e-12);
+        }
+    }
+
+    #[test]
+    fn row_blocks_cover_every_row_once() {
+        for n in [0, 1, 255, 256, 257, 1000] {
+            let blocks = row_blocks(n);
+            assert_eq!(blocks.iter().map(Range::len).sum::<usize>(), n);
+            assert!(blocks.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(blocks.iter().all(|b| b.len() <= BLOCK_ROWS));
         }
     }
 }

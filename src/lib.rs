@@ -68,6 +68,7 @@ pub use rand;
 pub mod activation;
 mod empirical;
 pub mod error;
+mod linalg;
 pub mod mlp;
 pub mod model;
 mod parallel;
