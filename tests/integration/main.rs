@@ -5,4 +5,5 @@
 //! (`tests/data/neural_tangents.json`).
 
 mod common;
+mod empirical;
 mod parallel;
