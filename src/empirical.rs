@@ -169,6 +169,11 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         Some(tangents_of(x2)?)
     };
     let f2 = f2_owned.as_ref().unwrap_or(&f1);
+    if let Some(first) = f1.first() {
+        for block in f1.iter().chain(f2) {
+            check_compatible(first, block)?;
+        }
+    }
 
     let b1 = row_blocks(x1.nrows());
     let b2 = row_blocks(x2.nrows());
@@ -199,19 +204,13 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
 pub(crate) fn layer_kernels_from_tangents<T: Scalar>(
     t1: &[LayerTangent<T>],
     t2: &[LayerTangent<T>],
+    n1: usize,
+    n2: usize,
     k: usize,
 ) -> Result<Vec<LayerKernel<T>>> {
-    if t1.len() != t2.len() {
-        return Err(Error::ShapeMismatch {
-            argument: "layer_tangents",
-            expected: format!("{} parameter groups on both batches", t1.len()),
-            found: format!("{} groups", t2.len()),
-        });
-    }
-    let n1 = t1.first().map_or(0, |t| rows_of(t, k));
-    let n2 = t2.first().map_or(0, |t| rows_of(t, k));
     let f1 = factors(t1.to_vec(), n1, k)?;
     let f2 = factors(t2.to_vec(), n2, k)?;
+    check_compatible(&f1, &f2)?;
     let mut scratch = Scratch::default();
     Ok(f1
         .iter()
@@ -233,12 +232,37 @@ pub(crate) fn layer_kernels_from_tangents<T: Scalar>(
         .collect())
 }
 
-/// Number of samples a tangent describes.
-fn rows_of<T: Scalar>(t: &LayerTangent<T>, k: usize) -> usize {
-    match t {
-        LayerTangent::Dense { uses, .. } => uses.first().map_or(0, |u| u.input.nrows()),
-        LayerTangent::Jacobian(j) => j.nrows() / k.max(1),
+/// Errors unless two batches' factors describe the same parameter groups (same count,
+/// and per group the same input and gradient widths and bias), so that they contract.
+fn check_compatible<T: Scalar>(f1: &[Factor<T>], f2: &[Factor<T>]) -> Result<()> {
+    let signature = |f: &Factor<T>| {
+        (
+            f.uses
+                .first()
+                .map(|(x, g)| (x.as_ref().map(DMatrix::ncols), g.ncols())),
+            f.bias_coef.is_some(),
+        )
+    };
+    if f1.len() != f2.len() {
+        return Err(Error::ShapeMismatch {
+            argument: "layer_tangents",
+            expected: format!("{} parameter groups on both batches", f1.len()),
+            found: format!("{} groups", f2.len()),
+        });
     }
+    for (l, (a, b)) in f1.iter().zip(f2).enumerate() {
+        if signature(a) != signature(b) {
+            return Err(Error::ShapeMismatch {
+                argument: "layer_tangents",
+                expected: format!(
+                    "parameter group {l} of the same shape on both batches: {:?}",
+                    signature(a)
+                ),
+                found: format!("{:?}", signature(b)),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `0..n` cut into consecutive ranges of at most [`BLOCK_ROWS`].

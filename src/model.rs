@@ -168,7 +168,13 @@ pub trait NtkModel<T: Scalar>: Sync {
             Some(self.layer_tangents(x2)?)
         };
         let t2 = t2.as_ref().unwrap_or(&t1);
-        crate::empirical::layer_kernels_from_tangents(&t1, t2, self.output_dim())
+        crate::empirical::layer_kernels_from_tangents(
+            &t1,
+            t2,
+            x1.nrows(),
+            x2.nrows(),
+            self.output_dim(),
+        )
     }
 }
 
