@@ -5,5 +5,6 @@
 //! (`tests/data/neural_tangents.json`).
 
 mod common;
+mod custom_model;
 mod empirical;
 mod parallel;
