@@ -349,6 +349,10 @@ fn one_hidden_layer_closed_form_by_hand() {
 
 /// With no hidden layer the network is linear, f = s_w W x + s_b b, and its NTK is
 /// s_w² x · x̄ + s_b² for every output (0 between different outputs).
+///
+/// "No layers" is therefore not an error for an MLP: `MlpSpec::new(d)` always has its
+/// output layer. (A custom model with no parameter groups has the zero kernel; see
+/// `custom_model.rs`.)
 #[test]
 fn linear_model_closed_form() {
     let x1 = common::inputs(4, 5, 3);
