@@ -77,7 +77,7 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
 }
 
 /// The block of [`empirical_ntk`] with rows `rows` (samples of `x1`) and columns
-/// `cols` (samples of `x2`): Θ(x1[rows], x2[cols]).
+/// `cols` (samples of `x2`): Θ(x1\[rows\], x2\[cols\]).
 ///
 /// Every entry of Θ depends only on its two samples, so a kernel too large for one
 /// machine can be computed block by block, by any scheduler (threads, or the tasks
