@@ -68,6 +68,7 @@ pub use rand;
 pub mod activation;
 mod empirical;
 pub mod error;
+pub mod infinite;
 pub mod mlp;
 pub mod model;
 mod parallel;
@@ -76,6 +77,9 @@ mod scalar;
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_full};
 pub use error::{Error, Result};
+pub use infinite::{
+    InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_layers, width_convergence,
+};
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::{DenseUse, LayerKernel, LayerTangent, NtkModel};
 pub use scalar::Scalar;

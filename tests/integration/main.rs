@@ -5,3 +5,4 @@
 //! (`tests/data/neural_tangents.json`).
 
 mod common;
+mod infinite;
