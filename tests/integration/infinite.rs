@@ -128,3 +128,172 @@ fn quadrature_accuracy_on_smooth_activations() {
     println!("Tanh q = 2: 200 nodes {tanh2:.1e}");
     assert!(tanh2 <= 1e-8);
 }
+
+/// A small batch of inputs with varied norms and a parallel pair.
+fn inputs(n: usize, d: usize, seed: u64) -> DMatrix<f64> {
+    use ntk::rand::RngExt;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut x = DMatrix::from_fn(n, d, |_, _| rng.random_range(-1.0..1.0));
+    if n > 1 {
+        let first = x.row(0).clone_owned() * 1.5;
+        x.set_row(1, &first);
+    }
+    x
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let spec = MlpSpec::new(3).hidden(16, Activation::Tanh);
+    let x = inputs(4, 3, 1);
+    let wrong = inputs(4, 2, 1);
+    assert!(matches!(
+        infinite_width(&spec, &wrong, &wrong),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        infinite_width(&spec, &x, &wrong),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut nan = x.clone();
+    nan[(2, 1)] = f64::NAN;
+    assert!(matches!(
+        infinite_width(&spec, &x, &nan),
+        Err(Error::NonFinite { argument: "x2", row: 2, col: 1 })
+    ));
+    let mut inf = x.clone();
+    inf[(0, 0)] = f64::INFINITY;
+    assert!(matches!(
+        infinite_width(&spec, &inf, &x),
+        Err(Error::NonFinite { .. })
+    ));
+    let huge = x.map(|v| v * 1e200);
+    assert!(matches!(
+        infinite_width(&spec, &huge, &huge),
+        Err(Error::InvalidParameter { .. })
+    ));
+    for bad in [
+        spec.clone().weight_std(-1.0),
+        spec.clone().bias_std(f64::NAN),
+        MlpSpec::new(0).hidden(4, Activation::Relu),
+        MlpSpec::new(3).hidden(0, Activation::Relu),
+        MlpSpec::new(3).hidden(4, Activation::LeakyRelu(f64::INFINITY)),
+    ] {
+        assert!(matches!(
+            infinite_width(&bad, &x, &x),
+            Err(Error::InvalidParameter { .. })
+        ));
+        assert!(infinite_width_layers(&bad, &x, &x).is_err());
+        assert!(width_convergence(&bad, &x, &[4, 8], &[0]).is_err());
+    }
+    let config = InfiniteWidth::new(&spec).expect("valid spec");
+    assert!(config.clone().quadrature_degree(0).is_err());
+    assert!(config.clone().quadrature_degree(100_000).is_err());
+    assert!(width_convergence(&spec, &x, &[8], &[0]).is_err());
+    assert!(width_convergence(&spec, &x, &[8, 16], &[]).is_err());
+    assert!(width_convergence(&spec, &x, &[0, 16], &[1]).is_err());
+}
+
+#[test]
+fn zero_norm_inputs_give_finite_kernels() {
+    let x = DMatrix::from_row_slice(3, 2, &[0.0, 0.0, 1.0, -0.5, 0.0, 0.0]);
+    for act in Activation::builtins() {
+        for sb in [0.0, 0.3] {
+            let spec = MlpSpec::new(2)
+                .hidden(8, act.clone())
+                .hidden(8, act.clone())
+                .bias_std(sb);
+            let k: ntk::Kernels = infinite_width(&spec, &x, &x).expect("kernels");
+            assert!(k.nngp.iter().chain(k.ntk.iter()).all(|v| v.is_finite()));
+            common::assert_valid_gram(&k.ntk, 1e-14);
+            common::assert_valid_gram(&k.nngp, 1e-14);
+        }
+    }
+}
+
+/// The symmetric path (upper triangle, mirrored) agrees with the general path, across
+/// several column blocks.
+#[test]
+fn symmetric_and_general_paths_agree() {
+    let spec = MlpSpec::new(4)
+        .hidden(8, Activation::Relu)
+        .hidden(8, Activation::Gelu)
+        .hidden(8, Activation::Tanh)
+        .bias_std(0.2)
+        .weight_std(1.3);
+    let x = inputs(70, 4, 3);
+    let mut y = DMatrix::zeros(71, 4);
+    y.rows_mut(0, 70).copy_from(&x);
+    y.set_row(70, &x.row(5).map(|v| -v));
+    let sym = infinite_width(&spec, &x, &x).expect("symmetric");
+    let general = InfiniteWidth::new(&spec)
+        .expect("spec")
+        .kernels(&x, &y)
+        .expect("general");
+    let sub = general.ntk.columns(0, 70).into_owned();
+    assert!(rel_err(&sym.ntk, &sub) <= prec::EXACT_F64);
+    assert!(rel_err(&sym.nngp, &general.nngp.columns(0, 70).into_owned()) <= prec::EXACT_F64);
+    common::assert_valid_gram(&sym.ntk, 0.0);
+}
+
+#[test]
+fn f32_matches_f64() {
+    let spec = MlpSpec::new(3)
+        .hidden(8, Activation::Erf)
+        .hidden(8, Activation::Relu)
+        .bias_std(0.1);
+    let x = inputs(6, 3, 4);
+    let k64 = infinite_width(&spec, &x, &x).expect("f64");
+    let k32 = infinite_width(&spec, &x.map(|v| v as f32), &x.map(|v| v as f32)).expect("f32");
+    assert!(rel_err(&k32.ntk, &k64.ntk.map(|v| v as f32)) <= prec::F32_VS_F64);
+    assert!(rel_err(&k32.nngp, &k64.nngp.map(|v| v as f32)) <= prec::F32_VS_F64);
+}
+
+/// Θ̊ does not depend on the number of outputs (the full kernel is Θ̊ ⊗ I).
+#[test]
+fn outputs_do_not_change_the_kernel() {
+    let spec = MlpSpec::new(3).hidden(8, Activation::Sin).bias_std(0.3);
+    let x = inputs(5, 3, 5);
+    let one = infinite_width(&spec, &x, &x).expect("k = 1");
+    let three = infinite_width(&spec.clone().outputs(3), &x, &x).expect("k = 3");
+    assert_eq!(one, three);
+}
+
+/// Per-layer limits: they sum to Θ̊, and each is the large-width limit of the finite
+/// network's per-layer kernels (weights and biases separately).
+#[test]
+fn layer_decomposition_is_the_limit_of_layer_kernels() {
+    for parameterization in [Parameterization::Ntk, Parameterization::Standard] {
+        let spec = MlpSpec::new(3)
+            .hidden(2048, Activation::Relu)
+            .hidden(2048, Activation::Erf)
+            .weight_std(1.4)
+            .bias_std(0.3)
+            .outputs(4)
+            .parameterization(parameterization);
+        let x = inputs(5, 3, 6);
+        let limits = infinite_width_layers(&spec, &x, &x).expect("layers");
+        let total = infinite_width(&spec, &x, &x).expect("kernels").ntk;
+        let sum = limits
+            .iter()
+            .fold(DMatrix::zeros(5, 5), |acc, l| acc + l.total());
+        assert!(rel_err(&sum, &total) <= prec::EXACT_F64);
+
+        let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(11)).expect("init");
+        let finite = net.layer_kernels(&x, &x).expect("layer kernels");
+        assert_eq!(finite.len(), limits.len());
+        for (l, (f, lim)) in finite.iter().zip(&limits).enumerate() {
+            let ew = rel_err(&f.weights, &lim.weights);
+            let eb = rel_err(
+                f.bias.as_ref().expect("finite bias"),
+                lim.bias.as_ref().expect("limit bias"),
+            );
+            println!("{parameterization:?} layer {l}: weights {ew:.3}, bias {eb:.3}");
+            // Width 2048 with 4 outputs averaged: fluctuations of a few percent.
+            assert!(ew < 0.1 && eb < 0.1, "layer {l}: {ew}, {eb}");
+        }
+        let theta = empirical_ntk(&net, &x, &x).expect("empirical");
+        let err = rel_err(&theta, &total);
+        println!("{parameterization:?} total: {err:.4}");
+        assert!(err < 0.08);
+    }
+}
