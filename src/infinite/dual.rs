@@ -171,7 +171,14 @@ pub(crate) fn quadrature_moments(
     var2: f64,
     rule: &GaussHermite,
 ) -> GaussianMoments {
-    let (var1, var2) = (var1.max(0.0), var2.max(0.0));
+    // C and Ċ are symmetric in (u, v): factor the larger variance first, so that the
+    // estimate does not depend on the argument order (and a kernel matrix built from
+    // it is exactly symmetric).
+    let (var1, var2) = if var2 > var1 {
+        (var2.max(0.0), var1.max(0.0))
+    } else {
+        (var1.max(0.0), var2.max(0.0))
+    };
     // (u, v) = (a z₁, l z₁ + m z₂).
     let a = var1.sqrt();
     let (l, m) = if a > 0.0 {

@@ -297,3 +297,180 @@ fn layer_decomposition_is_the_limit_of_layer_kernels() {
         assert!(err < 0.08);
     }
 }
+
+/// Tensor Programs II, Figure 1: the relative NTK error falls like n^{−1/2}.
+#[test]
+fn empirical_ntk_converges_at_rate_one_over_sqrt_width() {
+    let x = inputs(10, 4, 7);
+    let widths = [64, 128, 256, 512, 1024, 2048];
+    let seeds = [1, 2, 3, 4, 5, 6, 7, 8];
+    for spec in [
+        MlpSpec::new(4)
+            .hidden(1, Activation::Relu)
+            .hidden(1, Activation::Relu)
+            .bias_std(0.1),
+        MlpSpec::new(4)
+            .hidden(1, Activation::Erf)
+            .hidden(1, Activation::Erf)
+            .weight_std(1.5),
+    ] {
+        let study = width_convergence(&spec, &x, &widths, &seeds).expect("study");
+        for p in &study.points {
+            println!("width {:5}: mean {:.4} ± {:.4}", p.width, p.mean, p.std);
+        }
+        println!("slope {:.3}", study.slope);
+        assert!(
+            (-0.7..=-0.3).contains(&study.slope),
+            "slope {} outside [-0.7, -0.3]",
+            study.slope
+        );
+    }
+}
+
+/// The output covariance over random initialisations is the NNGP kernel Σ: the sample
+/// mean of f_c(x_i) f_c(x_j) over seeds and outputs c lies within 4.5 standard errors
+/// of Σ(x_i, x_j) at every entry.
+#[test]
+fn output_covariance_over_seeds_is_the_nngp_kernel() {
+    let k = 25;
+    let spec = MlpSpec::new(3)
+        .hidden(512, Activation::Tanh)
+        .hidden(512, Activation::Relu)
+        .weight_std(1.3)
+        .bias_std(0.2)
+        .outputs(k);
+    let x = inputs(5, 3, 8);
+    let sigma = infinite_width(&spec, &x, &x).expect("kernels").nngp;
+    let seeds = 80;
+    let n = x.nrows();
+    let mut sum = DMatrix::<f64>::zeros(n, n);
+    let mut sum_sq = DMatrix::<f64>::zeros(n, n);
+    for seed in 0..seeds {
+        let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(seed)).expect("init");
+        let f = net.forward(&x).expect("forward");
+        for c in 0..k {
+            let col = f.column(c);
+            let outer = &col * col.transpose();
+            sum_sq += outer.map(|v| v * v);
+            sum += outer;
+        }
+    }
+    let samples = (seeds as usize * k) as f64;
+    let mean = &sum / samples;
+    for i in 0..n {
+        for j in 0..n {
+            let var = (sum_sq[(i, j)] / samples - mean[(i, j)].powi(2)) * samples / (samples - 1.0);
+            let se = (var / samples).sqrt();
+            let z = (mean[(i, j)] - sigma[(i, j)]) / se;
+            assert!(
+                z.abs() < 4.5,
+                "entry ({i}, {j}): mean {} vs Σ {} ({z:.2} standard errors)",
+                mean[(i, j)],
+                sigma[(i, j)]
+            );
+        }
+    }
+    assert!(rel_err(&mean, &sigma) < 0.1);
+}
+
+mod properties {
+    //! Property tests with a fixed seed and small sizes.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            rng_seed: RngSeed::Fixed(0x5eed),
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    fn activation() -> impl Strategy<Value = Activation> {
+        prop_oneof![
+            (0usize..10).prop_map(|i| Activation::builtins()[i].clone()),
+            Just(Activation::custom("sin x + x/2", |x| x.sin() + 0.5 * x, |x| x.cos() + 0.5)),
+        ]
+    }
+
+    fn spec() -> impl Strategy<Value = MlpSpec> {
+        (
+            2usize..4,
+            prop::collection::vec(activation(), 1..4),
+            0.5f64..1.5,
+            prop_oneof![Just(0.0), 0.05f64..0.5],
+            any::<bool>(),
+        )
+            .prop_map(|(d, acts, sw, sb, standard)| {
+                let p = if standard {
+                    Parameterization::Standard
+                } else {
+                    Parameterization::Ntk
+                };
+                acts.into_iter()
+                    .enumerate()
+                    .fold(MlpSpec::new(d), |s, (i, a)| s.hidden(16 + 8 * i, a))
+                    .weight_std(sw)
+                    .bias_std(sb)
+                    .parameterization(p)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config(24))]
+
+        /// Σ and Θ̊ on one batch are symmetric and PSD. (Quadrature kernels are PSD up to
+        /// the quadrature error, which grows with the pre-activation variance: the specs
+        /// keep variances moderate and use 200 nodes.)
+        #[test]
+        fn kernels_are_symmetric_and_psd(spec in spec(), n in 2usize..8, seed in 0u64..1000) {
+            let x = inputs(n, spec.input_dim(), seed);
+            let config = InfiniteWidth::new(&spec).expect("spec").quadrature_degree(200).expect("degree");
+            let k = config.kernels(&x, &x).expect("kernels");
+            common::assert_valid_gram(&k.nngp, 0.0);
+            common::assert_valid_gram(&k.ntk, 0.0);
+            // The x1 ≠ x2 path gives the same numbers.
+            let y = x.clone().insert_row(n, 0.25);
+            let k2 = config.kernels(&x, &y).expect("kernels");
+            prop_assert!(rel_err(&k2.ntk.columns(0, n).into_owned(), &k.ntk) <= 1e-12);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(32))]
+
+        /// Closed forms against 2-D Gauss–Hermite quadrature: tightly for the smooth
+        /// activations, loosely for ReLU (quadrature converges like 1/n on a kink).
+        #[test]
+        fn closed_forms_match_quadrature(
+            q1 in 0.05f64..3.0,
+            q2 in 0.05f64..3.0,
+            rho in -1.0f64..=1.0,
+        ) {
+            let c = rho * (q1 * q2).sqrt();
+            let rule = GaussHermite::new(160).expect("rule");
+            for (act, tol) in [
+                (Activation::Erf, 1e-11),
+                (Activation::Gelu, 1e-11),
+                (Activation::Sin, 1e-11),
+                (Activation::Relu, 1e-2),
+            ] {
+                let exact = closed_form(&act, q1, c, q2).expect("valid").expect("closed form");
+                let quad = quadrature(&act, q1, c, q2, &rule).expect("valid");
+                let scale_c = closed_form(&act, q1, q1, q1).expect("valid").expect("cf").phi
+                    .max(closed_form(&act, q2, q2, q2).expect("valid").expect("cf").phi);
+                prop_assert!(
+                    (exact.phi - quad.phi).abs() <= tol * scale_c,
+                    "{:?} C: {} vs {}", act, exact.phi, quad.phi
+                );
+                prop_assert!(
+                    (exact.derivative - quad.derivative).abs() <= tol.max(1e-11) * 5.0,
+                    "{:?} Ċ: {} vs {}", act, exact.derivative, quad.derivative
+                );
+            }
+        }
+    }
+}
