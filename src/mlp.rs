@@ -170,7 +170,7 @@ impl MlpSpec {
         s
     }
 
-    /// Number of parameters P = Σ_l n^l (n^{l−1} + [σ_b > 0]).
+    /// Number of parameters P = Σ_l n^l (n^{l−1} + \[σ_b > 0\]).
     #[must_use]
     pub fn parameter_count(&self) -> usize {
         let w = self.widths();

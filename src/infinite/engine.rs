@@ -16,13 +16,20 @@ use crate::error::{Error, Result};
 use crate::mlp::{MlpSpec, Parameterization};
 use crate::parallel;
 
-use super::dual::{
-    Dual, arccos_zero_norm, erf_moments, gelu_moments, quadrature_moments, sin_moments,
-};
+use std::f64::consts::PI;
+
+use super::dual::{Dual, erf_moments, gelu_moments, quadrature_moments, sin_moments};
+use super::fastmath;
 use super::quadrature::GaussHermite;
+
+/// 1/(2π).
+const INV_2PI: f64 = 0.5 * std::f64::consts::FRAC_1_PI;
 
 /// Columns per work item.
 const BLOCK_COLS: usize = 32;
+
+/// A work item: the first column j0 and the NNGP and NTK storage of its columns.
+type Block<'a> = (usize, &'a mut [f64], &'a mut [f64]);
 
 /// One hidden layer: its activation's dual and its width (the next Dense layer's n_in).
 struct Hidden {
@@ -42,10 +49,9 @@ pub(crate) struct Plan {
     bias_ntk: f64,
 }
 
-/// Per-sample variances Σ^l(x, x) at every hidden layer, and their square roots.
+/// Per-sample variances Σ^l(x, x) at every hidden layer.
 struct Stats {
     q: Vec<Vec<f64>>,
-    r: Vec<Vec<f64>>,
 }
 
 /// One Dense layer's weight and bias terms (f64).
@@ -86,7 +92,6 @@ impl Plan {
             .map(|i| self.sw2 * x.row(i).norm_squared() / self.input_dim + self.sb2)
             .collect();
         let mut qs = Vec::with_capacity(self.hidden.len());
-        let mut rs = Vec::with_capacity(self.hidden.len());
         for layer in &self.hidden {
             if let Some(i) = q.iter().position(|v| !v.is_finite()) {
                 return Err(Error::InvalidParameter {
@@ -99,7 +104,6 @@ impl Plan {
                 .iter()
                 .map(|&v| self.sw2 * layer.dual.eval(v, v, v).phi + self.sb2)
                 .collect();
-            rs.push(q.iter().map(|v| v.sqrt()).collect());
             qs.push(std::mem::replace(&mut q, next));
         }
         if let Some(i) = q.iter().position(|v| !v.is_finite()) {
@@ -109,7 +113,7 @@ impl Plan {
                 reason: "the kernel overflows f64 at this input (its norm is too large)",
             });
         }
-        Ok(Stats { q: qs, r: rs })
+        Ok(Stats { q: qs })
     }
 
     /// Σ and Θ̊ between the rows of `x1` and `x2` (`None`: x2 = x1).
@@ -135,7 +139,7 @@ impl Plan {
         }
         let x2t = x2.transpose();
         let chunk = n1 * BLOCK_COLS;
-        let blocks: Vec<Mutex<(usize, &mut [f64], &mut [f64])>> = nngp
+        let blocks: Vec<Mutex<Block<'_>>> = nngp
             .as_mut_slice()
             .chunks_mut(chunk)
             .zip(ntk.as_mut_slice().chunks_mut(chunk))
@@ -150,12 +154,8 @@ impl Plan {
             let rows = if symmetric { (j0 + cols).min(n1) } else { n1 };
             // Gram block x1[..rows] · x2[j0..j0+cols]ᵀ, written into the NNGP output.
             let mut gram = DMatrixViewMut::from_slice(s, n1, cols);
-            gram.rows_mut(0, rows).gemm(
-                1.0,
-                &x1.rows(0, rows),
-                &x2t.columns(j0, cols),
-                0.0,
-            );
+            gram.rows_mut(0, rows)
+                .gemm(1.0, &x1.rows(0, rows), &x2t.columns(j0, cols), 0.0);
             let mut scratch = vec![0.0; rows];
             for jj in 0..cols {
                 let j = j0 + jj;
@@ -173,8 +173,10 @@ impl Plan {
         });
         drop(blocks);
         if symmetric {
-            mirror_upper(&mut nngp);
-            mirror_upper(&mut ntk);
+            let both = [Mutex::new(&mut nngp), Mutex::new(&mut ntk)];
+            parallel::for_each(&both, |m| {
+                mirror_upper(&mut m.lock().unwrap_or_else(|e| e.into_inner()));
+            });
         }
         Ok((nngp, ntk))
     }
@@ -206,15 +208,7 @@ impl Plan {
         }
         for (l, layer) in self.hidden.iter().enumerate() {
             let n = s.len();
-            dual_column(
-                &layer.dual,
-                &s1.q[l][..n],
-                &s1.r[l][..n],
-                s2.q[l][j],
-                s2.r[l][j],
-                s,
-                cdot,
-            );
+            dual_column(&layer.dual, &s1.q[l][..n], s2.q[l][j], s, cdot);
             if self.standard {
                 let (w, b) = (layer.width, self.bias_ntk);
                 for ((si, ti), di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
@@ -282,35 +276,25 @@ impl Plan {
 }
 
 /// C and Ċ for one column: `c` holds the covariances Σ(i, j) on entry and C on exit;
-/// `cdot` receives Ċ. `q`, `r` are the rows' variances and standard deviations,
-/// `qj`, `rj` the column's.
-fn dual_column(
-    dual: &Dual,
-    q: &[f64],
-    r: &[f64],
-    qj: f64,
-    rj: f64,
-    c: &mut [f64],
-    cdot: &mut [f64],
-) {
+/// `cdot` receives Ċ. `q` are the rows' variances, `qj` the column's.
+fn dual_column(dual: &Dual, q: &[f64], qj: f64, c: &mut [f64], cdot: &mut [f64]) {
     match dual {
         Dual::ArcCos { a, b, d0 } => {
             let (a, b, d0) = (*a, *b, *d0);
             let (k1, k2) = (a * a + b * b, 2.0 * a * b);
-            for (((ci, di), &ri), &qi) in c.iter_mut().zip(cdot.iter_mut()).zip(r).zip(q) {
+            let mean = 0.5 * (a + b);
+            let side_j = if qj > 0.0 { mean } else { d0 };
+            // Straight-line code (selects, no calls) so that the loop vectorises.
+            for ((ci, di), &qi) in c.iter_mut().zip(cdot.iter_mut()).zip(q) {
                 let s = (qi * qj).sqrt();
-                if s > 0.0 {
-                    let rho = (*ci / s).clamp(-1.0, 1.0);
-                    let theta = rho.acos();
-                    let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
-                    let inv = 0.5 * std::f64::consts::FRAC_1_PI;
-                    let pi = std::f64::consts::PI;
-                    *ci = s * inv * (k1 * (sin + (pi - theta) * rho) - k2 * (sin - theta * rho));
-                    *di = inv * (k1 * (pi - theta) + k2 * theta);
-                } else {
-                    *ci = 0.0;
-                    *di = arccos_zero_norm(a, b, d0, ri, rj);
-                }
+                let positive = s > 0.0;
+                let rho = fastmath::correlation(*ci / if positive { s } else { 1.0 });
+                let theta = fastmath::acos(rho);
+                let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
+                *ci = s * INV_2PI * (k1 * (sin + (PI - theta) * rho) - k2 * (sin - theta * rho));
+                let d = INV_2PI * (k1 * (PI - theta) + k2 * theta);
+                let side_i = if qi > 0.0 { mean } else { d0 };
+                *di = if positive { d } else { side_i * side_j };
             }
         }
         Dual::Identity => cdot.fill(1.0),

@@ -15,7 +15,10 @@
 //!
 //! and in the standard parameterization, where the NTK depends on the widths n^{l−1},
 //!
-//! Σ^l = σ_w² C^{l−1} + σ_b²,  Θ^l = n^{l−1} C^{l−1} + [σ_b > 0] + σ_w² Ċ^{l−1} Θ^{l−1}.
+//! Σ^l = σ_w² C^{l−1} + σ_b²,  Θ^l = n^{l−1} C^{l−1} + 1_{σ_b > 0} + σ_w² Ċ^{l−1} Θ^{l−1}
+//!
+//! (the bias term 1 is there when the layers have bias parameters, σ_b > 0; this is
+//! neural-tangents' `parameterization='standard'`).
 //!
 //! The network's kernels are Σ = Σ^{L+1} and Θ̊ = Θ^{L+1}; with k outputs they are
 //! Σ ⊗ I_k and Θ̊ ⊗ I_k, and this module returns the N1 × N2 factors. C and Ċ come in
@@ -36,6 +39,7 @@
 mod convergence;
 mod dual;
 mod engine;
+mod fastmath;
 mod quadrature;
 
 use std::any::Any;
@@ -71,7 +75,7 @@ pub struct Kernels<T: Scalar = f64> {
 /// # fn main() -> Result<(), ntk::Error> {
 /// let spec = MlpSpec::new(2).hidden(512, Activation::Tanh).bias_std(0.1);
 /// let x = DMatrix::from_row_slice(3, 2, &[1.0, 0.0, 0.0, 1.0, 0.6, 0.8]);
-/// let coarse = InfiniteWidth::new(&spec)?.quadrature_degree(40)?.kernels(&x, &x)?;
+/// let coarse = InfiniteWidth::new(&spec)?.quadrature_degree(64)?.kernels(&x, &x)?;
 /// let fine = InfiniteWidth::new(&spec)?.quadrature_degree(200)?.kernels(&x, &x)?;
 /// assert!((&coarse.ntk - &fine.ntk).norm() < 1e-8 * fine.ntk.norm());
 /// # Ok(())
@@ -184,7 +188,7 @@ impl InfiniteWidth {
 /// use ntk::{infinite_width, Activation, MlpSpec};
 /// # fn main() -> Result<(), ntk::Error> {
 /// let spec = MlpSpec::new(2).hidden(512, Activation::Relu);
-/// let x = DMatrix::from_row_slice(2, 2, &[1.0, 0.0, 0.0, 2.0]);
+/// let x = DMatrix::from_row_slice(2, 2, &[1.0_f64, 0.0, 0.0, 2.0]);
 /// let k = infinite_width(&spec, &x, &x)?;
 /// // One ReLU layer, σ_w = 1, σ_b = 0: Σ(x, x) = |x|²/(2d) and Θ̊(x, x) = |x|²/d.
 /// assert!((k.nngp[(1, 1)] - 1.0).abs() < 1e-15);

@@ -73,11 +73,7 @@ impl GaussHermite {
         check_degree(degree)?;
         static CACHE: OnceLock<Mutex<HashMap<usize, Arc<GaussHermite>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-        if let Some(rule) = cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&degree)
-        {
+        if let Some(rule) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&degree) {
             return Ok(Arc::clone(rule));
         }
         let rule = Arc::new(golub_welsch(degree)?);
@@ -167,11 +163,14 @@ fn golub_welsch(n: usize) -> Result<GaussHermite> {
             0.0
         }
     });
-    let eig = nalgebra::SymmetricEigen::try_new(jacobi, f64::EPSILON, 100_000).ok_or_else(|| {
-        Error::Factorization {
-            message: format!("Gauss–Hermite: the {n} x {n} Jacobi eigenproblem did not converge"),
-        }
-    })?;
+    let eig =
+        nalgebra::SymmetricEigen::try_new(jacobi, f64::EPSILON, 100_000).ok_or_else(|| {
+            Error::Factorization {
+                message: format!(
+                    "Gauss–Hermite: the {n} x {n} Jacobi eigenproblem did not converge"
+                ),
+            }
+        })?;
     let mut pairs: Vec<(f64, f64)> = (0..n)
         .map(|k| {
             let v0 = eig.eigenvectors[(0, k)];
@@ -227,7 +226,10 @@ fn golub_welsch(n: usize) -> Result<GaussHermite> {
         .map(|&wi| {
             let keep = |wj: f64| wi * wj >= PRUNE;
             let lo = weights.iter().position(|&wj| keep(wj)).unwrap_or(0);
-            let hi = weights.iter().rposition(|&wj| keep(wj)).map_or(0, |p| p + 1);
+            let hi = weights
+                .iter()
+                .rposition(|&wj| keep(wj))
+                .map_or(0, |p| p + 1);
             (lo, hi.max(lo))
         })
         .collect();

@@ -122,7 +122,10 @@ fn quadrature_accuracy_on_smooth_activations() {
         let coarse = quadrature_error(&act, q, 25);
         let fine = quadrature_error(&act, q, default);
         println!("{act:?} q = {q}: 25 nodes {coarse:.1e}, {default} nodes {fine:.1e}");
-        assert!(fine <= 1e-8, "{act:?} q = {q}: {fine:e} with {default} nodes");
+        assert!(
+            fine <= 1e-8,
+            "{act:?} q = {q}: {fine:e} with {default} nodes"
+        );
     }
     let tanh2 = quadrature_error(&Activation::Tanh, 2.0, 200);
     println!("Tanh q = 2: 200 nodes {tanh2:.1e}");
@@ -158,7 +161,11 @@ fn bad_input_is_an_error_not_a_panic() {
     nan[(2, 1)] = f64::NAN;
     assert!(matches!(
         infinite_width(&spec, &x, &nan),
-        Err(Error::NonFinite { argument: "x2", row: 2, col: 1 })
+        Err(Error::NonFinite {
+            argument: "x2",
+            row: 2,
+            col: 1
+        })
     ));
     let mut inf = x.clone();
     inf[(0, 0)] = f64::INFINITY;
@@ -350,7 +357,7 @@ fn output_covariance_over_seeds_is_the_nngp_kernel() {
         let f = net.forward(&x).expect("forward");
         for c in 0..k {
             let col = f.column(c);
-            let outer = &col * col.transpose();
+            let outer = col * col.transpose();
             sum_sq += outer.map(|v| v * v);
             sum += outer;
         }
@@ -392,7 +399,11 @@ mod properties {
     fn activation() -> impl Strategy<Value = Activation> {
         prop_oneof![
             (0usize..10).prop_map(|i| Activation::builtins()[i].clone()),
-            Just(Activation::custom("sin x + x/2", |x| x.sin() + 0.5 * x, |x| x.cos() + 0.5)),
+            Just(Activation::custom(
+                "sin x + x/2",
+                |x| x.sin() + 0.5 * x,
+                |x| x.cos() + 0.5
+            )),
         ]
     }
 
