@@ -33,17 +33,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         .bias_std(0.1);
 
     let mut studies = Vec::new();
-    for (name, spec) in [("ReLU, 4 hidden layers", &relu), ("Erf, 2 hidden layers", &erf)] {
+    for (name, spec) in [
+        ("ReLU, 4 hidden layers", &relu),
+        ("Erf, 2 hidden layers", &erf),
+    ] {
         let study = width_convergence(spec, &x, &widths, &seeds)?;
         println!("{name}");
         println!("{:>8}  {:>10}  {:>10}", "width", "mean error", "std");
         for p in &study.points {
             println!("{:>8}  {:>10.4}  {:>10.4}", p.width, p.mean, p.std);
         }
-        println!(
-            "fitted slope {:.3} (theory: -0.5)\n",
-            study.slope
-        );
+        println!("fitted slope {:.3} (theory: -0.5)\n", study.slope);
         studies.push((name, study));
     }
 
@@ -58,12 +58,15 @@ fn main() -> Result<(), Box<dyn Error>> {
 fn plot(path: &PathBuf, studies: &[(&str, WidthStudy)]) -> Result<(), Box<dyn Error>> {
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (lo, hi) = studies
-        .iter()
-        .flat_map(|(_, s)| s.points.iter())
-        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), p| {
-            ((p.mean - p.std).max(p.mean / 4.0).min(lo), (p.mean + p.std).max(hi))
-        });
+    let (lo, hi) = studies.iter().flat_map(|(_, s)| s.points.iter()).fold(
+        (f64::INFINITY, 0.0_f64),
+        |(lo, hi), p| {
+            (
+                (p.mean - p.std).max(p.mean / 4.0).min(lo),
+                (p.mean + p.std).max(hi),
+            )
+        },
+    );
     let w_min = studies[0].1.points.first().map_or(1.0, |p| p.width as f64);
     let w_max = studies[0].1.points.last().map_or(2.0, |p| p.width as f64);
     let mut chart = ChartBuilder::on(&root)
@@ -95,7 +98,10 @@ fn plot(path: &PathBuf, studies: &[(&str, WidthStudy)]) -> Result<(), Box<dyn Er
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(format!("{name} (slope {:.2})", study.slope))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(pts.iter().map(|&(w, m)| Circle::new((w, m), 4, color.filled())))?;
+        chart.draw_series(
+            pts.iter()
+                .map(|&(w, m)| Circle::new((w, m), 4, color.filled())),
+        )?;
         // ± one standard deviation over seeds.
         chart.draw_series(study.points.iter().map(|p| {
             let w = p.width as f64;
