@@ -123,6 +123,7 @@ fn plot(path: &PathBuf, studies: &[(&str, WidthStudy)]) -> Result<(), Box<dyn Er
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
