@@ -49,9 +49,12 @@ pub(crate) struct Plan {
     bias_ntk: f64,
 }
 
-/// Per-sample variances Σ^l(x, x) at every hidden layer.
+/// Per-sample variances Σ^l(x, x) at every hidden layer, their square roots and the
+/// reciprocals of those (0 for a zero variance).
 struct Stats {
     q: Vec<Vec<f64>>,
+    sd: Vec<Vec<f64>>,
+    inv_sd: Vec<Vec<f64>>,
 }
 
 /// One Dense layer's weight and bias terms (f64).
@@ -113,7 +116,19 @@ impl Plan {
                 reason: "the kernel overflows f64 at this input (its norm is too large)",
             });
         }
-        Ok(Stats { q: qs })
+        let sd: Vec<Vec<f64>> = qs
+            .iter()
+            .map(|q| q.iter().map(|v| v.sqrt()).collect())
+            .collect();
+        let inv_sd = sd
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 })
+                    .collect()
+            })
+            .collect();
+        Ok(Stats { q: qs, sd, inv_sd })
     }
 
     /// Σ and Θ̊ between the rows of `x1` and `x2` (`None`: x2 = x1).
@@ -208,17 +223,31 @@ impl Plan {
         }
         for (l, layer) in self.hidden.iter().enumerate() {
             let n = s.len();
-            dual_column(&layer.dual, &s1.q[l][..n], s2.q[l][j], s, cdot);
-            if self.standard {
-                let (w, b) = (layer.width, self.bias_ntk);
-                for ((si, ti), di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
-                    *ti = w * *si + b + sw2 * di * *ti;
-                    *si = sw2 * *si + sb2;
-                }
-            } else {
-                for ((si, ti), di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
-                    *si = sw2 * *si + sb2;
-                    *ti = *si + sw2 * di * *ti;
+            let update = Update {
+                sw2,
+                sb2,
+                standard: self.standard,
+                width: layer.width,
+                bias: self.bias_ntk,
+            };
+            match &layer.dual {
+                Dual::ArcCos { a, b, d0 } => arccos_column(
+                    (*a, *b, *d0),
+                    Side {
+                        q: &s1.q[l][..n],
+                        sd: &s1.sd[l][..n],
+                        inv_sd: &s1.inv_sd[l][..n],
+                    },
+                    (s2.q[l][j], s2.sd[l][j], s2.inv_sd[l][j]),
+                    s,
+                    t,
+                    update,
+                ),
+                dual => {
+                    dual_column(dual, &s1.q[l][..n], s2.q[l][j], s, cdot);
+                    for ((si, ti), &di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
+                        update.apply(si, ti, di);
+                    }
                 }
             }
         }
@@ -275,26 +304,80 @@ impl Plan {
     }
 }
 
+/// One layer's affine update of an entry from C and Ċ: Σ ← σ_w² C + σ_b² and
+/// Θ ← Σ + σ_w² Ċ Θ (NTK) or Θ ← n C + b + σ_w² Ċ Θ (standard).
+#[derive(Clone, Copy)]
+struct Update {
+    sw2: f64,
+    sb2: f64,
+    standard: bool,
+    width: f64,
+    bias: f64,
+}
+
+impl Update {
+    /// `s` holds C on entry and Σ on exit; `t` holds Θ of the previous layer.
+    #[inline(always)]
+    fn apply(self, s: &mut f64, t: &mut f64, cdot: f64) {
+        let c = *s;
+        *s = self.sw2 * c + self.sb2;
+        *t = if self.standard {
+            self.width * c + self.bias + self.sw2 * cdot * *t
+        } else {
+            *s + self.sw2 * cdot * *t
+        };
+    }
+}
+
+/// The rows' per-sample statistics at one layer.
+struct Side<'a> {
+    q: &'a [f64],
+    sd: &'a [f64],
+    inv_sd: &'a [f64],
+}
+
+/// One arc-cosine layer on one column, fused with the update: `s` holds Σ(i, j) on
+/// entry and the next layer's Σ on exit, `t` the NTK. Straight-line code (selects, no
+/// calls, no division or per-entry square root of the variances) so that the loop
+/// vectorises.
+#[inline(never)]
+fn arccos_column(
+    (a, b, d0): (f64, f64, f64),
+    rows: Side<'_>,
+    (qj, sdj, inv_sdj): (f64, f64, f64),
+    s: &mut [f64],
+    t: &mut [f64],
+    update: Update,
+) {
+    let (k1, k2) = (a * a + b * b, 2.0 * a * b);
+    let mean = 0.5 * (a + b);
+    let side_j = if qj > 0.0 { mean } else { d0 };
+    let n = s.len();
+    let (q, sd, inv_sd) = (&rows.q[..n], &rows.sd[..n], &rows.inv_sd[..n]);
+    let t = &mut t[..n];
+    for i in 0..n {
+        let std = sd[i] * sdj;
+        let rho = fastmath::correlation(s[i] * (inv_sd[i] * inv_sdj));
+        let theta = fastmath::acos(rho);
+        let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
+        let c = std * INV_2PI * (k1 * (sin + (PI - theta) * rho) - k2 * (sin - theta * rho));
+        let d = INV_2PI * (k1 * (PI - theta) + k2 * theta);
+        let side_i = if q[i] > 0.0 { mean } else { d0 };
+        let cdot = if std > 0.0 { d } else { side_i * side_j };
+        s[i] = c;
+        update.apply(&mut s[i], &mut t[i], cdot);
+    }
+}
+
 /// C and Ċ for one column: `c` holds the covariances Σ(i, j) on entry and C on exit;
 /// `cdot` receives Ċ. `q` are the rows' variances, `qj` the column's.
 fn dual_column(dual: &Dual, q: &[f64], qj: f64, c: &mut [f64], cdot: &mut [f64]) {
     match dual {
-        Dual::ArcCos { a, b, d0 } => {
-            let (a, b, d0) = (*a, *b, *d0);
-            let (k1, k2) = (a * a + b * b, 2.0 * a * b);
-            let mean = 0.5 * (a + b);
-            let side_j = if qj > 0.0 { mean } else { d0 };
-            // Straight-line code (selects, no calls) so that the loop vectorises.
+        Dual::ArcCos { .. } => {
             for ((ci, di), &qi) in c.iter_mut().zip(cdot.iter_mut()).zip(q) {
-                let s = (qi * qj).sqrt();
-                let positive = s > 0.0;
-                let rho = fastmath::correlation(*ci / if positive { s } else { 1.0 });
-                let theta = fastmath::acos(rho);
-                let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
-                *ci = s * INV_2PI * (k1 * (sin + (PI - theta) * rho) - k2 * (sin - theta * rho));
-                let d = INV_2PI * (k1 * (PI - theta) + k2 * theta);
-                let side_i = if qi > 0.0 { mean } else { d0 };
-                *di = if positive { d } else { side_i * side_j };
+                let m = dual.eval(qi, *ci, qj);
+                *ci = m.phi;
+                *di = m.derivative;
             }
         }
         Dual::Identity => cdot.fill(1.0),
