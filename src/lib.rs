@@ -65,7 +65,7 @@
 //!
 //! let k = infinite_width(&spec, &x1, &x2)?;              // k.nngp, k.ntk: 10 × 4
 //! let layers = infinite_width_layers(&spec, &x1, &x2)?;  // per Dense layer, sums to k.ntk
-//! let finer = InfiniteWidth::new(&spec)?.quadrature_degree(160)?.kernels(&x1, &x2)?;
+//! let finer = InfiniteWidth::new(&spec)?.quadrature_degree(240)?.kernels(&x1, &x2)?;
 //! assert_eq!(layers.len(), 3);
 //! assert!((&finer.ntk - &k.ntk).norm() < 1e-6 * k.ntk.norm());
 //! # Ok(())

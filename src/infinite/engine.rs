@@ -8,6 +8,7 @@
 //! allocation, one pass over memory, and tight loops the compiler can vectorise. When
 //! x1 = x2 only rows i ≤ j are computed and the lower triangle is mirrored at the end.
 
+use std::f64::consts::PI;
 use std::sync::{Arc, Mutex};
 
 use nalgebra::{DMatrix, DMatrixViewMut};
@@ -15,8 +16,6 @@ use nalgebra::{DMatrix, DMatrixViewMut};
 use crate::error::{Error, Result};
 use crate::mlp::{MlpSpec, Parameterization};
 use crate::parallel;
-
-use std::f64::consts::PI;
 
 use super::dual::{Dual, erf_moments, gelu_moments, quadrature_moments, sin_moments};
 use super::fastmath;
