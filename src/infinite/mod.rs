@@ -18,7 +18,7 @@
 //! Σ^l = σ_w² C^{l−1} + σ_b²,  Θ^l = n^{l−1} C^{l−1} + 1_{σ_b > 0} + σ_w² Ċ^{l−1} Θ^{l−1}
 //!
 //! (the bias term 1 is there when the layers have bias parameters, σ_b > 0; this is
-//! neural-tangents' `parameterization='standard'`).
+//! neural-tangents' `parameterization='standard'`, whose `b_std=None` is our σ_b = 0).
 //!
 //! The network's kernels are Σ = Σ^{L+1} and Θ̊ = Θ^{L+1}; with k outputs they are
 //! Σ ⊗ I_k and Θ̊ ⊗ I_k, and this module returns the N1 × N2 factors. C and Ċ come in
