@@ -147,25 +147,51 @@ fn check_covariance(var1: f64, cov: f64, var2: f64) -> Result<()> {
     Ok(())
 }
 
-/// φ(x) and φ'(x), sharing work where the two have a common factor.
-#[inline]
-fn phi_and_derivative(activation: &Activation, x: f64) -> (f64, f64) {
-    match activation {
-        Activation::Tanh => {
-            let t = x.tanh();
-            (t, 1.0 - t * t)
-        }
-        Activation::Sigmoid => {
-            let s = activation.phi(x);
-            (s, s * (1.0 - s))
-        }
-        other => (other.phi(x), other.derivative(x)),
-    }
-}
-
 /// The quadrature estimate of C and Ċ.
 pub(crate) fn quadrature_moments(
     activation: &Activation,
+    var1: f64,
+    cov: f64,
+    var2: f64,
+    rule: &GaussHermite,
+) -> GaussianMoments {
+    // One monomorphised loop per activation, φ and φ' sharing their common factor.
+    match activation {
+        Activation::Tanh => integrate(
+            |x: f64| {
+                let t = x.tanh();
+                (t, 1.0 - t * t)
+            },
+            var1,
+            cov,
+            var2,
+            rule,
+        ),
+        Activation::Sigmoid => integrate(
+            |x: f64| {
+                let s = activation.phi(x);
+                (s, s * (1.0 - s))
+            },
+            var1,
+            cov,
+            var2,
+            rule,
+        ),
+        other => integrate(
+            |x: f64| (other.phi(x), other.derivative(x)),
+            var1,
+            cov,
+            var2,
+            rule,
+        ),
+    }
+}
+
+/// Σ_{i,j} w_i w_j (φ(u_ij) φ(v_ij), φ'(u_ij) φ'(v_ij)) over the pruned tensor rule, with
+/// `phi_and_derivative(x) = (φ(x), φ'(x))`.
+#[inline]
+fn integrate(
+    phi_and_derivative: impl Fn(f64) -> (f64, f64),
     var1: f64,
     cov: f64,
     var2: f64,
@@ -191,11 +217,14 @@ pub(crate) fn quadrature_moments(
     let weights = rule.weights();
     let (mut c, mut cd) = (0.0, 0.0);
     for (i, (&zi, &wi)) in nodes.iter().zip(weights).enumerate() {
-        let (pu, du) = phi_and_derivative(activation, a * zi);
         let (lo, hi) = rule.pair_range(i);
+        if lo >= hi {
+            continue;
+        }
+        let (pu, du) = phi_and_derivative(a * zi);
         let (mut sp, mut sd) = (0.0, 0.0);
         for (&zj, &wj) in nodes[lo..hi].iter().zip(&weights[lo..hi]) {
-            let (pv, dv) = phi_and_derivative(activation, l * zi + m * zj);
+            let (pv, dv) = phi_and_derivative(l * zi + m * zj);
             sp += wj * pv;
             sd += wj * dv;
         }

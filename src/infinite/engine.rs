@@ -153,6 +153,8 @@ impl Plan {
         }
         let x2t = x2.transpose();
         let chunk = n1 * BLOCK_COLS;
+        // Disjoint column chunks of both outputs, one per work item; each Mutex is locked
+        // once, by the one worker that takes the item (it only hands out the `&mut`).
         let blocks: Vec<Mutex<Block<'_>>> = nngp
             .as_mut_slice()
             .chunks_mut(chunk)
