@@ -183,6 +183,14 @@ impl InfiniteWidth {
 /// [`GaussHermite::DEFAULT_DEGREE`] quadrature nodes; choose another degree with
 /// [`InfiniteWidth::quadrature_degree`].
 ///
+/// Accuracy: closed-form layers are exact to round-off (≤ 6e-16 relative against
+/// neural-tangents). Quadrature layers are accurate to about 1e-8 while their
+/// pre-activation variances Σ^l(x, x) stay below ~2 for Tanh (below ~8 for Sigmoid;
+/// Softplus and smooth custom φ of polynomial growth converge faster); the error, and
+/// with it any departure from positive semi-definiteness, grows with the variance, so
+/// standardise inputs or raise the degree (see the table at
+/// [`GaussHermite::DEFAULT_DEGREE`]).
+///
 /// ```
 /// use ntk::nalgebra::DMatrix;
 /// use ntk::{infinite_width, Activation, MlpSpec};
