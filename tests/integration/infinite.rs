@@ -482,3 +482,56 @@ mod properties {
         }
     }
 }
+
+/// Without hidden layers the network is linear: Σ = σ_w² x·x̄/d + σ_b² and Θ̊ = Σ (NTK
+/// parameterization) or x·x̄ + 1 (standard, with biases).
+#[test]
+fn no_hidden_layers_is_a_linear_model() {
+    let x = inputs(4, 3, 9);
+    let y = inputs(3, 3, 10);
+    let gram = &x * y.transpose();
+    let spec = MlpSpec::new(3).weight_std(1.3).bias_std(0.4);
+    let k = infinite_width(&spec, &x, &y).expect("kernels");
+    let sigma = gram.map(|g| 1.69 * g / 3.0 + 0.16);
+    assert!(rel_err(&k.nngp, &sigma) <= prec::EXACT_F64);
+    assert!(rel_err(&k.ntk, &sigma) <= prec::EXACT_F64);
+    let standard = spec.parameterization(Parameterization::Standard);
+    let ks = infinite_width(&standard, &x, &y).expect("kernels");
+    assert!(rel_err(&ks.nngp, &sigma) <= prec::EXACT_F64);
+    assert!(rel_err(&ks.ntk, &gram.map(|g| g + 1.0)) <= prec::EXACT_F64);
+}
+
+/// Zero-norm inputs without biases: the first pre-activations are exactly 0. For φ with
+/// φ(0) = 0 the input's row of Θ̊ is 0, as for any finite network; for Sigmoid
+/// (φ(0) = ½) the next layers see a constant and the row is not 0. Both agree with a
+/// wide network.
+#[test]
+fn zero_norm_inputs_match_a_wide_network() {
+    let mut x = inputs(4, 3, 12);
+    x.row_mut(2).fill(0.0);
+    for act in [
+        Activation::LeakyRelu(0.3),
+        Activation::Sigmoid,
+        Activation::Erf,
+    ] {
+        let spec = MlpSpec::new(3)
+            .hidden(4096, act.clone())
+            .hidden(4096, act.clone())
+            .outputs(2);
+        let limit = infinite_width(&spec, &x, &x).expect("kernels").ntk;
+        let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(5)).expect("init");
+        let theta = empirical_ntk(&net, &x, &x).expect("empirical");
+        let err = rel_err(&theta, &limit);
+        let row = (theta.row(2) - limit.row(2)).norm() / limit.amax();
+        println!(
+            "{act:?}: relative error {err:.4}, zero row {row:.4}, row norm {:.4}",
+            limit.row(2).norm()
+        );
+        assert!(err < 0.05 && row < 0.05, "{act:?}: {err}, {row}");
+        if matches!(act, Activation::Sigmoid) {
+            assert!(limit.row(2).norm() > 0.1 * limit.amax());
+        } else {
+            assert!(limit.row(2).amax() < f64::MIN_POSITIVE);
+        }
+    }
+}
