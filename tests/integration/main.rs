@@ -8,3 +8,4 @@ mod common;
 mod custom_model;
 mod empirical;
 mod parallel;
+mod infinite;
