@@ -7,5 +7,5 @@
 mod common;
 mod custom_model;
 mod empirical;
-mod parallel;
 mod infinite;
+mod parallel;
