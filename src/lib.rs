@@ -42,6 +42,36 @@
 //! # }
 //! ```
 //!
+//! ## Infinite-width kernels
+//!
+//! As the hidden widths grow, the network at initialisation becomes a Gaussian process
+//! with covariance Σ (the NNGP kernel) and Θ converges to a deterministic Θ̊. Both
+//! follow a layer recursion: with C = E φ(u)φ(v), Ċ = E φ'(u)φ'(v) for (u, v) Gaussian
+//! with the previous layer's covariance, Σ^{l+1} = σ_w² C + σ_b² and
+//! Θ^{l+1} = Σ^{l+1} + σ_w² Ċ Θ^l ([`infinite_width`], module [`infinite`]).
+//!
+//! ```
+//! use ntk::nalgebra::DMatrix;
+//! use ntk::{infinite_width, infinite_width_layers, Activation, InfiniteWidth, MlpSpec};
+//!
+//! # fn main() -> Result<(), ntk::Error> {
+//! let spec = MlpSpec::new(3)
+//!     .hidden(512, Activation::Relu)   // closed form (arc-cosine kernel)
+//!     .hidden(512, Activation::Tanh)   // no closed form: 2-D Gauss–Hermite quadrature
+//!     .weight_std(1.5)
+//!     .bias_std(0.05);
+//! let x1 = DMatrix::from_fn(10, 3, |i, j| ((i + j) as f64).sin());
+//! let x2 = DMatrix::from_fn(4, 3, |i, j| ((i * j) as f64).cos());
+//!
+//! let k = infinite_width(&spec, &x1, &x2)?;              // k.nngp, k.ntk: 10 × 4
+//! let layers = infinite_width_layers(&spec, &x1, &x2)?;  // per Dense layer, sums to k.ntk
+//! let finer = InfiniteWidth::new(&spec)?.quadrature_degree(240)?.kernels(&x1, &x2)?;
+//! assert_eq!(layers.len(), 3);
+//! assert!((&finer.ntk - &k.ntk).norm() < 1e-6 * k.ntk.norm());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Conventions
 //!
 //! - Data are [`nalgebra::DMatrix`] with **one row per sample**.
@@ -107,6 +137,8 @@ pub use rand;
 pub mod activation;
 mod empirical;
 pub mod error;
+pub mod infinite;
+mod linalg;
 mod factor;
 pub mod flow;
 pub mod krylov;
@@ -117,8 +149,11 @@ mod scalar;
 pub mod train;
 
 pub use activation::Activation;
-pub use empirical::{empirical_ntk, empirical_ntk_full};
+pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
+pub use infinite::{
+    InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_layers, width_convergence,
+};
 pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegression};
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};

@@ -24,6 +24,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::Scalar;
 use crate::activation::Activation;
 use crate::error::{Error, Result, check_cols, check_finite, check_std};
+use crate::linalg::columns_transposed;
 use crate::model::{DenseUse, LayerTangent, NtkModel};
 
 /// How stored parameters map to the network's weights.
@@ -170,7 +171,7 @@ impl MlpSpec {
         s
     }
 
-    /// Number of parameters P = Σ_l n^l (n^{l−1} + [σ_b > 0]).
+    /// Number of parameters P = Σ_l n^l (n^{l−1} + \[σ_b > 0\]).
     #[must_use]
     pub fn parameter_count(&self) -> usize {
         let w = self.widths();
@@ -379,13 +380,18 @@ impl<T: Scalar> Mlp<T> {
         for l in (1..self.layers.len()).rev() {
             // G^{l−1} = (G^l s_w W^l) ⊙ φ'(H^{l−1}), for each output block.
             let layer = &self.layers[l];
-            let w = layer.weights_t.transpose() * layer.weight_scale;
-            let (n_here, n_prev) = (w.nrows(), w.ncols());
+            let (n_prev, n_here) = layer.weights_t.shape();
+            let w = columns_transposed(&layer.weights_t, 0, n_here);
             let d = &trace.derivatives[l - 1];
             let mut prev = DMatrix::<T>::zeros(n, k * n_prev);
             for c in 0..k {
                 let mut block = prev.columns_mut(c * n_prev, n_prev);
-                block.gemm(T::one(), &g.columns(c * n_here, n_here), &w, T::zero());
+                block.gemm(
+                    layer.weight_scale,
+                    &g.columns(c * n_here, n_here),
+                    &w,
+                    T::zero(),
+                );
                 block.component_mul_assign(d);
             }
             grads.push(std::mem::replace(&mut g, prev));
@@ -399,8 +405,8 @@ impl<T: Scalar> Mlp<T> {
 impl<T: Scalar> Dense<T> {
     /// H = s_w X Wᵀ + s_b 1 bᵀ.
     fn pre_activation(&self, x: &DMatrix<T>) -> DMatrix<T> {
-        let mut h = x * &self.weights_t;
-        h *= self.weight_scale;
+        let mut h = DMatrix::<T>::zeros(x.nrows(), self.weights_t.ncols());
+        h.gemm(self.weight_scale, x, &self.weights_t, T::zero());
         if let Some(b) = &self.bias {
             for (mut col, bj) in h.column_iter_mut().zip(b.iter()) {
                 col.add_scalar_mut(self.bias_scale * *bj);

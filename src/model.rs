@@ -196,7 +196,13 @@ pub trait NtkModel<T: Scalar>: Sync {
             Some(self.layer_tangents(x2)?)
         };
         let t2 = t2.as_ref().unwrap_or(&t1);
-        crate::empirical::layer_kernels_from_tangents(&t1, t2, self.output_dim())
+        crate::empirical::layer_kernels_from_tangents(
+            &t1,
+            t2,
+            x1.nrows(),
+            x2.nrows(),
+            self.output_dim(),
+        )
     }
 }
 
@@ -239,20 +245,25 @@ pub(crate) fn jacobian_from_tangents<T: Scalar>(
                 let n_out = first.output_grad.ncols() / k;
                 for u in uses {
                     check_tangent_shape(u, n, n_in, n_out, k)?;
-                    for i in 0..n {
-                        for c in 0..k {
-                            let row = i * k + c;
-                            for a in 0..n_out {
-                                let g = u.output_grad[(i, c * n_out + a)];
-                                if g == T::zero() {
-                                    continue;
+                    // J is column-major: fill each parameter's column (rows i·k + c)
+                    // in order, J[i·k + c, (a, b)] += s_w G[i, c·n_out + a] X[i, b].
+                    for a in 0..n_out {
+                        for b in 0..n_in {
+                            let x_b = u.input.column(b);
+                            let mut col = jac.column_mut(offset + a * n_in + b);
+                            for c in 0..k {
+                                let g = u.output_grad.column(c * n_out + a);
+                                for i in 0..n {
+                                    col[i * k + c] += *weight_scale * g[i] * x_b[i];
                                 }
-                                let gw = g * *weight_scale;
-                                for b in 0..n_in {
-                                    jac[(row, offset + a * n_in + b)] += gw * u.input[(i, b)];
-                                }
-                                if let Some(sb) = bias_scale {
-                                    jac[(row, offset + n_out * n_in + a)] += g * *sb;
+                            }
+                        }
+                        if let Some(sb) = bias_scale {
+                            let mut col = jac.column_mut(offset + n_out * n_in + a);
+                            for c in 0..k {
+                                let g = u.output_grad.column(c * n_out + a);
+                                for i in 0..n {
+                                    col[i * k + c] += *sb * g[i];
                                 }
                             }
                         }

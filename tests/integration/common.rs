@@ -124,3 +124,67 @@ pub fn matrix(v: &Value) -> DMatrix<f64> {
     let ncols = rows.first().map_or(0, Vec::len);
     DMatrix::from_fn(rows.len(), ncols, |i, j| rows[i][j])
 }
+
+/// Deterministic test inputs: N × d, entries uniform in [−1, 1) from `seed`.
+pub fn inputs(n: usize, d: usize, seed: u64) -> DMatrix<f64> {
+    use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    DMatrix::from_fn(n, d, |_, _| rng.random_range(-1.0..1.0))
+}
+
+/// The finite-difference NTK with all output pairs, J_fd(x1) J_fd(x2)ᵀ:
+/// (N1·k) × (N2·k), entry (i·k + c, j·k + c'), central differences with step `h`.
+pub fn finite_difference_ntk_full<M: NtkModel<f64> + Clone>(
+    model: &M,
+    x1: &DMatrix<f64>,
+    x2: &DMatrix<f64>,
+    h: f64,
+) -> DMatrix<f64> {
+    let j1 = finite_difference_jacobian(model, x1, h);
+    let j2 = finite_difference_jacobian(model, x2, h);
+    &j1 * j2.transpose()
+}
+
+/// The number of entries of `m` whose magnitude is below `threshold`, for checking that
+/// no pre-activation sits within a finite-difference step of a kink.
+pub fn count_below(m: &DMatrix<f64>, threshold: f64) -> usize {
+    m.iter().filter(|v| v.abs() < threshold).count()
+}
+
+/// The pre-activations H^1, …, H^L of an [`ntk::Mlp`] on `x`, recomputed by hand from
+/// its stored weights and biases and its spec (an independent forward pass; H^L is the
+/// output).
+pub fn mlp_pre_activations(net: &ntk::Mlp<f64>, x: &DMatrix<f64>) -> Vec<DMatrix<f64>> {
+    let spec = net.spec();
+    let (sigma_w, sigma_b) = (spec.get_weight_std(), spec.get_bias_std());
+    let ntk_param = spec.get_parameterization() == ntk::Parameterization::Ntk;
+    let mut current = x.clone();
+    let mut out = Vec::new();
+    for l in 0..net.depth() {
+        let w = net.weights(l).expect("layer in range");
+        let b = net.bias(l).expect("layer in range");
+        let n_in = w.ncols() as f64;
+        let (sw, sb) = if ntk_param {
+            (sigma_w / n_in.sqrt(), sigma_b)
+        } else {
+            (1.0, 1.0)
+        };
+        let mut h = DMatrix::from_fn(current.nrows(), w.nrows(), |i, a| {
+            sw * (0..w.ncols())
+                .map(|j| w[(a, j)] * current[(i, j)])
+                .sum::<f64>()
+        });
+        if let Some(b) = b {
+            for i in 0..h.nrows() {
+                for a in 0..h.ncols() {
+                    h[(i, a)] += sb * b[a];
+                }
+            }
+        }
+        if let Some((_, act)) = spec.hidden_layers().get(l) {
+            current = h.map(|v| act.phi(v));
+        }
+        out.push(h);
+    }
+    out
+}

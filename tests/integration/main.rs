@@ -5,5 +5,9 @@
 //! (`tests/data/neural_tangents.json`).
 
 mod common;
+mod custom_model;
+mod empirical;
+mod infinite;
+mod parallel;
 mod flow;
 mod train;

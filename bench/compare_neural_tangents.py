@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Side-by-side with neural-tangents: same configurations, same inputs, same weights.
+
+Not run in CI. Set up once (neural-tangents 0.6.5's structured-derivatives path works
+with jax 0.4.23 and fails with 0.4.30):
+
+    python3 -m venv /opt/ntvenv
+    /opt/ntvenv/bin/pip install "neural-tangents==0.6.5" "jax==0.4.23" "jaxlib==0.4.23" "numpy<2" "scipy<1.13"
+
+Then, from the repository root:
+
+    /opt/ntvenv/bin/python bench/compare_neural_tangents.py target/nt-compare
+    cargo run --release --example compare_neural_tangents -- target/nt-compare
+
+The first command draws the inputs and network weights (numpy, fixed seed), writes them
+as raw little-endian float64 files with a manifest, computes neural-tangents' results in
+float64 (saved beside them, so the crate's side checks it does the same work) and times
+neural-tangents: the median of several runs after a warm-up (compilation excluded),
+`block_until_ready` included. The second command runs the crate on the same files,
+checks agreement (max relative difference), times it the same way and prints the ratios.
+
+Configurations (those of the criterion benches): a 3-hidden-layer ReLU MLP, width 512,
+d = 32, W_std = 1, no bias, one output, f64;
+- empirical NTK, x1 = x2, N in {64, 256, 1024}: `empirical_ntk_fn(..., trace_axes=(),
+  vmap_axes=0, implementation=STRUCTURED_DERIVATIVES)`, jitted;
+- infinite-width NNGP and NTK, x1 = x2, N in {256, 1024, 4096}: jitted `kernel_fn`;
+- gradient flow, N in {256, 1024, 2048}: a fresh `predict.gradient_descent_mse(k, y,
+  learning_rate=1)` and one prediction at t = 1 (its eigendecomposition included).
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import neural_tangents as nt  # noqa: E402
+from neural_tangents import predict, stax  # noqa: E402
+
+DIM = 32
+WIDTH = 512
+DEPTH = 3
+EMPIRICAL_N = [64, 256, 1024]
+INFINITE_N = [256, 1024, 4096]
+FLOW_N = [256, 1024, 2048]
+FLOW_T = 1.0
+REPEATS = 7
+
+
+def network():
+    layers = []
+    for _ in range(DEPTH):
+        layers += [stax.Dense(WIDTH, W_std=1.0, b_std=None), stax.Relu()]
+    layers += [stax.Dense(1, W_std=1.0, b_std=None)]
+    return stax.serial(*layers)
+
+
+def median_seconds(fn, repeats=REPEATS):
+    jax.block_until_ready(fn())  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def save(out, name, array):
+    array = np.ascontiguousarray(np.asarray(array, dtype="<f8"))
+    array.tofile(os.path.join(out, name + ".f64"))
+    return {"file": name + ".f64", "shape": list(array.shape)}
+
+
+def inputs(rng, n):
+    x = rng.standard_normal((n, DIM))
+    return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(DIM)
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(2026)
+    init_fn, apply_fn, kernel_fn = network()
+    _, params = init_fn(jax.random.PRNGKey(0), (-1, DIM))
+    # The crate's parameter order: layer by layer, W (n_out x n_in) row-major.
+    # stax stores W as (n_in, n_out), so W row-major is stax's W transposed.
+    dense = [p[0] for p in params if len(p) > 0]
+    flat = np.concatenate([np.asarray(w).T.reshape(-1) for w in dense])
+    manifest = {
+        "dim": DIM, "width": WIDTH, "depth": DEPTH, "flow_t": FLOW_T,
+        "params": save(out, "params", flat),
+        "neural_tangents": nt.__version__, "jax": jax.__version__,
+        "empirical": [], "infinite": [], "flow": [],
+    }
+
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(
+        apply_fn, trace_axes=(), vmap_axes=0,
+        implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
+    for n in EMPIRICAL_N:
+        x = jnp.asarray(inputs(rng, n))
+        theta = ntk_fn(x, None, params).reshape(n, n)
+        secs = median_seconds(lambda: ntk_fn(x, None, params))
+        print(f"empirical NTK   N={n:5}: {secs * 1e3:9.2f} ms")
+        manifest["empirical"].append({
+            "n": n, "x": save(out, f"emp_x_{n}", x),
+            "ntk": save(out, f"emp_ntk_{n}", theta), "seconds": secs})
+
+    kfn = jax.jit(kernel_fn, static_argnames="get")
+    for n in INFINITE_N:
+        x = jnp.asarray(inputs(rng, n))
+        k = kfn(x, None, get=("nngp", "ntk"))
+        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
+        print(f"infinite width  N={n:5}: {secs * 1e3:9.2f} ms")
+        manifest["infinite"].append({
+            "n": n, "x": save(out, f"inf_x_{n}", x),
+            "nngp": save(out, f"inf_nngp_{n}", k.nngp),
+            "ntk": save(out, f"inf_ntk_{n}", k.ntk), "seconds": secs})
+
+    for n in FLOW_N:
+        x = jnp.asarray(inputs(rng, n))
+        theta = np.asarray(kfn(x, None, get="ntk"))
+        y = rng.standard_normal((n, 1))
+        f0 = 0.1 * rng.standard_normal((n, 1))
+
+        def run():
+            predictor = predict.gradient_descent_mse(theta, y, learning_rate=1.0)
+            return predictor(FLOW_T, f0)
+
+        f_t = run()
+        secs = median_seconds(run, repeats=5)
+        print(f"gradient flow   N={n:5}: {secs * 1e3:9.2f} ms")
+        manifest["flow"].append({
+            "n": n, "ntk": save(out, f"flow_ntk_{n}", theta),
+            "y": save(out, f"flow_y_{n}", y), "f0": save(out, f"flow_f0_{n}", f0),
+            "f_t": save(out, f"flow_ft_{n}", f_t),
+            "nt_learning_rate": 1.0, "seconds": secs})
+
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    print(f"wrote {out}/manifest.json; now run:")
+    print(f"  cargo run --release --example compare_neural_tangents -- {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "target/nt-compare")

@@ -1,0 +1,166 @@
+//! How fast a finite network's NTK approaches the infinite-width limit.
+//!
+//! At initialisation the empirical NTK Θ_n of a width-n network fluctuates around Θ̊
+//! with standard deviation O(n^{−1/2}) (Yang 2020, Tensor Programs II, Figure 1), so
+//! the relative Frobenius error ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F averaged over seeds falls like
+//! n^{−1/2}: a slope of −1/2 on a log-log plot.
+
+use nalgebra::DMatrix;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::empirical::empirical_ntk;
+use crate::error::{Error, Result, check_cols, check_finite};
+use crate::mlp::{Mlp, MlpSpec};
+
+use super::InfiniteWidth;
+
+/// The relative NTK error of one width, over seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WidthPoint {
+    /// The hidden width n (every hidden layer).
+    pub width: usize,
+    /// ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F for each seed, in the order of the seeds.
+    pub errors: Vec<f64>,
+    /// Mean of `errors`.
+    pub mean: f64,
+    /// Sample standard deviation of `errors` (0 for a single seed).
+    pub std: f64,
+}
+
+/// The result of [`width_convergence`]: the error at every width and the fitted power law.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WidthStudy {
+    /// One point per width, in the order given.
+    pub points: Vec<WidthPoint>,
+    /// The least-squares slope of ln(mean error) against ln(width): about −1/2.
+    pub slope: f64,
+    /// The fit's intercept: mean error ≈ e^{intercept} · width^{slope}.
+    pub intercept: f64,
+}
+
+/// Measures ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F for networks of each hidden width in `widths`
+/// (every hidden layer of `spec` set to that width), one network per seed
+/// (`StdRng::seed_from_u64(seed)`), on the inputs `x` (N × d), and fits the log-log
+/// slope of the mean error against the width.
+///
+/// Θ̊ is [`infinite_width`](crate::infinite_width)'s NTK, computed once per width
+/// (it depends on the width only in the standard parameterization).
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{width_convergence, Activation, MlpSpec};
+/// # fn main() -> Result<(), ntk::Error> {
+/// let spec = MlpSpec::new(3).hidden(1, Activation::Relu).hidden(1, Activation::Relu);
+/// let x = DMatrix::from_fn(6, 3, |i, j| ((i * 3 + j) as f64 * 0.7).sin());
+/// let study = width_convergence(&spec, &x, &[64, 256, 1024], &[1, 2, 3, 4])?;
+/// assert_eq!(study.points.len(), 3);
+/// assert!(study.points[2].mean < study.points[0].mean);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidParameter`] if `spec` is invalid, fewer than two distinct widths
+/// are given, a width is 0, or `seeds` is empty; [`Error::ShapeMismatch`] or
+/// [`Error::NonFinite`] for bad inputs `x`.
+pub fn width_convergence(
+    spec: &MlpSpec,
+    x: &DMatrix<f64>,
+    widths: &[usize],
+    seeds: &[u64],
+) -> Result<WidthStudy> {
+    spec.validate()?;
+    check_cols("x", x, spec.input_dim(), "the network's input dimension")?;
+    check_finite("x", x)?;
+    if seeds.is_empty() {
+        return Err(Error::InvalidParameter {
+            parameter: "seeds",
+            value: "[]".into(),
+            reason: "at least one seed is needed",
+        });
+    }
+    if widths.contains(&0) {
+        return Err(Error::InvalidParameter {
+            parameter: "widths",
+            value: format!("{widths:?}"),
+            reason: "widths must be at least 1",
+        });
+    }
+    let mut distinct = widths.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        return Err(Error::InvalidParameter {
+            parameter: "widths",
+            value: format!("{widths:?}"),
+            reason: "at least two distinct widths are needed to fit a slope",
+        });
+    }
+
+    let mut points = Vec::with_capacity(widths.len());
+    for &width in widths {
+        let spec_n = spec.with_hidden_width(width);
+        let limit = InfiniteWidth::new(&spec_n)?.kernels(x, x)?.ntk;
+        let norm = limit.norm().max(f64::MIN_POSITIVE);
+        let errors = seeds
+            .iter()
+            .map(|&seed| {
+                let net: Mlp<f64> = spec_n.init(&mut StdRng::seed_from_u64(seed))?;
+                let theta = empirical_ntk(&net, x, x)?;
+                Ok((&theta - &limit).norm() / norm)
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+        let std = if errors.len() > 1 {
+            let ss: f64 = errors.iter().map(|e| (e - mean).powi(2)).sum();
+            (ss / (errors.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        points.push(WidthPoint {
+            width,
+            errors,
+            mean,
+            std,
+        });
+    }
+    let (slope, intercept) = fit_line(
+        &points
+            .iter()
+            .map(|p| ((p.width as f64).ln(), p.mean.max(f64::MIN_POSITIVE).ln()))
+            .collect::<Vec<_>>(),
+    );
+    Ok(WidthStudy {
+        points,
+        slope,
+        intercept,
+    })
+}
+
+/// Least-squares line y = slope·x + intercept through `(x, y)` points.
+fn fit_line(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (slope, my - slope * mx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_line_recovers_a_power_law() {
+        let pts: Vec<(f64, f64)> = [64.0_f64, 128.0, 512.0]
+            .iter()
+            .map(|w| (w.ln(), (3.0 * w.powf(-0.5)).ln()))
+            .collect();
+        let (slope, intercept) = fit_line(&pts);
+        assert!((slope + 0.5).abs() < 1e-12);
+        assert!((intercept - 3.0_f64.ln()).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,48 @@
+//! Dense products the kernels are made of, on nalgebra's GEMM (the `matrixmultiply`
+//! kernels for `f32`/`f64`, which take any strides, so transposes need no copy).
+
+use nalgebra::{DMatrix, DMatrixViewMut, Dyn, MatrixView};
+
+use crate::Scalar;
+
+/// The transpose of columns `first .. first + count` of `m`, as a view on `m`'s
+/// storage (no copy): column-major columns read with swapped strides.
+pub(crate) fn columns_transposed<T: Scalar>(
+    m: &DMatrix<T>,
+    first: usize,
+    count: usize,
+) -> MatrixView<'_, T, Dyn, Dyn, Dyn, Dyn> {
+    let n = m.nrows();
+    let data = &m.as_slice()[first * n..(first + count) * n];
+    MatrixView::from_slice_with_strides_generic(data, Dyn(count), Dyn(n), Dyn(n), Dyn(1))
+}
+
+/// C = A Bᵀ over the column blocks `a[:, a0 .. a0+w]` and `b[:, b0 .. b0+w]`,
+/// overwriting `c` (which must be `a.nrows() × b.nrows()`).
+pub(crate) fn gemm_nt<T: Scalar>(
+    c: &mut DMatrixViewMut<'_, T>,
+    a: &DMatrix<T>,
+    a0: usize,
+    b: &DMatrix<T>,
+    b0: usize,
+    w: usize,
+) {
+    let bt = columns_transposed(b, b0, w);
+    c.gemm(T::one(), &a.columns(a0, w), &bt, T::zero());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_nt_is_a_times_b_transposed() {
+        let a = DMatrix::from_fn(7, 9, |i, j| (i as f64 * 0.3 - j as f64).sin());
+        let b = DMatrix::from_fn(6, 9, |i, j| (i as f64 + 0.7 * j as f64).cos());
+        let mut c = DMatrix::<f64>::from_element(7, 6, f64::NAN);
+        gemm_nt(&mut c.view_mut((0, 0), (7, 6)), &a, 3, &b, 3, 6);
+        let expected = a.columns(3, 6) * b.columns(3, 6).transpose();
+        assert!((c - expected).amax() < 1e-14);
+        assert_eq!(columns_transposed(&a, 9, 0).shape(), (0, 7));
+    }
+}

@@ -1,0 +1,577 @@
+//! A model defined outside the crate, with a weight used twice, gets its empirical NTK
+//! through the `NtkModel` trait: checked against finite differences, with a control
+//! showing that the cross-use terms Σ_{u≠v} are needed. Also: a model without
+//! parameters, and models whose tangent features are malformed (errors, not panics).
+
+use ntk::nalgebra::{DMatrix, DVector};
+use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
+use ntk::{DenseUse, Error, LayerTangent, NtkModel, empirical_ntk, empirical_ntk_full};
+
+use crate::common::{self, prec, rel_err};
+
+/// A weight-tied residual network with a learned output gain:
+///
+/// H1 = tanh(s_A X Aᵀ),
+/// H2 = H1 + tanh(s_B H1 Bᵀ + s_c 1 cᵀ),
+/// H3 = H2 + tanh(s_B H2 Bᵀ + s_c 1 cᵀ)   (the same B and c again),
+/// f  = γ · s_V H3 Vᵀ.
+///
+/// Parameters, in order: A (n × d) row-major, B (n × n) row-major, c (n),
+/// V (k × n) row-major, γ. B and c are used twice; γ is given to the crate as an
+/// explicit Jacobian block.
+#[derive(Clone, Debug)]
+struct TiedResidual {
+    d: usize,
+    n: usize,
+    k: usize,
+    theta: DVector<f64>,
+}
+
+/// Scale of B (with 1/√n).
+const B_GAIN: f64 = 0.8;
+/// Scale of the bias c.
+const C_SCALE: f64 = 0.5;
+
+/// What a forward pass keeps: inputs of each use and the pre-activations.
+struct Trace {
+    h1: DMatrix<f64>,
+    h2: DMatrix<f64>,
+    h3: DMatrix<f64>,
+    z0: DMatrix<f64>,
+    z1: DMatrix<f64>,
+    z2: DMatrix<f64>,
+    u: DMatrix<f64>,
+}
+
+impl TiedResidual {
+    fn new(d: usize, n: usize, k: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let p = n * d + n * n + n + k * n + 1;
+        let mut theta = DVector::from_fn(p, |_, _| rng.random_range(-1.7..1.7));
+        theta[p - 1] = 1.3;
+        TiedResidual { d, n, k, theta }
+    }
+
+    fn scales(&self) -> (f64, f64, f64, f64) {
+        let (d, n) = (self.d as f64, self.n as f64);
+        (1.0 / d.sqrt(), B_GAIN / n.sqrt(), C_SCALE, 1.0 / n.sqrt())
+    }
+
+    /// (A, B, c, V, γ) from the parameter vector.
+    fn unpack(&self) -> (DMatrix<f64>, DMatrix<f64>, DVector<f64>, DMatrix<f64>, f64) {
+        let (d, n, k) = (self.d, self.n, self.k);
+        let t = self.theta.as_slice();
+        let mut o = 0;
+        let mut take = |len: usize| {
+            let s = &t[o..o + len];
+            o += len;
+            s
+        };
+        let a = DMatrix::from_row_slice(n, d, take(n * d));
+        let b = DMatrix::from_row_slice(n, n, take(n * n));
+        let c = DVector::from_column_slice(take(n));
+        let v = DMatrix::from_row_slice(k, n, take(k * n));
+        let gamma = take(1)[0];
+        (a, b, c, v, gamma)
+    }
+
+    fn check(&self, x: &DMatrix<f64>) -> ntk::Result<()> {
+        if x.ncols() != self.d {
+            return Err(Error::ShapeMismatch {
+                argument: "x",
+                expected: format!("{} columns", self.d),
+                found: format!("{} x {}", x.nrows(), x.ncols()),
+            });
+        }
+        Ok(())
+    }
+
+    fn trace(&self, x: &DMatrix<f64>) -> Trace {
+        let (sa, sb, sc, sv) = self.scales();
+        let (a, b, c, v, _) = self.unpack();
+        let step = |h: &DMatrix<f64>| {
+            let mut z = h * b.transpose() * sb;
+            for mut row in z.row_iter_mut() {
+                row += c.transpose() * sc;
+            }
+            z
+        };
+        let z0 = x * a.transpose() * sa;
+        let h1 = z0.map(f64::tanh);
+        let z1 = step(&h1);
+        let h2 = &h1 + z1.map(f64::tanh);
+        let z2 = step(&h2);
+        let h3 = &h2 + z2.map(f64::tanh);
+        let u = &h3 * v.transpose() * sv;
+        Trace {
+            h1,
+            h2,
+            h3,
+            z0,
+            z1,
+            z2,
+            u,
+        }
+    }
+}
+
+/// 1 − tanh²(z), entrywise.
+fn dtanh(z: &DMatrix<f64>) -> DMatrix<f64> {
+    z.map(|v| 1.0 - v.tanh() * v.tanh())
+}
+
+impl NtkModel<f64> for TiedResidual {
+    fn input_dim(&self) -> usize {
+        self.d
+    }
+    fn output_dim(&self) -> usize {
+        self.k
+    }
+    fn parameter_count(&self) -> usize {
+        self.theta.len()
+    }
+    fn parameters(&self) -> DVector<f64> {
+        self.theta.clone()
+    }
+    fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
+        if params.len() != self.theta.len() {
+            return Err(Error::ShapeMismatch {
+                argument: "params",
+                expected: format!("{} entries", self.theta.len()),
+                found: format!("{} entries", params.len()),
+            });
+        }
+        self.theta.copy_from(params);
+        Ok(())
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        self.check(x)?;
+        let gamma = self.unpack().4;
+        Ok(self.trace(x).u * gamma)
+    }
+
+    /// Hand-written backprop, output by output: G = ∂f_c/∂Z for every use.
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        self.check(x)?;
+        let (sa, sb, sc, sv) = self.scales();
+        let (_, b, _, v, gamma) = self.unpack();
+        let (rows, n, k) = (x.nrows(), self.n, self.k);
+        let t = self.trace(x);
+        let (d0, d1, d2) = (dtanh(&t.z0), dtanh(&t.z1), dtanh(&t.z2));
+
+        let mut g_z0 = DMatrix::zeros(rows, k * n);
+        let mut g_z1 = DMatrix::zeros(rows, k * n);
+        let mut g_z2 = DMatrix::zeros(rows, k * n);
+        let mut g_u = DMatrix::zeros(rows, k * k);
+        for c in 0..k {
+            // f_c = γ U_c: ∂f_c/∂U = γ e_c; ∂f_c/∂H3 = γ s_V V[c, :].
+            for i in 0..rows {
+                g_u[(i, c * k + c)] = gamma;
+            }
+            let g_h3 = DMatrix::from_fn(rows, n, |_, a| gamma * sv * v[(c, a)]);
+            let gz2 = g_h3.component_mul(&d2);
+            let g_h2 = &g_h3 + &gz2 * &b * sb;
+            let gz1 = g_h2.component_mul(&d1);
+            let g_h1 = &g_h2 + &gz1 * &b * sb;
+            let gz0 = g_h1.component_mul(&d0);
+            g_z0.columns_mut(c * n, n).copy_from(&gz0);
+            g_z1.columns_mut(c * n, n).copy_from(&gz1);
+            g_z2.columns_mut(c * n, n).copy_from(&gz2);
+        }
+        // ∂f_c/∂γ = U_c: row i·k + c.
+        let j_gamma = DMatrix::from_fn(rows * k, 1, |r, _| t.u[(r / k, r % k)]);
+        Ok(vec![
+            LayerTangent::Dense {
+                weight_scale: sa,
+                bias_scale: None,
+                uses: vec![DenseUse {
+                    input: x.clone(),
+                    output_grad: g_z0,
+                }],
+            },
+            LayerTangent::Dense {
+                weight_scale: sb,
+                bias_scale: Some(sc),
+                uses: vec![
+                    DenseUse {
+                        input: t.h1,
+                        output_grad: g_z1,
+                    },
+                    DenseUse {
+                        input: t.h2,
+                        output_grad: g_z2,
+                    },
+                ],
+            },
+            LayerTangent::Dense {
+                weight_scale: sv,
+                bias_scale: None,
+                uses: vec![DenseUse {
+                    input: t.h3,
+                    output_grad: g_u,
+                }],
+            },
+            LayerTangent::Jacobian(j_gamma),
+        ])
+    }
+}
+
+/// The same model, but every use of a shared weight reported as its own parameter
+/// group: this drops the cross-use terms Σ_{u≠v} from the kernel (a wrong model).
+#[derive(Clone)]
+struct WithoutCrossTerms(TiedResidual);
+
+impl NtkModel<f64> for WithoutCrossTerms {
+    fn input_dim(&self) -> usize {
+        self.0.input_dim()
+    }
+    fn output_dim(&self) -> usize {
+        self.0.output_dim()
+    }
+    fn parameter_count(&self) -> usize {
+        self.0.parameter_count()
+    }
+    fn parameters(&self) -> DVector<f64> {
+        self.0.parameters()
+    }
+    fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
+        self.0.set_parameters(params)
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        self.0.forward(x)
+    }
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        let mut split = Vec::new();
+        for t in self.0.layer_tangents(x)? {
+            match t {
+                LayerTangent::Dense {
+                    weight_scale,
+                    bias_scale,
+                    uses,
+                } => split.extend(uses.into_iter().map(|u| LayerTangent::Dense {
+                    weight_scale,
+                    bias_scale,
+                    uses: vec![u],
+                })),
+                other => split.push(other),
+            }
+        }
+        Ok(split)
+    }
+}
+
+#[test]
+fn tied_residual_matches_finite_differences() {
+    for (k, seed) in [(1, 1), (3, 2)] {
+        let model = TiedResidual::new(3, 6, k, seed);
+        let x1 = common::inputs(5, 3, 10 + seed);
+        let x2 = common::inputs(4, 3, 20 + seed);
+
+        // The Jacobian, including the γ column from the explicit block.
+        let j1 = model.jacobian(&x1).expect("jacobian");
+        let j1_fd = common::finite_difference_jacobian(&model, &x1, 1e-6);
+        assert_eq!(j1.shape(), (5 * k, model.parameter_count()));
+        let e_jac = rel_err(&j1, &j1_fd);
+        assert!(
+            e_jac <= prec::FINITE_DIFFERENCE,
+            "k = {k}: jacobian {e_jac:e}"
+        );
+
+        let fd = common::finite_difference_ntk_full(&model, &x1, &x2, 1e-6);
+        let full = empirical_ntk_full(&model, &x1, &x2).expect("full");
+        let theta = empirical_ntk(&model, &x1, &x2).expect("kernel");
+        let e_full = rel_err(&full, &fd);
+        let e_trace = rel_err(&theta, &common::trace_over_outputs(&fd, k));
+        assert!(
+            e_full <= prec::FINITE_DIFFERENCE,
+            "k = {k}: full {e_full:e}"
+        );
+        assert!(
+            e_trace <= prec::FINITE_DIFFERENCE,
+            "k = {k}: trace {e_trace:e}"
+        );
+
+        // Exact identities: Jacobian contraction and per-group sum.
+        let j2 = model.jacobian(&x2).expect("jacobian");
+        assert!(rel_err(&full, &(&j1 * j2.transpose())) <= prec::EXACT_F64);
+        let parts = model.layer_kernels(&x1, &x2).expect("layer kernels");
+        assert_eq!(parts.len(), 4);
+        assert!(parts[1].bias.is_some() && parts[3].bias.is_none());
+        let sum = parts
+            .iter()
+            .fold(DMatrix::zeros(5, 4), |acc, p| acc + p.total());
+        assert!(rel_err(&sum, &theta) <= prec::EXACT_F64);
+        // The γ group's kernel is its Jacobian column's contraction.
+        let gamma_col = |j: &DMatrix<f64>| j.columns(model.parameter_count() - 1, 1).into_owned();
+        let gg = gamma_col(&j1) * gamma_col(&j2).transpose();
+        assert!(rel_err(&parts[3].weights, &common::trace_over_outputs(&gg, k)) <= prec::EXACT_F64);
+
+        let fd_sym = common::finite_difference_ntk_full(&model, &x1, &x1, 1e-6);
+        let full_sym = empirical_ntk_full(&model, &x1, &x1).expect("full");
+        assert!(rel_err(&full_sym, &fd_sym) <= prec::FINITE_DIFFERENCE);
+        common::assert_valid_gram(&full_sym, 1e-12);
+        eprintln!(
+            "tied residual, k = {k}: jacobian {e_jac:.1e}, full {e_full:.1e}, trace {e_trace:.1e} vs finite differences"
+        );
+    }
+}
+
+/// The control: without the cross-use terms of the shared B and c the kernel is
+/// wrong by far more than the finite-difference tolerance, so the test above is
+/// sensitive to them.
+#[test]
+fn dropping_cross_use_terms_is_detected() {
+    for k in [1, 2] {
+        let model = TiedResidual::new(3, 6, k, 4);
+        let x1 = common::inputs(5, 3, 40);
+        let x2 = common::inputs(4, 3, 41);
+        let fd = common::finite_difference_ntk_full(&model, &x1, &x2, 1e-6);
+        let wrong = empirical_ntk_full(&WithoutCrossTerms(model.clone()), &x1, &x2).expect("ok");
+        let e = rel_err(&wrong, &fd);
+        assert!(
+            e > 1e3 * prec::FINITE_DIFFERENCE,
+            "k = {k}: cross terms only {e:e}"
+        );
+
+        // And the difference is exactly the cross terms of B's two uses:
+        // s_B² [(X1_1 X2_2ᵀ) ⊙ (G1_1 G2_2ᵀ) + (X1_2 X2_1ᵀ) ⊙ (G1_2 G2_1ᵀ)] + s_c² (…).
+        let right = empirical_ntk_full(&model, &x1, &x2).expect("ok");
+        let (t1, t2) = (
+            model.layer_tangents(&x1).expect("ok"),
+            model.layer_tangents(&x2).expect("ok"),
+        );
+        let uses = |t: &[LayerTangent<f64>]| match &t[1] {
+            LayerTangent::Dense { uses, .. } => uses.clone(),
+            _ => unreachable!("group 1 is B"),
+        };
+        let (u1, u2) = (uses(&t1), uses(&t2));
+        let (_, sb, sc, _) = model.scales();
+        let n = 6;
+        let mut cross = DMatrix::zeros(5 * k, 4 * k);
+        for (a, b) in [(0, 1), (1, 0)] {
+            let xx = &u1[a].input * u2[b].input.transpose();
+            for c in 0..k {
+                for e in 0..k {
+                    let gg = u1[a].output_grad.columns(c * n, n)
+                        * u2[b].output_grad.columns(e * n, n).transpose();
+                    for i in 0..5 {
+                        for j in 0..4 {
+                            cross[(i * k + c, j * k + e)] +=
+                                (sb * sb * xx[(i, j)] + sc * sc) * gg[(i, j)];
+                        }
+                    }
+                }
+            }
+        }
+        assert!(rel_err(&(&right - &wrong), &cross) <= prec::EXACT_F64);
+        eprintln!("tied residual, k = {k}: kernel without cross-use terms is off by {e:.2}");
+    }
+}
+
+/// Above the 256-row block, the custom model's blocked kernel equals its unblocked
+/// per-group sum and its Jacobian contraction.
+#[test]
+fn tied_residual_blocked_matches_unblocked() {
+    let model = TiedResidual::new(4, 5, 2, 9);
+    let x1 = common::inputs(300, 4, 90);
+    let x2 = common::inputs(270, 4, 91);
+    for (a, b) in [(&x1, &x1), (&x1, &x2)] {
+        let theta = empirical_ntk(&model, a, b).expect("kernel");
+        let sum = model
+            .layer_kernels(a, b)
+            .expect("layer kernels")
+            .iter()
+            .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, p| {
+                acc + p.total()
+            });
+        assert!(rel_err(&theta, &sum) <= prec::EXACT_F64);
+        let full = empirical_ntk_full(&model, a, b).expect("full");
+        let jj = model.jacobian(a).expect("j") * model.jacobian(b).expect("j").transpose();
+        assert!(rel_err(&full, &jj) <= prec::EXACT_F64);
+    }
+}
+
+/// A model without parameters, f(x) = (Σ_j x_j) 1ₖ: its NTK is zero.
+#[derive(Clone)]
+struct NoParameters;
+
+impl NtkModel<f64> for NoParameters {
+    fn input_dim(&self) -> usize {
+        2
+    }
+    fn output_dim(&self) -> usize {
+        2
+    }
+    fn parameter_count(&self) -> usize {
+        0
+    }
+    fn parameters(&self) -> DVector<f64> {
+        DVector::zeros(0)
+    }
+    fn set_parameters(&mut self, _: &DVector<f64>) -> ntk::Result<()> {
+        Ok(())
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        Ok(DMatrix::from_fn(x.nrows(), 2, |i, _| x.row(i).sum()))
+    }
+    fn layer_tangents(&self, _: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn model_without_parameters_has_zero_kernel() {
+    let x1 = common::inputs(3, 2, 0);
+    let x2 = common::inputs(300, 2, 1);
+    assert_eq!(
+        empirical_ntk(&NoParameters, &x1, &x2).expect("ok"),
+        DMatrix::zeros(3, 300)
+    );
+    assert_eq!(
+        empirical_ntk(&NoParameters, &x2, &x2).expect("ok"),
+        DMatrix::zeros(300, 300)
+    );
+    assert_eq!(
+        empirical_ntk_full(&NoParameters, &x1, &x2).expect("ok"),
+        DMatrix::zeros(6, 600)
+    );
+    assert_eq!(NoParameters.jacobian(&x1).expect("ok").shape(), (6, 0));
+    assert!(NoParameters.layer_kernels(&x1, &x2).expect("ok").is_empty());
+    // Input checks still apply.
+    assert!(empirical_ntk(&NoParameters, &x1, &common::inputs(2, 3, 0)).is_err());
+}
+
+/// The ways a model's tangent features can be malformed.
+#[derive(Clone, Copy, Debug)]
+enum Defect {
+    /// A use whose input has the wrong number of rows.
+    InputRows,
+    /// A second use whose input has a different width from the first.
+    SecondUseWidth,
+    /// An output gradient whose width is not a multiple of k.
+    GradWidth,
+    /// A Jacobian block with the wrong number of rows.
+    JacobianRows,
+    /// A dense group with no uses at all (no parameters: contributes nothing).
+    NoUses,
+    /// Tangents whose shape depends on the batch: a wider input on 2-row batches.
+    WidthDependsOnBatch,
+    /// Tangents whose group count depends on the batch: one group fewer on 2-row batches.
+    GroupsDependOnBatch,
+}
+
+/// A linear model f_c(x) = w · x for both outputs c (k = 2, d = 3, w = 1) that
+/// reports defective tangents.
+#[derive(Clone)]
+struct Malformed(Defect);
+
+impl NtkModel<f64> for Malformed {
+    fn input_dim(&self) -> usize {
+        3
+    }
+    fn output_dim(&self) -> usize {
+        2
+    }
+    fn parameter_count(&self) -> usize {
+        3
+    }
+    fn parameters(&self) -> DVector<f64> {
+        DVector::from_element(3, 1.0)
+    }
+    fn set_parameters(&mut self, _: &DVector<f64>) -> ntk::Result<()> {
+        Ok(())
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        Ok(DMatrix::from_fn(x.nrows(), 2, |i, _| x.row(i).sum()))
+    }
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        let n = x.nrows();
+        // One unit (n_out = 1) read by both outputs: ∂f_c/∂h = 1, G is N × (k·1).
+        let grad = DMatrix::from_fn(n, 2, |_, _| 1.0);
+        let good = DenseUse {
+            input: x.clone(),
+            output_grad: grad.clone(),
+        };
+        let dense = |uses: Vec<DenseUse<f64>>| LayerTangent::Dense {
+            weight_scale: 1.0,
+            bias_scale: None,
+            uses,
+        };
+        Ok(match self.0 {
+            Defect::InputRows => vec![dense(vec![DenseUse {
+                input: DMatrix::zeros(n + 1, 3),
+                output_grad: grad,
+            }])],
+            Defect::SecondUseWidth => vec![dense(vec![
+                good,
+                DenseUse {
+                    input: DMatrix::zeros(n, 4),
+                    output_grad: grad,
+                },
+            ])],
+            Defect::GradWidth => vec![dense(vec![DenseUse {
+                input: x.clone(),
+                output_grad: DMatrix::zeros(n, 3),
+            }])],
+            Defect::JacobianRows => vec![
+                dense(vec![good]),
+                LayerTangent::Jacobian(DMatrix::zeros(n, 2)),
+            ],
+            Defect::NoUses => vec![dense(vec![good]), dense(Vec::new())],
+            Defect::WidthDependsOnBatch if n == 2 => vec![dense(vec![DenseUse {
+                input: DMatrix::zeros(n, 4),
+                output_grad: grad,
+            }])],
+            Defect::GroupsDependOnBatch if n == 2 => vec![dense(vec![good])],
+            Defect::WidthDependsOnBatch => vec![dense(vec![good])],
+            Defect::GroupsDependOnBatch => vec![
+                dense(vec![good]),
+                LayerTangent::Jacobian(DMatrix::zeros(2 * n, 1)),
+            ],
+        })
+    }
+}
+
+#[test]
+fn malformed_tangents_are_errors_not_panics() {
+    let x1 = common::inputs(3, 3, 0);
+    let x2 = common::inputs(2, 3, 1);
+    let big = common::inputs(300, 3, 2);
+    for (defect, argument) in [
+        (Defect::InputRows, "DenseUse::input"),
+        (Defect::SecondUseWidth, "DenseUse::input"),
+        (Defect::GradWidth, "DenseUse::output_grad"),
+        (Defect::JacobianRows, "LayerTangent::Jacobian"),
+    ] {
+        let m = Malformed(defect);
+        let is_expected = |r: ntk::Result<DMatrix<f64>>| match r {
+            Err(Error::ShapeMismatch { argument: a, .. }) => a == argument,
+            _ => false,
+        };
+        assert!(is_expected(empirical_ntk(&m, &x1, &x2)), "{defect:?}");
+        assert!(is_expected(empirical_ntk(&m, &big, &big)), "{defect:?}");
+        assert!(is_expected(empirical_ntk_full(&m, &x1, &x2)), "{defect:?}");
+        assert!(is_expected(m.jacobian(&x1)), "{defect:?}");
+        assert!(m.layer_kernels(&x1, &x2).is_err(), "{defect:?}");
+    }
+    // Tangents that differ between the two batches (x2 has 2 rows) cannot be
+    // contracted: an error naming `layer_tangents`.
+    for defect in [Defect::WidthDependsOnBatch, Defect::GroupsDependOnBatch] {
+        let m = Malformed(defect);
+        let named = |r: ntk::Result<DMatrix<f64>>| match r {
+            Err(Error::ShapeMismatch { argument, .. }) => argument == "layer_tangents",
+            _ => false,
+        };
+        assert!(named(empirical_ntk(&m, &x1, &x2)), "{defect:?}");
+        assert!(named(empirical_ntk_full(&m, &x2, &big)), "{defect:?}");
+        assert!(m.layer_kernels(&x1, &x2).is_err(), "{defect:?}");
+        // Each batch on its own is consistent.
+        assert!(empirical_ntk(&m, &x1, &big).is_ok(), "{defect:?}");
+    }
+    // A group without uses has no parameters and adds nothing.
+    let m = Malformed(Defect::NoUses);
+    let theta = empirical_ntk(&m, &x1, &x2).expect("a group without uses is empty");
+    let expected = &x1 * x2.transpose();
+    assert!(rel_err(&theta, &expected) <= prec::EXACT_F64);
+    assert_eq!(m.jacobian(&x1).expect("ok").shape(), (6, 3));
+}

@@ -1,0 +1,70 @@
+//! Parallel and single-threaded runs give the same kernels, and kernels assembled from
+//! blocks equal the kernel computed at once.
+
+use ntk::nalgebra::DMatrix;
+use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::{Activation, Mlp, MlpSpec, empirical_ntk, empirical_ntk_block, empirical_ntk_full};
+
+use crate::common::rel_err;
+
+fn net_and_data() -> (Mlp<f64>, DMatrix<f64>, DMatrix<f64>) {
+    let spec = MlpSpec::new(5)
+        .hidden(48, Activation::Gelu)
+        .hidden(32, Activation::Relu)
+        .bias_std(0.2)
+        .outputs(2);
+    let net = spec.init(&mut StdRng::seed_from_u64(11)).unwrap();
+    let x1 = DMatrix::from_fn(700, 5, |i, j| ((i * 5 + j) as f64 * 0.013).sin());
+    let x2 = DMatrix::from_fn(530, 5, |i, j| ((i + 3 * j) as f64 * 0.029).cos());
+    (net, x1, x2)
+}
+
+fn single_threaded<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn one_thread_and_many_agree() {
+    let (net, x1, x2) = net_and_data();
+    let par = empirical_ntk(&net, &x1, &x2).unwrap();
+    let seq = single_threaded(|| empirical_ntk(&net, &x1, &x2).unwrap());
+    assert!(rel_err(&par, &seq) <= 1e-12);
+    let par = empirical_ntk_full(&net, &x1, &x1).unwrap();
+    let seq = single_threaded(|| empirical_ntk_full(&net, &x1, &x1).unwrap());
+    assert!(rel_err(&par, &seq) <= 1e-12);
+}
+
+#[test]
+fn blocks_assemble_into_the_kernel() {
+    let (net, x1, x2) = net_and_data();
+    for (a, b) in [(&x1, &x2), (&x1, &x1)] {
+        let whole = empirical_ntk(&net, a, b).unwrap();
+        let mut assembled = DMatrix::zeros(a.nrows(), b.nrows());
+        let cuts = |n: usize| [0, n / 3, n / 3 + 1, n];
+        let (rc, cc) = (cuts(a.nrows()), cuts(b.nrows()));
+        for r in rc.windows(2) {
+            for c in cc.windows(2) {
+                let block = empirical_ntk_block(&net, a, b, r[0]..r[1], c[0]..c[1]).unwrap();
+                assembled
+                    .view_mut((r[0], c[0]), (r[1] - r[0], c[1] - c[0]))
+                    .copy_from(&block);
+            }
+        }
+        assert!(rel_err(&assembled, &whole) <= 1e-12);
+    }
+}
+
+#[test]
+fn out_of_range_blocks_are_errors() {
+    let (net, x1, x2) = net_and_data();
+    let n = x1.nrows();
+    assert!(empirical_ntk_block(&net, &x1, &x2, 0..n + 1, 0..3).is_err());
+    #[allow(clippy::reversed_empty_ranges)]
+    let reversed = 5..2;
+    let err = empirical_ntk_block(&net, &x1, &x2, 0..3, reversed).unwrap_err();
+    assert!(err.to_string().contains("cols"), "{err}");
+}
