@@ -658,6 +658,29 @@ pub struct GaussianPrediction<T: Scalar> {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// With the infinite-width kernels of an architecture:
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{infinite_width, Activation, InfiniteEnsemble, MlpSpec};
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let spec = MlpSpec::new(2).hidden(1, Activation::Erf).bias_std(0.1);
+/// let x = DMatrix::from_fn(6, 2, |i, j| ((i + 2 * j) as f64).sin());
+/// let x_test = DMatrix::from_fn(2, 2, |i, j| ((3 * i + j) as f64).cos());
+/// let y = DMatrix::from_fn(6, 1, |i, _| (i as f64).cos());
+/// let train = infinite_width(&spec, &x, &x)?;
+/// let cross = infinite_width(&spec, &x_test, &x)?;
+/// let test = infinite_width(&spec, &x_test, &x_test)?;
+///
+/// let ensemble = InfiniteEnsemble::new(&train.ntk, &train.nngp, &y, 1.0)?;
+/// let p = ensemble.test(5.0, &cross.ntk, &cross.nngp, &test.nngp)?;
+/// assert_eq!((p.mean.shape(), p.covariance.shape()), ((2, 1), (2, 2)));
+/// assert!(p.covariance[(0, 0)] < test.nngp[(0, 0)]); // training reduces the spread
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct InfiniteEnsemble<T: Scalar> {
     flow: GradientFlow<T>,
