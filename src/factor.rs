@@ -6,8 +6,12 @@
 //! `SymmetricEigen` at N = 2048. Its AVX-512 kernels can leave the upper halves of the
 //! vector registers dirty, which slows later non-VEX (SSE) code on the same thread, so
 //! every factorization here runs on threads that end when it does: a scoped thread
-//! (sequential build) or a short-lived two-level rayon pool (`parallel` feature).
-//! The caller's threads, rayon's global pool included, never execute faer code.
+//! (sequential build, or N < 384) or a short-lived rayon pool of the current pool's
+//! size (`parallel` feature). The caller's threads, rayon's global pool included, never
+//! execute faer code, and the global pool idles meanwhile (no two pools compete for the
+//! cores). The slowdown was not reproduced on this crate's benchmark machine
+//! (`gradient_flow/after_eigen`), so the isolation is a precaution; it costs a thread
+//! spawn (tens of µs).
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::LltRegularization;
@@ -18,17 +22,26 @@ use nalgebra::{DMatrix, DVector};
 use crate::Scalar;
 use crate::error::{Error, Result};
 
-/// Runs `f` with faer's parallelism on threads that exit when it returns.
-fn isolated<R: Send>(f: impl FnOnce(Par) -> R + Send) -> R {
+/// Matrices smaller than this are factored sequentially (a thread pool costs more
+/// than it saves).
+#[cfg(feature = "parallel")]
+const PARALLEL_MIN_DIM: usize = 384;
+
+/// Runs `f` with faer's parallelism on threads that exit when it returns, for a
+/// factorization of an `n` × `n` matrix.
+fn isolated<R: Send>(n: usize, f: impl FnOnce(Par) -> R + Send) -> R {
     #[cfg(feature = "parallel")]
     {
         let threads = rayon::current_num_threads().max(1);
         if threads > 1
+            && n >= PARALLEL_MIN_DIM
             && let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build()
         {
             return pool.install(|| f(Par::rayon(threads)));
         }
     }
+    #[cfg(not(feature = "parallel"))]
+    let _ = n;
     std::thread::scope(|s| {
         s.spawn(|| f(Par::Seq))
             .join()
@@ -46,7 +59,7 @@ pub(crate) fn symmetric_eigen<T: Scalar>(a: &DMatrix<f64>) -> Result<(DVector<f6
     if n == 0 {
         return Ok((DVector::zeros(0), DMatrix::zeros(0, 0)));
     }
-    let outcome = isolated(|par| {
+    let outcome = isolated(n, |par| {
         let a = MatRef::from_column_major_slice(a.as_slice(), n, n);
         let u = MatMut::from_column_major_slice_mut(vectors.as_mut_slice(), n, n);
         let mut mem = MemBuffer::new(faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
@@ -92,7 +105,7 @@ impl Cholesky {
         let n = a.nrows();
         debug_assert_eq!(n, a.ncols());
         let mut factor = a.clone();
-        let ok = isolated(|par| {
+        let ok = isolated(n, |par| {
             let l = MatMut::from_column_major_slice_mut(factor.as_mut_slice(), n, n);
             let mut mem = MemBuffer::new(
                 faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(
@@ -118,7 +131,7 @@ impl Cholesky {
         let n = self.factor.nrows();
         let mut x = b.clone();
         let k = x.ncols();
-        isolated(|par| {
+        isolated(n, |par| {
             let l = MatRef::from_column_major_slice(self.factor.as_slice(), n, n);
             let rhs = MatMut::from_column_major_slice_mut(x.as_mut_slice(), n, k);
             let mut mem = MemBuffer::new(
