@@ -173,7 +173,7 @@ pub trait NtkModel<T: Scalar>: Sync {
         if cotangent.shape() != (n, k) {
             return Err(Error::ShapeMismatch {
                 argument: "cotangent",
-                expected: format!("{n} x {k} (rows of x x outputs)"),
+                expected: format!("{n} x {k} (one row per row of x, one column per output)"),
                 found: shape(cotangent),
             });
         }
