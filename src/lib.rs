@@ -137,11 +137,11 @@ pub use rand;
 pub mod activation;
 mod empirical;
 pub mod error;
-pub mod infinite;
-mod linalg;
 mod factor;
 pub mod flow;
+pub mod infinite;
 pub mod krylov;
+mod linalg;
 pub mod mlp;
 pub mod model;
 mod parallel;
@@ -151,10 +151,10 @@ pub mod train;
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
+pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
     InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_layers, width_convergence,
 };
-pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegression};
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::{DenseUse, LayerKernel, LayerTangent, NtkModel};

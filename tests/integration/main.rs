@@ -7,7 +7,7 @@
 mod common;
 mod custom_model;
 mod empirical;
+mod flow;
 mod infinite;
 mod parallel;
-mod flow;
 mod train;
