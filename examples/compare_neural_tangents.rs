@@ -1,0 +1,170 @@
+//! The crate's side of `bench/compare_neural_tangents.py`: the same configurations,
+//! inputs and weights, checked for agreement and timed the same way.
+//!
+//! ```sh
+//! /opt/ntvenv/bin/python bench/compare_neural_tangents.py target/nt-compare
+//! cargo run --release --example compare_neural_tangents -- target/nt-compare
+//! ```
+//!
+//! Reads the manifest and raw little-endian `f64` files the script wrote, recomputes
+//! every kernel and prediction with `ntk`, prints the largest relative difference from
+//! neural-tangents' (the comparison is only fair if it is ~1e-10 or less), the median
+//! time of each side over the same number of runs, and the ratio.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ntk::nalgebra::{DMatrix, DVector};
+use ntk::{Activation, GradientFlow, Mlp, MlpSpec, empirical_ntk, infinite_width};
+use serde_json::Value;
+
+const REPEATS: usize = 7;
+
+/// Reads a `{file, shape}` entry of the manifest as a matrix (row-major on disk).
+fn load(dir: &Path, entry: &Value) -> Result<DMatrix<f64>, Box<dyn Error>> {
+    let file = entry["file"].as_str().ok_or("entry without file")?;
+    let shape: Vec<usize> = entry["shape"]
+        .as_array()
+        .ok_or("entry without shape")?
+        .iter()
+        .map(|v| v.as_u64().map(|u| u as usize).ok_or("bad shape"))
+        .collect::<Result<_, _>>()?;
+    let bytes = std::fs::read(dir.join(file))?;
+    let values: Vec<f64> = bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let (rows, cols) = match shape.as_slice() {
+        [n] => (*n, 1),
+        [r, c] => (*r, *c),
+        [r, c, rest @ ..] => (*r, c * rest.iter().product::<usize>()),
+        [] => (1, 1),
+    };
+    if values.len() != rows * cols {
+        return Err(format!("{file}: {} values for shape {shape:?}", values.len()).into());
+    }
+    Ok(DMatrix::from_row_slice(rows, cols, &values))
+}
+
+/// Median wall-clock seconds of `REPEATS` runs after one warm-up run.
+fn median_seconds<R>(mut f: impl FnMut() -> R) -> f64 {
+    std::hint::black_box(f());
+    let mut times: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// max |a − b| / max |b|.
+fn rel_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+    (a - b).amax() / b.amax()
+}
+
+struct Row {
+    what: String,
+    n: usize,
+    diff: f64,
+    ours: f64,
+    theirs: f64,
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "target/nt-compare".into()),
+    );
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    let dim = manifest["dim"].as_u64().ok_or("dim")? as usize;
+    let width = manifest["width"].as_u64().ok_or("width")? as usize;
+    let depth = manifest["depth"].as_u64().ok_or("depth")? as usize;
+    let mut spec = MlpSpec::new(dim);
+    for _ in 0..depth {
+        spec = spec.hidden(width, Activation::Relu);
+    }
+    let params: DVector<f64> = load(&dir, &manifest["params"])?.column(0).into_owned();
+    let net = Mlp::from_parameters(&spec, &params)?;
+    let mut rows = Vec::new();
+
+    for case in manifest["empirical"].as_array().ok_or("empirical")? {
+        let x = load(&dir, &case["x"])?;
+        let reference = load(&dir, &case["ntk"])?;
+        let theta = empirical_ntk(&net, &x, &x)?;
+        rows.push(Row {
+            what: "empirical NTK".into(),
+            n: x.nrows(),
+            diff: rel_diff(&theta, &reference),
+            ours: median_seconds(|| empirical_ntk(&net, &x, &x)),
+            theirs: case["seconds"].as_f64().ok_or("seconds")?,
+        });
+    }
+
+    for case in manifest["infinite"].as_array().ok_or("infinite")? {
+        let x = load(&dir, &case["x"])?;
+        let k = infinite_width(&spec, &x, &x)?;
+        let diff = rel_diff(&k.nngp, &load(&dir, &case["nngp"])?)
+            .max(rel_diff(&k.ntk, &load(&dir, &case["ntk"])?));
+        rows.push(Row {
+            what: "infinite NNGP+NTK".into(),
+            n: x.nrows(),
+            diff,
+            ours: median_seconds(|| infinite_width(&spec, &x, &x)),
+            theirs: case["seconds"].as_f64().ok_or("seconds")?,
+        });
+    }
+
+    let t = manifest["flow_t"].as_f64().ok_or("flow_t")?;
+    for case in manifest["flow"].as_array().ok_or("flow")? {
+        let theta = load(&dir, &case["ntk"])?;
+        let y = load(&dir, &case["y"])?;
+        let f0 = load(&dir, &case["f0"])?;
+        let reference = load(&dir, &case["f_t"])?;
+        // neural-tangents divides time by the number of target entries.
+        let eta = case["nt_learning_rate"].as_f64().ok_or("lr")? / y.len() as f64;
+        let run = || -> Result<DMatrix<f64>, ntk::Error> {
+            GradientFlow::new(&theta, &y, eta)?.train(t, &f0)
+        };
+        let f_t = run()?;
+        rows.push(Row {
+            what: "gradient flow (setup + 1 prediction)".into(),
+            n: theta.nrows(),
+            diff: rel_diff(&f_t, &reference),
+            ours: median_seconds(run),
+            theirs: case["seconds"].as_f64().ok_or("seconds")?,
+        });
+    }
+
+    println!(
+        "neural-tangents {} (jax {}), f64, median of {REPEATS} runs each\n",
+        manifest["neural_tangents"].as_str().unwrap_or("?"),
+        manifest["jax"].as_str().unwrap_or("?")
+    );
+    println!(
+        "| {:<38} | {:>5} | {:>9} | {:>12} | {:>14} | {:>7} |",
+        "computation", "N", "max diff", "ntk (ms)", "n-t (ms)", "speedup"
+    );
+    println!("|{:-<40}|{:->7}|{:->11}|{:->14}|{:->16}|{:->9}|", "", "", "", "", "", "");
+    let mut worst: f64 = 0.0;
+    for r in &rows {
+        worst = worst.max(r.diff);
+        println!(
+            "| {:<38} | {:>5} | {:>9.1e} | {:>12.2} | {:>14.2} | {:>6.2}x |",
+            r.what,
+            r.n,
+            r.diff,
+            r.ours * 1e3,
+            r.theirs * 1e3,
+            r.theirs / r.ours
+        );
+    }
+    if worst > 1e-10 {
+        return Err(format!("results differ from neural-tangents by {worst:e} > 1e-10").into());
+    }
+    Ok(())
+}
