@@ -80,7 +80,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             .nth(1)
             .unwrap_or_else(|| "target/nt-compare".into()),
     );
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
     let dim = manifest["dim"].as_u64().ok_or("dim")? as usize;
     let width = manifest["width"].as_u64().ok_or("width")? as usize;
     let depth = manifest["depth"].as_u64().ok_or("depth")? as usize;
@@ -149,7 +150,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         "| {:<38} | {:>5} | {:>9} | {:>12} | {:>14} | {:>7} |",
         "computation", "N", "max diff", "ntk (ms)", "n-t (ms)", "speedup"
     );
-    println!("|{:-<40}|{:->7}|{:->11}|{:->14}|{:->16}|{:->9}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<40}|{:->7}|{:->11}|{:->14}|{:->16}|{:->9}|",
+        "", "", "", "", "", ""
+    );
     let mut worst: f64 = 0.0;
     for r in &rows {
         worst = worst.max(r.diff);
