@@ -368,7 +368,7 @@ fn dropping_cross_use_terms_is_detected() {
     }
 }
 
-/// Above the 256-row block, the custom model's blocked kernel equals its unblocked
+/// Across several row blocks, the custom model's blocked kernel equals its unblocked
 /// per-group sum and its Jacobian contraction.
 #[test]
 fn tied_residual_blocked_matches_unblocked() {

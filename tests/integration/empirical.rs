@@ -410,7 +410,7 @@ fn forward_matches_hand_forward_pass() {
     }
 }
 
-/// Sample counts above the 256-row block: the multi-block and mirrored paths agree
+/// Sample counts spanning several row blocks (at most 128 rows each): the multi-block and mirrored paths agree
 /// with the unblocked per-layer sum, the Jacobian, and kernels of row subsets.
 #[test]
 fn blocked_computation_matches_unblocked_and_subsets() {
