@@ -102,10 +102,7 @@ impl<T: Scalar> GradientFlow<T> {
     /// [`Error::InvalidParameter`] unless `eta` is finite and > 0;
     /// [`Error::Factorization`] if the eigensolver does not converge.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
-        check_symmetric_kernel("theta_train", theta_train)?;
-        let n = theta_train.nrows();
-        check_rows("y_train", y_train, n, "one per row of theta_train")?;
-        check_finite("y_train", y_train)?;
+        check_training_problem(theta_train, y_train)?;
         check_positive("eta", eta.to_f64())?;
         // Symmetric to 1e-8 (checked): the eigensolver reads the lower triangle.
         let (values, vectors) = symmetric_eigen(&theta_train.map(|v| v.to_f64()))?;
@@ -404,22 +401,7 @@ impl<T: Scalar> GradientFlow<T> {
         f0_test: &DMatrix<T>,
         theta_test_train: &DMatrix<T>,
     ) -> Result<Vec<DMatrix<T>>> {
-        let m = f0_test.nrows();
-        check_cols("f0_test", f0_test, self.k(), "the outputs, as y_train")?;
-        check_finite("f0_test", f0_test)?;
-        check_rows(
-            "theta_test_train",
-            theta_test_train,
-            m,
-            "one per row of f0_test",
-        )?;
-        check_cols(
-            "theta_test_train",
-            theta_test_train,
-            self.n(),
-            "one per training point",
-        )?;
-        check_finite("theta_test_train", theta_test_train)?;
+        check_test_inputs(f0_test, theta_test_train, self.n(), self.k())?;
         // Vᵀ(Y − f_0) = −Vᵀ(f_0 − Y).
         let coefficients = -self.project(f0_train)?;
         let weights = self.expand(horizons, &coefficients, |h, l| self.integral(h, l));
@@ -507,10 +489,7 @@ impl<T: Scalar> KernelRegression<T> {
     /// [`Error::Factorization`] if Θ + ρI is not positive definite to working
     /// precision (the message suggests a `diag_reg`).
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, diag_reg: T) -> Result<Self> {
-        check_symmetric_kernel("theta_train", theta_train)?;
-        let n = theta_train.nrows();
-        check_rows("y_train", y_train, n, "one per row of theta_train")?;
-        check_finite("y_train", y_train)?;
+        let n = check_training_problem(theta_train, y_train)?;
         let rho = diag_reg.to_f64();
         if !(rho.is_finite() && rho >= 0.0) {
             return Err(Error::InvalidParameter {
@@ -595,21 +574,7 @@ impl<T: Scalar> KernelRegression<T> {
         theta_test_train: &DMatrix<T>,
     ) -> Result<DMatrix<T>> {
         let (n, k) = self.targets.shape();
-        check_cols("f0_test", f0_test, k, "the outputs, as y_train")?;
-        check_finite("f0_test", f0_test)?;
-        check_rows(
-            "theta_test_train",
-            theta_test_train,
-            f0_test.nrows(),
-            "one per row of f0_test",
-        )?;
-        check_cols(
-            "theta_test_train",
-            theta_test_train,
-            n,
-            "one per training point",
-        )?;
-        check_finite("theta_test_train", theta_test_train)?;
+        check_test_inputs(f0_test, theta_test_train, n, k)?;
         let w = self.dual(f0_train)?;
         Ok(f0_test + theta_test_train * w.map(T::of))
     }
@@ -817,4 +782,41 @@ impl<T: Scalar> InfiniteEnsemble<T> {
         covariance = (&covariance + covariance.transpose()) * T::of(0.5);
         Ok(GaussianPrediction { mean, covariance })
     }
+}
+
+/// Checks a training problem: `theta_train` square, finite and symmetric, `y_train`
+/// finite with one row per training point. Returns N.
+pub(crate) fn check_training_problem<T: Scalar>(
+    theta_train: &DMatrix<T>,
+    y_train: &DMatrix<T>,
+) -> Result<usize> {
+    check_symmetric_kernel("theta_train", theta_train)?;
+    let n = theta_train.nrows();
+    check_rows("y_train", y_train, n, "one per row of theta_train")?;
+    check_finite("y_train", y_train)?;
+    Ok(n)
+}
+
+/// Checks test-point inputs: `f0_test` M × k and `theta_test_train` M × N, finite.
+pub(crate) fn check_test_inputs<T: Scalar>(
+    f0_test: &DMatrix<T>,
+    theta_test_train: &DMatrix<T>,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    check_cols("f0_test", f0_test, k, "the outputs, as y_train")?;
+    check_finite("f0_test", f0_test)?;
+    check_rows(
+        "theta_test_train",
+        theta_test_train,
+        f0_test.nrows(),
+        "one per row of f0_test",
+    )?;
+    check_cols(
+        "theta_test_train",
+        theta_test_train,
+        n,
+        "one per training point",
+    )?;
+    check_finite("theta_test_train", theta_test_train)
 }

@@ -20,10 +20,8 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 use crate::Scalar;
-use crate::error::{
-    Error, Result, check_cols, check_finite, check_positive, check_rows, check_symmetric_kernel,
-    check_time, shape,
-};
+use crate::error::{Error, Result, check_finite, check_positive, check_time, shape};
+use crate::flow::{check_test_inputs, check_training_problem};
 
 /// Gradient-flow predictions at a single time by the Lanczos method, without
 /// eigendecomposing Θ: the same results as [`GradientFlow::train`] and
@@ -67,10 +65,7 @@ impl<T: Scalar> KrylovFlow<T> {
     /// # Errors
     /// As [`GradientFlow::new`](crate::GradientFlow::new).
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
-        check_symmetric_kernel("theta_train", theta_train)?;
-        let n = theta_train.nrows();
-        check_rows("y_train", y_train, n, "one per row of theta_train")?;
-        check_finite("y_train", y_train)?;
+        let n = check_training_problem(theta_train, y_train)?;
         check_positive("eta", eta.to_f64())?;
         Ok(KrylovFlow {
             theta: theta_train.map(|v| v.to_f64()),
@@ -146,21 +141,7 @@ impl<T: Scalar> KrylovFlow<T> {
     ) -> Result<DMatrix<T>> {
         let st = self.check_time(t)?;
         let (n, k) = self.targets.shape();
-        check_cols("f0_test", f0_test, k, "the outputs, as y_train")?;
-        check_finite("f0_test", f0_test)?;
-        check_rows(
-            "theta_test_train",
-            theta_test_train,
-            f0_test.nrows(),
-            "one per row of f0_test",
-        )?;
-        check_cols(
-            "theta_test_train",
-            theta_test_train,
-            n,
-            "one per training point",
-        )?;
-        check_finite("theta_test_train", theta_test_train)?;
+        check_test_inputs(f0_test, theta_test_train, n, k)?;
         let r = -self.residual(f0_train)?;
         let integral = |l: f64| {
             let l = l.max(0.0);
