@@ -487,10 +487,14 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
     }
 
     fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>> {
+        self.forward_with_tangents(x).map(|(_, tangents)| tangents)
+    }
+
+    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
         self.check_x(x)?;
         let trace = self.trace(x);
         let grads = self.backward(&trace);
-        Ok(self
+        let tangents = self
             .layers
             .iter()
             .zip(trace.inputs)
@@ -500,6 +504,29 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
                 bias_scale: layer.bias.as_ref().map(|_| layer.bias_scale),
                 uses: vec![DenseUse { input, output_grad }],
             })
-            .collect())
+            .collect();
+        Ok((trace.output, tangents))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// The shared forward pass gives what the separate calls give.
+    #[test]
+    fn forward_with_tangents_matches_separate_calls() {
+        let net: Mlp<f64> = MlpSpec::new(3)
+            .hidden(7, Activation::Gelu)
+            .bias_std(0.3)
+            .outputs(2)
+            .init(&mut StdRng::seed_from_u64(5))
+            .unwrap();
+        let x = DMatrix::from_fn(4, 3, |i, j| (i as f64 - j as f64).sin());
+        let (f, tangents) = net.forward_with_tangents(&x).unwrap();
+        assert_eq!(f, net.forward(&x).unwrap());
+        assert_eq!(tangents, net.layer_tangents(&x).unwrap());
     }
 }

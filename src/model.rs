@@ -142,6 +142,17 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// On inputs of the wrong width or with non-finite entries.
     fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>>;
 
+    /// f(x) (N × k) and the tangent features of the same batch, from one forward
+    /// pass where the model can share it (the default runs
+    /// [`forward`](NtkModel::forward) and [`layer_tangents`](NtkModel::layer_tangents)).
+    /// Training uses it: the outputs give the residual, the tangents its gradient.
+    ///
+    /// # Errors
+    /// As [`layer_tangents`](NtkModel::layer_tangents).
+    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
+        Ok((self.forward(x)?, self.layer_tangents(x)?))
+    }
+
     /// The Jacobian ∂f/∂θ: (N·k) × P, row i·k + c holds ∂f_c(x_i)/∂θ.
     ///
     /// This materialises N·k·P numbers: it is the explicit reference, not the way

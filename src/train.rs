@@ -11,7 +11,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite, check_positive, check_rows};
-use crate::model::NtkModel;
+use crate::model::{NtkModel, vjp_from_tangents};
 
 /// Full-batch gradient descent with a fixed learning rate, recording outputs at
 /// chosen steps.
@@ -153,7 +153,20 @@ impl<T: Scalar> GradientDescent<T> {
         let mut next = self.record.iter().peekable();
         let mut theta = model.parameters();
         for step in 0..=self.steps {
-            let f = model.forward(x_train)?;
+            // One forward pass gives both the outputs and the tangents for Jᵀ r.
+            let (f, tangents) = model.forward_with_tangents(x_train)?;
+            check_rows(
+                "forward(x_train)",
+                &f,
+                y_train.nrows(),
+                "one per row of y_train",
+            )?;
+            check_cols(
+                "forward(x_train)",
+                &f,
+                y_train.ncols(),
+                "the outputs, as y_train",
+            )?;
             let residual = &f - y_train;
             if residual.iter().any(|v| !v.is_finite()) {
                 return Err(self.diverged());
@@ -168,7 +181,8 @@ impl<T: Scalar> GradientDescent<T> {
             if step == self.steps {
                 break;
             }
-            let grad = model.vjp(x_train, &residual)?;
+            let grad =
+                vjp_from_tangents(&tangents, &residual, x_train.nrows(), model.output_dim())?;
             theta.axpy(-self.learning_rate, &grad, T::one());
             if theta.iter().any(|v| !v.is_finite()) {
                 return Err(self.diverged());
