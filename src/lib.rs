@@ -153,7 +153,8 @@ pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
 pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
-    InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_layers, width_convergence,
+    InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
+    infinite_width_layers, width_convergence,
 };
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};

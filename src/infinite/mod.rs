@@ -218,6 +218,41 @@ pub fn infinite_width<T: Scalar>(
     InfiniteWidth::new(spec)?.kernels(x1, x2)
 }
 
+/// The block of [`infinite_width`] with rows `rows` (samples of `x1`) and columns
+/// `cols` (samples of `x2`): Σ and Θ̊ between x1\[rows\] and x2\[cols\].
+///
+/// As with [`empirical_ntk_block`](crate::empirical_ntk_block), every entry depends
+/// only on its two samples, so a large kernel can be computed tile by tile by any
+/// scheduler (threads, or the tasks of a cluster job array).
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{infinite_width, infinite_width_block, Activation, MlpSpec};
+/// # fn main() -> Result<(), ntk::Error> {
+/// let spec = MlpSpec::new(2).hidden(512, Activation::Erf).bias_std(0.1);
+/// let x = DMatrix::from_fn(9, 2, |i, j| (i as f64 * 0.7 + j as f64).sin());
+/// let whole = infinite_width(&spec, &x, &x)?;
+/// let block = infinite_width_block(&spec, &x, &x, 1..4, 5..9)?;
+/// assert!((block.ntk - whole.ntk.view((1, 5), (3, 4))).amax() < 1e-14);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`infinite_width`], and [`Error::InvalidParameter`](crate::Error::InvalidParameter)
+/// if a range is reversed or reaches past the last sample.
+pub fn infinite_width_block<T: Scalar>(
+    spec: &MlpSpec,
+    x1: &DMatrix<T>,
+    x2: &DMatrix<T>,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Result<Kernels<T>> {
+    let a = crate::empirical::select_rows("rows", x1, rows)?;
+    let b = crate::empirical::select_rows("cols", x2, cols)?;
+    infinite_width(spec, &a, &b)
+}
+
 /// The per-layer decomposition of Θ̊ (see [`InfiniteWidth::layer_kernels`]): one
 /// [`LayerKernel`] per Dense layer, summing to [`infinite_width`]'s `ntk`.
 ///

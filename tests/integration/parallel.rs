@@ -3,7 +3,10 @@
 
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, Mlp, MlpSpec, empirical_ntk, empirical_ntk_block, empirical_ntk_full};
+use ntk::{
+    Activation, Mlp, MlpSpec, empirical_ntk, empirical_ntk_block, empirical_ntk_full,
+    infinite_width, infinite_width_block,
+};
 
 use crate::common::rel_err;
 
@@ -56,6 +59,27 @@ fn blocks_assemble_into_the_kernel() {
         }
         assert!(rel_err(&assembled, &whole) <= 1e-12);
     }
+}
+
+#[test]
+fn infinite_width_blocks_assemble_into_the_kernels() {
+    let (net, x1, _) = net_and_data();
+    let spec = net.spec();
+    let x = x1.rows(0, 90).into_owned();
+    let whole = infinite_width(spec, &x, &x).unwrap();
+    let (mut nngp, mut ntk) = (DMatrix::zeros(90, 90), DMatrix::zeros(90, 90));
+    let cuts = [0, 29, 30, 90];
+    for r in cuts.windows(2) {
+        for c in cuts.windows(2) {
+            let block = infinite_width_block(spec, &x, &x, r[0]..r[1], c[0]..c[1]).unwrap();
+            let shape = (r[1] - r[0], c[1] - c[0]);
+            nngp.view_mut((r[0], c[0]), shape).copy_from(&block.nngp);
+            ntk.view_mut((r[0], c[0]), shape).copy_from(&block.ntk);
+        }
+    }
+    assert!(rel_err(&nngp, &whole.nngp) <= 1e-12);
+    assert!(rel_err(&ntk, &whole.ntk) <= 1e-12);
+    assert!(infinite_width_block(spec, &x, &x, 0..91, 0..3).is_err());
 }
 
 #[test]
