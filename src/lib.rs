@@ -6,8 +6,11 @@
 //! Θ(x, x̄) = ⟨∇θ f(x), ∇θ f(x̄)⟩
 //!
 //! is the **neural tangent kernel** (Jacot, Gabriel & Hongler 2018). This crate computes
-//! the empirical NTK of a finite network exactly, from per-layer gradient inner
-//! products.
+//! the three objects wide networks are studied through: the empirical NTK of a finite
+//! network, exactly, from per-layer gradient inner products; its infinite-width limit
+//! Θ̊ with the NNGP kernel Σ; and the gradient-flow dynamics
+//! f_t − y = e^{−ηtΘ}(f₀ − y) they imply, with real gradient-descent training to
+//! compare against.
 //!
 //! ## The empirical NTK, layer by layer
 //!
