@@ -333,21 +333,9 @@ impl<T: Scalar> GradientFlow<T> {
             .collect()
     }
 
-    /// Checks an N × k matrix of initial training outputs.
-    fn check_train_outputs(&self, argument: &'static str, f0: &DMatrix<T>) -> Result<()> {
-        if f0.shape() != self.targets.shape() {
-            return Err(Error::ShapeMismatch {
-                argument,
-                expected: format!("{} (the shape of y_train)", shape(&self.targets)),
-                found: shape(f0),
-            });
-        }
-        check_finite(argument, f0)
-    }
-
     /// Vᵀ(f_0 − Y), N × k.
     fn project(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
-        self.check_train_outputs("f0_train", f0_train)?;
+        check_train_outputs(f0_train, &self.targets)?;
         Ok(self.eigenvectors.tr_mul(&(f0_train - &self.targets)))
     }
 
@@ -535,14 +523,7 @@ impl<T: Scalar> KernelRegression<T> {
 
     /// (Θ + ρI)⁻¹ (Y − f_0(X)), the dual coefficients, N × k.
     fn dual(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<f64>> {
-        if f0_train.shape() != self.targets.shape() {
-            return Err(Error::ShapeMismatch {
-                argument: "f0_train",
-                expected: format!("{} (the shape of y_train)", shape(&self.targets)),
-                found: shape(f0_train),
-            });
-        }
-        check_finite("f0_train", f0_train)?;
+        check_train_outputs(f0_train, &self.targets)?;
         let r = (&self.targets - f0_train).map(|v| v.to_f64());
         Ok(self.cholesky.solve(&r))
     }
@@ -795,6 +776,21 @@ pub(crate) fn check_training_problem<T: Scalar>(
     check_rows("y_train", y_train, n, "one per row of theta_train")?;
     check_finite("y_train", y_train)?;
     Ok(n)
+}
+
+/// Checks initial training outputs `f0_train`: finite, of the shape of the targets.
+pub(crate) fn check_train_outputs<T: Scalar>(
+    f0_train: &DMatrix<T>,
+    targets: &DMatrix<T>,
+) -> Result<()> {
+    if f0_train.shape() != targets.shape() {
+        return Err(Error::ShapeMismatch {
+            argument: "f0_train",
+            expected: format!("{} (the shape of y_train)", shape(targets)),
+            found: shape(f0_train),
+        });
+    }
+    check_finite("f0_train", f0_train)
 }
 
 /// Checks test-point inputs: `f0_test` M × k and `theta_test_train` M × N, finite.

@@ -20,8 +20,8 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_finite, check_positive, check_time, shape};
-use crate::flow::{check_test_inputs, check_training_problem};
+use crate::error::{Error, Result, check_positive, check_time};
+use crate::flow::{check_test_inputs, check_train_outputs, check_training_problem};
 
 /// Gradient-flow predictions at a single time by the Lanczos method, without
 /// eigendecomposing Θ: the same results as [`GradientFlow::train`] and
@@ -174,14 +174,7 @@ impl<T: Scalar> KrylovFlow<T> {
 
     /// f_0 − Y in f64, after checking f_0.
     fn residual(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<f64>> {
-        if f0_train.shape() != self.targets.shape() {
-            return Err(Error::ShapeMismatch {
-                argument: "f0_train",
-                expected: format!("{} (the shape of y_train)", shape(&self.targets)),
-                found: shape(f0_train),
-            });
-        }
-        check_finite("f0_train", f0_train)?;
+        check_train_outputs(f0_train, &self.targets)?;
         Ok(DMatrix::from_fn(
             f0_train.nrows(),
             f0_train.ncols(),
