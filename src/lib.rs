@@ -148,6 +148,7 @@ mod linalg;
 pub mod mlp;
 pub mod model;
 mod parallel;
+pub mod program;
 mod scalar;
 pub mod train;
 
@@ -156,11 +157,12 @@ pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
 pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
-    InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
+    Architecture, InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
     infinite_width_layers, width_convergence,
 };
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::{DenseUse, LayerKernel, LayerTangent, NtkModel};
+pub use program::{Bias, Program, ProgramNetwork, Readout, Var, Weight};
 pub use scalar::Scalar;
 pub use train::{GradientDescent, Trajectory};

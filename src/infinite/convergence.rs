@@ -11,9 +11,8 @@ use rand::rngs::StdRng;
 
 use crate::empirical::empirical_ntk;
 use crate::error::{Error, Result, check_cols, check_finite};
-use crate::mlp::{Mlp, MlpSpec};
 
-use super::InfiniteWidth;
+use super::{Architecture, InfiniteWidth};
 
 /// The relative NTK error of one width, over seeds.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,14 +63,19 @@ pub struct WidthStudy {
 /// [`Error::InvalidParameter`] if `spec` is invalid, fewer than two distinct widths
 /// are given, a width is 0, or `seeds` is empty; [`Error::ShapeMismatch`] or
 /// [`Error::NonFinite`] for bad inputs `x`.
-pub fn width_convergence(
-    spec: &MlpSpec,
+pub fn width_convergence<A: Architecture + ?Sized>(
+    architecture: &A,
     x: &DMatrix<f64>,
     widths: &[usize],
     seeds: &[u64],
 ) -> Result<WidthStudy> {
-    spec.validate()?;
-    check_cols("x", x, spec.input_dim(), "the network's input dimension")?;
+    architecture.describe(None)?;
+    check_cols(
+        "x",
+        x,
+        architecture.input_dim(),
+        "the network's input dimension",
+    )?;
     check_finite("x", x)?;
     if seeds.is_empty() {
         return Err(Error::InvalidParameter {
@@ -100,13 +104,15 @@ pub fn width_convergence(
 
     let mut points = Vec::with_capacity(widths.len());
     for &width in widths {
-        let spec_n = spec.with_hidden_width(width);
-        let limit = InfiniteWidth::new(&spec_n)?.kernels(x, x)?.ntk;
+        let limit = InfiniteWidth::described(architecture.describe(Some(width))?)?
+            .kernels(x, x)?
+            .ntk;
         let norm = limit.norm().max(f64::MIN_POSITIVE);
         let errors = seeds
             .iter()
             .map(|&seed| {
-                let net: Mlp<f64> = spec_n.init(&mut StdRng::seed_from_u64(seed))?;
+                let net: A::Network<f64> =
+                    architecture.init_with_width(width, &mut StdRng::seed_from_u64(seed))?;
                 let theta = empirical_ntk(&net, x, x)?;
                 Ok((&theta - &limit).norm() / norm)
             })

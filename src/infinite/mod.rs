@@ -36,11 +36,15 @@
 //! The distance between a finite network's NTK and Θ̊ shrinks like n^{−1/2};
 //! [`width_convergence`] measures it.
 
+mod architecture;
 mod convergence;
 mod dual;
 mod engine;
 mod fastmath;
+mod pair_tmp;
+mod program;
 mod quadrature;
+mod tape;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -48,10 +52,13 @@ use std::sync::Arc;
 use nalgebra::DMatrix;
 
 use crate::Scalar;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mlp::MlpSpec;
 use crate::model::{LayerKernel, check_inputs};
+use crate::program::Program;
 
+pub use architecture::Architecture;
+use architecture::Described;
 pub use convergence::{WidthPoint, WidthStudy, width_convergence};
 pub use dual::{GaussianMoments, closed_form, gaussian_moments, quadrature};
 pub use quadrature::GaussHermite;
@@ -66,8 +73,9 @@ pub struct Kernels<T: Scalar = f64> {
     pub ntk: DMatrix<T>,
 }
 
-/// The infinite-width kernels of an [`MlpSpec`], with the quadrature degree to use for
-/// activations without a closed form.
+/// The infinite-width kernels of an [`Architecture`] (an [`MlpSpec`] or a
+/// [`Program`]), with the quadrature degree to use for activations without a closed
+/// form.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
@@ -83,19 +91,23 @@ pub struct Kernels<T: Scalar = f64> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct InfiniteWidth {
-    spec: MlpSpec,
+    described: Described,
     rule: Arc<GaussHermite>,
 }
 
 impl InfiniteWidth {
-    /// The kernels of `spec`, with [`GaussHermite::DEFAULT_DEGREE`] quadrature nodes.
+    /// The kernels of `architecture`, with [`GaussHermite::DEFAULT_DEGREE`] quadrature
+    /// nodes.
     ///
     /// # Errors
-    /// If the spec is invalid ([`MlpSpec::validate`]).
-    pub fn new(spec: &MlpSpec) -> Result<Self> {
-        spec.validate()?;
+    /// If the architecture is invalid ([`MlpSpec::validate`], [`Program::validate`]).
+    pub fn new<A: Architecture + ?Sized>(architecture: &A) -> Result<Self> {
+        Self::described(architecture.describe(None)?)
+    }
+
+    pub(crate) fn described(described: Described) -> Result<Self> {
         Ok(InfiniteWidth {
-            spec: spec.clone(),
+            described,
             rule: GaussHermite::new(GaussHermite::DEFAULT_DEGREE)?,
         })
     }
@@ -111,10 +123,22 @@ impl InfiniteWidth {
         Ok(self)
     }
 
-    /// The architecture.
+    /// The MLP, when the architecture is one.
     #[must_use]
-    pub fn spec(&self) -> &MlpSpec {
-        &self.spec
+    pub fn spec(&self) -> Option<&MlpSpec> {
+        match &self.described {
+            Described::Mlp(spec) => Some(spec),
+            Described::Program(_) => None,
+        }
+    }
+
+    /// The program, when the architecture is one.
+    #[must_use]
+    pub fn program(&self) -> Option<&Program> {
+        match &self.described {
+            Described::Program(p) => Some(p),
+            Described::Mlp(_) => None,
+        }
     }
 
     /// The quadrature rule used for activations without a closed form.
@@ -123,22 +147,39 @@ impl InfiniteWidth {
         &self.rule
     }
 
+    fn input_dim(&self) -> usize {
+        match &self.described {
+            Described::Mlp(spec) => spec.input_dim(),
+            Described::Program(p) => p.input_dim(),
+        }
+    }
+
     /// Σ and Θ̊ between the rows of `x1` (N1 × d) and `x2` (N2 × d).
     ///
     /// Computed in f64 (and rounded to `T`). When `x1 == x2` only the upper triangle
     /// is computed and the rest mirrored.
     ///
     /// # Errors
-    /// If `x1` or `x2` does not have d columns or has NaN or infinite entries, or if
-    /// the kernel overflows f64 (inputs of enormous norm).
+    /// If `x1` or `x2` does not have d columns or has NaN or infinite entries, if
+    /// the kernel overflows f64 (inputs of enormous norm), or, for a program, if a
+    /// nonlinearity acts on a vector that is not Gaussian in the limit.
     pub fn kernels<T: Scalar>(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Kernels<T>> {
-        check_inputs(self.spec.input_dim(), x1, x2)?;
-        let plan = engine::Plan::new(&self.spec, &self.rule);
+        check_inputs(self.input_dim(), x1, x2)?;
         let x1f = to_f64(x1);
-        let (nngp, ntk) = if x1 == x2 {
-            plan.kernels(&x1f, None)?
-        } else {
-            plan.kernels(&x1f, Some(&to_f64(x2)))?
+        let x2f = (x1 != x2).then(|| to_f64(x2));
+        let (nngp, ntk) = match &self.described {
+            Described::Mlp(spec) => {
+                engine::Plan::new(spec, &self.rule).kernels(&x1f, x2f.as_ref())?
+            }
+            Described::Program(p) => {
+                let compiled = program::compile(p, &self.rule, false)?;
+                let mut out = compiled.run(p, &x1f, x2f.as_ref()).into_iter();
+                let nngp = out.next().unwrap_or_default();
+                let ntk = out.next().unwrap_or_default();
+                check_kernel(&nngp, "nngp")?;
+                check_kernel(&ntk, "ntk")?;
+                (nngp, ntk)
+            }
         };
         Ok(Kernels {
             nngp: from_f64(nngp),
@@ -146,14 +187,13 @@ impl InfiniteWidth {
         })
     }
 
-    /// The limit of each Dense layer's share of the NTK, first layer to output layer:
-    /// the infinite-width counterpart of
-    /// [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels). Layer l's weight
-    /// term is σ_w² C^{l−1} B^l and its bias term σ_b² B^l (`None` when σ_b = 0), with
-    /// B^l = Π_{m ≥ l} σ_w² Ċ^m; they sum to Θ̊.
-    ///
-    /// This keeps C^l and Ċ^l for every layer (memory 2 (L+1) N1 N2), so it is meant
-    /// for inspection rather than for the largest batches.
+    /// The limit of each parameter group's share of the NTK: the infinite-width
+    /// counterpart of [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels),
+    /// group for group. For an MLP, Dense layer l's weight term is σ_w² C^{l−1} B^l and
+    /// its bias term σ_b² B^l (`None` when σ_b = 0), with B^l = Π_{m ≥ l} σ_w² Ċ^m; for
+    /// a program, each weight W gives σ_W² Σ_{u,v} M(z_u, z̄_v) D(h_u, h̄_v), each bias
+    /// σ_b² Σ_{u,v} D(h_u, h̄_v) (as a bias term), and the readout comes last (see
+    /// [`crate::infinite`]). They sum to Θ̊.
     ///
     /// # Errors
     /// As [`InfiniteWidth::kernels`].
@@ -162,16 +202,67 @@ impl InfiniteWidth {
         x1: &DMatrix<T>,
         x2: &DMatrix<T>,
     ) -> Result<Vec<LayerKernel<T>>> {
-        check_inputs(self.spec.input_dim(), x1, x2)?;
-        let plan = engine::Plan::new(&self.spec, &self.rule);
-        let layers = plan.layer_kernels(&to_f64(x1), &to_f64(x2))?;
+        check_inputs(self.input_dim(), x1, x2)?;
+        let x1f = to_f64(x1);
+        let x2f = (x1 != x2).then(|| to_f64(x2));
+        let (program, mlp_bias) = match &self.described {
+            Described::Mlp(spec) => (Program::with_widths_of(spec)?, Some(spec.has_bias())),
+            Described::Program(p) => (p.clone(), None),
+        };
+        let compiled = program::compile(&program, &self.rule, true)?;
+        let mut out = compiled
+            .run(&program, &x1f, x2f.as_ref())
+            .into_iter()
+            .skip(2);
+        let mut groups = Vec::with_capacity(compiled.layout().len());
+        for &has_bias in compiled.layout() {
+            let weights = out.next().unwrap_or_default();
+            let bias = if has_bias { out.next() } else { None };
+            check_kernel(&weights, "layer kernel")?;
+            if let Some(b) = &bias {
+                check_kernel(b, "layer kernel")?;
+            }
+            groups.push((weights, bias));
+        }
+        let layers = match mlp_bias {
+            // An MLP's program declares W¹, b¹, W², b², … and ends with the readout
+            // (W^{L+1}, b^{L+1}): a layer is a weight with the bias that follows it.
+            Some(true) => {
+                let readout = groups.pop();
+                let mut layers: Vec<_> = groups
+                    .chunks_exact(2)
+                    .map(|pair| (pair[0].0.clone(), pair[1].1.clone()))
+                    .collect();
+                layers.extend(readout);
+                layers
+            }
+            _ => groups,
+        };
         Ok(layers
             .into_iter()
-            .map(|l| LayerKernel {
-                weights: from_f64(l.weights),
-                bias: l.bias.map(from_f64),
+            .map(|(weights, bias)| LayerKernel {
+                weights: from_f64(weights),
+                bias: bias.map(from_f64),
             })
             .collect())
+    }
+}
+
+/// Errors unless every entry of a computed kernel is finite.
+fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
+    match k.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(p) => Err(Error::InvalidParameter {
+            parameter: what,
+            value: format!(
+                "entry ({}, {}) = {}",
+                p % k.nrows().max(1),
+                p / k.nrows().max(1),
+                k[p]
+            ),
+            reason: "the infinite-width kernel overflows f64 here (inputs or standard \
+                     deviations too large for the depth)",
+        }),
     }
 }
 
@@ -210,12 +301,12 @@ impl InfiniteWidth {
 /// # Errors
 /// If the spec is invalid, or `x1` or `x2` does not have d columns, has NaN or
 /// infinite entries, or has entries so large that the kernel overflows.
-pub fn infinite_width<T: Scalar>(
-    spec: &MlpSpec,
+pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<Kernels<T>> {
-    InfiniteWidth::new(spec)?.kernels(x1, x2)
+    InfiniteWidth::new(architecture)?.kernels(x1, x2)
 }
 
 /// The block of [`infinite_width`] with rows `rows` (samples of `x1`) and columns
@@ -241,8 +332,8 @@ pub fn infinite_width<T: Scalar>(
 /// # Errors
 /// As [`infinite_width`], and [`Error::InvalidParameter`](crate::Error::InvalidParameter)
 /// if a range is reversed or reaches past the last sample.
-pub fn infinite_width_block<T: Scalar>(
-    spec: &MlpSpec,
+pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
     rows: std::ops::Range<usize>,
@@ -250,7 +341,7 @@ pub fn infinite_width_block<T: Scalar>(
 ) -> Result<Kernels<T>> {
     let a = crate::empirical::select_rows("rows", x1, rows)?;
     let b = crate::empirical::select_rows("cols", x2, cols)?;
-    infinite_width(spec, &a, &b)
+    infinite_width(architecture, &a, &b)
 }
 
 /// The per-layer decomposition of Θ̊ (see [`InfiniteWidth::layer_kernels`]): one
@@ -273,12 +364,12 @@ pub fn infinite_width_block<T: Scalar>(
 ///
 /// # Errors
 /// As [`infinite_width`].
-pub fn infinite_width_layers<T: Scalar>(
-    spec: &MlpSpec,
+pub fn infinite_width_layers<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<Vec<LayerKernel<T>>> {
-    InfiniteWidth::new(spec)?.layer_kernels(x1, x2)
+    InfiniteWidth::new(architecture)?.layer_kernels(x1, x2)
 }
 
 /// `m` in f64.
