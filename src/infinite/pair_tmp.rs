@@ -70,6 +70,31 @@ impl PairDual {
     }
 
     pub(crate) fn eval_slice(&self, q1: &[f64], c: &mut [f64], q2: &[f64], cdot: &mut [f64]) {
+        if let PairDual::Same(Dual::ArcCos { a, b, d0 }) = self {
+            let (a, b, d0) = (*a, *b, *d0);
+            let n = c.len();
+            let (q1, q2, cdot) = (&q1[..n], &q2[..n], &mut cdot[..n]);
+            let (k1, k2) = (a * a + b * b, 2.0 * a * b);
+            let mean = 0.5 * (a + b);
+            const INV_2PI: f64 = 0.5 * std::f64::consts::FRAC_1_PI;
+            for i in 0..n {
+                let s = q1[i].sqrt() * q2[i].sqrt();
+                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                let rho = super::fastmath::correlation(c[i] * inv);
+                let theta = super::fastmath::acos(rho);
+                let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
+                let cc = s
+                    * INV_2PI
+                    * (k1 * (sin + (std::f64::consts::PI - theta) * rho)
+                        - k2 * (sin - theta * rho));
+                let d = INV_2PI * (k1 * (std::f64::consts::PI - theta) + k2 * theta);
+                let s1 = if q1[i] > 0.0 { mean } else { d0 };
+                let s2 = if q2[i] > 0.0 { mean } else { d0 };
+                c[i] = cc;
+                cdot[i] = if s > 0.0 { d } else { s1 * s2 };
+            }
+            return;
+        }
         for i in 0..c.len() {
             let (a, b) = self.eval(q1[i], c[i], q2[i]);
             c[i] = a;

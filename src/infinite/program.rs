@@ -185,6 +185,12 @@ enum Key {
     Gram(usize, usize),
     /// D of two interned backward combinations.
     Grad(u32, u32),
+    /// T of two interned atom combinations.
+    Tangent(u32, u32),
+    /// T of two interned Gaussian combinations.
+    TangentLin(u32, u32),
+    /// T of two Gaussian bases.
+    TangentBase(u32, u32),
 }
 
 /// The compiled recursion of one program.
@@ -262,81 +268,51 @@ pub(crate) fn compile(
         fixed: Vec::new(),
     };
     c.build_forms();
-    c.build_grads(out)?;
 
     let form = c.forms[out].clone();
     let sv2 = readout.weight_std_value().powi(2);
     let sb2 = readout.bias_std_value().powi(2);
-    let (ntk_v, ntk_b) = program.readout_ntk_coef.unwrap_or((sv2, sb2));
+    let (coef_v, coef_b) = program.readout_ntk_coef.unwrap_or((sv2, sb2));
+    // In forward mode the tangents go first (see `tangent`).
+    let t_out = if with_groups {
+        Val::Zero
+    } else {
+        c.tangent_of_forms(&form, &form)?
+    };
     let m_out = c.moment_of_forms(&form, &form, Mode::Cross, out)?;
-    let readout_weights = c.poly(Mode::Cross, 0.0, vec![(ntk_v, m_out, None)]);
-    let readout_bias = (sb2 > 0.0).then_some(Val::Const(ntk_b));
     let nngp = c.poly(Mode::Cross, sb2, vec![(sv2, m_out, None)]);
-
-    // The contraction, group by group.
-    let mut groups = Vec::with_capacity(program.groups.len() + 1);
-    for group in &program.groups {
-        let terms = match *group {
-            Group::Weight(w) => {
-                let decl = &program.weights[w];
-                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
-                let mut terms = Vec::new();
-                for &u in &decl.uses {
-                    for &v in &decl.uses {
-                        let d = c.grad_of_nodes(u, v, 0)?;
-                        if d == Val::Zero {
-                            continue;
-                        }
-                        let m = c.fan_in_moment(u, v, Mode::Cross)?;
-                        terms.push((s2, m, Some(d)));
-                    }
-                }
-                GroupTerms {
-                    weights: c.poly(Mode::Cross, 0.0, terms),
-                    bias: None,
-                }
-            }
-            Group::Bias(b) => {
-                let decl = &program.biases[b];
-                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
-                let blocks = match decl.width {
-                    Some(Width::Hidden(k)) => k,
-                    _ => 1,
-                };
-                let mut terms = Vec::new();
-                for &u in &decl.uses {
-                    for &v in &decl.uses {
-                        for k in 0..blocks {
-                            let d = c.grad_of_nodes(u, v, k)?;
-                            if d != Val::Zero {
-                                terms.push((s2, d, None));
-                            }
-                        }
-                    }
-                }
-                GroupTerms {
-                    weights: Val::Zero,
-                    bias: Some(c.poly(Mode::Cross, 0.0, terms)),
-                }
-            }
+    let readout_bias = (sb2 > 0.0).then_some(Val::Const(coef_b));
+    let (ntk, groups) = if with_groups {
+        // Backward: each group's term from the gradient moments D.
+        c.build_grads(out)?;
+        let readout = GroupTerms {
+            weights: c.poly(Mode::Cross, 0.0, vec![(coef_v, m_out, None)]),
+            bias: readout_bias,
         };
-        groups.push(terms);
-    }
-    groups.push(GroupTerms {
-        weights: readout_weights,
-        bias: readout_bias,
-    });
-    let mut all = Vec::new();
-    for g in &groups {
-        all.push((1.0, g.weights, None));
-        if let Some(b) = g.bias {
-            all.push((1.0, b, None));
+        // Last group first: each layer's D is then consumed soon after it is made.
+        let mut groups = Vec::with_capacity(program.groups.len() + 1);
+        for group in program.groups.iter().rev() {
+            groups.push(c.group_terms(*group)?);
         }
-    }
-    let ntk = c.poly(Mode::Cross, 0.0, all);
-    if !with_groups {
-        groups.clear();
-    }
+        groups.reverse();
+        groups.push(readout);
+        let mut all = Vec::new();
+        for g in &groups {
+            all.push((1.0, g.weights, None));
+            if let Some(b) = g.bias {
+                all.push((1.0, b, None));
+            }
+        }
+        (c.poly(Mode::Cross, 0.0, all), groups)
+    } else {
+        // Forward: the tangent moments T alongside the second moments M.
+        let ntk = c.poly(
+            Mode::Cross,
+            readout_bias.map_or(0.0, |_| coef_b),
+            vec![(coef_v, m_out, None), (sv2, t_out, None)],
+        );
+        (ntk, Vec::new())
+    };
     let mut roots = vec![nngp, ntk];
     for g in &groups {
         roots.push(g.weights);
@@ -344,15 +320,20 @@ pub(crate) fn compile(
     }
     let mut cross = c.cross;
     cross.prune(&roots);
+    cross.inline(&roots);
     let diag_slots = cross.diagonal_reads(&roots);
     let diag_roots: Vec<Val> = diag_slots.iter().map(|&s| Val::Diag(s)).collect();
     let mut diag = c.diag;
     diag.prune(&diag_roots);
+    diag.inline(&diag_roots);
     let columns: HashMap<u32, usize> = diag_slots
         .iter()
         .enumerate()
         .map(|(i, &s)| (s, i))
         .collect();
+    if std::env::var("NTK_TAPE_STATS").is_ok() {
+        eprintln!("diag insts {} cross insts {}", diag.len(), cross.len());
+    }
     Ok(Compiled {
         diag: diag.finish(&diag_roots, &HashMap::new()),
         cross: cross.finish(&roots, &columns),
@@ -516,7 +497,192 @@ impl Compiler<'_> {
         }
     }
 
+    // ---------------------------------------------------------------- tangents
+
+    /// T(a, b̄) = lim Σ_θ ∂a_α/∂θ ∂b̄_α/∂θ of two forms of equal width (the tangent
+    /// moment; input columns have none): the forward-mode counterpart of the
+    /// gradient moments, T(h_u, h̄_v) = c_W M(z_u, z̄_v) + σ_W² T(z_u, z̄_v) for uses of
+    /// one weight, T(φ(g), ψ(h̄)) = E[φ'(g) ψ'(h̄)] T(g, h̄). It is the adjoint of the
+    /// backward recursion (the same sums over the same paths), so Θ̊ = c_v M(out) +
+    /// σ_v² T(out) + c_b' equals the sum of the group terms.
+    fn tangent_of_forms(&mut self, a: &Form, b: &Form) -> Result<Val> {
+        match (a, b) {
+            (Form::Blocks(x), Form::Blocks(y)) => {
+                let k = x.len();
+                let mut terms = Vec::with_capacity(k);
+                for (&p, &q) in x.iter().zip(y) {
+                    let t = self.tangent(p, q)?;
+                    terms.push((1.0 / k as f64, t, None));
+                }
+                Ok(self.poly(Mode::Cross, 0.0, terms))
+            }
+            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(not_gaussian(why)),
+            _ => Ok(Val::Zero),
+        }
+    }
+
+    /// T of two atom combinations.
+    fn tangent(&mut self, a: u32, b: u32) -> Result<Val> {
+        let key = (Key::Tangent(a, b), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let ta = self.hlin.get(a).clone();
+        let tb = self.hlin.get(b).clone();
+        let mut terms = Vec::new();
+        for &(x, cx) in &ta {
+            for &(y, cy) in &tb {
+                let c = coef(cx) * coef(cy);
+                // Tangents first, then the duals: the recursion then emits each
+                // layer's moments just before the tangents that read them.
+                match (x, y) {
+                    (Atom::Gauss(g), Atom::Gauss(h)) => {
+                        let v = self.tangent_base(g, h)?;
+                        terms.push((c, v, None));
+                    }
+                    (Atom::Phi(p), Atom::Phi(q)) => {
+                        let (g, h) = (self.phi.get(p).1, self.phi.get(q).1);
+                        let t = self.tangent_lin(g, h)?;
+                        let f = self.dual(p, q, Mode::Cross).1;
+                        terms.push((c, f, Some(t)));
+                    }
+                    (Atom::Phi(p), Atom::Gauss(h)) => {
+                        let g = self.phi.get(p).1;
+                        let h = self.glin.id(vec![(h, 1.0_f64.to_bits())]);
+                        let t = self.tangent_lin(g, h)?;
+                        let f = self.mean_derivative(p, Side::Row, Mode::Cross);
+                        terms.push((c, f, Some(t)));
+                    }
+                    (Atom::Gauss(g), Atom::Phi(q)) => {
+                        let h = self.phi.get(q).1;
+                        let g = self.glin.id(vec![(g, 1.0_f64.to_bits())]);
+                        let t = self.tangent_lin(g, h)?;
+                        let f = self.mean_derivative(q, Side::Col, Mode::Cross);
+                        terms.push((c, f, Some(t)));
+                    }
+                }
+            }
+        }
+        let v = self.poly(Mode::Cross, 0.0, terms);
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// T of two Gaussian combinations.
+    fn tangent_lin(&mut self, g: u32, h: u32) -> Result<Val> {
+        let key = (Key::TangentLin(g, h), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let tg = self.glin.get(g).clone();
+        let th = self.glin.get(h).clone();
+        let mut terms = Vec::new();
+        for &(x, cx) in &tg {
+            for &(y, cy) in &th {
+                let v = self.tangent_base(x, y)?;
+                terms.push((coef(cx) * coef(cy), v, None));
+            }
+        }
+        let v = self.poly(Mode::Cross, 0.0, terms);
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// T of two Gaussian bases: a weight's own derivative c_W M(z_u, z̄_v) plus what
+    /// flows through its inputs, σ_W² T(z_u, z̄_v); a bias's c_b.
+    fn tangent_base(&mut self, g: u32, h: u32) -> Result<Val> {
+        let key = (Key::TangentBase(g, h), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let v = match (*self.gauss.get(g), *self.gauss.get(h)) {
+            (Gauss::Dense(u), Gauss::Dense(v)) => {
+                let (
+                    Op::Dense {
+                        weight: w1,
+                        input: a,
+                    },
+                    Op::Dense {
+                        weight: w2,
+                        input: b,
+                    },
+                ) = (&self.program.nodes[u].op, &self.program.nodes[v].op)
+                else {
+                    unreachable!("dense atoms come from dense variables")
+                };
+                if w1 == w2 {
+                    let decl = &self.program.weights[*w1];
+                    let s2 = decl.std * decl.std;
+                    let coef_w = decl.ntk_coef.unwrap_or(s2);
+                    let (a, b) = (*a, *b);
+                    let (fa, fb) = (self.form(a)?.clone(), self.form(b)?.clone());
+                    let t = self.tangent_of_forms(&fa, &fb)?;
+                    let m = self.fan_in_moment(u, v, Mode::Cross)?;
+                    self.poly(Mode::Cross, 0.0, vec![(coef_w, m, None), (s2, t, None)])
+                } else {
+                    Val::Zero
+                }
+            }
+            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) if b1 == b2 && k1 == k2 => {
+                let decl = &self.program.biases[b1];
+                Val::Const(decl.ntk_coef.unwrap_or(decl.std * decl.std))
+            }
+            _ => Val::Zero,
+        };
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
     // ---------------------------------------------------------------- gradients
+
+    /// One group's weight and bias terms from the gradient moments.
+    fn group_terms(&mut self, group: Group) -> Result<GroupTerms> {
+        let program = self.program;
+        Ok(match group {
+            Group::Weight(w) => {
+                let decl = &program.weights[w];
+                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
+                let mut terms = Vec::new();
+                for &u in &decl.uses {
+                    for &v in &decl.uses {
+                        let d = self.grad_of_nodes(u, v, 0)?;
+                        if d == Val::Zero {
+                            continue;
+                        }
+                        let m = self.fan_in_moment(u, v, Mode::Cross)?;
+                        terms.push((s2, m, Some(d)));
+                    }
+                }
+                GroupTerms {
+                    weights: self.poly(Mode::Cross, 0.0, terms),
+                    bias: None,
+                }
+            }
+            Group::Bias(b) => {
+                let decl = &program.biases[b];
+                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
+                let blocks = match decl.width {
+                    Some(Width::Hidden(k)) => k,
+                    _ => 1,
+                };
+                let mut terms = Vec::new();
+                for &u in &decl.uses {
+                    for &v in &decl.uses {
+                        for k in 0..blocks {
+                            let d = self.grad_of_nodes(u, v, k)?;
+                            if d != Val::Zero {
+                                terms.push((s2, d, None));
+                            }
+                        }
+                    }
+                }
+                GroupTerms {
+                    weights: Val::Zero,
+                    bias: Some(self.poly(Mode::Cross, 0.0, terms)),
+                }
+            }
+        })
+    }
 
     /// The backward combination of every variable that reaches the output.
     fn build_grads(&mut self, out: usize) -> Result<()> {

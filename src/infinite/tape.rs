@@ -93,6 +93,10 @@ impl Tape {
         (s, v)
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.insts.len()
+    }
+
     /// Marks a diagonal slot as read by the cross tape.
     pub(crate) fn export(&mut self, s: u32) {
         if !self.exports.contains(&s) {
@@ -303,6 +307,100 @@ impl Tape {
         });
     }
 
+    /// Substitutes small single-use sums into the one sum that reads them: fewer
+    /// instructions and buffers, the same arithmetic. A product c·a·b is expanded
+    /// only when the substituted factor is linear (no products of its own).
+    pub(crate) fn inline(&mut self, roots: &[Val]) {
+        /// Largest sum substituted: larger ones would keep their inputs alive longer.
+        const MAX_TERMS: usize = 4;
+        let own = |v: Val| match v {
+            Val::Diag(s) | Val::Cross(s) => Some(s as usize),
+            _ => None,
+        };
+        let mut uses = vec![0usize; self.next as usize];
+        for inst in &self.insts {
+            for v in inst_reads(inst) {
+                if let Some(s) = own(v) {
+                    uses[s] += 1;
+                }
+            }
+        }
+        for &r in roots {
+            if let Some(s) = own(r) {
+                uses[s] += 1;
+            }
+        }
+        // The small sums that may be substituted, by output slot.
+        let mut sums: HashMap<usize, (f64, Vec<(f64, Val, Option<Val>)>)> = HashMap::new();
+        let mut removed = vec![false; self.insts.len()];
+        let mut index_of: HashMap<usize, usize> = HashMap::new();
+        for i in 0..self.insts.len() {
+            let Inst::Poly {
+                out,
+                constant,
+                terms,
+            } = &self.insts[i]
+            else {
+                continue;
+            };
+            let (out, constant) = (*out as usize, *constant);
+            let mut k = constant;
+            let mut expanded: Vec<(f64, Val, Option<Val>)> = Vec::with_capacity(terms.len());
+            for &(c, a, b) in terms {
+                let linear =
+                    |s: &(f64, Vec<(f64, Val, Option<Val>)>)| s.1.iter().all(|t| t.2.is_none());
+                let candidate = |v: Val| own(v).filter(|&s| uses[s] == 1 && sums.contains_key(&s));
+                match (candidate(a), b) {
+                    (Some(sa), None) => {
+                        let (ka, ta) = sums.remove(&sa).expect("candidate");
+                        k += c * ka;
+                        expanded.extend(ta.into_iter().map(|(ci, ai, bi)| (c * ci, ai, bi)));
+                        removed[index_of[&sa]] = true;
+                        continue;
+                    }
+                    (Some(sa), Some(b)) if linear(&sums[&sa]) => {
+                        let (ka, ta) = sums.remove(&sa).expect("candidate");
+                        if ka != 0.0 {
+                            expanded.push((c * ka, b, None));
+                        }
+                        expanded.extend(ta.into_iter().map(|(ci, ai, _)| (c * ci, ai, Some(b))));
+                        removed[index_of[&sa]] = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Some(b) = b
+                    && let Some(sb) = candidate(b)
+                    && linear(&sums[&sb])
+                {
+                    let (kb, tb) = sums.remove(&sb).expect("candidate");
+                    if kb != 0.0 {
+                        expanded.push((c * kb, a, None));
+                    }
+                    expanded.extend(tb.into_iter().map(|(ci, bi, _)| (c * ci, a, Some(bi))));
+                    removed[index_of[&sb]] = true;
+                    continue;
+                }
+                expanded.push((c, a, b));
+            }
+            if expanded.len() <= MAX_TERMS && uses[out] == 1 {
+                sums.insert(out, (k, expanded.clone()));
+                index_of.insert(out, i);
+            }
+            self.insts[i] = Inst::Poly {
+                out: out as u32,
+                constant: k,
+                terms: expanded,
+            };
+        }
+        let mut i = 0;
+        self.insts.retain(|_| {
+            let keep = !removed[i];
+            i += 1;
+            keep
+        });
+    }
+
     /// Allocates physical slots: every value gets a buffer from its definition to its
     /// last reader; `roots` live to the end. For a cross tape, the diagonal values it
     /// reads (`Row`/`Col`) are preloaded into slots of their own, from the columns
@@ -447,6 +545,31 @@ impl Tape {
             }
         }
         let results = roots.iter().map(|&r| src(&map, r)).collect();
+        if std::env::var("NTK_TAPE_STATS").is_ok() {
+            let mut counts = [0usize; 4];
+            let mut terms = 0;
+            for e in &execs {
+                match e {
+                    Exec::Poly { terms: t, .. } => {
+                        counts[0] += 1;
+                        terms += t.len();
+                    }
+                    Exec::Dual { .. } => counts[1] += 1,
+                    Exec::MeanDerivative { .. } => counts[2] += 1,
+                    Exec::Gram { .. } => counts[3] += 1,
+                }
+            }
+            eprintln!(
+                "slots {} preload {} poly {} (terms {}) dual {} meander {} gram {}",
+                slots,
+                preload.len(),
+                counts[0],
+                terms,
+                counts[1],
+                counts[2],
+                counts[3]
+            );
+        }
         Runnable {
             execs,
             slots: slots as usize,

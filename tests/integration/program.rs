@@ -417,3 +417,50 @@ fn incomplete_programs_are_errors() {
     assert!(rel_err(&k.nngp, &expected) < prec::EXACT_F64);
     assert!(InfiniteWidth::new(&p).unwrap().program().is_some());
 }
+
+/// Θ̊ two ways: forward (tangent moments, `infinite_width`) and backward (gradient
+/// moments per group, `infinite_width_layers`) are adjoint recursions over the same
+/// paths, so they agree to round-off on every architecture.
+#[test]
+fn forward_and_backward_limits_agree() {
+    let mut mixed = Program::new(4);
+    let x = mixed.input(0..4).unwrap();
+    let (w, v, b) = (
+        mixed.weight(1.3).unwrap(),
+        mixed.weight(0.8).unwrap(),
+        mixed.bias(0.4).unwrap(),
+    );
+    let g1 = mixed.dense(w, x).unwrap();
+    let g2 = mixed.dense(w, x).unwrap();
+    let g2 = mixed.add_bias(g2, b).unwrap();
+    let a = mixed.apply(Activation::Tanh, g1).unwrap();
+    let e = mixed.apply(Activation::Erf, g2).unwrap();
+    let s = mixed.add(&[a, e, g1]).unwrap();
+    let h = mixed.dense(v, s).unwrap();
+    let z = mixed.apply(Activation::Relu, h).unwrap();
+    let out = mixed.concat(&[z, s]).unwrap();
+    mixed.output(out, 1.1).unwrap();
+    let programs = [
+        rnn(4, 2, Activation::Relu, (1.0, 1.5, 0.5, 1.0), true),
+        rnn(3, 2, Activation::Erf, (1.2, 1.0, 0.0, 1.0), false),
+        cnn(4, 2, 2, Activation::Relu, (1.4, 0.1, 1.0), true),
+        cnn(3, 2, 2, Activation::Gelu, (1.0, 0.2, 1.0), false),
+        resnet(3, Activation::Relu, 0.2, 1.0),
+        mixed,
+    ];
+    for (i, p) in programs.iter().enumerate() {
+        let x1 = common::inputs(4, p.input_dim(), 30 + i as u64);
+        let x2 = common::inputs(3, p.input_dim(), 40 + i as u64);
+        for (a, b) in [(&x1, &x1), (&x1, &x2)] {
+            let forward = infinite_width(p, a, b).unwrap().ntk;
+            let backward = infinite_width_layers(p, a, b)
+                .unwrap()
+                .iter()
+                .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, l| {
+                    acc + l.total()
+                });
+            let err = rel_err(&backward, &forward);
+            assert!(err < 1e-13, "program {i}: {err:e}");
+        }
+    }
+}
