@@ -47,7 +47,7 @@ mod quadrature;
 mod tape;
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nalgebra::DMatrix;
 
@@ -93,6 +93,9 @@ pub struct Kernels<T: Scalar = f64> {
 pub struct InfiniteWidth {
     described: Described,
     rule: Arc<GaussHermite>,
+    /// A program's compiled recursion, for the kernels and for the group terms,
+    /// compiled on first use and reused by every later call.
+    compiled: [OnceLock<Arc<program::Compiled>>; 2],
 }
 
 impl InfiniteWidth {
@@ -109,6 +112,7 @@ impl InfiniteWidth {
         Ok(InfiniteWidth {
             described,
             rule: GaussHermite::new(GaussHermite::DEFAULT_DEGREE)?,
+            compiled: Default::default(),
         })
     }
 
@@ -116,11 +120,22 @@ impl InfiniteWidth {
     /// closed form. The cost per kernel entry grows like n².
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless
+    /// [`Error::InvalidParameter`] unless
     /// 1 ≤ `degree` ≤ [`GaussHermite::MAX_DEGREE`].
     pub fn quadrature_degree(mut self, degree: usize) -> Result<Self> {
         self.rule = GaussHermite::new(degree)?;
+        self.compiled = Default::default();
         Ok(self)
+    }
+
+    /// The compiled recursion of `program`, with the group terms when `groups`.
+    fn compiled(&self, program: &Program, groups: bool) -> Result<Arc<program::Compiled>> {
+        let cell = &self.compiled[usize::from(groups)];
+        if let Some(c) = cell.get() {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(program::compile(program, &self.rule, groups)?);
+        Ok(Arc::clone(cell.get_or_init(|| c)))
     }
 
     /// The MLP, when the architecture is one.
@@ -172,7 +187,7 @@ impl InfiniteWidth {
                 engine::Plan::new(spec, &self.rule).kernels(&x1f, x2f.as_ref())?
             }
             Described::Program(p) => {
-                let compiled = program::compile(p, &self.rule, false)?;
+                let compiled = self.compiled(p, false)?;
                 let mut out = compiled.run(p, &x1f, x2f.as_ref()).into_iter();
                 let nngp = out.next().unwrap_or_default();
                 let ntk = out.next().unwrap_or_default();
@@ -209,7 +224,7 @@ impl InfiniteWidth {
             Described::Mlp(spec) => (Program::with_widths_of(spec)?, Some(spec.has_bias())),
             Described::Program(p) => (p.clone(), None),
         };
-        let compiled = program::compile(&program, &self.rule, true)?;
+        let compiled = self.compiled(&program, true)?;
         let mut out = compiled
             .run(&program, &x1f, x2f.as_ref())
             .into_iter()
@@ -330,7 +345,7 @@ pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
 /// ```
 ///
 /// # Errors
-/// As [`infinite_width`], and [`Error::InvalidParameter`](crate::Error::InvalidParameter)
+/// As [`infinite_width`], and [`Error::InvalidParameter`]
 /// if a range is reversed or reaches past the last sample.
 pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
     architecture: &A,

@@ -26,8 +26,9 @@
 //!   E[φ'(g) ψ'(ḡ)] is the Ċ of the dual, E[φ'(g)] a 1-D expectation.
 //! - **The kernels**: Σ(x, x̄) = σ_v² M(out) + σ_b'² and
 //!   Θ̊ = Σ_W σ_W² Σ_{u,v} M(z_u, z̄_v) D(h_u, h̄_v) + Σ_b σ_b² Σ_{u,v} Σ_k D(h'_u, h̄'_v)_k
-//!   + σ_v² M(out) + σ_b'², term by term the limit of the finite network's per-parameter
-//!   kernels, where M(z, z̄) = (1/K) Σ_k E[z_k z̄_k] (or z·z̄/d for input columns).
+//!   \+ σ_v² M(out) + σ_b'², term by term the limit of the finite network's
+//!   per-parameter kernels, where M(z, z̄) = (1/K) Σ_k E[z_k z̄_k] (or z·z̄/d for input
+//!   columns).
 //!
 //! ## What is computed
 //!
@@ -38,8 +39,9 @@
 //! *diagonal tape* run once per sample; those of a pair form a *cross tape* run on
 //! tiles of the kernel, vectorised over the tile's entries, in parallel.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::hash::Hash;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use nalgebra::DMatrix;
@@ -53,16 +55,16 @@ use super::pair_tmp::{PairDual, same_activation};
 use super::quadrature::GaussHermite;
 use super::tape::{Entries, Env, Inst, Kind, Runnable, Src, Tape, Val};
 
-/// Interns values: equal values get equal ids.
-struct Interner<T: Eq + Hash + Clone> {
-    map: HashMap<T, u32>,
-    items: Vec<T>,
+/// Interns values: equal values get equal ids, and are shared, not copied.
+struct Interner<T: Eq + Hash> {
+    map: HashMap<Rc<T>, u32>,
+    items: Vec<Rc<T>>,
 }
 
-impl<T: Eq + Hash + Clone> Interner<T> {
+impl<T: Eq + Hash> Interner<T> {
     fn new() -> Self {
         Interner {
-            map: HashMap::new(),
+            map: HashMap::default(),
             items: Vec::new(),
         }
     }
@@ -72,13 +74,15 @@ impl<T: Eq + Hash + Clone> Interner<T> {
             return id;
         }
         let id = self.items.len() as u32;
-        self.items.push(item.clone());
+        let item = Rc::new(item);
+        self.items.push(Rc::clone(&item));
         self.map.insert(item, id);
         id
     }
 
-    fn get(&self, id: u32) -> &T {
-        &self.items[id as usize]
+    /// The value of `id`, shared.
+    fn get(&self, id: u32) -> Rc<T> {
+        Rc::clone(&self.items[id as usize])
     }
 }
 
@@ -89,7 +93,7 @@ type Coef = u64;
 type Lin<K> = Vec<(K, Coef)>;
 
 fn lin<K: Ord + Copy>(mut terms: Vec<(K, f64)>) -> Lin<K> {
-    terms.sort_by(|a, b| a.0.cmp(&b.0));
+    terms.sort_by_key(|t| t.0);
     let mut out: Vec<(K, f64)> = Vec::with_capacity(terms.len());
     for (k, c) in terms {
         match out.last_mut() {
@@ -210,6 +214,16 @@ pub(crate) struct Compiled {
     input_dim: usize,
 }
 
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("diagonal_slots", &self.diag.slots)
+            .field("cross_slots", &self.cross.slots)
+            .field("groups", &self.layout.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One parameter group's share of Θ̊: its weight term and its bias term.
 #[derive(Clone, Copy, Debug)]
 struct GroupTerms {
@@ -258,11 +272,11 @@ pub(crate) fn compile(
         blin: Interner::new(),
         activations: Vec::new(),
         pairs: Vec::new(),
-        pair_ids: HashMap::new(),
+        pair_ids: HashMap::default(),
         forms: Vec::with_capacity(program.nodes.len()),
         grads: vec![Vec::new(); program.nodes.len()],
-        memo: HashMap::new(),
-        duals: HashMap::new(),
+        memo: HashMap::default(),
+        duals: HashMap::default(),
         diag: Tape::new(Kind::Diag),
         cross: Tape::new(Kind::Cross),
         fixed: Vec::new(),
@@ -321,21 +335,20 @@ pub(crate) fn compile(
     let mut cross = c.cross;
     cross.prune(&roots);
     cross.inline(&roots);
+    cross.schedule_sums();
     let diag_slots = cross.diagonal_reads(&roots);
     let diag_roots: Vec<Val> = diag_slots.iter().map(|&s| Val::Diag(s)).collect();
     let mut diag = c.diag;
     diag.prune(&diag_roots);
     diag.inline(&diag_roots);
+    diag.schedule_sums();
     let columns: HashMap<u32, usize> = diag_slots
         .iter()
         .enumerate()
         .map(|(i, &s)| (s, i))
         .collect();
-    if std::env::var("NTK_TAPE_STATS").is_ok() {
-        eprintln!("diag insts {} cross insts {}", diag.len(), cross.len());
-    }
     Ok(Compiled {
-        diag: diag.finish(&diag_roots, &HashMap::new()),
+        diag: diag.finish(&diag_roots, &HashMap::default()),
         cross: cross.finish(&roots, &columns),
         layout: groups.iter().map(|g| g.bias.is_some()).collect(),
         fixed: c.fixed,
@@ -527,11 +540,11 @@ impl Compiler<'_> {
         if let Some(&v) = self.memo.get(&key) {
             return Ok(v);
         }
-        let ta = self.hlin.get(a).clone();
-        let tb = self.hlin.get(b).clone();
+        let ta = self.hlin.get(a);
+        let tb = self.hlin.get(b);
         let mut terms = Vec::new();
-        for &(x, cx) in &ta {
-            for &(y, cy) in &tb {
+        for &(x, cx) in ta.iter() {
+            for &(y, cy) in tb.iter() {
                 let c = coef(cx) * coef(cy);
                 // Tangents first, then the duals: the recursion then emits each
                 // layer's moments just before the tangents that read them.
@@ -574,11 +587,11 @@ impl Compiler<'_> {
         if let Some(&v) = self.memo.get(&key) {
             return Ok(v);
         }
-        let tg = self.glin.get(g).clone();
-        let th = self.glin.get(h).clone();
+        let tg = self.glin.get(g);
+        let th = self.glin.get(h);
         let mut terms = Vec::new();
-        for &(x, cx) in &tg {
-            for &(y, cy) in &th {
+        for &(x, cx) in tg.iter() {
+            for &(y, cy) in th.iter() {
                 let v = self.tangent_base(x, y)?;
                 terms.push((coef(cx) * coef(cy), v, None));
             }
@@ -827,11 +840,11 @@ impl Compiler<'_> {
         if let Some(&v) = self.memo.get(&(Key::Grad(a, b), Mode::Cross)) {
             return Ok(v);
         }
-        let ta = self.blin.get(a).clone();
-        let tb = self.blin.get(b).clone();
+        let ta = self.blin.get(a);
+        let tb = self.blin.get(b);
         let mut terms = Vec::new();
-        for &(x, cx) in &ta {
-            for &(y, cy) in &tb {
+        for &(x, cx) in ta.iter() {
+            for &(y, cy) in tb.iter() {
                 let cov = self.base_cov(x.base, y.base)?;
                 if cov == Val::Zero {
                     continue;
@@ -962,11 +975,11 @@ impl Compiler<'_> {
         if let Some(&v) = self.memo.get(&key) {
             return Ok(v);
         }
-        let ta = self.hlin.get(a).clone();
-        let tb = self.hlin.get(b).clone();
+        let ta = self.hlin.get(a);
+        let tb = self.hlin.get(b);
         let mut terms = Vec::new();
-        for &(x, cx) in &ta {
-            for &(y, cy) in &tb {
+        for &(x, cx) in ta.iter() {
+            for &(y, cy) in tb.iter() {
                 let c = coef(cx) * coef(cy);
                 match (x, y) {
                     (Atom::Gauss(g), Atom::Gauss(h)) => {
@@ -1046,11 +1059,11 @@ impl Compiler<'_> {
         if let Some(&v) = self.memo.get(&key) {
             return Ok(v);
         }
-        let tg = self.glin.get(g).clone();
-        let th = self.glin.get(h).clone();
+        let tg = self.glin.get(g);
+        let th = self.glin.get(h);
         let mut terms = Vec::new();
-        for &(x, cx) in &tg {
-            for &(y, cy) in &th {
+        for &(x, cx) in tg.iter() {
+            for &(y, cy) in th.iter() {
                 let v = self.base_gauss_cov(x, y, mode)?;
                 terms.push((coef(cx) * coef(cy), v, None));
             }

@@ -7,7 +7,7 @@
 //! reader has run, so that a tape over thousands of quantities needs only as many
 //! buffers as are alive at once.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use nalgebra::{DMatrix, DMatrixViewMut};
 
@@ -33,6 +33,9 @@ pub(crate) enum Val {
     Cross(u32),
 }
 
+/// A term c·a·b of a sum (b absent: 1).
+pub(crate) type Term = (f64, Val, Option<Val>);
+
 /// An instruction on virtual slots.
 #[derive(Clone, Debug)]
 pub(crate) enum Inst {
@@ -55,6 +58,11 @@ pub(crate) enum Inst {
     MeanDerivative { act: u32, q: Val, out: u32 },
     /// z_a · z̄_b / d for fixed variables a, b (indices into the fixed list).
     Gram { a: usize, b: usize, out: u32 },
+    /// acc += Σ c·a·b: part of a long sum, placed where its terms become available.
+    AddTo {
+        acc: u32,
+        terms: Vec<(f64, Val, Option<Val>)>,
+    },
 }
 
 /// Whether a tape's slots are per sample or per pair.
@@ -93,10 +101,6 @@ impl Tape {
         (s, v)
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.insts.len()
-    }
-
     /// Marks a diagonal slot as read by the cross tape.
     pub(crate) fn export(&mut self, s: u32) {
         if !self.exports.contains(&s) {
@@ -112,6 +116,7 @@ impl Tape {
                 *out = s;
             }
             Inst::Dual { out_c, .. } => *out_c = Some(s),
+            Inst::AddTo { .. } => unreachable!("accumulations are made by `schedule_sums`"),
         }
         self.insts.push(inst);
         v
@@ -155,7 +160,10 @@ impl Tape {
         if out.is_empty() {
             return if k == 0.0 { Val::Zero } else { Val::Const(k) };
         }
-        if k == 0.0 && out.len() == 1 && out[0].0 == 1.0 && out[0].2.is_none() {
+        // Exactly one unit term: the value itself (an exact comparison on purpose).
+        #[allow(clippy::float_cmp)]
+        let unit = out.len() == 1 && out[0].0 == 1.0 && out[0].2.is_none();
+        if k == 0.0 && unit {
             return out[0].1;
         }
         self.push(Inst::Poly {
@@ -165,6 +173,9 @@ impl Tape {
         })
     }
 }
+
+/// Fixed vectors of at most this many entries are multiplied by a plain loop.
+const SMALL_GRAM: usize = 16;
 
 /// An operand after slot allocation.
 #[derive(Clone, Copy, Debug)]
@@ -199,6 +210,10 @@ enum Exec {
         b: usize,
         out: u32,
     },
+    AddTo {
+        acc: u32,
+        terms: Vec<(f64, u32, Option<u32>)>,
+    },
 }
 
 /// A runnable tape: physical instructions, the number of slots, and where its
@@ -215,33 +230,39 @@ pub(crate) struct Runnable {
     pub(crate) results: Vec<Src>,
 }
 
-/// Every slot a value reads.
-fn reads(v: Val, out: &mut Vec<Val>) {
-    if !matches!(v, Val::Zero | Val::Const(_)) {
-        out.push(v);
-    }
-}
-
 fn inst_reads(inst: &Inst) -> Vec<Val> {
     let mut r = Vec::new();
+    for_each_read(inst, |v| r.push(v));
+    r
+}
+
+/// Calls `f` on every slot value `inst` reads (an accumulation reads its sum too).
+fn for_each_read(inst: &Inst, mut f: impl FnMut(Val)) {
+    let mut visit = |v: Val| {
+        if !matches!(v, Val::Zero | Val::Const(_)) {
+            f(v);
+        }
+    };
     match inst {
-        Inst::Poly { terms, .. } => {
+        Inst::Poly { terms, .. } | Inst::AddTo { terms, .. } => {
+            if let Inst::AddTo { acc, .. } = inst {
+                visit(Val::Cross(*acc));
+            }
             for &(_, a, b) in terms {
-                reads(a, &mut r);
+                visit(a);
                 if let Some(b) = b {
-                    reads(b, &mut r);
+                    visit(b);
                 }
             }
         }
         Inst::Dual { q1, c, q2, .. } => {
-            reads(*q1, &mut r);
-            reads(*c, &mut r);
-            reads(*q2, &mut r);
+            visit(*q1);
+            visit(*c);
+            visit(*q2);
         }
-        Inst::MeanDerivative { q, .. } => reads(*q, &mut r),
+        Inst::MeanDerivative { q, .. } => visit(*q),
         Inst::Gram { .. } => {}
     }
-    r
 }
 
 fn inst_writes(inst: &Inst) -> Vec<u32> {
@@ -250,6 +271,7 @@ fn inst_writes(inst: &Inst) -> Vec<u32> {
             vec![*out]
         }
         Inst::Dual { out_c, out_d, .. } => out_c.iter().chain(out_d.iter()).copied().collect(),
+        Inst::AddTo { .. } => Vec::new(),
     }
 }
 
@@ -267,7 +289,7 @@ impl Tape {
         };
         roots.iter().for_each(&mut add);
         for inst in &self.insts {
-            inst_reads(inst).iter().for_each(&mut add);
+            for_each_read(inst, |v| add(&v));
         }
         out
     }
@@ -317,81 +339,89 @@ impl Tape {
             Val::Diag(s) | Val::Cross(s) => Some(s as usize),
             _ => None,
         };
-        let mut uses = vec![0usize; self.next as usize];
+        let mut uses = vec![0u32; self.next as usize];
         for inst in &self.insts {
-            for v in inst_reads(inst) {
+            for_each_read(inst, |v| {
                 if let Some(s) = own(v) {
                     uses[s] += 1;
                 }
-            }
+            });
         }
         for &r in roots {
             if let Some(s) = own(r) {
                 uses[s] += 1;
             }
         }
-        // The small sums that may be substituted, by output slot.
-        let mut sums: HashMap<usize, (f64, Vec<(f64, Val, Option<Val>)>)> = HashMap::new();
+        // Small single-use sums that may be substituted: their instruction, by slot.
+        let mut small = vec![usize::MAX; self.next as usize];
         let mut removed = vec![false; self.insts.len()];
-        let mut index_of: HashMap<usize, usize> = HashMap::new();
+        let linear = |terms: &[(f64, Val, Option<Val>)]| terms.iter().all(|t| t.2.is_none());
         for i in 0..self.insts.len() {
-            let Inst::Poly {
-                out,
-                constant,
-                terms,
-            } = &self.insts[i]
-            else {
+            let Inst::Poly { out, terms, .. } = &mut self.insts[i] else {
                 continue;
             };
-            let (out, constant) = (*out as usize, *constant);
-            let mut k = constant;
+            let out = *out as usize;
+            let terms = std::mem::take(terms);
+            let mut k = 0.0;
             let mut expanded: Vec<(f64, Val, Option<Val>)> = Vec::with_capacity(terms.len());
-            for &(c, a, b) in terms {
-                let linear =
-                    |s: &(f64, Vec<(f64, Val, Option<Val>)>)| s.1.iter().all(|t| t.2.is_none());
-                let candidate = |v: Val| own(v).filter(|&s| uses[s] == 1 && sums.contains_key(&s));
-                match (candidate(a), b) {
-                    (Some(sa), None) => {
-                        let (ka, ta) = sums.remove(&sa).expect("candidate");
-                        k += c * ka;
-                        expanded.extend(ta.into_iter().map(|(ci, ai, bi)| (c * ci, ai, bi)));
-                        removed[index_of[&sa]] = true;
-                        continue;
-                    }
-                    (Some(sa), Some(b)) if linear(&sums[&sa]) => {
-                        let (ka, ta) = sums.remove(&sa).expect("candidate");
-                        if ka != 0.0 {
-                            expanded.push((c * ka, b, None));
+            for (c, a, b) in terms {
+                let candidate = |v: Val| own(v).map(|s| small[s]).filter(|&j| j != usize::MAX);
+                // The sum substituted for `a` (any b), or for `b` (linear sums only).
+                let target = match (candidate(a), b.and_then(candidate)) {
+                    (Some(j), None) => Some((j, b)),
+                    (Some(j), Some(_)) | (None, Some(j)) => {
+                        let Inst::Poly { terms: t, .. } = &self.insts[j] else {
+                            unreachable!("small sums are sums")
+                        };
+                        if !linear(t) {
+                            None
+                        } else if candidate(a) == Some(j) {
+                            Some((j, b))
+                        } else {
+                            Some((j, Some(a)))
                         }
-                        expanded.extend(ta.into_iter().map(|(ci, ai, _)| (c * ci, ai, Some(b))));
-                        removed[index_of[&sa]] = true;
-                        continue;
                     }
-                    _ => {}
-                }
-                if let Some(b) = b
-                    && let Some(sb) = candidate(b)
-                    && linear(&sums[&sb])
-                {
-                    let (kb, tb) = sums.remove(&sb).expect("candidate");
-                    if kb != 0.0 {
-                        expanded.push((c * kb, a, None));
-                    }
-                    expanded.extend(tb.into_iter().map(|(ci, bi, _)| (c * ci, a, Some(bi))));
-                    removed[index_of[&sb]] = true;
+                    (None, None) => None,
+                };
+                let Some((j, other)) = target else {
+                    expanded.push((c, a, b));
                     continue;
+                };
+                let Inst::Poly {
+                    out: sub_out,
+                    constant: ks,
+                    terms: ts,
+                } = &mut self.insts[j]
+                else {
+                    unreachable!("small sums are sums")
+                };
+                let (ks, ts) = (*ks, std::mem::take(ts));
+                small[*sub_out as usize] = usize::MAX;
+                removed[j] = true;
+                match other {
+                    None => {
+                        k += c * ks;
+                        expanded.extend(ts.into_iter().map(|(ci, ai, bi)| (c * ci, ai, bi)));
+                    }
+                    Some(o) => {
+                        if ks != 0.0 {
+                            expanded.push((c * ks, o, None));
+                        }
+                        expanded.extend(ts.into_iter().map(|(ci, ai, _)| (c * ci, ai, Some(o))));
+                    }
                 }
-                expanded.push((c, a, b));
             }
-            if expanded.len() <= MAX_TERMS && uses[out] == 1 {
-                sums.insert(out, (k, expanded.clone()));
-                index_of.insert(out, i);
-            }
-            self.insts[i] = Inst::Poly {
-                out: out as u32,
-                constant: k,
-                terms: expanded,
+            let Inst::Poly {
+                constant, terms, ..
+            } = &mut self.insts[i]
+            else {
+                unreachable!()
             };
+            *constant += k;
+            if expanded.len() <= MAX_TERMS && uses[out] == 1 {
+                small[out] = i;
+            }
+            *terms = expanded;
         }
         let mut i = 0;
         self.insts.retain(|_| {
@@ -401,24 +431,114 @@ impl Tape {
         });
     }
 
+    /// Splits long sums (pooling over positions or time) into an accumulation placed
+    /// term by term where each term's operands are ready, so that the operands are
+    /// released right away instead of all staying alive until the sum.
+    pub(crate) fn schedule_sums(&mut self) {
+        /// Sums with more terms than this are split.
+        const SPLIT: usize = 16;
+        let own = |v: Val| match v {
+            Val::Diag(s) | Val::Cross(s) => Some(s as usize),
+            _ => None,
+        };
+        let mut defined = vec![usize::MAX; self.next as usize];
+        for (i, inst) in self.insts.iter().enumerate() {
+            for s in inst_writes(inst) {
+                defined[s as usize] = i;
+            }
+        }
+        let ready = |v: Val| own(v).map(|s| defined[s]);
+        let mut first: Vec<Inst> = Vec::new();
+        let mut after: Vec<Vec<Inst>> = vec![Vec::new(); self.insts.len()];
+        let mut split = vec![false; self.insts.len()];
+        for (i, inst) in self.insts.iter().enumerate() {
+            let Inst::Poly {
+                out,
+                constant,
+                terms,
+            } = inst
+            else {
+                continue;
+            };
+            if terms.len() <= SPLIT {
+                continue;
+            }
+            split[i] = true;
+            let mut groups: std::collections::BTreeMap<Option<usize>, Vec<Term>> =
+                std::collections::BTreeMap::new();
+            for &(c, a, b) in terms {
+                let at = ready(a).max(b.and_then(ready));
+                groups.entry(at).or_default().push((c, a, b));
+            }
+            for (n, (at, terms)) in groups.into_iter().enumerate() {
+                let part = if n == 0 {
+                    Inst::Poly {
+                        out: *out,
+                        constant: *constant,
+                        terms,
+                    }
+                } else {
+                    Inst::AddTo { acc: *out, terms }
+                };
+                match at {
+                    None => first.push(part),
+                    Some(p) => after[p].push(part),
+                }
+            }
+        }
+        let old = std::mem::take(&mut self.insts);
+        self.insts = first;
+        for ((inst, was_split), later) in old.into_iter().zip(split).zip(after) {
+            if !was_split {
+                self.insts.push(inst);
+            }
+            self.insts.extend(later);
+        }
+    }
+
     /// Allocates physical slots: every value gets a buffer from its definition to its
     /// last reader; `roots` live to the end. For a cross tape, the diagonal values it
     /// reads (`Row`/`Col`) are preloaded into slots of their own, from the columns
     /// `diag_columns` gives them in the diagonal tables.
     pub(crate) fn finish(&self, roots: &[Val], diag_columns: &HashMap<u32, usize>) -> Runnable {
-        // Last reader of every value.
-        let mut last: HashMap<ValKey, usize> = HashMap::new();
-        let end = self.insts.len();
-        for (i, inst) in self.insts.iter().enumerate() {
-            for v in inst_reads(inst) {
-                last.insert(ValKey::of(v), i);
+        // Dense keys: own slots first, then each distinct preloaded value.
+        let own = self.next as usize;
+        let mut preloaded: HashMap<(bool, u32), usize> = HashMap::default();
+        let mut preload_keys: Vec<(bool, u32)> = Vec::new();
+        let mut note = |v: Val| {
+            if let Val::Row(d) | Val::Col(d) = v {
+                let k = (matches!(v, Val::Row(_)), d);
+                preloaded.entry(k).or_insert_with(|| {
+                    preload_keys.push(k);
+                    own + preload_keys.len() - 1
+                });
             }
+        };
+        for inst in &self.insts {
+            for_each_read(inst, &mut note);
+        }
+        roots.iter().copied().for_each(&mut note);
+        let key = |v: Val| -> usize {
+            match v {
+                Val::Diag(s) | Val::Cross(s) => s as usize,
+                Val::Row(d) => preloaded[&(true, d)],
+                Val::Col(d) => preloaded[&(false, d)],
+                Val::Zero | Val::Const(_) => unreachable!("constants have no slot"),
+            }
+        };
+        let keys = own + preload_keys.len();
+        // Last reader of every value (roots: past the end).
+        let end = self.insts.len();
+        let mut last = vec![usize::MAX; keys];
+        for (i, inst) in self.insts.iter().enumerate() {
+            for_each_read(inst, |v| last[key(v)] = i);
         }
         for &r in roots {
             if !matches!(r, Val::Zero | Val::Const(_)) {
-                last.insert(ValKey::of(r), end);
+                last[key(r)] = end;
             }
         }
+        let mut phys = vec![u32::MAX; keys];
         let mut free: Vec<u32> = Vec::new();
         let mut slots = 0u32;
         let mut alloc = |free: &mut Vec<u32>| {
@@ -427,76 +547,53 @@ impl Tape {
                 slots - 1
             })
         };
-        let mut map: HashMap<ValKey, u32> = HashMap::new();
-        // Preloaded diagonal values live throughout.
-        let mut preload = Vec::new();
-        for inst in &self.insts {
-            for v in inst_reads(inst) {
-                if let Val::Row(_) | Val::Col(_) = v {
-                    map.entry(ValKey::of(v)).or_insert_with(|| {
-                        let s = alloc(&mut free);
-                        let (d, row) = match v {
-                            Val::Row(d) => (d, true),
-                            Val::Col(d) => (d, false),
-                            _ => unreachable!(),
-                        };
-                        preload.push((s, row, diag_columns[&d]));
-                        s
-                    });
-                }
-            }
+        // Preloaded values live throughout.
+        let mut preload = Vec::with_capacity(preload_keys.len());
+        for (n, &(row, d)) in preload_keys.iter().enumerate() {
+            let p = alloc(&mut free);
+            phys[own + n] = p;
+            preload.push((p, row, diag_columns[&d]));
         }
-        for &r in roots {
-            if let Val::Row(_) | Val::Col(_) = r {
-                map.entry(ValKey::of(r)).or_insert_with(|| {
-                    let s = alloc(&mut free);
-                    let (d, row) = match r {
-                        Val::Row(d) => (d, true),
-                        Val::Col(d) => (d, false),
-                        _ => unreachable!(),
-                    };
-                    preload.push((s, row, diag_columns[&d]));
-                    s
-                });
-            }
-        }
-        let preloaded: std::collections::HashSet<ValKey> = map.keys().copied().collect();
-        let src = |map: &HashMap<ValKey, u32>, v: Val| match v {
+        let src = |phys: &[u32], v: Val| match v {
             Val::Zero => Src::Const(0.0),
             Val::Const(c) => Src::Const(c),
-            v => Src::Slot(map[&ValKey::of(v)]),
+            v => Src::Slot(phys[key(v)]),
+        };
+        let slot_of = |phys: &[u32], v: Val| match src(phys, v) {
+            Src::Slot(s) => s,
+            Src::Const(_) => unreachable!("constants are folded out of sums"),
+        };
+        let sum_terms = |phys: &[u32], terms: &[(f64, Val, Option<Val>)]| {
+            terms
+                .iter()
+                .map(|&(c, a, b)| (c, slot_of(phys, a), b.map(|b| slot_of(phys, b))))
+                .collect::<Vec<_>>()
         };
         let mut execs = Vec::with_capacity(self.insts.len());
         for (i, inst) in self.insts.iter().enumerate() {
             // Outputs first, so that they never share a buffer with an input.
-            let mut out_slot = |map: &mut HashMap<ValKey, u32>, free: &mut Vec<u32>, s: u32| {
-                let key = ValKey::Own(s);
+            let mut out = |phys: &mut Vec<u32>, free: &mut Vec<u32>, s: u32| {
                 let p = alloc(free);
-                map.insert(key, p);
+                phys[s as usize] = p;
                 p
             };
             let exec = match inst {
                 Inst::Poly {
-                    out,
+                    out: o,
                     constant,
                     terms,
                 } => {
-                    let o = out_slot(&mut map, &mut free, *out);
+                    let terms = sum_terms(&phys, terms);
                     Exec::Poly {
-                        out: o,
+                        out: out(&mut phys, &mut free, *o),
                         constant: *constant,
-                        terms: terms
-                            .iter()
-                            .map(|&(c, a, b)| {
-                                let slot = |v: Val| match src(&map, v) {
-                                    Src::Slot(s) => s,
-                                    Src::Const(_) => unreachable!("constants are folded"),
-                                };
-                                (c, slot(a), b.map(slot))
-                            })
-                            .collect(),
+                        terms,
                     }
                 }
+                Inst::AddTo { acc, terms } => Exec::AddTo {
+                    acc: phys[*acc as usize],
+                    terms: sum_terms(&phys, terms),
+                },
                 Inst::Dual {
                     pair,
                     q1,
@@ -505,95 +602,48 @@ impl Tape {
                     out_c,
                     out_d,
                 } => {
-                    let oc = out_c.map(|s| out_slot(&mut map, &mut free, s));
-                    let od = out_d.map(|s| out_slot(&mut map, &mut free, s));
+                    let (q1, c, q2) = (src(&phys, *q1), src(&phys, *c), src(&phys, *q2));
+                    let out_c = out_c.map(|s| out(&mut phys, &mut free, s));
+                    let out_d = out_d.map(|s| out(&mut phys, &mut free, s));
                     Exec::Dual {
                         pair: *pair,
-                        q1: src(&map, *q1),
-                        c: src(&map, *c),
-                        q2: src(&map, *q2),
-                        out_c: oc,
-                        out_d: od,
+                        q1,
+                        c,
+                        q2,
+                        out_c,
+                        out_d,
                     }
                 }
-                Inst::MeanDerivative { act, q, out } => {
-                    let o = out_slot(&mut map, &mut free, *out);
+                Inst::MeanDerivative { act, q, out: o } => {
+                    let q = src(&phys, *q);
                     Exec::MeanDerivative {
                         act: *act,
-                        q: src(&map, *q),
-                        out: o,
+                        q,
+                        out: out(&mut phys, &mut free, *o),
                     }
                 }
-                Inst::Gram { a, b, out } => {
-                    let o = out_slot(&mut map, &mut free, *out);
-                    Exec::Gram {
-                        a: *a,
-                        b: *b,
-                        out: o,
-                    }
-                }
+                Inst::Gram { a, b, out: o } => Exec::Gram {
+                    a: *a,
+                    b: *b,
+                    out: out(&mut phys, &mut free, *o),
+                },
             };
             execs.push(exec);
-            // Release the inputs read for the last time here (preloaded ones stay).
-            for v in inst_reads(inst) {
-                let key = ValKey::of(v);
-                if last.get(&key) == Some(&i) && !preloaded.contains(&key) {
-                    if let Some(p) = map.remove(&key) {
-                        free.push(p);
-                    }
+            // Release the values read for the last time here (preloaded ones stay).
+            for_each_read(inst, |v| {
+                let k = key(v);
+                if k < own && last[k] == i && phys[k] != u32::MAX {
+                    free.push(phys[k]);
+                    phys[k] = u32::MAX;
                 }
-            }
+            });
         }
-        let results = roots.iter().map(|&r| src(&map, r)).collect();
-        if std::env::var("NTK_TAPE_STATS").is_ok() {
-            let mut counts = [0usize; 4];
-            let mut terms = 0;
-            for e in &execs {
-                match e {
-                    Exec::Poly { terms: t, .. } => {
-                        counts[0] += 1;
-                        terms += t.len();
-                    }
-                    Exec::Dual { .. } => counts[1] += 1,
-                    Exec::MeanDerivative { .. } => counts[2] += 1,
-                    Exec::Gram { .. } => counts[3] += 1,
-                }
-            }
-            eprintln!(
-                "slots {} preload {} poly {} (terms {}) dual {} meander {} gram {}",
-                slots,
-                preload.len(),
-                counts[0],
-                terms,
-                counts[1],
-                counts[2],
-                counts[3]
-            );
-        }
+        let results = roots.iter().map(|&r| src(&phys, r)).collect();
         Runnable {
             execs,
             slots: slots as usize,
             preload,
             results,
-        }
-    }
-}
-
-/// A value as a map key (f64 constants never are).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum ValKey {
-    Own(u32),
-    Row(u32),
-    Col(u32),
-}
-
-impl ValKey {
-    fn of(v: Val) -> ValKey {
-        match v {
-            Val::Diag(s) | Val::Cross(s) => ValKey::Own(s),
-            Val::Row(s) => ValKey::Row(s),
-            Val::Col(s) => ValKey::Col(s),
-            Val::Zero | Val::Const(_) => unreachable!("constants have no slot"),
         }
     }
 }
@@ -665,14 +715,12 @@ impl Runnable {
         let mut t4 = Vec::new();
         for exec in &self.execs {
             match exec {
-                Exec::Poly {
-                    out,
-                    constant,
-                    terms,
-                } => {
+                Exec::Poly { out, terms, .. } | Exec::AddTo { acc: out, terms } => {
                     let mut o = std::mem::take(&mut arena[*out as usize]);
                     let o_s = &mut o[..len];
-                    o_s.fill(*constant);
+                    if let Exec::Poly { constant, .. } = exec {
+                        o_s.fill(*constant);
+                    }
                     for &(c, a, b) in terms {
                         let a = &arena[a as usize][..len];
                         match b {
@@ -750,6 +798,22 @@ impl Runnable {
                         } => {
                             let (fa, fbt) = (&fixed1[*a], &fixed2_t[*b]);
                             let d = fa.ncols();
+                            if d <= SMALL_GRAM {
+                                // A few columns: a direct loop beats a GEMM call.
+                                let scale = 1.0 / d as f64;
+                                let tr = rows.len();
+                                for (jj, col) in o.chunks_exact_mut(tr).enumerate() {
+                                    let xb = fbt.column(cols.start + jj);
+                                    for (ii, o) in col.iter_mut().enumerate() {
+                                        let mut sum = 0.0;
+                                        for k in 0..d {
+                                            sum += fa[(rows.start + ii, k)] * xb[k];
+                                        }
+                                        *o = scale * sum;
+                                    }
+                                }
+                                continue;
+                            }
                             let mut view = DMatrixViewMut::from_slice(o, rows.len(), cols.len());
                             view.gemm(
                                 1.0 / d as f64,
