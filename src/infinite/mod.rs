@@ -1,4 +1,5 @@
-//! Infinite-width kernels: the NNGP kernel Σ and the limiting NTK Θ̊ of an [`MlpSpec`].
+//! Infinite-width kernels: the NNGP kernel Σ and the limiting NTK Θ̊ of an
+//! [`Architecture`]: an [`MlpSpec`] or any [`Program`].
 //!
 //! As every hidden width grows, a randomly initialised network converges to a Gaussian
 //! process with covariance Σ (the NNGP kernel), and its empirical NTK converges to a
@@ -33,8 +34,22 @@
 //! its bias (n^{l−1} C^{l−1} B^l and B^l in the standard parameterization). See
 //! [`infinite_width_layers`].
 //!
+//! ## Programs
+//!
+//! For a [`Program`] (weights shared across uses, residual sums, pooling,
+//! concatenations) the same functions compute Tensor Programs II's limit: every
+//! second moment reduces to the Gaussian expectations above (and Stein's lemma), and
+//! Θ̊ to tangent moments carried alongside them, compiled once per program into a
+//! straight-line recursion that only visits what the output needs (see
+//! [`InfiniteWidth::layer_kernels`] for the per-parameter split and the module
+//! `program` source for the rules). Σ ⊗ I_k and Θ̊ ⊗ I_k again for k outputs.
+//!
+//! The MLP path keeps its fused recursion (faster on MLPs; `benches/programs.rs`
+//! measures both); an MLP's per-layer split goes through the program recursion, so
+//! there is one general recursion and one fast path.
+//!
 //! The distance between a finite network's NTK and Θ̊ shrinks like n^{−1/2};
-//! [`width_convergence`] measures it.
+//! [`width_convergence`] measures it, for MLPs and programs alike.
 
 mod architecture;
 mod convergence;
