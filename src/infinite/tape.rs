@@ -58,6 +58,10 @@ pub(crate) enum Inst {
     MeanDerivative { act: u32, q: Val, out: u32 },
     /// z_a · z̄_b / d for fixed variables a, b (indices into the fixed list).
     Gram { a: usize, b: usize, out: u32 },
+    /// 1/√q (per sample: LayerNorm scales).
+    InvSqrt { q: Val, out: u32 },
+    /// softmax over the logits (per sample: attention weights).
+    Softmax { logits: Vec<Val>, outs: Vec<u32> },
     /// acc += Σ c·a·b: part of a long sum, placed where its terms become available.
     AddTo {
         acc: u32,
@@ -112,10 +116,14 @@ impl Tape {
     pub(crate) fn push(&mut self, mut inst: Inst) -> Val {
         let (s, v) = self.slot();
         match &mut inst {
-            Inst::Poly { out, .. } | Inst::MeanDerivative { out, .. } | Inst::Gram { out, .. } => {
+            Inst::Poly { out, .. }
+            | Inst::MeanDerivative { out, .. }
+            | Inst::Gram { out, .. }
+            | Inst::InvSqrt { out, .. } => {
                 *out = s;
             }
             Inst::Dual { out_c, .. } => *out_c = Some(s),
+            Inst::Softmax { .. } => unreachable!("softmax outputs come from `push_softmax`"),
             Inst::AddTo { .. } => unreachable!("accumulations are made by `schedule_sums`"),
         }
         self.insts.push(inst);
@@ -124,6 +132,16 @@ impl Tape {
 
     pub(crate) fn push_gram(&mut self, a: usize, b: usize) -> Val {
         self.push(Inst::Gram { a, b, out: 0 })
+    }
+
+    pub(crate) fn push_inv_sqrt(&mut self, q: Val) -> Val {
+        self.push(Inst::InvSqrt { q, out: 0 })
+    }
+
+    pub(crate) fn push_softmax(&mut self, logits: Vec<Val>) -> Vec<Val> {
+        let (outs, vals): (Vec<u32>, Vec<Val>) = logits.iter().map(|_| self.slot()).unzip();
+        self.insts.push(Inst::Softmax { logits, outs });
+        vals
     }
 
     pub(crate) fn push_dual(&mut self, pair: u32, q1: Val, c: Val, q2: Val) -> (Val, Val) {
@@ -214,6 +232,14 @@ enum Exec {
         acc: u32,
         terms: Vec<(f64, u32, Option<u32>)>,
     },
+    InvSqrt {
+        q: Src,
+        out: u32,
+    },
+    Softmax {
+        logits: Vec<Src>,
+        outs: Vec<u32>,
+    },
 }
 
 /// A runnable tape: physical instructions, the number of slots, and where its
@@ -260,16 +286,19 @@ fn for_each_read(inst: &Inst, mut f: impl FnMut(Val)) {
             visit(*c);
             visit(*q2);
         }
-        Inst::MeanDerivative { q, .. } => visit(*q),
+        Inst::MeanDerivative { q, .. } | Inst::InvSqrt { q, .. } => visit(*q),
+        Inst::Softmax { logits, .. } => logits.iter().copied().for_each(visit),
         Inst::Gram { .. } => {}
     }
 }
 
 fn inst_writes(inst: &Inst) -> Vec<u32> {
     match inst {
-        Inst::Poly { out, .. } | Inst::MeanDerivative { out, .. } | Inst::Gram { out, .. } => {
-            vec![*out]
-        }
+        Inst::Poly { out, .. }
+        | Inst::MeanDerivative { out, .. }
+        | Inst::Gram { out, .. }
+        | Inst::InvSqrt { out, .. } => vec![*out],
+        Inst::Softmax { outs, .. } => outs.clone(),
         Inst::Dual { out_c, out_d, .. } => out_c.iter().chain(out_d.iter()).copied().collect(),
         Inst::AddTo { .. } => Vec::new(),
     }
@@ -366,22 +395,19 @@ impl Tape {
             let mut expanded: Vec<(f64, Val, Option<Val>)> = Vec::with_capacity(terms.len());
             for (c, a, b) in terms {
                 let candidate = |v: Val| own(v).map(|s| small[s]).filter(|&j| j != usize::MAX);
-                // The sum substituted for `a` (any b), or for `b` (linear sums only).
-                let target = match (candidate(a), b.and_then(candidate)) {
-                    (Some(j), None) => Some((j, b)),
-                    (Some(j), Some(_)) | (None, Some(j)) => {
-                        let Inst::Poly { terms: t, .. } = &self.insts[j] else {
-                            unreachable!("small sums are sums")
-                        };
-                        if !linear(t) {
-                            None
-                        } else if candidate(a) == Some(j) {
-                            Some((j, b))
-                        } else {
-                            Some((j, Some(a)))
-                        }
-                    }
-                    (None, None) => None,
+                // The sum substituted for `a` (any sum when b is absent, a linear one
+                // when it multiplies b), or for `b` (linear sums only).
+                let is_linear = |j: usize| match &self.insts[j] {
+                    Inst::Poly { terms: t, .. } => linear(t),
+                    _ => false,
+                };
+                let target = match (candidate(a), b) {
+                    (Some(j), None) => Some((j, None)),
+                    (Some(j), Some(b)) if is_linear(j) => Some((j, Some(b))),
+                    _ => b
+                        .and_then(candidate)
+                        .filter(|&j| is_linear(j))
+                        .map(|j| (j, Some(a))),
                 };
                 let Some((j, other)) = target else {
                     expanded.push((c, a, b));
@@ -627,6 +653,20 @@ impl Tape {
                     b: *b,
                     out: out(&mut phys, &mut free, *o),
                 },
+                Inst::InvSqrt { q, out: o } => {
+                    let q = src(&phys, *q);
+                    Exec::InvSqrt {
+                        q,
+                        out: out(&mut phys, &mut free, *o),
+                    }
+                }
+                Inst::Softmax { logits, outs } => {
+                    let logits = logits.iter().map(|&l| src(&phys, l)).collect();
+                    Exec::Softmax {
+                        logits,
+                        outs: outs.iter().map(|&s| out(&mut phys, &mut free, s)).collect(),
+                    }
+                }
             };
             execs.push(exec);
             // Release the values read for the last time here (preloaded ones stay).
@@ -778,6 +818,42 @@ impl Runnable {
                         *o = mean_derivative(a, q, env.rule);
                     }
                     arena[*out as usize] = o;
+                }
+                Exec::InvSqrt { q, out } => {
+                    let mut o = std::mem::take(&mut arena[*out as usize]);
+                    let qs = operand(*q, arena, &mut t3, len);
+                    for (o, &q) in o[..len].iter_mut().zip(qs) {
+                        *o = 1.0 / q.sqrt();
+                    }
+                    arena[*out as usize] = o;
+                }
+                Exec::Softmax { logits, outs } => {
+                    // Per entry: e^{l_s − max} / Σ e^{l − max}, over the outputs.
+                    let mut outs_v: Vec<Vec<f64>> = outs
+                        .iter()
+                        .map(|&s| std::mem::take(&mut arena[s as usize]))
+                        .collect();
+                    for e in 0..len {
+                        let l = |s: Src| match s {
+                            Src::Slot(p) => arena[p as usize][e],
+                            Src::Const(c) => c,
+                        };
+                        let max = logits
+                            .iter()
+                            .map(|&s| l(s))
+                            .fold(f64::NEG_INFINITY, f64::max);
+                        let mut total = 0.0;
+                        for (o, &s) in outs_v.iter_mut().zip(logits) {
+                            o[e] = (l(s) - max).exp();
+                            total += o[e];
+                        }
+                        for o in &mut outs_v {
+                            o[e] /= total;
+                        }
+                    }
+                    for (&s, o) in outs.iter().zip(outs_v) {
+                        arena[s as usize] = o;
+                    }
                 }
                 Exec::Gram { a, b, out } => {
                     let o = &mut arena[*out as usize][..len];

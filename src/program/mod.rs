@@ -50,6 +50,8 @@
 //! | [`mean`](Program::mean)`(&[a₁, …, a_K])` | (a₁ + … + a_K)/K |
 //! | [`concat`](Program::concat)`(&[a₁, …, a_K])` | (a₁; …; a_K), width Σ widths |
 //! | [`apply`](Program::apply)`(φ, h)` | φ(h) entrywise |
+//! | [`layer_norm`](Program::layer_norm)`(x)` | (x − mean(x))/std(x) over the coordinates |
+//! | [`attention`](Program::attention)`(&qs, &ks, &vs)` | y_t = Σ_s softmax_s(q_t·k_s/n) v_s, one per query |
 //! | [`output`](Program::output)`(z, σ_v)` | f = (σ_v/√fan_in) vᵀ z (+ σ_b' b' with a readout bias) |
 //!
 //! With these, a 1-D convolution with a 3-tap filter is one `Weight` used at every
@@ -224,6 +226,18 @@ pub(crate) enum Op {
         activation: Activation,
         input: usize,
     },
+    /// (x − mean(x)) / std(x) over the coordinates.
+    LayerNorm { input: usize },
+    /// Output `query` of attention block `block`: Σ_s softmax_s(q·k_s / n) v_s.
+    Attend { block: usize, query: usize },
+}
+
+/// An attention block: its queries, keys and values (variables of hidden width).
+#[derive(Clone, Debug)]
+pub(crate) struct AttentionDecl {
+    pub(crate) queries: Vec<usize>,
+    pub(crate) keys: Vec<usize>,
+    pub(crate) values: Vec<usize>,
 }
 
 /// A variable: its operation and its width.
@@ -281,6 +295,7 @@ pub struct Program {
     pub(crate) weights: Vec<WeightDecl>,
     pub(crate) biases: Vec<BiasDecl>,
     pub(crate) groups: Vec<Group>,
+    pub(crate) attentions: Vec<AttentionDecl>,
     pub(crate) output: Option<(usize, Readout)>,
     /// The readout's weight and bias coefficients in the NTK when they are not σ²
     /// (an MLP in the standard parameterization).
@@ -301,6 +316,7 @@ impl Program {
             weights: Vec::new(),
             biases: Vec::new(),
             groups: Vec::new(),
+            attentions: Vec::new(),
             output: None,
             readout_ntk_coef: None,
             deferred: None,
@@ -530,6 +546,62 @@ impl Program {
         ))
     }
 
+    /// LayerNorm without affine parameters or ε: (x − mean(x)) / std(x), the mean and
+    /// the (biased) standard deviation taken over the n coordinates of each sample.
+    ///
+    /// # Errors
+    /// A foreign handle, or a variable that is not one hidden vector (input columns or
+    /// a concatenation).
+    pub fn layer_norm(&mut self, x: Var) -> Result<Var> {
+        let x = self.check_var("layer_norm input", x)?;
+        self.check_single_hidden("layer_norm input", x)?;
+        Ok(self.push(Op::LayerNorm { input: x }, Width::Hidden(1)))
+    }
+
+    /// Softmax attention with 1/n logits, one output per query:
+    /// y_t = Σ_s softmax_s(q_t·k_s / n) v_s, n the width of the queries and keys (not
+    /// 1/√n: Tensor Programs II's scaling, whose limit is non-trivial when queries and
+    /// keys are tied). Queries, keys and values may be the same variables.
+    ///
+    /// # Errors
+    /// An empty list, keys and values of different lengths, a foreign handle, or a
+    /// variable that is not one hidden vector.
+    pub fn attention(&mut self, queries: &[Var], keys: &[Var], values: &[Var]) -> Result<Vec<Var>> {
+        if queries.is_empty() || keys.is_empty() {
+            return Err(empty("attention"));
+        }
+        if keys.len() != values.len() {
+            return Err(Error::InvalidParameter {
+                parameter: "attention values",
+                value: format!("{} values for {} keys", values.len(), keys.len()),
+                reason: "every key needs one value",
+            });
+        }
+        let mut lists = [Vec::new(), Vec::new(), Vec::new()];
+        for (list, (name, vars)) in lists.iter_mut().zip([
+            ("attention query", queries),
+            ("attention key", keys),
+            ("attention value", values),
+        ]) {
+            for &v in vars {
+                let v = self.check_var(name, v)?;
+                self.check_single_hidden(name, v)?;
+                list.push(v);
+            }
+        }
+        let [queries, keys, values] = lists;
+        let block = self.attentions.len();
+        let count = queries.len();
+        self.attentions.push(AttentionDecl {
+            queries,
+            keys,
+            values,
+        });
+        Ok((0..count)
+            .map(|query| self.push(Op::Attend { block, query }, Width::Hidden(1)))
+            .collect())
+    }
+
     /// The readout f = (σ_v/√fan_in) vᵀ z with v ~ N(0, 1): one output, no bias.
     /// A program has one readout, and its vector v is used only there (the condition
     /// under which Tensor Programs II's infinite-width NTK is exact).
@@ -668,8 +740,8 @@ impl Program {
                 c
             }
             Op::Apply { activation, input } => activation.apply(&self.fixed_value(*input, x, memo)),
-            Op::Dense { .. } | Op::AddBias { .. } => {
-                unreachable!("dense and bias outputs have hidden width")
+            Op::Dense { .. } | Op::AddBias { .. } | Op::LayerNorm { .. } | Op::Attend { .. } => {
+                unreachable!("dense, bias, layer-norm and attention outputs have hidden width")
             }
         };
         memo.insert(v, value.clone());
@@ -703,6 +775,18 @@ impl Program {
             return Err(foreign("bias", "bias", b.index));
         }
         Ok(b.index)
+    }
+
+    /// Errors unless variable `v` is one hidden vector (width n).
+    fn check_single_hidden(&self, parameter: &'static str, v: usize) -> Result<()> {
+        match self.nodes[v].width {
+            Width::Hidden(1) => Ok(()),
+            other => Err(Error::InvalidParameter {
+                parameter,
+                value: format!("variable {v} of width {}", other.describe()),
+                reason: "must be one hidden vector (width n)",
+            }),
+        }
     }
 
     fn same_width(&self, op: &'static str, parts: &[Var]) -> Result<(Vec<usize>, Width)> {

@@ -58,9 +58,11 @@ pub struct ProgramNetwork<T: Scalar> {
     readout_bias: Option<DVector<T>>,
 }
 
-/// The values of every variable on a batch (N × columns), `None` where not needed.
+/// The values of every variable on a batch (N × columns), the attention weights of
+/// every attention block (per query, N × keys), and the outputs.
 struct Forward<T: Scalar> {
     values: Vec<DMatrix<T>>,
+    attention: Vec<Vec<DMatrix<T>>>,
     output: DMatrix<T>,
 }
 
@@ -145,6 +147,7 @@ impl<T: Scalar> ProgramNetwork<T> {
     fn forward_pass(&self, x: &DMatrix<T>) -> Forward<T> {
         let n = x.nrows();
         let mut values: Vec<DMatrix<T>> = Vec::with_capacity(self.program.nodes.len());
+        let mut attention: Vec<Vec<DMatrix<T>>> = vec![Vec::new(); self.program.attentions.len()];
         for node in &self.program.nodes {
             let value = match &node.op {
                 Op::Input(cols) => x.columns(cols.start, cols.len()).into_owned(),
@@ -176,6 +179,26 @@ impl<T: Scalar> ProgramNetwork<T> {
                     c
                 }
                 Op::Apply { activation, input } => activation.apply(&values[*input]),
+                Op::LayerNorm { input } => layer_norm(&values[*input]),
+                Op::Attend { block, query } => {
+                    let decl = &self.program.attentions[*block];
+                    if attention[*block].is_empty() {
+                        attention[*block] = decl
+                            .queries
+                            .iter()
+                            .map(|&q| attention_weights(&values[q], &decl.keys, &values))
+                            .collect();
+                    }
+                    let a = &attention[*block][*query];
+                    let mut y = DMatrix::<T>::zeros(n, values[decl.values[0]].ncols());
+                    for (s, &v) in decl.values.iter().enumerate() {
+                        let w = a.column(s);
+                        for (mut yc, vc) in y.column_iter_mut().zip(values[v].column_iter()) {
+                            yc.zip_zip_apply(&vc, &w, |y, v, w| *y += w * v);
+                        }
+                    }
+                    y
+                }
             };
             values.push(value);
         }
@@ -192,7 +215,11 @@ impl<T: Scalar> ProgramNetwork<T> {
                 col.add_scalar_mut(s * bc);
             }
         }
-        Forward { values, output }
+        Forward {
+            values,
+            attention,
+            output,
+        }
     }
 
     /// ∂f/∂(every variable): N × (k·columns), column block c for output c; `None` for
@@ -258,6 +285,16 @@ impl<T: Scalar> ProgramNetwork<T> {
                         offset += m;
                     }
                 }
+                Op::LayerNorm { input } => {
+                    let dx = layer_norm_backward(&fwd.values[*input], &fwd.values[i], &g, k);
+                    add_into(&mut grads[*input], &dx, T::one());
+                }
+                Op::Attend { block, query } => {
+                    let decl = &self.program.attentions[*block];
+                    let a = &fwd.attention[*block][*query];
+                    let q = decl.queries[*query];
+                    self.attention_backward(a, q, decl, fwd, &g, &mut grads);
+                }
                 Op::Apply { activation, input } => {
                     if let Width::Hidden(_) = nodes[*input].width {
                         let d = fwd.values[*input].map(|v| activation.derivative(v));
@@ -273,6 +310,65 @@ impl<T: Scalar> ProgramNetwork<T> {
             grads[i] = Some(g);
         }
         grads
+    }
+
+    /// Adds what the output gradient `g` of one attention output (query `q`, weights
+    /// `a`, N × keys) sends back to its values, its query and its keys, gradients
+    /// through the softmax included: with dA_s = g·v_s and dL_s = A_s (dA_s − Σ_r A_r dA_r),
+    /// dv_s += A_s g, dq += Σ_s dL_s k_s / n, dk_s += dL_s q / n (per sample and output).
+    fn attention_backward(
+        &self,
+        a: &DMatrix<T>,
+        q: usize,
+        decl: &super::AttentionDecl,
+        fwd: &Forward<T>,
+        g: &DMatrix<T>,
+        grads: &mut [Option<DMatrix<T>>],
+    ) {
+        let (n, k) = (a.nrows(), self.readout.outputs);
+        let m = fwd.values[q].ncols();
+        let inv_m = T::one() / T::from_usize(m).unwrap_or_else(T::one);
+        let keys = decl.keys.len();
+        for c in 0..k {
+            let gc = g.columns(c * m, m);
+            let mut dl = DMatrix::<T>::zeros(n, keys);
+            for (s, &v) in decl.values.iter().enumerate() {
+                for i in 0..n {
+                    dl[(i, s)] = gc.row(i).dot(&fwd.values[v].row(i));
+                }
+            }
+            for i in 0..n {
+                let mean: T = (0..keys)
+                    .map(|s| a[(i, s)] * dl[(i, s)])
+                    .fold(T::zero(), |x, y| x + y);
+                for s in 0..keys {
+                    dl[(i, s)] = a[(i, s)] * (dl[(i, s)] - mean) * inv_m;
+                }
+            }
+            for (s, (&v, &key)) in decl.values.iter().zip(&decl.keys).enumerate() {
+                let dv = grad_slot(&mut grads[v], n, k * m);
+                for i in 0..n {
+                    let w = a[(i, s)];
+                    for j in 0..m {
+                        dv[(i, c * m + j)] += w * gc[(i, j)];
+                    }
+                }
+                let dk = grad_slot(&mut grads[key], n, k * m);
+                for i in 0..n {
+                    let w = dl[(i, s)];
+                    for j in 0..m {
+                        dk[(i, c * m + j)] += w * fwd.values[q][(i, j)];
+                    }
+                }
+                let dq = grad_slot(&mut grads[q], n, k * m);
+                for i in 0..n {
+                    let w = dl[(i, s)];
+                    for j in 0..m {
+                        dq[(i, c * m + j)] += w * fwd.values[key][(i, j)];
+                    }
+                }
+            }
+        }
     }
 
     /// The tangent features of every group from one forward and one backward pass.
@@ -350,6 +446,70 @@ impl<T: Scalar> ProgramNetwork<T> {
         });
         out
     }
+}
+
+/// LayerNorm of every row: (x − mean) / std (biased std, no ε).
+fn layer_norm<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
+    let m = T::from_usize(x.ncols()).unwrap_or_else(T::one);
+    let mut z = x.clone();
+    for mut row in z.row_iter_mut() {
+        let mean = row.sum() / m;
+        row.add_scalar_mut(-mean);
+        let sd = (row.norm_squared() / m).sqrt();
+        row /= sd;
+    }
+    z
+}
+
+/// ∂f/∂x from ∂f/∂z for z = LayerNorm(x), per row and output block:
+/// dx = (dz − mean(dz) − z mean(dz ⊙ z)) / std(x).
+fn layer_norm_backward<T: Scalar>(
+    x: &DMatrix<T>,
+    z: &DMatrix<T>,
+    g: &DMatrix<T>,
+    k: usize,
+) -> DMatrix<T> {
+    let m = x.ncols();
+    let mf = T::from_usize(m).unwrap_or_else(T::one);
+    let mut dx = DMatrix::<T>::zeros(g.nrows(), g.ncols());
+    for i in 0..x.nrows() {
+        let row = x.row(i);
+        let mean = row.sum() / mf;
+        let sd = (row.map(|v| (v - mean) * (v - mean)).sum() / mf).sqrt();
+        for c in 0..k {
+            let dz = g.view((i, c * m), (1, m));
+            let zi = z.row(i);
+            let mean_dz = dz.sum() / mf;
+            let mean_dzz = dz.component_mul(&zi).sum() / mf;
+            for j in 0..m {
+                dx[(i, c * m + j)] = (dz[(0, j)] - mean_dz - zi[j] * mean_dzz) / sd;
+            }
+        }
+    }
+    dx
+}
+
+/// Softmax over the keys of q·k_s / n for every sample: N × keys.
+fn attention_weights<T: Scalar>(
+    q: &DMatrix<T>,
+    keys: &[usize],
+    values: &[DMatrix<T>],
+) -> DMatrix<T> {
+    let n = q.ncols();
+    let inv = T::one() / T::from_usize(n).unwrap_or_else(T::one);
+    let mut a = DMatrix::<T>::zeros(q.nrows(), keys.len());
+    for (s, &key) in keys.iter().enumerate() {
+        for i in 0..q.nrows() {
+            a[(i, s)] = q.row(i).dot(&values[key].row(i)) * inv;
+        }
+    }
+    for mut row in a.row_iter_mut() {
+        let max = row.max();
+        row.apply(|v| *v = (*v - max).exp());
+        let total = row.sum();
+        row /= total;
+    }
+    a
 }
 
 /// The sum of the variables `parts`.

@@ -12,3 +12,4 @@ mod infinite;
 mod parallel;
 mod program;
 mod train;
+mod transformer;
