@@ -12,6 +12,12 @@
 //! mean of the states (quadratic).
 //! `programs/mlp/1024`: `Program::from(&spec)` against the fused MLP engine on the
 //! infinite-width benchmark's MLP.
+//! `programs/transformer/T`: Tensor Programs II's one-layer ReLU Transformer (tied 1/n
+//! attention, LayerNorm, an MLP block, mean pooling) on N = 128 sequences of T tokens
+//! of dimension 3. Cost model: per pair of sequences O(T²) Gaussian expectations and
+//! O(T³) for the attention products (C^y = (A+I) C^k (Ā+I)ᵀ, never a dense (NT)×(NT)
+//! product), so T = 16 should take about 8× T = 8. Baseline: the Gram matrix of all
+//! N·T tokens, the input work every method needs.
 
 use std::hint::black_box;
 
@@ -160,5 +166,66 @@ fn mlp(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cnn_infinite, cnn_empirical, rnn_length, mlp);
+/// Tensor Programs II's one-layer Transformer over `tokens` tokens of dimension 3.
+fn transformer(tokens: usize) -> Program {
+    let d = 3;
+    let mut p = Program::new(tokens * d);
+    let (u, w1, w2) = (
+        p.weight(1.0).expect("σ"),
+        p.weight(1.0).expect("σ"),
+        p.weight(1.0).expect("σ"),
+    );
+    let keys: Vec<Var> = (0..tokens)
+        .map(|t| {
+            let x = p.input(t * d..(t + 1) * d).expect("token");
+            p.dense(u, x).expect("dense")
+        })
+        .collect();
+    let attended = p.attention(&keys, &keys, &keys).expect("attention");
+    let mut outs = Vec::new();
+    for (y, k) in attended.into_iter().zip(&keys) {
+        let y = p.add(&[y, *k]).expect("add");
+        let z = p.layer_norm(y).expect("layer norm");
+        let g = p.dense(w1, z).expect("dense");
+        let a = p.apply(Activation::Relu, g).expect("relu");
+        let h = p.dense(w2, a).expect("dense");
+        let s = p.add(&[h, z]).expect("add");
+        outs.push(p.layer_norm(s).expect("layer norm"));
+    }
+    let pooled = p.mean(&outs).expect("mean");
+    p.output(pooled, 1.0).expect("readout");
+    p
+}
+
+fn transformer_length(c: &mut Criterion) {
+    let n = 128;
+    let mut group = c.benchmark_group("programs");
+    group.sample_size(10);
+    for tokens in [8, 16] {
+        let p = transformer(tokens);
+        let x = inputs(n, 3 * tokens);
+        group.bench_with_input(BenchmarkId::new("transformer", tokens), &x, |b, x| {
+            b.iter(|| infinite_width(&p, black_box(x), black_box(x)).expect("kernels"));
+        });
+        let all_tokens =
+            DMatrix::from_fn(n * tokens, 3, |r, j| x[(r / tokens, (r % tokens) * 3 + j)]);
+        group.bench_with_input(
+            BenchmarkId::new("baseline_token_gram", tokens),
+            &all_tokens,
+            |b, t| {
+                b.iter(|| black_box(t) * black_box(t).transpose());
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    cnn_infinite,
+    cnn_empirical,
+    rnn_length,
+    mlp,
+    transformer_length
+);
 criterion_main!(benches);

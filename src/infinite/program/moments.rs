@@ -12,6 +12,13 @@ use crate::infinite::tape::{Tape, Term, Val};
 /// A term c·a·b of a sum whose two factors carry the monomials m(x) and m'(x̄).
 type Scaled = (f64, Mono, Mono, Val, Option<Val>);
 
+/// When both combinations of a pair have at least this many terms, the pair is
+/// expanded one side at a time: M(a, Σ_j c_j m_j b_j) = Σ_j c_j m_j(x̄) M(a, b_j), with
+/// M(a, b_j) memoised. Attention's outputs share their value atoms, so this turns the
+/// T² terms of each of the T² token pairs into T² shared halves of T terms each:
+/// O(T³) per sample pair, the cost of the matrix products C^y = (A+I) C^k (Ā+I)ᵀ.
+const FACTOR: usize = 3;
+
 impl Compiler<'_> {
     // ---------------------------------------------------------------- tangents
 
@@ -47,6 +54,17 @@ impl Compiler<'_> {
         }
         let ta = self.hlin.get(a);
         let tb = self.hlin.get(b);
+        if ta.len() >= FACTOR && tb.len() >= FACTOR {
+            let mut items = Vec::with_capacity(tb.len());
+            for &((y, my), cy) in tb.iter() {
+                let single = self.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                let v = self.tangent(a, single)?;
+                items.push((coef(cy), ONE, my, v, None));
+            }
+            let v = self.scaled_sum(Mode::Cross, items)?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
         let mut items: Vec<Scaled> = Vec::new();
         for &((x, mx), cx) in ta.iter() {
             for &((y, my), cy) in tb.iter() {
@@ -94,6 +112,17 @@ impl Compiler<'_> {
         }
         let tg = self.glin.get(g);
         let th = self.glin.get(h);
+        if tg.len() >= FACTOR && th.len() >= FACTOR {
+            let mut items = Vec::with_capacity(th.len());
+            for &((y, my), cy) in th.iter() {
+                let single = self.single(y);
+                let v = self.tangent_lin(g, single)?;
+                items.push((coef(cy), ONE, my, v, None));
+            }
+            let v = self.scaled_sum(Mode::Cross, items)?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
         let mut items = Vec::new();
         for &((x, mx), cx) in tg.iter() {
             for &((y, my), cy) in th.iter() {
@@ -218,6 +247,17 @@ impl Compiler<'_> {
         }
         let ta = self.blin.get(a);
         let tb = self.blin.get(b);
+        if ta.len() >= FACTOR && tb.len() >= FACTOR {
+            let mut items = Vec::with_capacity(tb.len());
+            for &((y, my), cy) in tb.iter() {
+                let single = self.blin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                let v = self.grad_moment(a, single)?;
+                items.push((coef(cy), ONE, my, v, None));
+            }
+            let v = self.scaled_sum(Mode::Cross, items)?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
         let mut items = Vec::new();
         for &((x, mx), cx) in ta.iter() {
             for &((y, my), cy) in tb.iter() {
@@ -364,6 +404,17 @@ impl Compiler<'_> {
         }
         let ta = self.hlin.get(a);
         let tb = self.hlin.get(b);
+        if ta.len() >= FACTOR && tb.len() >= FACTOR {
+            let mut items = Vec::with_capacity(tb.len());
+            for &((y, my), cy) in tb.iter() {
+                let single = self.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                let v = self.moment(a, single, mode)?;
+                items.push((coef(cy), ONE, my, v, None));
+            }
+            let v = self.scaled_sum(mode, items)?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
         let mut items = Vec::new();
         for &((x, mx), cx) in ta.iter() {
             for &((y, my), cy) in tb.iter() {
@@ -448,6 +499,17 @@ impl Compiler<'_> {
         }
         let tg = self.glin.get(g);
         let th = self.glin.get(h);
+        if tg.len() >= FACTOR && th.len() >= FACTOR {
+            let mut items = Vec::with_capacity(th.len());
+            for &((y, my), cy) in th.iter() {
+                let single = self.single(y);
+                let v = self.cov(g, single, mode)?;
+                items.push((coef(cy), ONE, my, v, None));
+            }
+            let v = self.scaled_sum(mode, items)?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
         let mut items = Vec::new();
         for &((x, mx), cx) in tg.iter() {
             for &((y, my), cy) in th.iter() {
