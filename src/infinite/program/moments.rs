@@ -20,6 +20,22 @@ type Scaled = (f64, Mono, Mono, Val, Option<Val>);
 const FACTOR: usize = 3;
 
 impl Compiler<'_> {
+    /// Σ_j c_j m_j(x̄) half(b_j) over the terms of the second combination: a pair of
+    /// long combinations expanded one side at a time (see [`FACTOR`]).
+    fn one_side_at_a_time<K: Copy>(
+        &mut self,
+        terms: &[((K, Mono), super::forms::Coef)],
+        mode: Mode,
+        mut half: impl FnMut(&mut Self, K) -> Result<Val>,
+    ) -> Result<Val> {
+        let mut items = Vec::with_capacity(terms.len());
+        for &((y, my), cy) in terms {
+            let v = half(self, y)?;
+            items.push((coef(cy), ONE, my, v, None));
+        }
+        self.scaled_sum(mode, items)
+    }
+
     // ---------------------------------------------------------------- tangents
 
     /// T(a, b̄) = lim Σ_θ ∂a_α/∂θ ∂b̄_α/∂θ of two forms of equal width (the tangent
@@ -55,13 +71,10 @@ impl Compiler<'_> {
         let ta = self.hlin.get(a);
         let tb = self.hlin.get(b);
         if ta.len() >= FACTOR && tb.len() >= FACTOR {
-            let mut items = Vec::with_capacity(tb.len());
-            for &((y, my), cy) in tb.iter() {
-                let single = self.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
-                let v = self.tangent(a, single)?;
-                items.push((coef(cy), ONE, my, v, None));
-            }
-            let v = self.scaled_sum(Mode::Cross, items)?;
+            let v = self.one_side_at_a_time(&tb, Mode::Cross, |c, y| {
+                let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                c.tangent(a, single)
+            })?;
             self.memo.insert(key, v);
             return Ok(v);
         }
@@ -113,13 +126,10 @@ impl Compiler<'_> {
         let tg = self.glin.get(g);
         let th = self.glin.get(h);
         if tg.len() >= FACTOR && th.len() >= FACTOR {
-            let mut items = Vec::with_capacity(th.len());
-            for &((y, my), cy) in th.iter() {
-                let single = self.single(y);
-                let v = self.tangent_lin(g, single)?;
-                items.push((coef(cy), ONE, my, v, None));
-            }
-            let v = self.scaled_sum(Mode::Cross, items)?;
+            let v = self.one_side_at_a_time(&th, Mode::Cross, |c, y| {
+                let single = c.single(y);
+                c.tangent_lin(g, single)
+            })?;
             self.memo.insert(key, v);
             return Ok(v);
         }
@@ -248,13 +258,10 @@ impl Compiler<'_> {
         let ta = self.blin.get(a);
         let tb = self.blin.get(b);
         if ta.len() >= FACTOR && tb.len() >= FACTOR {
-            let mut items = Vec::with_capacity(tb.len());
-            for &((y, my), cy) in tb.iter() {
-                let single = self.blin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
-                let v = self.grad_moment(a, single)?;
-                items.push((coef(cy), ONE, my, v, None));
-            }
-            let v = self.scaled_sum(Mode::Cross, items)?;
+            let v = self.one_side_at_a_time(&tb, Mode::Cross, |c, y| {
+                let single = c.blin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                c.grad_moment(a, single)
+            })?;
             self.memo.insert(key, v);
             return Ok(v);
         }
@@ -405,13 +412,10 @@ impl Compiler<'_> {
         let ta = self.hlin.get(a);
         let tb = self.hlin.get(b);
         if ta.len() >= FACTOR && tb.len() >= FACTOR {
-            let mut items = Vec::with_capacity(tb.len());
-            for &((y, my), cy) in tb.iter() {
-                let single = self.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
-                let v = self.moment(a, single, mode)?;
-                items.push((coef(cy), ONE, my, v, None));
-            }
-            let v = self.scaled_sum(mode, items)?;
+            let v = self.one_side_at_a_time(&tb, mode, |c, y| {
+                let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                c.moment(a, single, mode)
+            })?;
             self.memo.insert(key, v);
             return Ok(v);
         }
@@ -500,13 +504,10 @@ impl Compiler<'_> {
         let tg = self.glin.get(g);
         let th = self.glin.get(h);
         if tg.len() >= FACTOR && th.len() >= FACTOR {
-            let mut items = Vec::with_capacity(th.len());
-            for &((y, my), cy) in th.iter() {
-                let single = self.single(y);
-                let v = self.cov(g, single, mode)?;
-                items.push((coef(cy), ONE, my, v, None));
-            }
-            let v = self.scaled_sum(mode, items)?;
+            let v = self.one_side_at_a_time(&th, mode, |c, y| {
+                let single = c.single(y);
+                c.cov(g, single, mode)
+            })?;
             self.memo.insert(key, v);
             return Ok(v);
         }
