@@ -341,13 +341,13 @@ fn group_kernels_sum_to_the_limit_and_approach_it() {
         .fold(DMatrix::zeros(4, 4), |acc, l| acc + l.total());
     assert!(rel_err(&sum, &limit.ntk) < prec::EXACT_F64);
     let net = p
-        .init::<f64, _>(4096, &mut StdRng::seed_from_u64(9))
+        .init::<f64, _>(1024, &mut StdRng::seed_from_u64(9))
         .unwrap();
     let finite = net.layer_kernels(&x, &x).unwrap();
     assert_eq!(finite.len(), groups.len());
     for (g, (a, b)) in finite.iter().zip(&groups).enumerate() {
         let err = rel_err(&a.total(), &b.total());
-        assert!(err < 0.1, "group {g}: {err}");
+        assert!(err < 0.15, "group {g}: {err}");
     }
 }
 
