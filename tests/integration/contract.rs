@@ -199,6 +199,10 @@ pub type Named = Vec<(String, DMatrix<f64>)>;
 /// - the x1 = x2 path against the general path: κ(L, L) is the first columns of
 ///   κ(L, [L; x2]).
 ///
+/// Where a path computes the upper triangle of κ(x, x) and mirrors it, the symmetry
+/// check cannot fail; the transposition, equal-size and mirrored-vs-general checks
+/// are the ones that can.
+///
 /// `tol` bounds every comparison (relative Frobenius) and the symmetry. Returns the
 /// worst relative error.
 pub fn check_kernel_fn(
@@ -210,8 +214,17 @@ pub fn check_kernel_fn(
     let Batches { x1, x2, x3, large } = batches;
     let n1 = x1.nrows();
     let mut worst = 0.0_f64;
+    let count = std::cell::Cell::new(None);
     let eval = |what: &str, a: &DMatrix<f64>, b: &DMatrix<f64>| -> Result<Named, Violation> {
         let ks = ok(what, kernel(a, b))?;
+        let expected = count.get().unwrap_or(ks.len());
+        count.set(Some(expected));
+        if ks.len() != expected {
+            return Err(violation(
+                format!("number of kernels of {what}"),
+                format!("{}, other batches give {expected}", ks.len()),
+            ));
+        }
         for (name, k) in &ks {
             if k.shape() != (a.nrows() * m, b.nrows() * m) {
                 return Err(violation(
@@ -383,8 +396,9 @@ impl<M: NtkModel<f64>> NtkModel<f64> for SharedPass<'_, M> {
 /// 8. **Kernel function**: [`check_kernel_fn`] on the traced kernel, the full kernel
 ///    and every group's terms (transposition, symmetric PSD, equal-size batches,
 ///    subsets, the x1 = x2 path against the general one).
-/// 9. **Blocks**: `empirical_ntk_block` tiles (thirds of the large batch, and a tile
-///    of (x1, x2)) are the blocks of `empirical_ntk`.
+/// 9. **Blocks**: `empirical_ntk_block` tiles of the large batch (cut after a third,
+///    with a one-row strip) assemble into `empirical_ntk`, and a tile of (x1, x2) is
+///    its block.
 ///
 /// # Errors
 /// The first violated check, naming it and the error observed.

@@ -408,6 +408,65 @@ fn custom_models_satisfy_the_kernel_contract() {
     );
 }
 
+/// The tied residual network with a wrong gradient: the shared bias c keeps only its
+/// last use's term (what `b = …` for `b += …` over the uses would give).
+#[derive(Clone)]
+struct LastUseBiasGradient(TiedResidual);
+
+impl NtkModel<f64> for LastUseBiasGradient {
+    fn input_dim(&self) -> usize {
+        self.0.input_dim()
+    }
+    fn output_dim(&self) -> usize {
+        self.0.output_dim()
+    }
+    fn parameter_count(&self) -> usize {
+        self.0.parameter_count()
+    }
+    fn parameters(&self) -> DVector<f64> {
+        self.0.parameters()
+    }
+    fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
+        self.0.set_parameters(params)
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        self.0.forward(x)
+    }
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        self.0.layer_tangents(x)
+    }
+    fn vjp(&self, x: &DMatrix<f64>, cotangent: &DMatrix<f64>) -> ntk::Result<DVector<f64>> {
+        let mut grad = self.0.vjp(x, cotangent)?;
+        let (d, n, k) = (self.0.d, self.0.n, self.0.k);
+        let (_, _, sc, _) = self.0.scales();
+        let tangents = self.0.layer_tangents(x)?;
+        let LayerTangent::Dense { uses, .. } = &tangents[1] else {
+            unreachable!("group 1 is B and c")
+        };
+        // c follows A (n × d) and B (n × n); remove every use's term but the last.
+        for u in &uses[..uses.len() - 1] {
+            for a in 0..n {
+                let term: f64 = (0..x.nrows())
+                    .flat_map(|i| (0..k).map(move |c| (i, c)))
+                    .map(|(i, c)| cotangent[(i, c)] * u.output_grad[(i, c * n + a)])
+                    .sum();
+                grad[n * d + n * n + a] -= sc * term;
+            }
+        }
+        Ok(grad)
+    }
+}
+
+/// The contract can fail where the suite once could not: it rejects a shared bias
+/// whose gradient keeps only its last use, through its `vjp` check.
+#[test]
+fn contract_rejects_a_shared_bias_gradient_from_one_use() {
+    let wrong = LastUseBiasGradient(TiedResidual::new(3, 6, 2, 5));
+    let violation = contract::check_ntk_model(&wrong, &Batches::random(3, 50))
+        .expect_err("a wrong gradient must violate the contract");
+    assert!(violation.check.starts_with("vjp"), "{violation}");
+}
+
 /// The control: without the cross-use terms of the shared B and c the kernel is
 /// wrong by far more than the finite-difference tolerance, so the test above is
 /// sensitive to them.
