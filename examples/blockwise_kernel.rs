@@ -153,14 +153,23 @@ fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
 }
 
 /// The data set: N points on the sphere of radius √d in d = 32 dimensions.
-fn inputs(n: usize) -> DMatrix<f64> {
+/// An allocation that cannot succeed is an error naming `--n`, not an abort.
+fn inputs(n: usize) -> Result<DMatrix<f64>> {
     let d = 32;
-    let mut x = DMatrix::from_fn(n, d, |i, j| ((i * 31 + j * 17) as f64 * 0.618).sin());
+    let mut values = Vec::new();
+    values.try_reserve_exact(n.saturating_mul(d)).map_err(|_| {
+        format!(
+            "--n {n}: cannot allocate the {n} × {d} inputs ({:.1} GB)",
+            n as f64 * 256e-9
+        )
+    })?;
+    values.extend((0..n * d).map(|k| (((k % n) * 31 + (k / n) * 17) as f64 * 0.618).sin()));
+    let mut x = DMatrix::from_vec(n, d, values);
     for mut row in x.row_iter_mut() {
         let norm = row.norm();
         row *= (d as f64).sqrt() / norm;
     }
-    x
+    Ok(x)
 }
 
 /// The output's directory must exist and the output must not be a directory.
@@ -279,7 +288,7 @@ fn run(args: Args) -> Result {
         .hidden(512, Activation::Relu)
         .hidden(512, Activation::Relu);
     let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(42))?;
-    let x = inputs(args.n);
+    let x = inputs(args.n)?;
 
     let out = match (&args.out, args.direct) {
         (Some(path), _) => path.clone(),
