@@ -3,82 +3,238 @@
 //!
 //! ```sh
 //! # all tiles in this process (rayon runs the tiles' rows in parallel):
-//! cargo run --release --example blockwise_kernel -- --n 4096 --tile 1024 --out target/theta.f64
-//! # one task of a job array of 4 (e.g. --task "$SLURM_ARRAY_TASK_ID"):
+//! cargo run --release --example blockwise_kernel -- --n 4096 --tile 1024 --out target/theta.npy
+//! # one task of a job array of 4 (e.g. --task "$SLURM_ARRAY_TASK_ID"), then a check:
 //! cargo run --release --example blockwise_kernel -- --n 4096 --tile 1024 --tasks 4 --task 2
+//! cargo run --release --example blockwise_kernel -- --n 4096 --tile 1024 --check
 //! # the whole kernel in memory at once, to measure peak memory:
 //! /usr/bin/time -v cargo run --release --example blockwise_kernel -- --n 16384 --direct
 //! ```
 //!
-//! The file holds Θ as N × N little-endian `f64`, row-major. Tiles (I, J) with I ≤ J
-//! are dealt round-robin to tasks; each writes its tile and, off the diagonal, the
-//! mirrored tile. After all tasks, `--verify` recomputes a few tiles directly and
-//! compares them with the file.
+//! The file is a NumPy `.npy` file (format version 1.0: a 128-byte header, then Θ as
+//! N × N little-endian `f64` in C order), which `numpy.load(path, mmap_mode='r')` opens
+//! without reading it; `--format raw` writes the values alone. Tiles (I, J) with I ≤ J
+//! are dealt round-robin to tasks; each task writes the same header (so the tasks
+//! may start in any order) and its tiles and, off the diagonal, their mirrors. When
+//! one process computes every tile, or with `--check` after all tasks, the corner tiles
+//! are recomputed directly and compared with the file (and, up to N = 4096, the whole
+//! file with the kernel computed at once).
+//!
+//! Every flag is checked before the output file is opened, and a task never truncates
+//! a file another task is writing: an existing file is only written into if its header
+//! (or, for raw output, its length) matches this run's N.
 
-use std::error::Error;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::{Parser, ValueEnum};
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{Activation, Mlp, MlpSpec, empirical_ntk, empirical_ntk_block};
 
+mod support;
+use support::{Context, Result};
+
+/// The empirical NTK of a 32 → 512 → 512 → 512 → 1 ReLU MLP (fixed seed) on N points,
+/// computed tile by tile into a .npy file, as the tasks of a cluster job array would.
+#[derive(Parser)]
 struct Args {
+    /// Number of points N; the kernel is N × N.
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     n: usize,
+    /// Rows and columns per tile.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one)]
     tile: usize,
+    /// Number of tasks the tiles are dealt to.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     tasks: usize,
+    /// This task's index, 0 ≤ TASK < TASKS (e.g. "$SLURM_ARRAY_TASK_ID"). Without it,
+    /// this process computes every tile.
+    #[arg(long)]
     task: Option<usize>,
-    out: String,
+    /// The output file [default: target/theta.npy; with --direct, none].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// File format: npy (header, then C-order float64) or raw (float64 only).
+    #[arg(long, value_enum, default_value_t = Format::Npy)]
+    format: Format,
+    /// Only check an existing file against direct computations (after all tasks).
+    #[arg(long, conflicts_with_all = ["task", "direct"])]
+    check: bool,
+    /// Skip the check after computing every tile in this process.
+    #[arg(long)]
+    no_check: bool,
+    /// Compute the whole kernel in memory at once (to measure peak memory, or as the
+    /// reference for a tiled file); writes it only if --out is given.
+    #[arg(long, conflicts_with_all = ["task", "tasks", "tile"])]
     direct: bool,
-    verify: bool,
 }
 
-fn parse() -> Result<Args, Box<dyn Error>> {
-    let mut a = Args {
-        n: 4096,
-        tile: 1024,
-        tasks: 1,
-        task: None,
-        out: "target/theta.f64".into(),
-        direct: false,
-        verify: true,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--n" => a.n = value()?.parse()?,
-            "--tile" => a.tile = value()?.parse()?,
-            "--tasks" => a.tasks = value()?.parse()?,
-            "--task" => a.task = Some(value()?.parse()?),
-            "--out" => a.out = value()?,
-            "--direct" => a.direct = true,
-            "--no-verify" => a.verify = false,
-            other => return Err(format!("unknown flag {other}").into()),
-        }
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// NumPy .npy, version 1.0: `numpy.load(path, mmap_mode='r')`.
+    Npy,
+    /// N × N little-endian f64, row-major, no header:
+    /// `numpy.memmap(path, dtype='<f8', mode='r', shape=(n, n))`.
+    Raw,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Npy => "npy",
+            Format::Raw => "raw",
+        })
     }
-    if a.tile == 0 || a.tasks == 0 {
-        return Err("--tile and --tasks must be at least 1".into());
+}
+
+fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("must be a whole number ({e})")),
     }
-    Ok(a)
+}
+
+fn main() -> ExitCode {
+    support::report(run(Args::parse()))
+}
+
+/// Where the kernel's values start and how many bytes the file has.
+struct Layout {
+    n: usize,
+    header: Vec<u8>,
+    len: u64,
+}
+
+impl Layout {
+    /// Checks that an N × N f64 kernel fits in a file and builds its header.
+    fn new(n: usize, format: Format) -> Result<Self> {
+        let bytes = n
+            .checked_mul(n)
+            .and_then(|v| v.checked_mul(8))
+            .ok_or_else(|| format!("--n {n} is too large: N × N × 8 bytes overflow"))?;
+        let header = match format {
+            Format::Npy => npy_header(n, n),
+            Format::Raw => Vec::new(),
+        };
+        Ok(Layout {
+            n,
+            len: (header.len() + bytes) as u64,
+            header,
+        })
+    }
+
+    /// Byte offset of entry (row, col).
+    fn offset(&self, row: usize, col: usize) -> u64 {
+        (self.header.len() + (row * self.n + col) * 8) as u64
+    }
+}
+
+/// The header of a NumPy .npy file, format version 1.0, for a C-order `rows × cols`
+/// array of little-endian f64: the magic string, the version, the header length, and
+/// a Python dict literal padded with spaces and a newline so that the values start at
+/// a multiple of 64 bytes (numpy's `lib.format` specification).
+fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let unpadded = 6 + 2 + 2 + dict.len() + 1;
+    let total = unpadded.div_ceil(64) * 64;
+    let mut header = Vec::with_capacity(total);
+    header.extend_from_slice(b"\x93NUMPY\x01\x00");
+    let dict_len = u16::try_from(total - 10).expect("a 2-D shape fits in a v1.0 header");
+    header.extend_from_slice(&dict_len.to_le_bytes());
+    header.extend_from_slice(dict.as_bytes());
+    header.resize(total - 1, b' ');
+    header.push(b'\n');
+    header
 }
 
 /// The data set: N points on the sphere of radius √d in d = 32 dimensions.
-fn inputs(n: usize) -> DMatrix<f64> {
+/// An allocation that cannot succeed is an error naming `--n`, not an abort.
+fn inputs(n: usize) -> Result<DMatrix<f64>> {
     let d = 32;
-    let mut x = DMatrix::from_fn(n, d, |i, j| ((i * 31 + j * 17) as f64 * 0.618).sin());
+    let mut values = Vec::new();
+    values.try_reserve_exact(n.saturating_mul(d)).map_err(|_| {
+        format!(
+            "--n {n}: cannot allocate the {n} × {d} inputs ({:.1} GB)",
+            n as f64 * 256e-9
+        )
+    })?;
+    values.extend((0..n * d).map(|k| (((k % n) * 31 + (k / n) * 17) as f64 * 0.618).sin()));
+    let mut x = DMatrix::from_vec(n, d, values);
     for mut row in x.row_iter_mut() {
         let norm = row.norm();
         row *= (d as f64).sqrt() / norm;
     }
-    x
+    Ok(x)
 }
 
-/// Writes `tile` at rows `r0..`, columns `c0..` of the N × N row-major file.
+/// The output's directory must exist and the output must not be a directory.
+fn check_out_path(out: &Path) -> Result {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(format!(
+            "the directory of --out {} does not exist: {}",
+            out.display(),
+            dir.display()
+        )
+        .into());
+    }
+    if out.is_dir() {
+        return Err(format!("--out {} is a directory", out.display()).into());
+    }
+    Ok(())
+}
+
+/// Refuses to write into an existing file that holds something else: a task must not
+/// destroy another run's output, and all tasks of one run write the same header.
+fn check_existing(path: &Path, layout: &Layout, format: Format) -> Result {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // does not exist yet
+    };
+    if meta.len() == 0 {
+        return Ok(());
+    }
+    let what = match format {
+        Format::Npy => "a .npy file of this run's shape",
+        Format::Raw => "a raw kernel of this run's size",
+    };
+    let refuse = || -> Result {
+        Err(format!(
+            "--out {} exists and is not {what} ({} × {} f64); remove it or choose another path",
+            path.display(),
+            layout.n,
+            layout.n
+        )
+        .into())
+    };
+    match format {
+        Format::Raw if meta.len() != layout.len => refuse(),
+        Format::Raw => Ok(()),
+        Format::Npy => {
+            // Another task may be writing the header right now: what is there must
+            // be a prefix of ours.
+            let mut start = vec![0; layout.header.len().min(meta.len() as usize)];
+            File::open(path)
+                .and_then(|mut f| f.read_exact(&mut start))
+                .context(|| format!("cannot read --out {}", path.display()))?;
+            if meta.len() > layout.len || !layout.header.starts_with(&start) {
+                refuse()
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `tile` at rows `r0..`, columns `c0..`.
 fn write_tile(
-    file: &mut std::fs::File,
-    n: usize,
+    file: &mut File,
+    layout: &Layout,
     r0: usize,
     c0: usize,
     tile: &DMatrix<f64>,
@@ -89,7 +245,7 @@ fn write_tile(
         for v in tile.row(i).iter() {
             row.extend_from_slice(&v.to_le_bytes());
         }
-        file.seek(SeekFrom::Start((((r0 + i) * n + c0) * 8) as u64))?;
+        file.seek(SeekFrom::Start(layout.offset(r0 + i, c0)))?;
         file.write_all(&row)?;
     }
     Ok(())
@@ -97,15 +253,15 @@ fn write_tile(
 
 /// Reads the tile at rows `r0..r0+h`, columns `c0..c0+w`.
 fn read_tile(
-    file: &mut std::fs::File,
-    n: usize,
+    file: &mut File,
+    layout: &Layout,
     (r0, c0): (usize, usize),
     (h, w): (usize, usize),
 ) -> std::io::Result<DMatrix<f64>> {
     let mut tile = DMatrix::zeros(h, w);
     let mut buf = vec![0u8; w * 8];
     for i in 0..h {
-        file.seek(SeekFrom::Start((((r0 + i) * n + c0) * 8) as u64))?;
+        file.seek(SeekFrom::Start(layout.offset(r0 + i, c0)))?;
         file.read_exact(&mut buf)?;
         for (j, chunk) in buf.chunks_exact(8).enumerate() {
             tile[(i, j)] = f64::from_le_bytes(chunk.try_into().expect("8 bytes"));
@@ -114,18 +270,42 @@ fn read_tile(
     Ok(tile)
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let args = parse()?;
+fn run(args: Args) -> Result {
+    // Every flag is checked before the output is touched.
+    if let Some(t) = args.task
+        && t >= args.tasks
+    {
+        return Err(format!(
+            "--task {t} is out of range: with --tasks {} the tasks are numbered 0 to {}",
+            args.tasks,
+            args.tasks - 1
+        )
+        .into());
+    }
+    let layout = Layout::new(args.n, args.format)?;
     let spec = MlpSpec::new(32)
         .hidden(512, Activation::Relu)
         .hidden(512, Activation::Relu)
         .hidden(512, Activation::Relu);
     let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(42))?;
-    let x = inputs(args.n);
+    let x = inputs(args.n)?;
+
+    let out = match (&args.out, args.direct) {
+        (Some(path), _) => path.clone(),
+        (None, false) => PathBuf::from("target/theta.npy"),
+        (None, true) => PathBuf::new(),
+    };
+    let out = &out;
+    let writes = !args.direct || args.out.is_some();
+    if writes {
+        check_out_path(out)?;
+    }
 
     if args.direct {
         let start = Instant::now();
+        let spinner = support::spinner(format!("{0} × {0} kernel in memory", args.n));
         let theta = empirical_ntk(&net, &x, &x)?;
+        spinner.finish_and_clear();
         println!(
             "direct: N = {}, {:.2} s, trace {:.6e}, output {:.2} GB",
             args.n,
@@ -133,40 +313,87 @@ fn main() -> Result<(), Box<dyn Error>> {
             theta.trace(),
             (args.n * args.n * 8) as f64 / 1e9
         );
+        if writes {
+            let mut file =
+                File::create(out).context(|| format!("cannot create --out {}", out.display()))?;
+            file.write_all(&layout.header)
+                .and_then(|()| file.set_len(layout.len))
+                .and_then(|()| write_tile(&mut file, &layout, 0, 0, &theta))
+                .context(|| format!("cannot write --out {}", out.display()))?;
+            println!("wrote the kernel to {}", out.display());
+        }
         return Ok(());
     }
 
     let tiles = args.n.div_ceil(args.tile);
     let range = |t: usize| t * args.tile..((t + 1) * args.tile).min(args.n);
-    let pairs: Vec<(usize, usize)> = (0..tiles)
-        .flat_map(|i| (i..tiles).map(move |j| (i, j)))
-        .collect();
+
+    if args.check {
+        let mut file = File::open(out)
+            .context(|| format!("cannot open --out {} to check it", out.display()))?;
+        let len = file
+            .metadata()
+            .context(|| format!("cannot read --out {}", out.display()))?
+            .len();
+        let mut header = vec![0; layout.header.len()];
+        file.read_exact(&mut header)
+            .context(|| format!("cannot read the header of --out {}", out.display()))?;
+        if len != layout.len || header != layout.header {
+            return Err(format!(
+                "--out {} does not hold a {} × {} kernel in the {} format",
+                out.display(),
+                args.n,
+                args.n,
+                args.format
+            )
+            .into());
+        }
+        return check(&mut file, &layout, &net, &x, tiles, &range, out);
+    }
+
+    check_existing(out, &layout, args.format)?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&args.out)?;
-    file.set_len((args.n * args.n * 8) as u64)?;
+        .open(out)
+        .context(|| format!("cannot open --out {} for writing", out.display()))?;
+    file.write_all(&layout.header)
+        .and_then(|()| {
+            if file.metadata()?.len() < layout.len {
+                file.set_len(layout.len)?;
+            }
+            Ok(())
+        })
+        .context(|| format!("cannot write --out {}", out.display()))?;
 
-    let start = Instant::now();
+    let pairs: Vec<(usize, usize)> = (0..tiles)
+        .flat_map(|i| (i..tiles).map(move |j| (i, j)))
+        .collect();
     let mine: Vec<usize> = match args.task {
-        Some(t) if t >= args.tasks => {
-            return Err(format!("--task {t} >= --tasks {}", args.tasks).into());
-        }
         Some(t) => (t..pairs.len()).step_by(args.tasks).collect(),
         None => (0..pairs.len()).collect(),
     };
+    let start = Instant::now();
+    let bar = support::progress(mine.len() as u64, format!("tiles of {}", args.tile));
     for &p in &mine {
         let (i, j) = pairs[p];
         let (ri, rj) = (range(i), range(j));
         let tile = empirical_ntk_block(&net, &x, &x, ri.clone(), rj.clone())?;
-        write_tile(&mut file, args.n, ri.start, rj.start, &tile)?;
-        if i != j {
-            write_tile(&mut file, args.n, rj.start, ri.start, &tile.transpose())?;
-        }
+        write_tile(&mut file, &layout, ri.start, rj.start, &tile)
+            .and_then(|()| {
+                if i == j {
+                    return Ok(());
+                }
+                write_tile(&mut file, &layout, rj.start, ri.start, &tile.transpose())
+            })
+            .context(|| format!("cannot write tile ({i}, {j}) to --out {}", out.display()))?;
+        bar.inc(1);
     }
-    file.flush()?;
+    file.flush()
+        .context(|| format!("cannot write --out {}", out.display()))?;
+    bar.finish_and_clear();
     println!(
         "wrote {} of {} tiles ({} × {} kernel, tile {}) to {} in {:.2} s",
         mine.len(),
@@ -174,40 +401,72 @@ fn main() -> Result<(), Box<dyn Error>> {
         args.n,
         args.n,
         args.tile,
-        args.out,
+        out.display(),
         start.elapsed().as_secs_f64()
     );
 
-    if args.verify && args.task.is_none() {
-        // Spot-check: the first, last and a mirrored tile against a direct computation
-        // on just their rows and columns (a different code path: one call, no file).
-        let last = tiles - 1;
-        for (i, j) in [(0, 0), (0, last), (last, 0), (last, last)] {
+    if args.task.is_none() && !args.no_check {
+        check(&mut file, &layout, &net, &x, tiles, &range, out)?;
+    }
+    Ok(())
+}
+
+/// A block of the kernel to check: its name, first row and column, and shape.
+struct Block {
+    name: String,
+    origin: (usize, usize),
+    shape: (usize, usize),
+}
+
+/// The corner tiles (and, up to N = 4096, the whole kernel) from the file against a
+/// direct computation on just their rows and columns: one call, no file.
+fn check(
+    file: &mut File,
+    layout: &Layout,
+    net: &Mlp<f64>,
+    x: &DMatrix<f64>,
+    tiles: usize,
+    range: &dyn Fn(usize) -> std::ops::Range<usize>,
+    out: &Path,
+) -> Result {
+    let last = tiles - 1;
+    let mut blocks: Vec<Block> = [(0, 0), (0, last), (last, 0), (last, last)]
+        .into_iter()
+        .map(|(i, j)| {
             let (ri, rj) = (range(i), range(j));
-            let from_file = read_tile(
-                &mut file,
-                args.n,
-                (ri.start, rj.start),
-                (ri.len(), rj.len()),
-            )?;
-            let a = x.rows(ri.start, ri.len()).into_owned();
-            let b = x.rows(rj.start, rj.len()).into_owned();
-            let direct = empirical_ntk(&net, &a, &b)?;
-            let err = (&from_file - &direct).amax() / direct.amax();
-            println!("tile ({i}, {j}): max |file − direct| / max |direct| = {err:.1e}");
-            if err > 1e-12 {
-                return Err(format!("tile ({i}, {j}) differs by {err:e}").into());
+            Block {
+                name: format!("tile ({i}, {j})"),
+                origin: (ri.start, rj.start),
+                shape: (ri.len(), rj.len()),
             }
-        }
-        if args.n <= 4096 {
-            // Small enough to hold: the whole file against the kernel computed at once.
-            let whole = read_tile(&mut file, args.n, (0, 0), (args.n, args.n))?;
-            let direct = empirical_ntk(&net, &x, &x)?;
-            let err = (&whole - &direct).amax() / direct.amax();
-            println!("whole file vs in-memory kernel: {err:.1e}");
-            if err > 1e-12 {
-                return Err(format!("assembled kernel differs by {err:e}").into());
-            }
+        })
+        .collect();
+    if layout.n <= 4096 {
+        blocks.push(Block {
+            name: "whole kernel".into(),
+            origin: (0, 0),
+            shape: (layout.n, layout.n),
+        });
+    }
+    for Block {
+        name,
+        origin: (r0, c0),
+        shape: (h, w),
+    } in blocks
+    {
+        let from_file = read_tile(file, layout, (r0, c0), (h, w))
+            .context(|| format!("cannot read {name} from --out {}", out.display()))?;
+        let a = x.rows(r0, h).into_owned();
+        let b = x.rows(c0, w).into_owned();
+        let direct = empirical_ntk(net, &a, &b)?;
+        let err = (&from_file - &direct).amax() / direct.amax();
+        println!("{name}: max |file − direct| / max |direct| = {err:.1e}");
+        if err.is_nan() || err > 1e-12 {
+            return Err(format!(
+                "{name} of --out {} differs from the direct computation by {err:e} (relative)",
+                out.display()
+            )
+            .into());
         }
     }
     Ok(())

@@ -11,28 +11,68 @@
 //! neural-tangents' (the comparison is only fair if it is ~1e-10 or less), the median
 //! time of each side over the same number of runs, and the ratio.
 
-use std::error::Error;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::{
     Activation, GradientFlow, Mlp, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width,
 };
 use serde_json::Value;
 
+mod support;
+use support::{Context, Result};
+
 const REPEATS: usize = 7;
 
-/// Reads a `{file, shape}` entry of the manifest as a matrix (row-major on disk).
-fn load(dir: &Path, entry: &Value) -> Result<DMatrix<f64>, Box<dyn Error>> {
-    let file = entry["file"].as_str().ok_or("entry without file")?;
-    let shape: Vec<usize> = entry["shape"]
+/// Recomputes the kernels and predictions that bench/compare_neural_tangents.py wrote
+/// with neural-tangents, checks that they agree, and compares the timings.
+#[derive(Parser)]
+struct Args {
+    /// The directory the Python script wrote (manifest.json and raw f64 files).
+    #[arg(default_value = "target/nt-compare")]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    support::report(run(Args::parse()))
+}
+
+/// The manifest entry `key` of `value` as a number, or an error naming it.
+fn number(value: &Value, key: &str, manifest: &Path) -> Result<f64> {
+    value[key]
+        .as_f64()
+        .ok_or_else(|| format!("{}: `{key}` is missing or not a number", manifest.display()).into())
+}
+
+/// The manifest entry `key` as a list.
+fn list<'a>(value: &'a Value, key: &str, manifest: &Path) -> Result<&'a Vec<Value>> {
+    value[key]
         .as_array()
-        .ok_or("entry without shape")?
+        .ok_or_else(|| format!("{}: `{key}` is missing or not a list", manifest.display()).into())
+}
+
+/// Reads a `{file, shape}` entry of the manifest as a matrix (row-major on disk).
+fn load(dir: &Path, entry: &Value) -> Result<DMatrix<f64>> {
+    let manifest = dir.join("manifest.json");
+    let file = entry["file"]
+        .as_str()
+        .ok_or_else(|| format!("{}: an entry has no `file`: {entry}", manifest.display()))?;
+    let shape: Vec<usize> = list(entry, "shape", &manifest)?
         .iter()
-        .map(|v| v.as_u64().map(|u| u as usize).ok_or("bad shape"))
-        .collect::<Result<_, _>>()?;
-    let bytes = std::fs::read(dir.join(file))?;
+        .map(|v| {
+            v.as_u64().map(|u| u as usize).ok_or_else(|| {
+                format!(
+                    "{}: the shape of {file} is not a list of sizes",
+                    manifest.display()
+                )
+            })
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).context(|| format!("cannot read {}", path.display()))?;
     let values: Vec<f64> = bytes
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -43,8 +83,14 @@ fn load(dir: &Path, entry: &Value) -> Result<DMatrix<f64>, Box<dyn Error>> {
         [r, c, rest @ ..] => (*r, c * rest.iter().product::<usize>()),
         [] => (1, 1),
     };
-    if values.len() != rows * cols {
-        return Err(format!("{file}: {} values for shape {shape:?}", values.len()).into());
+    if values.len() != rows * cols || bytes.len() % 8 != 0 {
+        return Err(format!(
+            "{} holds {} bytes, not {} f64 values for shape {shape:?}",
+            path.display(),
+            bytes.len(),
+            rows * cols
+        )
+        .into());
     }
     Ok(DMatrix::from_row_slice(rows, cols, &values))
 }
@@ -121,17 +167,21 @@ struct Row {
     theirs: f64,
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "target/nt-compare".into()),
-    );
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
-    let dim = manifest["dim"].as_u64().ok_or("dim")? as usize;
-    let width = manifest["width"].as_u64().ok_or("width")? as usize;
-    let depth = manifest["depth"].as_u64().ok_or("depth")? as usize;
+fn run(args: Args) -> Result {
+    let dir = args.dir;
+    let manifest_path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path).context(|| {
+        format!(
+            "cannot read {} (run bench/compare_neural_tangents.py first)",
+            manifest_path.display()
+        )
+    })?;
+    let manifest: Value = serde_json::from_str(&text)
+        .context(|| format!("{} is not valid JSON", manifest_path.display()))?;
+    let m = &manifest_path;
+    let dim = number(&manifest, "dim", m)? as usize;
+    let width = number(&manifest, "width", m)? as usize;
+    let depth = number(&manifest, "depth", m)? as usize;
     let mut spec = MlpSpec::new(dim);
     for _ in 0..depth {
         spec = spec.hidden(width, Activation::Relu);
@@ -140,7 +190,17 @@ fn main() -> Result<(), Box<dyn Error>> {
     let net = Mlp::from_parameters(&spec, &params)?;
     let mut rows = Vec::new();
 
-    for case in manifest["empirical"].as_array().ok_or("empirical")? {
+    let (empirical, infinite, flow) = (
+        list(&manifest, "empirical", m)?,
+        list(&manifest, "infinite", m)?,
+        list(&manifest, "flow", m)?,
+    );
+    let bar = support::progress(
+        (empirical.len() + infinite.len() + flow.len()) as u64,
+        "timing",
+    );
+
+    for case in empirical {
         let x = load(&dir, &case["x"])?;
         let reference = load(&dir, &case["ntk"])?;
         let theta = empirical_ntk(&net, &x, &x)?;
@@ -150,11 +210,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             diff: rel_diff(&theta, &reference),
             diag: None,
             ours: median_seconds(|| empirical_ntk(&net, &x, &x)),
-            theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            theirs: number(case, "seconds", m)?,
         });
+        bar.inc(1);
     }
 
-    for case in manifest["infinite"].as_array().ok_or("infinite")? {
+    for case in infinite {
         let x = load(&dir, &case["x"])?;
         let k = infinite_width(&spec, &x, &x)?;
         let (nngp, ntk) = (load(&dir, &case["nngp"])?, load(&dir, &case["ntk"])?);
@@ -166,19 +227,20 @@ fn main() -> Result<(), Box<dyn Error>> {
             diff,
             diag: Some(diag),
             ours: median_seconds(|| infinite_width(&spec, &x, &x)),
-            theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            theirs: number(case, "seconds", m)?,
         });
+        bar.inc(1);
     }
 
-    let t = manifest["flow_t"].as_f64().ok_or("flow_t")?;
-    for case in manifest["flow"].as_array().ok_or("flow")? {
+    let t = number(&manifest, "flow_t", m)?;
+    for case in flow {
         let theta = load(&dir, &case["ntk"])?;
         let y = load(&dir, &case["y"])?;
         let f0 = load(&dir, &case["f0"])?;
         let reference = load(&dir, &case["f_t"])?;
         // neural-tangents divides time by the number of target entries.
-        let eta = case["nt_learning_rate"].as_f64().ok_or("lr")? / y.len() as f64;
-        let run = || -> Result<DMatrix<f64>, ntk::Error> {
+        let eta = number(case, "nt_learning_rate", m)? / y.len() as f64;
+        let run = || -> std::result::Result<DMatrix<f64>, ntk::Error> {
             GradientFlow::new(&theta, &y, eta)?.train(t, &f0)
         };
         let f_t = run()?;
@@ -188,9 +250,11 @@ fn main() -> Result<(), Box<dyn Error>> {
             diff: rel_diff(&f_t, &reference),
             diag: None,
             ours: median_seconds(run),
-            theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            theirs: number(case, "seconds", m)?,
         });
+        bar.inc(1);
     }
+    bar.finish_and_clear();
 
     if let Some(c) = manifest.get("cnn") {
         let field = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or("cnn field");
@@ -243,7 +307,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     let mut worst: f64 = 0.0;
     for r in &rows {
-        worst = worst.max(r.diff);
+        // NaN counts as the worst difference (f64::max would drop it).
+        if r.diff.is_nan() || r.diff > worst {
+            worst = r.diff;
+        }
         println!(
             "| {:<38} | {:>5} | {:>9.1e} | {:>12.2} | {:>14.2} | {:>6.2}x |",
             r.what,
@@ -260,8 +327,10 @@ fn main() -> Result<(), Box<dyn Error>> {
              neural-tangents' round-off in arccos near 1 (ours matches the exact diagonal)"
         );
     }
-    if worst > 1e-10 {
-        return Err(format!("results differ from neural-tangents by {worst:e} > 1e-10").into());
+    if worst.is_nan() || worst > 1e-10 {
+        return Err(
+            format!("the results differ from neural-tangents' by {worst:e} > 1e-10").into(),
+        );
     }
     Ok(())
 }

@@ -11,28 +11,49 @@
 //! - Θ = Θ̊, the infinite-width NTK from [`infinite_width`] (the deviation then also
 //!   contains the O(n^{-1/2}) fluctuation of Θ_0 around Θ̊).
 //!
-//! It prints, per width (mean over 3 initialisations), the maximum deviation
+//! It prints, per width (mean over `--seeds` initialisations, default 3), the maximum deviation
 //! max_s max_x |f_s^NN(x) − f_s^lin(x)| over the run (train and test points), relative
 //! to the largest change of the linearised outputs, with the fitted slope of
 //! log(deviation) against log(n) (Lee et al. 2019 bound the deviation by O(n^{-1/2})),
 //! and the relative change ‖Θ_T − Θ_0‖_F / ‖Θ_0‖_F of the empirical NTK during
-//! training. It writes two SVG plots into `out/`: trajectories of three test outputs,
-//! and deviation against width on log-log axes.
+//! training. It writes two SVG plots into `out/` (`--out-dir`): trajectories of three
+//! test outputs, and deviation against width on log-log axes.
 //!
-//! Run with `cargo run --release --example linearized_training` (about 20 s).
+//! ```sh
+//! cargo run --release --example linearized_training          # about 20 s
+//! cargo run --release --example linearized_training -- --help
+//! ```
 
 use std::f64::consts::PI;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use clap::Parser;
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
     Activation, GradientDescent, GradientFlow, Mlp, MlpSpec, NtkModel, empirical_ntk,
     infinite_width,
 };
-use plotters::prelude::*;
+use plotters::prelude::{BLACK, BLUE, Color, GREEN, Palette, Palette99, RED, SeriesLabelPosition};
+
+mod support;
+use support::plot::{Chart, Scale, Series};
+
+/// Gradient descent on one-hidden-layer Erf networks of width 64 … 4096 against the
+/// same descent on their linearisations (own Θ₀ and the infinite-width Θ̊), on a small
+/// regression task on the circle.
+#[derive(Parser)]
+struct Args {
+    /// Random initialisations per width.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
+    /// Directory for the two SVG plots.
+    #[arg(long, default_value = "out")]
+    out_dir: PathBuf,
+}
 
 const WIDTHS: [usize; 4] = [64, 256, 1024, 4096];
-const SEEDS: u64 = 3;
 const STEPS: usize = 2000;
 const RECORD_EVERY: usize = 10;
 const N_TRAIN: usize = 16;
@@ -41,6 +62,10 @@ const N_TEST: usize = 48;
 const SHOWN: [usize; 3] = [5, 20, 37];
 
 type Error = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    support::report(run(Args::parse()))
+}
 
 fn spec(width: usize) -> MlpSpec {
     MlpSpec::new(2)
@@ -109,7 +134,7 @@ fn relative_deviation(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run(
+fn train_and_compare(
     width: usize,
     seed: u64,
     x: &DMatrix<f64>,
@@ -159,140 +184,94 @@ fn run(
     })
 }
 
-/// Least-squares slope of log y against log x.
-fn log_slope(x: &[f64], y: &[f64]) -> f64 {
-    let lx: Vec<f64> = x.iter().map(|v| v.ln()).collect();
-    let ly: Vec<f64> = y.iter().map(|v| v.ln()).collect();
-    let n = lx.len() as f64;
-    let (mx, my) = (lx.iter().sum::<f64>() / n, ly.iter().sum::<f64>() / n);
-    let sxy: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let sxx: f64 = lx.iter().map(|a| (a - mx).powi(2)).sum();
-    sxy / sxx
-}
-
-fn plot_trajectories(path: &str, runs: &[(usize, &Run)], eta: f64) -> Result<(), Error> {
-    let root = SVGBackend::new(path, (1200, 420 * runs.len() as u32)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((runs.len(), 1));
-    for (panel, (width, run)) in panels.iter().zip(runs) {
-        let t_max = eta * *run.steps.last().unwrap_or(&1) as f64;
-        let values = run.network.iter().chain(&run.own).chain(&run.reference);
-        let (lo, hi) = values
-            .flat_map(|m| SHOWN.iter().map(move |&i| m[(i, 0)]))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-                (a.min(v), b.max(v))
-            });
-        let pad = 0.1 * (hi - lo).max(1e-3);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(
-                format!("width {width}: test outputs during training (colour: network; thin black: linearised on own Θ₀; wide pale: on Θ̊)"),
-                ("sans-serif", 18),
+/// Trajectories of the `SHOWN` test outputs, one panel per run.
+fn plot_trajectories(path: &std::path::Path, runs: &[(usize, &Run)], eta: f64) -> support::Result {
+    let charts: Vec<Chart> = runs
+        .iter()
+        .map(|(width, run)| {
+            let mut chart = Chart::new(
+                format!(
+                    "width {width}: test outputs during training \
+                     (colour: network; thin black: linearised on own Θ₀; wide pale: on Θ̊)"
+                ),
+                "η · step",
+                "f(x)",
             )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..t_max, (lo - pad)..(hi + pad))?;
-        chart
-            .configure_mesh()
-            .x_desc("η · step")
-            .y_desc("f(x)")
-            .draw()?;
-        for (c, &i) in SHOWN.iter().enumerate() {
-            let color = Palette99::pick(c).to_rgba();
-            let series = |outputs: &[DMatrix<f64>]| -> Vec<(f64, f64)> {
-                run.steps
-                    .iter()
-                    .zip(outputs)
-                    .map(|(&s, m)| (eta * s as f64, m[(i, 0)]))
-                    .collect()
-            };
-            chart.draw_series(LineSeries::new(
-                series(&run.reference),
-                color.mix(0.35).stroke_width(7),
-            ))?;
+            .legend(SeriesLabelPosition::UpperRight);
+            for (c, &i) in SHOWN.iter().enumerate() {
+                let color = Palette99::pick(c).to_rgba();
+                let series = |outputs: &[DMatrix<f64>]| -> Vec<(f64, f64)> {
+                    run.steps
+                        .iter()
+                        .zip(outputs)
+                        .map(|(&s, m)| (eta * s as f64, m[(i, 0)]))
+                        .collect()
+                };
+                chart = chart
+                    .series(
+                        Series::line("", series(&run.reference), color.mix(0.35))
+                            .width(7)
+                            .unlabelled(),
+                    )
+                    .series(Series::line(
+                        format!("test point {i}"),
+                        series(&run.network),
+                        color,
+                    ))
+                    .series(
+                        Series::line("", series(&run.own), BLACK)
+                            .width(1)
+                            .unlabelled(),
+                    );
+            }
             chart
-                .draw_series(LineSeries::new(series(&run.network), color.stroke_width(2)))?
-                .label(format!("test point {i}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart.draw_series(LineSeries::new(series(&run.own), BLACK.stroke_width(1)))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
+        })
+        .collect();
+    Chart::save_stacked(&charts, path, (1200, 420))
 }
 
+/// Deviation and kernel change against width, log-log, with n^{-1/2} and n^{-1}.
 fn plot_deviation(
-    path: &str,
+    path: &std::path::Path,
     widths: &[f64],
     own: &[f64],
     reference: &[f64],
     change: &[f64],
-) -> Result<(), Error> {
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let all = own.iter().chain(reference).chain(change);
-    let (lo, hi) = all.fold((f64::INFINITY, 0.0_f64), |(a, b), &v| (a.min(v), b.max(v)));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Deviation of gradient descent from its linearisation vs width",
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (widths[0] / 1.5..widths[widths.len() - 1] * 1.5).log_scale(),
-            (lo / 3.0..hi * 3.0).log_scale(),
-        )?;
-    chart
-        .configure_mesh()
-        .x_desc("hidden width n")
-        .y_desc("relative deviation")
-        .draw()?;
-    let curves: [(&str, &[f64], RGBColor); 3] = [
+) -> support::Result {
+    let mut chart = Chart::new(
+        "Deviation of gradient descent from its linearisation vs width",
+        "hidden width n",
+        "relative deviation",
+    )
+    .scales(Scale::Log2, Scale::Log)
+    .legend(SeriesLabelPosition::LowerLeft);
+    let curves: [(&str, &[f64], _); 3] = [
         ("max |f_NN − f_lin| (own Θ₀)", own, BLUE),
         ("max |f_NN − f_lin| (Θ̊, infinite width)", reference, RED),
         ("‖Θ_T − Θ₀‖ / ‖Θ₀‖", change, GREEN),
     ];
     for (name, values, color) in curves {
-        let points: Vec<(f64, f64)> = widths.iter().copied().zip(values.iter().copied()).collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(format!("{name}: slope {:.2}", log_slope(widths, values)))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        let points = widths.iter().copied().zip(values.iter().copied()).collect();
+        let slope = support::log_slope(widths, values);
+        chart = chart
+            .series(Series::line(format!("{name}: slope {slope:.2}"), points, color).markers());
     }
     // n^{-1/2} and n^{-1} through the first Θ̊ point, for reference.
-    for (power, style) in [
-        (-0.5, BLACK.stroke_width(1)),
-        (-1.0, BLACK.mix(0.4).stroke_width(1)),
-    ] {
-        let start = reference[0];
-        let line: Vec<(f64, f64)> = widths
+    for (power, color) in [(-0.5, BLACK.to_rgba()), (-1.0, BLACK.mix(0.4))] {
+        let line = widths
             .iter()
-            .map(|&w| (w, start * (w / widths[0]).powf(power)))
+            .map(|&w| (w, reference[0] * (w / widths[0]).powf(power)))
             .collect();
-        chart
-            .draw_series(DashedLineSeries::new(line, 5, 5, style))?
-            .label(format!("n^{power}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        chart = chart.series(
+            Series::line(format!("n^{power}"), line, color)
+                .width(1)
+                .dashed(),
+        );
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    chart.save(path, (900, 600))
 }
 
-fn main() -> Result<(), Error> {
+fn run(args: Args) -> Result<(), Error> {
     let train_angles: Vec<f64> = (0..N_TRAIN)
         .map(|i| 2.0 * PI * (i as f64 + 0.3 * (i % 3) as f64) / N_TRAIN as f64)
         .collect();
@@ -330,45 +309,53 @@ fn main() -> Result<(), Error> {
     let mut limit = Vec::new();
     let mut change = Vec::new();
     let mut shown = Vec::new();
+    let seeds = args.seeds;
+    // The cost of a run grows like its width.
+    let bar = support::progress(WIDTHS.iter().sum::<usize>() as u64 * seeds, "training");
     for &width in &WIDTHS {
+        bar.set_message(format!("training width {width}"));
         let (mut d_own, mut d_ref, mut d_kernel, mut loss) = (0.0, 0.0, 0.0, 0.0);
-        for seed in 0..SEEDS {
-            let r = run(width, seed, &x, &x_test, &joint_x, &y, &reference, eta)?;
-            d_own += r.deviation_own / SEEDS as f64;
-            d_ref += r.deviation_reference / SEEDS as f64;
-            d_kernel += r.kernel_change / SEEDS as f64;
-            loss += r.final_loss / SEEDS as f64;
+        for seed in 0..seeds {
+            let r = train_and_compare(width, seed, &x, &x_test, &joint_x, &y, &reference, eta)?;
+            d_own += r.deviation_own / seeds as f64;
+            d_ref += r.deviation_reference / seeds as f64;
+            d_kernel += r.kernel_change / seeds as f64;
+            loss += r.final_loss / seeds as f64;
             if seed == 0 && (width == WIDTHS[0] || width == WIDTHS[WIDTHS.len() - 1]) {
                 shown.push((width, r));
             }
+            bar.inc(width as u64);
         }
-        println!("{width:>7} {d_own:>22.3e} {d_ref:>22.3e} {d_kernel:>20.3e} {loss:>12.3e}");
+        bar.suspend(|| {
+            println!("{width:>7} {d_own:>22.3e} {d_ref:>22.3e} {d_kernel:>20.3e} {loss:>12.3e}");
+        });
         own.push(d_own);
         limit.push(d_ref);
         change.push(d_kernel);
     }
+    bar.finish_and_clear();
     let widths: Vec<f64> = WIDTHS.iter().map(|&w| w as f64).collect();
     println!();
     println!(
         "fitted slopes of log(value) vs log(n): deviation (own Θ₀) {:.2}, deviation (Θ̊) {:.2}, \
          NTK change {:.2}  (Lee et al. 2019: at most -0.5 up to constants)",
-        log_slope(&widths, &own),
-        log_slope(&widths, &limit),
-        log_slope(&widths, &change)
+        support::log_slope(&widths, &own),
+        support::log_slope(&widths, &limit),
+        support::log_slope(&widths, &change)
     );
 
-    std::fs::create_dir_all("out")?;
+    let dir = &args.out_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create --out-dir {}: {e}", dir.display()))?;
     let refs: Vec<(usize, &Run)> = shown.iter().map(|(w, r)| (*w, r)).collect();
-    plot_trajectories("out/linearized_training_trajectories.svg", &refs, eta)?;
-    plot_deviation(
-        "out/linearized_training_deviation.svg",
-        &widths,
-        &own,
-        &limit,
-        &change,
-    )?;
+    let trajectories = dir.join("linearized_training_trajectories.svg");
+    let deviation = dir.join("linearized_training_deviation.svg");
+    plot_trajectories(&trajectories, &refs, eta)?;
+    plot_deviation(&deviation, &widths, &own, &limit, &change)?;
     println!(
-        "wrote out/linearized_training_trajectories.svg and out/linearized_training_deviation.svg"
+        "wrote {} and {}",
+        trajectories.display(),
+        deviation.display()
     );
     Ok(())
 }

@@ -1,27 +1,31 @@
 //! # ntk: the Neural Tangent Kernel, exact and fast
 //!
-//! A network f(x; θ) trained by gradient flow on the loss L = ½ Σ_i ‖f(x_i) − y_i‖²
-//! moves as d f_t/dt = −η Θ_t (f_t − y), where
+//! A network $f(x; θ)$ trained by gradient flow on the loss
+//! $L = \tfrac12 Σ_i \lVert f(x_i) − y_i \rVert^2$ moves as
+//! $df_t/dt = −η Θ_t (f_t − y)$, where
 //!
-//! Θ(x, x̄) = ⟨∇θ f(x), ∇θ f(x̄)⟩
+//! $$Θ(x, x̄) = ⟨∇_θ f(x), ∇_θ f(x̄)⟩$$
 //!
 //! is the **neural tangent kernel** (Jacot, Gabriel & Hongler 2018). This crate computes
 //! the three objects wide networks are studied through: the empirical NTK of a finite
 //! network, exactly, from per-layer gradient inner products; its infinite-width limit
-//! Θ̊ with the NNGP kernel Σ; and the gradient-flow dynamics
-//! f_t − y = e^{−ηtΘ}(f₀ − y) they imply, with real gradient-descent training to
+//! $Θ̊$ with the NNGP kernel $Σ$; and the gradient-flow dynamics
+//! $f_t − y = e^{−ηtΘ}(f_0 − y)$ they imply, with real gradient-descent training to
 //! compare against.
+//!
+//! <p class="ntk-katex-fallback">(The formulas are written for KaTeX, which renders
+//! them on docs.rs; here they show as their source between dollar signs.)</p>
 //!
 //! ## The empirical NTK, layer by layer
 //!
-//! For a Dense layer h^l = (σ_w/√n^{l−1}) W^l x^{l−1} + σ_b b^l with pre-activation
-//! gradients g = ∂f/∂h^l, the layer contributes
+//! For a Dense layer $h^l = (σ_w/\sqrt{n^{l−1}}) W^l x^{l−1} + σ_b b^l$ with
+//! pre-activation gradients $g = ∂f/∂h^l$, the layer contributes
 //!
-//! (σ_w²/n^{l−1}) (x^{l−1} · x̄^{l−1}) (g · ḡ)  (weights)  +  σ_b² (g · ḡ)  (bias)
+//! $$(σ_w^2/n^{l−1}) (x^{l−1} · x̄^{l−1}) (g · \bar g) \quad \text{(weights)} \quad + \quad σ_b^2 (g · \bar g) \quad \text{(bias)}$$
 //!
-//! to Θ(x, x̄). Over a batch (rows are samples) that is
-//! (σ_w²/n^{l−1}) (X₁ X₂ᵀ) ⊙ (G₁ G₂ᵀ) + σ_b² G₁ G₂ᵀ: one forward and one backward
-//! pass, Gram matrices and a Hadamard product, never the N × P Jacobian.
+//! to $Θ(x, x̄)$. Over a batch (rows are samples) that is
+//! $(σ_w^2/n^{l−1}) (X₁ X₂ᵀ) ⊙ (G₁ G₂ᵀ) + σ_b^2 G₁ G₂ᵀ$: one forward and one backward
+//! pass, Gram matrices and a Hadamard product, never the $N × P$ Jacobian.
 //!
 //! ```
 //! use ntk::nalgebra::DMatrix;
@@ -48,10 +52,13 @@
 //! ## Infinite-width kernels
 //!
 //! As the hidden widths grow, the network at initialisation becomes a Gaussian process
-//! with covariance Σ (the NNGP kernel) and Θ converges to a deterministic Θ̊. Both
-//! follow a layer recursion: with C = E φ(u)φ(v), Ċ = E φ'(u)φ'(v) for (u, v) Gaussian
-//! with the previous layer's covariance, Σ^{l+1} = σ_w² C + σ_b² and
-//! Θ^{l+1} = Σ^{l+1} + σ_w² Ċ Θ^l ([`infinite_width`], module [`infinite`]).
+//! with covariance $Σ$ (the NNGP kernel) and $Θ$ converges to a deterministic $Θ̊$. Both
+//! follow a layer recursion: with $C = E[φ(u) φ(v)]$ and $\dot C = E[φ\'(u) φ\'(v)]$ for
+//! $(u, v)$ Gaussian with the previous layer's covariance,
+//!
+//! $$Σ^{l+1} = σ_w^2 C + σ_b^2, \qquad Θ^{l+1} = Σ^{l+1} + σ_w^2 \dot C Θ^l$$
+//!
+//! ([`infinite_width`], module [`infinite`]).
 //!
 //! ```
 //! use ntk::nalgebra::DMatrix;
@@ -79,10 +86,10 @@
 //!
 //! - Data are [`nalgebra::DMatrix`] with **one row per sample**.
 //! - The NTK parameterization of neural-tangents' `stax.Dense(W_std, b_std)`:
-//!   h = (σ_w/√n_in) W x + σ_b b with W, b ~ N(0, 1); σ_b = 0 means no bias
-//!   parameters. The standard parameterization is [`Parameterization::Standard`].
-//! - With k > 1 outputs, [`empirical_ntk`] averages over outputs (neural-tangents'
-//!   default trace); [`empirical_ntk_full`] keeps the (N1·k) × (N2·k) blocks.
+//!   $h = (σ_w/\sqrt{n_{in}}) W x + σ_b b$ with $W, b ∼ N(0, 1)$; $σ_b = 0$ means no
+//!   bias parameters. The standard parameterization is [`Parameterization::Standard`].
+//! - With $k > 1$ outputs, [`empirical_ntk`] averages over outputs (neural-tangents'
+//!   default trace); [`empirical_ntk_full`] keeps the $(N_1 k) × (N_2 k)$ blocks.
 //!
 //! ## Bring your own model
 //!
@@ -93,11 +100,14 @@
 //! ## Gradient flow
 //!
 //! A network that stays close to its linearisation (a wide one) follows
-//! f_t − Y = e^{−ηtΘ}(f_0 − Y) on its N training points under gradient flow on
-//! L = ½ Σ_i ‖f(x_i) − y_i‖², and f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0)
-//! on test points. [`GradientFlow`] eigendecomposes Θ once and then predicts at any
-//! time (or after any number of gradient-descent steps) in O(N²k);
-//! [`KernelRegression`] is the t = ∞ limit by Cholesky; [`KrylovFlow`] predicts at
+//! $f_t − Y = e^{−ηtΘ}(f_0 − Y)$ on its $N$ training points under gradient flow on
+//! $L = \tfrac12 Σ_i \lVert f(x_i) − y_i \rVert^2$, and
+//!
+//! $$f_t(x) = f_0(x) + Θ(x, X) Θ^{−1} (I − e^{−ηtΘ}) (Y − f_0)$$
+//!
+//! on test points. [`GradientFlow`] eigendecomposes $Θ$ once and then predicts at any
+//! time (or after any number of gradient-descent steps) in $O(N^2 k)$;
+//! [`KernelRegression`] is the $t = ∞$ limit by Cholesky; [`KrylovFlow`] predicts at
 //! one time by Lanczos without the eigendecomposition; [`InfiniteEnsemble`] is the
 //! mean and covariance over random initialisations from the NTK and NNGP kernels;
 //! [`GradientDescent`] trains the real network by backpropagation
@@ -127,7 +137,7 @@
 //! ```
 //!
 //! neural-tangents' `predict.gradient_descent_mse` uses the mean loss: its
-//! `learning_rate` is η · y.len() here (see [`flow`]).
+//! `learning_rate` is $η$ · `y.len()` here (see [`flow`]).
 //!
 //! ## Scalars and parallelism
 //!

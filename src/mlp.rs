@@ -515,18 +515,78 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    /// The shared forward pass gives what the separate calls give.
+    /// The shared pass is right on both halves, each against an independent
+    /// reference: its outputs are `forward`'s (a separate pass), and its tangents
+    /// describe the finite-difference Jacobian of `forward`. The Jacobian is written out
+    /// from the documented layout, J[i·k + c, (a, b)] = Σ_u s_w G_u[i, c·n_out + a]
+    /// X_u[i, b] and J[i·k + c, b_a] = Σ_u s_b G_u[i, c·n_out + a], without the crate's
+    /// own contraction.
     #[test]
-    fn forward_with_tangents_matches_separate_calls() {
-        let net: Mlp<f64> = MlpSpec::new(3)
+    fn forward_with_tangents_gives_the_outputs_and_the_jacobian() {
+        let (d, k, h) = (3, 2, 1e-6);
+        let net: Mlp<f64> = MlpSpec::new(d)
             .hidden(7, Activation::Gelu)
+            .hidden(4, Activation::Tanh)
             .bias_std(0.3)
-            .outputs(2)
+            .outputs(k)
             .init(&mut StdRng::seed_from_u64(5))
             .unwrap();
-        let x = DMatrix::from_fn(4, 3, |i, j| (i as f64 - j as f64).sin());
+        let x = DMatrix::from_fn(4, d, |i, j| (i as f64 - j as f64).sin());
+        let n = x.nrows();
         let (f, tangents) = net.forward_with_tangents(&x).unwrap();
-        assert_eq!(f, net.forward(&x).unwrap());
-        assert_eq!(tangents, net.layer_tangents(&x).unwrap());
+        assert!((&f - net.forward(&x).unwrap()).amax() <= 1e-14 * f.amax());
+
+        let p = net.parameter_count();
+        let mut jac = DMatrix::<f64>::zeros(n * k, p);
+        let mut offset = 0;
+        for t in &tangents {
+            let LayerTangent::Dense {
+                weight_scale,
+                bias_scale,
+                uses,
+            } = t
+            else {
+                panic!("an MLP reports dense layers");
+            };
+            let (n_in, n_out) = (uses[0].input.ncols(), uses[0].output_grad.ncols() / k);
+            for u in uses {
+                for i in 0..n {
+                    for c in 0..k {
+                        for a in 0..n_out {
+                            let g = u.output_grad[(i, c * n_out + a)];
+                            for b in 0..n_in {
+                                jac[(i * k + c, offset + a * n_in + b)] +=
+                                    weight_scale * g * u.input[(i, b)];
+                            }
+                            if let Some(sb) = bias_scale {
+                                jac[(i * k + c, offset + n_out * n_in + a)] += sb * g;
+                            }
+                        }
+                    }
+                }
+            }
+            offset += n_out * n_in + if bias_scale.is_some() { n_out } else { 0 };
+        }
+        assert_eq!(offset, p);
+
+        let theta = net.parameters();
+        let mut probe = net.clone();
+        let mut fd = DMatrix::<f64>::zeros(n * k, p);
+        for q in 0..p {
+            let mut shifted = theta.clone();
+            shifted[q] += h;
+            probe.set_parameters(&shifted).unwrap();
+            let plus = probe.forward(&x).unwrap();
+            shifted[q] -= 2.0 * h;
+            probe.set_parameters(&shifted).unwrap();
+            let minus = probe.forward(&x).unwrap();
+            for i in 0..n {
+                for c in 0..k {
+                    fd[(i * k + c, q)] = (plus[(i, c)] - minus[(i, c)]) / (2.0 * h);
+                }
+            }
+        }
+        let err = (&jac - &fd).norm() / fd.norm();
+        assert!(err <= 1e-6, "tangents vs finite differences: {err:e}");
     }
 }

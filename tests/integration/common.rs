@@ -1,26 +1,10 @@
-//! Shared test machinery: tolerances in one place, the invariant checks every kernel
-//! goes through, finite-difference references and the neural-tangents reference data.
-
-#![allow(dead_code)]
+//! Shared test machinery: deterministic inputs, finite-difference references, the
+//! neural-tangents reference data and a hand-written MLP forward pass. (Tolerances are
+//! in `prec`, the checks every kernel goes through in `contract`.)
 
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::{NtkModel, Scalar};
 use serde_json::Value;
-
-/// Tolerances, in one place.
-pub mod prec {
-    /// Exact identities in f64 (Jacobian contraction, per-layer sums): round-off only.
-    pub const EXACT_F64: f64 = 1e-10;
-    /// Central finite differences in f64 (step 1e-6 on parameters of order 1).
-    pub const FINITE_DIFFERENCE: f64 = 1e-6;
-    /// f32 against f64 on the same network.
-    pub const F32_VS_F64: f64 = 1e-4;
-    /// Closed-form kernels against neural-tangents (its README: ~1e-15, and ~1e-9 on
-    /// the pair at correlation exactly 1).
-    pub const NEURAL_TANGENTS: f64 = 1e-9;
-    /// PSD: smallest eigenvalue may dip below zero by this fraction of the trace.
-    pub const PSD_TRACE_FRACTION: f64 = 1e-10;
-}
 
 /// ‖a − b‖_F / max(‖b‖_F, tiny).
 pub fn rel_err<T: Scalar>(a: &DMatrix<T>, b: &DMatrix<T>) -> f64 {
@@ -29,40 +13,25 @@ pub fn rel_err<T: Scalar>(a: &DMatrix<T>, b: &DMatrix<T>) -> f64 {
     diff / norm.max(f64::MIN_POSITIVE)
 }
 
-/// Panics unless `k` is square and symmetric to `tol` relative to its largest entry.
-pub fn assert_symmetric<T: Scalar>(k: &DMatrix<T>, tol: f64) {
-    assert_eq!(
-        k.nrows(),
-        k.ncols(),
-        "kernel is not square: {:?}",
-        k.shape()
-    );
+/// The smallest eigenvalue of the symmetric part of the square `k`.
+pub fn min_eigenvalue<T: Scalar>(k: &DMatrix<T>) -> f64 {
     let k = k.map(|v| v.to_f64());
-    let scale = k.amax().max(f64::MIN_POSITIVE);
-    let asym = (&k - k.transpose()).amax() / scale;
-    assert!(asym <= tol, "kernel asymmetry {asym:e} > {tol:e}");
-}
-
-/// Panics unless the smallest eigenvalue of the symmetric `k` is ≥ −fraction·trace.
-pub fn assert_psd<T: Scalar>(k: &DMatrix<T>, fraction: f64) {
-    let k = k.map(|v| v.to_f64());
-    let sym = (&k + k.transpose()) * 0.5;
-    let trace = sym.trace().abs();
-    let min = sym
+    ((&k + k.transpose()) * 0.5)
         .symmetric_eigenvalues()
         .iter()
         .copied()
-        .fold(f64::INFINITY, f64::min);
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Panics unless the smallest eigenvalue of the symmetric part of `k` is
+/// ≥ −fraction·|trace|.
+pub fn assert_psd<T: Scalar>(k: &DMatrix<T>, fraction: f64) {
+    let min = min_eigenvalue(k);
+    let trace = k.map(|v| v.to_f64()).trace().abs();
     assert!(
         min >= -fraction * trace.max(f64::MIN_POSITIVE),
         "smallest eigenvalue {min:e} < -{fraction:e} * trace {trace:e}"
     );
-}
-
-/// The invariants every kernel Θ(x, x) must satisfy: symmetric and PSD.
-pub fn assert_valid_gram<T: Scalar>(k: &DMatrix<T>, symmetry_tol: f64) {
-    assert_symmetric(k, symmetry_tol);
-    assert_psd(k, prec::PSD_TRACE_FRACTION.max(symmetry_tol));
 }
 
 /// The Jacobian ∂f/∂θ by central finite differences with step `h`:
@@ -107,6 +76,13 @@ pub fn reference() -> Value {
     serde_json::from_str(text).expect("tests/data/neural_tangents.json parses")
 }
 
+/// More MLPs computed by neural-tangents 0.6.5: LeakyReLU, Abs and the standard
+/// parameterization (see `tests/data/README.md`).
+pub fn more_mlps() -> Value {
+    let text = include_str!("../data/more_mlps.json");
+    serde_json::from_str(text).expect("tests/data/more_mlps.json parses")
+}
+
 /// A JSON array of arrays of numbers as a matrix (rows are rows).
 pub fn matrix(v: &Value) -> DMatrix<f64> {
     let rows: Vec<Vec<f64>> = v
@@ -132,17 +108,12 @@ pub fn inputs(n: usize, d: usize, seed: u64) -> DMatrix<f64> {
     DMatrix::from_fn(n, d, |_, _| rng.random_range(-1.0..1.0))
 }
 
-/// The finite-difference NTK with all output pairs, J_fd(x1) J_fd(x2)ᵀ:
-/// (N1·k) × (N2·k), entry (i·k + c, j·k + c'), central differences with step `h`.
-pub fn finite_difference_ntk_full<M: NtkModel<f64> + Clone>(
-    model: &M,
-    x1: &DMatrix<f64>,
-    x2: &DMatrix<f64>,
-    h: f64,
-) -> DMatrix<f64> {
-    let j1 = finite_difference_jacobian(model, x1, h);
-    let j2 = finite_difference_jacobian(model, x2, h);
-    &j1 * j2.transpose()
+/// Deterministic standard normal entries: rows × cols from `seed`.
+pub fn gaussian(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
+    use ntk::rand::{SeedableRng, rngs::StdRng};
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = StdRng::seed_from_u64(seed);
+    DMatrix::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng))
 }
 
 /// The number of entries of `m` whose magnitude is below `threshold`, for checking that

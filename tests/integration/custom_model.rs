@@ -1,13 +1,17 @@
-//! A model defined outside the crate, with a weight used twice, gets its empirical NTK
-//! through the `NtkModel` trait: checked against finite differences, with a control
-//! showing that the cross-use terms Σ_{u≠v} are needed. Also: a model without
-//! parameters, and models whose tangent features are malformed (errors, not panics).
+//! Models defined outside the crate get their empirical NTK through the `NtkModel`
+//! trait: a weight-tied residual network (a weight and a bias used twice), a square
+//! weight used twice, a model given by a Jacobian block and a model without
+//! parameters all go through the kernel contract, with a control showing that the
+//! cross-use terms Σ_{u≠v} are needed. Also: models whose tangent features are
+//! malformed (errors, not panics).
 
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
 use ntk::{DenseUse, Error, LayerTangent, NtkModel, empirical_ntk, empirical_ntk_full};
 
-use crate::common::{self, prec, rel_err};
+use crate::common::{self, rel_err};
+use crate::contract::{self, Batches, Report};
+use crate::prec;
 
 /// A weight-tied residual network with a learned output gain:
 ///
@@ -260,60 +264,207 @@ impl NtkModel<f64> for WithoutCrossTerms {
     }
 }
 
+/// f(x) = 1ᵀ (s W tanh(s W x)): one square weight used twice, no bias.
+#[derive(Clone)]
+struct Tied {
+    w: DMatrix<f64>,
+}
+
+impl Tied {
+    fn scale(&self) -> f64 {
+        1.0 / (self.w.ncols() as f64).sqrt()
+    }
+}
+
+impl NtkModel<f64> for Tied {
+    fn input_dim(&self) -> usize {
+        self.w.ncols()
+    }
+    fn output_dim(&self) -> usize {
+        1
+    }
+    fn parameter_count(&self) -> usize {
+        self.w.len()
+    }
+    fn parameters(&self) -> DVector<f64> {
+        // W row-major.
+        DVector::from_iterator(self.w.len(), self.w.transpose().iter().copied())
+    }
+    fn set_parameters(&mut self, p: &DVector<f64>) -> ntk::Result<()> {
+        let n = self.w.nrows();
+        self.w = DMatrix::from_row_slice(n, n, p.as_slice());
+        Ok(())
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        let s = self.scale();
+        let h1 = x * self.w.transpose() * s;
+        let h2 = h1.map(f64::tanh) * self.w.transpose() * s;
+        Ok(DMatrix::from_fn(x.nrows(), 1, |i, _| h2.row(i).sum()))
+    }
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        let s = self.scale();
+        let n = self.w.nrows();
+        let h1 = x * self.w.transpose() * s;
+        let x1 = h1.map(f64::tanh);
+        let g2 = DMatrix::from_element(x.nrows(), n, 1.0);
+        let g1 = (&g2 * &self.w * s).component_mul(&dtanh(&h1));
+        Ok(vec![LayerTangent::Dense {
+            weight_scale: s,
+            bias_scale: None,
+            uses: vec![
+                DenseUse {
+                    input: x.clone(),
+                    output_grad: g1,
+                },
+                DenseUse {
+                    input: x1,
+                    output_grad: g2,
+                },
+            ],
+        }])
+    }
+}
+
+/// f_c(x) = Σ_b θ_{b,c} sin(x_b), described by an explicit Jacobian block.
+#[derive(Clone)]
+struct SineFeatures {
+    theta: DMatrix<f64>, // d × k
+}
+
+impl NtkModel<f64> for SineFeatures {
+    fn input_dim(&self) -> usize {
+        self.theta.nrows()
+    }
+    fn output_dim(&self) -> usize {
+        self.theta.ncols()
+    }
+    fn parameter_count(&self) -> usize {
+        self.theta.len()
+    }
+    fn parameters(&self) -> DVector<f64> {
+        // θ row-major: index b·k + c.
+        DVector::from_iterator(self.theta.len(), self.theta.transpose().iter().copied())
+    }
+    fn set_parameters(&mut self, p: &DVector<f64>) -> ntk::Result<()> {
+        let (d, k) = self.theta.shape();
+        self.theta = DMatrix::from_row_slice(d, k, p.as_slice());
+        Ok(())
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        Ok(x.map(f64::sin) * &self.theta)
+    }
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        let (d, k) = self.theta.shape();
+        let n = x.nrows();
+        let j = DMatrix::from_fn(n * k, d * k, |row, col| {
+            let (i, c) = (row / k, row % k);
+            let (b, c2) = (col / k, col % k);
+            if c == c2 { x[(i, b)].sin() } else { 0.0 }
+        });
+        Ok(vec![LayerTangent::Jacobian(j)])
+    }
+}
+
+/// Every custom model satisfies the kernel contract: the tied residual network (a
+/// weight and a bias used twice, and an explicit Jacobian block; k = 1 and 3), a
+/// square weight used twice, a model given wholly by a Jacobian block, and a model
+/// without parameters. Among the contract's checks, `vjp` against the
+/// finite-difference Jacobian is the one that sees a shared bias's gradient summed
+/// over its uses.
 #[test]
-fn tied_residual_matches_finite_differences() {
+fn custom_models_satisfy_the_kernel_contract() {
+    let check = |label: &str, report: Result<Report, contract::Violation>| {
+        let r = report.unwrap_or_else(|v| panic!("{label}: {v}"));
+        eprintln!(
+            "{label}: contract passed, worst relative error {:.1e} against finite differences, {:.1e} exact",
+            r.finite_difference, r.exact
+        );
+    };
     for (k, seed) in [(1, 1), (3, 2)] {
         let model = TiedResidual::new(3, 6, k, seed);
-        let x1 = common::inputs(5, 3, 10 + seed);
-        let x2 = common::inputs(4, 3, 20 + seed);
-
-        // The Jacobian, including the γ column from the explicit block.
-        let j1 = model.jacobian(&x1).expect("jacobian");
-        let j1_fd = common::finite_difference_jacobian(&model, &x1, 1e-6);
-        assert_eq!(j1.shape(), (5 * k, model.parameter_count()));
-        let e_jac = rel_err(&j1, &j1_fd);
-        assert!(
-            e_jac <= prec::FINITE_DIFFERENCE,
-            "k = {k}: jacobian {e_jac:e}"
-        );
-
-        let fd = common::finite_difference_ntk_full(&model, &x1, &x2, 1e-6);
-        let full = empirical_ntk_full(&model, &x1, &x2).expect("full");
-        let theta = empirical_ntk(&model, &x1, &x2).expect("kernel");
-        let e_full = rel_err(&full, &fd);
-        let e_trace = rel_err(&theta, &common::trace_over_outputs(&fd, k));
-        assert!(
-            e_full <= prec::FINITE_DIFFERENCE,
-            "k = {k}: full {e_full:e}"
-        );
-        assert!(
-            e_trace <= prec::FINITE_DIFFERENCE,
-            "k = {k}: trace {e_trace:e}"
-        );
-
-        // Exact identities: Jacobian contraction and per-group sum.
-        let j2 = model.jacobian(&x2).expect("jacobian");
-        assert!(rel_err(&full, &(&j1 * j2.transpose())) <= prec::EXACT_F64);
-        let parts = model.layer_kernels(&x1, &x2).expect("layer kernels");
-        assert_eq!(parts.len(), 4);
-        assert!(parts[1].bias.is_some() && parts[3].bias.is_none());
-        let sum = parts
-            .iter()
-            .fold(DMatrix::zeros(5, 4), |acc, p| acc + p.total());
-        assert!(rel_err(&sum, &theta) <= prec::EXACT_F64);
-        // The γ group's kernel is its Jacobian column's contraction.
-        let gamma_col = |j: &DMatrix<f64>| j.columns(model.parameter_count() - 1, 1).into_owned();
-        let gg = gamma_col(&j1) * gamma_col(&j2).transpose();
-        assert!(rel_err(&parts[3].weights, &common::trace_over_outputs(&gg, k)) <= prec::EXACT_F64);
-
-        let fd_sym = common::finite_difference_ntk_full(&model, &x1, &x1, 1e-6);
-        let full_sym = empirical_ntk_full(&model, &x1, &x1).expect("full");
-        assert!(rel_err(&full_sym, &fd_sym) <= prec::FINITE_DIFFERENCE);
-        common::assert_valid_gram(&full_sym, 1e-12);
-        eprintln!(
-            "tied residual, k = {k}: jacobian {e_jac:.1e}, full {e_full:.1e}, trace {e_trace:.1e} vs finite differences"
+        let batches = Batches::random(3, 10 + seed);
+        check(
+            &format!("tied residual, k = {k}"),
+            contract::check_ntk_model(&model, &batches),
         );
     }
+    let tied = Tied {
+        w: common::gaussian(4, 4, 8),
+    };
+    check(
+        "square weight used twice",
+        contract::check_ntk_model(&tied, &Batches::random(4, 9)),
+    );
+    let sine = SineFeatures {
+        theta: common::gaussian(3, 2, 11),
+    };
+    check(
+        "Jacobian block",
+        contract::check_ntk_model(&sine, &Batches::random(3, 12)),
+    );
+    check(
+        "no parameters",
+        contract::check_ntk_model(&NoParameters, &Batches::random(2, 13)),
+    );
+}
+
+/// The tied residual network with a wrong gradient: the shared bias c keeps only its
+/// last use's term (what `b = …` for `b += …` over the uses would give).
+#[derive(Clone)]
+struct LastUseBiasGradient(TiedResidual);
+
+impl NtkModel<f64> for LastUseBiasGradient {
+    fn input_dim(&self) -> usize {
+        self.0.input_dim()
+    }
+    fn output_dim(&self) -> usize {
+        self.0.output_dim()
+    }
+    fn parameter_count(&self) -> usize {
+        self.0.parameter_count()
+    }
+    fn parameters(&self) -> DVector<f64> {
+        self.0.parameters()
+    }
+    fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
+        self.0.set_parameters(params)
+    }
+    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        self.0.forward(x)
+    }
+    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+        self.0.layer_tangents(x)
+    }
+    fn vjp(&self, x: &DMatrix<f64>, cotangent: &DMatrix<f64>) -> ntk::Result<DVector<f64>> {
+        let mut grad = self.0.vjp(x, cotangent)?;
+        let (d, n, k) = (self.0.d, self.0.n, self.0.k);
+        let (_, _, sc, _) = self.0.scales();
+        let tangents = self.0.layer_tangents(x)?;
+        let LayerTangent::Dense { uses, .. } = &tangents[1] else {
+            unreachable!("group 1 is B and c")
+        };
+        // c follows A (n × d) and B (n × n); remove every use's term but the last.
+        for u in &uses[..uses.len() - 1] {
+            for a in 0..n {
+                let term: f64 = (0..x.nrows())
+                    .flat_map(|i| (0..k).map(move |c| (i, c)))
+                    .map(|(i, c)| cotangent[(i, c)] * u.output_grad[(i, c * n + a)])
+                    .sum();
+                grad[n * d + n * n + a] -= sc * term;
+            }
+        }
+        Ok(grad)
+    }
+}
+
+/// The contract can fail where the suite once could not: it rejects a shared bias
+/// whose gradient keeps only its last use, through its `vjp` check.
+#[test]
+fn contract_rejects_a_shared_bias_gradient_from_one_use() {
+    let wrong = LastUseBiasGradient(TiedResidual::new(3, 6, 2, 5));
+    let violation = contract::check_ntk_model(&wrong, &Batches::random(3, 50))
+        .expect_err("a wrong gradient must violate the contract");
+    assert!(violation.check.starts_with("vjp"), "{violation}");
 }
 
 /// The control: without the cross-use terms of the shared B and c the kernel is
@@ -325,7 +476,9 @@ fn dropping_cross_use_terms_is_detected() {
         let model = TiedResidual::new(3, 6, k, 4);
         let x1 = common::inputs(5, 3, 40);
         let x2 = common::inputs(4, 3, 41);
-        let fd = common::finite_difference_ntk_full(&model, &x1, &x2, 1e-6);
+        let j1 = common::finite_difference_jacobian(&model, &x1, prec::FD_STEP);
+        let j2 = common::finite_difference_jacobian(&model, &x2, prec::FD_STEP);
+        let fd = &j1 * j2.transpose();
         let wrong = empirical_ntk_full(&WithoutCrossTerms(model.clone()), &x1, &x2).expect("ok");
         let e = rel_err(&wrong, &fd);
         assert!(
@@ -365,29 +518,6 @@ fn dropping_cross_use_terms_is_detected() {
         }
         assert!(rel_err(&(&right - &wrong), &cross) <= prec::EXACT_F64);
         eprintln!("tied residual, k = {k}: kernel without cross-use terms is off by {e:.2}");
-    }
-}
-
-/// Across several row blocks, the custom model's blocked kernel equals its unblocked
-/// per-group sum and its Jacobian contraction.
-#[test]
-fn tied_residual_blocked_matches_unblocked() {
-    let model = TiedResidual::new(4, 5, 2, 9);
-    let x1 = common::inputs(300, 4, 90);
-    let x2 = common::inputs(270, 4, 91);
-    for (a, b) in [(&x1, &x1), (&x1, &x2)] {
-        let theta = empirical_ntk(&model, a, b).expect("kernel");
-        let sum = model
-            .layer_kernels(a, b)
-            .expect("layer kernels")
-            .iter()
-            .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, p| {
-                acc + p.total()
-            });
-        assert!(rel_err(&theta, &sum) <= prec::EXACT_F64);
-        let full = empirical_ntk_full(&model, a, b).expect("full");
-        let jj = model.jacobian(a).expect("j") * model.jacobian(b).expect("j").transpose();
-        assert!(rel_err(&full, &jj) <= prec::EXACT_F64);
     }
 }
 

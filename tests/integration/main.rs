@@ -1,15 +1,19 @@
 //! Integration tests for `ntk`, in one binary (one link step for the whole suite).
 //!
 //! Every check compares against an independent reference: finite differences, the
-//! explicit Jacobian, closed forms, or values computed by neural-tangents 0.6.5
-//! (`tests/data/neural_tangents.json`).
+//! explicit Jacobian, closed forms, pseudo-inverses and matrix exponentials computed
+//! by nalgebra, or values computed by neural-tangents 0.6.5 (`tests/data/`). Every
+//! model goes through one kernel contract (`contract.rs`); tolerances live in
+//! `prec.rs`.
 
 mod common;
+mod contract;
 mod custom_model;
 mod empirical;
 mod flow;
 mod infinite;
 mod parallel;
+mod prec;
 mod program;
 mod train;
 mod transformer;

@@ -12,7 +12,8 @@ use ntk::{
 };
 use serde_json::Value;
 
-use crate::common::{self, prec, rel_err};
+use crate::common::{self, rel_err};
+use crate::prec;
 
 /// The reference data of `tests/data/programs.json` (see tests/data/README.md).
 fn reference() -> Value {

@@ -9,7 +9,8 @@ use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{Activation, NtkModel, Program, Var, empirical_ntk, infinite_width, width_convergence};
 use serde_json::Value;
 
-use crate::common::{self, prec, rel_err};
+use crate::common::{self, rel_err};
+use crate::prec;
 
 /// k_t = dense(U, x_t); y = attention(k, k, k); z_t = LN(y_t + k_t);
 /// o_t = LN(dense(W₂, φ(dense(W₁, z_t))) + z_t); f = readout(mean_t o_t).

@@ -1,0 +1,39 @@
+//! Tolerances, in one place (as statrs' `prec`): every comparison in the suite names
+//! one of these instead of a literal, with the reason for its size.
+
+/// Exact identities in f64 (Jacobian contraction, per-group sums, blocks of a kernel,
+/// a formula against the same formula written out by hand): round-off only.
+pub const EXACT_F64: f64 = 1e-10;
+
+/// Step of the central finite differences in the parameters (of order 1), in time,
+/// and in the inputs.
+pub const FD_STEP: f64 = 1e-6;
+
+/// Central finite differences in f64 with step [`FD_STEP`]: truncation O(h²) plus
+/// round-off O(ε/h).
+pub const FINITE_DIFFERENCE: f64 = 1e-6;
+
+/// f32 against f64 on the same network or kernel.
+pub const F32_VS_F64: f64 = 1e-4;
+
+/// Closed-form kernels against neural-tangents on pairs of inputs with correlation
+/// ±1, where θ = arccos ρ amplifies round-off in ρ to ~√ε (the references' README:
+/// ~1e-9 there).
+pub const NEURAL_TANGENTS: f64 = 1e-9;
+
+/// Closed-form kernels against neural-tangents everywhere else (the README: ~1e-15),
+/// relative to the largest entry, with a margin for the recursion's depth.
+pub const NEURAL_TANGENTS_ROUND_OFF: f64 = 1e-13;
+
+/// Gauss–Hermite quadrature at the default degree on moderate pre-activation
+/// variances (the table at `GaussHermite::DEFAULT_DEGREE`): the same kernel entry
+/// computed with the two inputs in swapped roles.
+pub const QUADRATURE: f64 = 1e-8;
+
+/// Predictions through one symmetric eigendecomposition (or Cholesky) against a
+/// reference through another route (Padé exponential, LU, pseudo-inverse, iteration):
+/// both carry round-off amplified by the kernel's condition number (≲ 1e4 here).
+pub const SPECTRAL: f64 = 1e-9;
+
+/// PSD: the smallest eigenvalue may dip below zero by this fraction of the trace.
+pub const PSD_TRACE_FRACTION: f64 = 1e-10;
