@@ -13,6 +13,7 @@ use ntk::{
 use serde_json::Value;
 
 use crate::common::{self, rel_err};
+use crate::contract;
 use crate::prec;
 
 /// The reference data of `tests/data/programs.json` (see tests/data/README.md).
@@ -278,54 +279,70 @@ fn the_program_network_of_an_mlp_is_the_mlp() {
     assert!(rel_err(&a, &b) < prec::EXACT_F64);
 }
 
-/// Finite differences through shared weights: RNN (mean-pooled), CNN (flattened, two
-/// outputs through the readout's k) and the residual block.
-#[test]
-fn shared_weight_networks_match_finite_differences() {
-    let mut programs = vec![
-        rnn(3, 2, Activation::Tanh, (1.0, 1.5, 0.5, 1.0), true),
+/// Programs with shared weights used by the contract's checks: an RNN (mean-pooled),
+/// a CNN (flattened), a residual block, a weight used twice on the same input with a
+/// shared bias and a two-output readout with a bias, and a Transformer.
+fn shared_weight_programs() -> Vec<Program> {
+    let mut twice = Program::new(4);
+    let x = twice.input(0..4).unwrap();
+    let (w, b) = (twice.weight(1.1).unwrap(), twice.bias(0.4).unwrap());
+    let h = twice.dense(w, x).unwrap();
+    let h1 = twice.add_bias(h, b).unwrap();
+    let z = twice.apply(Activation::Sin, h1).unwrap();
+    let h2 = twice.dense(w, x).unwrap(); // the same W on the same input, again
+    let h2 = twice.add_bias(h2, b).unwrap();
+    let s = twice.add(&[z, h2]).unwrap();
+    twice
+        .readout(s, ntk::Readout::new(0.9).bias_std(0.2).outputs(2))
+        .unwrap();
+    // Closed-form activations, so that the limits' checks are exact to round-off.
+    vec![
+        rnn(3, 2, Activation::Erf, (1.0, 1.5, 0.5, 1.0), true),
         cnn(4, 2, 2, Activation::Erf, (1.2, 0.3, 1.0), true),
         resnet(3, Activation::Gelu, 0.2, 1.0),
-    ];
-    // Several outputs and a readout bias.
-    let mut p = Program::new(4);
-    let x = p.input(0..4).unwrap();
-    let (w, b) = (p.weight(1.1).unwrap(), p.bias(0.4).unwrap());
-    let h = p.dense(w, x).unwrap();
-    let h1 = p.add_bias(h, b).unwrap();
-    let z = p.apply(Activation::Sin, h1).unwrap();
-    let h2 = p.dense(w, x).unwrap(); // the same W on the same input, again
-    let h2 = p.add_bias(h2, b).unwrap();
-    let s = p.add(&[z, h2]).unwrap();
-    p.readout(s, ntk::Readout::new(0.9).bias_std(0.2).outputs(2))
-        .unwrap();
-    programs.push(p);
-    for (i, program) in programs.iter().enumerate() {
+        twice,
+        crate::transformer::transformer(3, 2, Activation::Gelu, (1.0, 1.2, 1.0)),
+    ]
+}
+
+/// Finite networks of programs through the kernel contract: finite differences
+/// through shared weights (Jacobian, vjp, kernel), groups, blocks, batches.
+#[test]
+fn program_networks_satisfy_the_kernel_contract() {
+    for (i, program) in shared_weight_programs().iter().enumerate() {
         let net = program
             .init::<f64, _>(5, &mut StdRng::seed_from_u64(i as u64))
             .unwrap();
-        let x = common::inputs(3, program.input_dim(), 20 + i as u64);
-        let jac = common::finite_difference_jacobian(&net, &x, 1e-6);
-        let exact = net.jacobian(&x).unwrap();
-        assert!(
-            rel_err(&exact, &jac) < prec::FINITE_DIFFERENCE,
-            "program {i}: Jacobian"
-        );
-        let k = program.output_dim();
-        let theta = empirical_ntk(&net, &x, &x).unwrap();
-        let reference = common::trace_over_outputs(&(&jac * jac.transpose()), k);
-        assert!(
-            rel_err(&theta, &reference) < prec::FINITE_DIFFERENCE,
-            "program {i}: kernel"
-        );
-        let parts = net.layer_kernels(&x, &x).unwrap();
-        let sum = parts
-            .iter()
-            .fold(DMatrix::zeros(3, 3), |acc, l| acc + l.total());
-        assert!(
-            rel_err(&sum, &theta) < prec::EXACT_F64,
-            "program {i}: groups"
-        );
+        let batches = contract::Batches::random(program.input_dim(), 20 + i as u64);
+        contract::check_ntk_model(&net, &batches).unwrap_or_else(|v| panic!("program {i}: {v}"));
+    }
+}
+
+/// Infinite-width kernels of programs (Σ, Θ̊ and every group's term) through the
+/// contract's kernel-function checks: transposition, PSD, equal-size batches against
+/// the stacked batch, subsets, the x1 = x2 path against the general one.
+#[test]
+fn program_limits_satisfy_the_kernel_contract() {
+    let mut programs = shared_weight_programs();
+    programs.push(cnn(4, 2, 2, Activation::Relu, (1.4, 0.1, 1.0), false));
+    for (i, p) in programs.iter().enumerate() {
+        // One configuration: the program is compiled once and its tapes reused.
+        let limit = InfiniteWidth::new(p).unwrap();
+        let kernels = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<contract::Named> {
+            let k = limit.kernels(a, b)?;
+            let mut all = vec![("nngp".to_string(), k.nngp), ("ntk".to_string(), k.ntk)];
+            for (g, group) in limit.layer_kernels(a, b)?.into_iter().enumerate() {
+                all.push((format!("group {g} weights"), group.weights));
+                if let Some(bias) = group.bias {
+                    all.push((format!("group {g} bias"), bias));
+                }
+            }
+            Ok(all)
+        };
+        let batches =
+            contract::Batches::with_large_rows(p.input_dim(), 60 + i as u64, contract::LARGE_ROWS);
+        contract::check_kernel_fn(&batches, 1, prec::EXACT_F64, kernels)
+            .unwrap_or_else(|v| panic!("program {i}: {v}"));
     }
 }
 
