@@ -13,7 +13,7 @@
 //!   hardware yardstick: setup / GEMM says how many GEMMs the setup is worth.
 //!
 //! Group `gradient_flow/predict`: one train + test prediction on a prepared flow
-//! (O(N² + MN)), and `train_many` at 100 times (one GEMM).
+//! (O(N² + MN)), and `train_at` 100 times (one GEMM; id `train_many_100`).
 //!
 //! Group `gradient_flow/after_eigen`: a scalar libm loop (SSE code, as in the
 //! activations) timed right after an eigendecomposition at N = 256 on the same thread:
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ntk::nalgebra::{DMatrix, SymmetricEigen};
 use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
-use ntk::{GradientFlow, KernelRegression, KrylovFlow};
+use ntk::{GradientFlow, Horizon, KernelRegression, KrylovFlow};
 
 const SIZES: [usize; 3] = [256, 1024, 2048];
 const TEST_POINTS: usize = 256;
@@ -138,8 +138,9 @@ fn predict(c: &mut Criterion) {
             });
         });
         let times: Vec<f64> = (0..100).map(|i| 0.1 * i as f64).collect();
+        let horizons = Horizon::times(&times);
         group.bench_with_input(BenchmarkId::new("train_many_100", n), &n, |b, _| {
-            b.iter(|| black_box(flow.train_many(&times, &f0).expect("train_many")));
+            b.iter(|| black_box(flow.train_at(&horizons, &f0).expect("train_at")));
         });
         // Baseline: one matrix-vector product with the N × N kernel.
         group.bench_with_input(BenchmarkId::new("gemv", n), &n, |b, _| {

@@ -26,7 +26,7 @@ use std::f64::consts::PI;
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, GradientDescent, GradientFlow, Mlp, MlpSpec, NtkModel, empirical_ntk,
+    Activation, GradientDescent, GradientFlow, Horizon, Mlp, MlpSpec, NtkModel, empirical_ntk,
     infinite_width,
 };
 use plotters::prelude::*;
@@ -129,13 +129,14 @@ fn run(
         .train(&mut net, x, y, x_test)?;
     let theta_end = empirical_ntk(&net, joint_x, joint_x)?;
 
+    let steps = Horizon::steps(&trained.steps);
     let own = GradientFlow::new(&theta, y, eta)?;
-    let own_train = own.train_gd_many(&trained.steps, &f0)?;
-    let own_test = own.test_gd_many(&trained.steps, &f0, &f0_test, &theta_test)?;
+    let own_train = own.train_at(&steps, &f0)?;
+    let own_test = own.test_at(&steps, &f0, &f0_test, &theta_test)?;
     let (ref_train_kernel, ref_test_kernel) = blocks(reference);
     let limit = GradientFlow::new(&ref_train_kernel, y, eta)?;
-    let ref_train = limit.train_gd_many(&trained.steps, &f0)?;
-    let ref_test = limit.test_gd_many(&trained.steps, &f0, &f0_test, &ref_test_kernel)?;
+    let ref_train = limit.train_at(&steps, &f0)?;
+    let ref_test = limit.test_at(&steps, &f0, &f0_test, &ref_test_kernel)?;
 
     Ok(Run {
         deviation_own: relative_deviation(

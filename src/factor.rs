@@ -86,7 +86,7 @@ pub(crate) fn symmetric_eigen<T: Scalar>(a: &DMatrix<f64>) -> Result<(DVector<f6
     }
     // faer sorts ascending; reverse to descending.
     let values = DVector::from_fn(n, |i, _| values[n - 1 - i]);
-    let vectors = DMatrix::from_fn(n, n, |i, j| T::of(vectors[(i, n - 1 - j)]));
+    let vectors = DMatrix::from_fn(n, n, |i, j| T::from_f64_lossy(vectors[(i, n - 1 - j)]));
     Ok((values, vectors))
 }
 

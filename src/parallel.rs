@@ -30,3 +30,34 @@ pub(crate) fn for_each<I: Sync>(items: &[I], f: impl Fn(&I) + Sync + Send) {
         items.iter().for_each(f);
     }
 }
+
+/// `f(b, block)` for every block of `width` consecutive columns of `m` (the last one
+/// may be narrower): disjoint mutable views of the column-major storage, handed to
+/// rayon's `par_chunks_mut` with the `parallel` feature and to `chunks_mut` without.
+pub(crate) fn for_each_column_block<T: nalgebra::Scalar + Send>(
+    m: &mut nalgebra::DMatrix<T>,
+    width: usize,
+    f: impl Fn(usize, nalgebra::DMatrixViewMut<'_, T>) + Sync + Send,
+) {
+    let rows = m.nrows();
+    if m.is_empty() || width == 0 {
+        return;
+    }
+    let block = |(b, data): (usize, &mut [T])| {
+        let cols = data.len() / rows;
+        f(b, nalgebra::DMatrixViewMut::from_slice(data, rows, cols));
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        m.as_mut_slice()
+            .par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each(block);
+    }
+    #[cfg(not(feature = "parallel"))]
+    m.as_mut_slice()
+        .chunks_mut(rows * width)
+        .enumerate()
+        .for_each(block);
+}

@@ -11,7 +11,8 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite, check_positive, check_rows};
-use crate::model::{NtkModel, vjp_from_tangents};
+use crate::model::NtkModel;
+use crate::tangent::Tangents;
 
 /// Full-batch gradient descent with a fixed learning rate, recording outputs at
 /// chosen steps.
@@ -174,15 +175,15 @@ impl<T: Scalar> GradientDescent<T> {
             if next.peek() == Some(&&step) {
                 let _ = next.next();
                 run.steps.push(step);
-                run.losses.push(T::of(0.5) * residual.norm_squared());
+                run.losses
+                    .push(T::from_f64_lossy(0.5) * residual.norm_squared());
                 run.test_outputs.push(model.forward(x_test)?);
                 run.train_outputs.push(f);
             }
             if step == self.steps {
                 break;
             }
-            let grad =
-                vjp_from_tangents(&tangents, &residual, x_train.nrows(), model.output_dim())?;
+            let grad = Tangents::new(tangents, x_train.nrows(), model.output_dim())?.vjp(&residual);
             theta.axpy(-self.learning_rate, &grad, T::one());
             if theta.iter().any(|v| !v.is_finite()) {
                 return Err(self.diverged());

@@ -7,8 +7,8 @@
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, Error, GradientFlow, InfiniteEnsemble, KernelRegression, KrylovFlow, MlpSpec,
-    empirical_ntk,
+    Activation, Error, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression, KrylovFlow,
+    MlpSpec, empirical_ntk,
 };
 use proptest::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
@@ -284,7 +284,10 @@ fn discrete_gradient_descent_matches_iteration_and_approaches_flow() {
         for s in 0..=40 {
             if s % 10 == 0 {
                 assert!(rel_err(&flow.train_gd(s, &f0).unwrap(), &f) <= 1e-10);
-                let test = flow.test_gd(s, &f0, &f0_test, &theta_test).unwrap();
+                let test = flow
+                    .test_at(&[Horizon::Steps(s)], &f0, &f0_test, &theta_test)
+                    .unwrap()
+                    .remove(0);
                 assert!(
                     rel_err(&test, &ft) <= 1e-9,
                     "η λ_max = {}, s = {s}",
@@ -304,7 +307,8 @@ fn discrete_gradient_descent_matches_iteration_and_approaches_flow() {
     for steps in [100usize, 1_000, 10_000] {
         let gd = GradientFlow::new(&theta, &y, eta * t / steps as f64).unwrap();
         let err = rel_err(
-            &gd.test_gd(steps, &f0, &f0_test, &theta_test).unwrap(),
+            &gd.test_at(&[Horizon::Steps(steps)], &f0, &f0_test, &theta_test)
+                .unwrap()[0],
             &flow.test(t, &f0, &f0_test, &theta_test).unwrap(),
         );
         let err_train = rel_err(
@@ -342,10 +346,14 @@ fn loss_many_times_and_eigenbasis_residual() {
     let f0_test = gaussian(2, 2, 29);
     let flow = GradientFlow::new(&theta, &y, 0.8).unwrap();
     let ts = [0.0, 0.3, 1.0, 10.0];
-    let trains = flow.train_many(&ts, &f0).unwrap();
-    let tests = flow.test_many(&ts, &f0, &f0_test, &theta_test).unwrap();
-    let losses = flow.loss_many(&ts, &f0).unwrap();
-    let r0 = flow.residual_in_eigenbasis(0.0, &f0).unwrap();
+    let trains = flow.train_at(&Horizon::times(&ts), &f0).unwrap();
+    let tests = flow
+        .test_at(&Horizon::times(&ts), &f0, &f0_test, &theta_test)
+        .unwrap();
+    let losses = flow.loss_at(&Horizon::times(&ts), &f0).unwrap();
+    let r0 = flow
+        .residual_in_eigenbasis(Horizon::Time(0.0), &f0)
+        .unwrap();
     assert!(rel_err(&r0, &(flow.eigenvectors().transpose() * (&f0 - &y))) <= 1e-12);
     for (i, &t) in ts.iter().enumerate() {
         let single = flow.train(t, &f0).unwrap();
@@ -358,9 +366,12 @@ fn loss_many_times_and_eigenbasis_residual() {
         );
         let direct = 0.5 * (&single - &y).norm_squared();
         assert!((losses[i] - direct).abs() <= 1e-12 * direct.max(1e-300));
-        assert!((flow.loss(t, &f0).unwrap() - direct).abs() <= 1e-12 * direct.max(1e-300));
+        assert!(
+            (flow.loss_at(&[Horizon::Time(t)], &f0).unwrap()[0] - direct).abs()
+                <= 1e-12 * direct.max(1e-300)
+        );
         // The residual in the eigenbasis is Vᵀ(f_t − Y), each direction decaying as e^{−ηtλ}.
-        let r = flow.residual_in_eigenbasis(t, &f0).unwrap();
+        let r = flow.residual_in_eigenbasis(Horizon::Time(t), &f0).unwrap();
         assert!(rel_err(&r, &(flow.eigenvectors().transpose() * (&single - &y))) <= 1e-10);
         for (j, &lambda) in flow.eigenvalues().iter().enumerate() {
             let decay = (-0.8 * t * lambda).exp();
@@ -536,8 +547,8 @@ fn bad_inputs_are_errors() {
             flow.test(t, &f0, &f0_test, &theta_test),
             Err(Error::InvalidParameter { parameter: "t", .. })
         ));
-        assert!(flow.train_many(&[1.0, t], &f0).is_err());
-        assert!(flow.loss(t, &f0).is_err());
+        assert!(flow.train_at(&Horizon::times(&[1.0, t]), &f0).is_err());
+        assert!(flow.loss_at(&[Horizon::Time(t)], &f0).is_err());
     }
     assert!(matches!(
         flow.train(1.0, &DMatrix::zeros(3, 1)),
@@ -786,7 +797,7 @@ proptest! {
         let mid = flow.train(t1, &f0).unwrap();
         let direct = flow.train(t1 + t2, &f0).unwrap();
         prop_assert!(rel_err(&flow.train(t2, &mid).unwrap(), &direct) <= 1e-10);
-        let loss = flow.loss(t1 + t2, &f0).unwrap();
+        let loss = flow.loss_at(&[Horizon::Time(t1 + t2)], &f0).unwrap()[0];
         prop_assert!((loss - 0.5 * (&direct - &y).norm_squared()).abs() <= 1e-10 * (1.0 + loss));
     }
 }
