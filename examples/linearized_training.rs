@@ -3,8 +3,9 @@
 //! On a small regression task on the circle (16 training points, 48 test points),
 //! MLPs with one hidden Erf layer of width n ∈ {64, 256, 1024, 4096} are trained by
 //! full-batch gradient descent (backpropagation, [`GradientDescent`]) for 2000 steps,
-//! and each trajectory is compared with [`GradientFlow::train_gd_many`] /
-//! [`GradientFlow::test_gd_many`]: the same gradient descent on the linearised model,
+//! and each trajectory is compared with [`GradientFlow::train_at`] /
+//! [`GradientFlow::test_at`] after the same steps ([`Horizon::Steps`]): the same
+//! gradient descent on the linearised model,
 //! f_s − Y = (I − ηΘ)^s (f_0 − Y), with
 //!
 //! - Θ = the network's own empirical NTK at initialisation, and

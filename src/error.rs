@@ -158,6 +158,23 @@ pub(crate) fn select_rows<T: crate::Scalar>(
     Ok(x.rows(range.start, range.len()).into_owned())
 }
 
+/// Errors unless the matrix argument `m` has the expected rows and columns (each
+/// `None` for any number, or the number and what it counts) and finite entries.
+pub(crate) fn check_matrix<T: crate::Scalar>(
+    argument: &'static str,
+    m: &nalgebra::DMatrix<T>,
+    rows: Option<(usize, &str)>,
+    cols: Option<(usize, &str)>,
+) -> Result<()> {
+    if let Some((expected, what)) = rows {
+        check_rows(argument, m, expected, what)?;
+    }
+    if let Some((expected, what)) = cols {
+        check_cols(argument, m, expected, what)?;
+    }
+    check_finite(argument, m)
+}
+
 /// Errors unless `value` is finite and `>= 0` (a standard deviation).
 pub(crate) fn check_std(parameter: &'static str, value: f64) -> Result<()> {
     if value.is_finite() && value >= 0.0 {

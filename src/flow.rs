@@ -40,13 +40,11 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{
-    Error, Result, check_cols, check_finite, check_positive, check_rows, check_symmetric_kernel,
-    check_time,
-};
+use crate::error::{Error, Result, check_matrix, check_rows, check_symmetric_kernel, check_time};
 use crate::factor::{Cholesky, symmetric_eigen};
 use crate::problem::{
     TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
+    kernel_and_targets,
 };
 
 /// Where along the dynamics a prediction is made: after a time of gradient flow, or
@@ -153,12 +151,11 @@ impl<T: Scalar> GradientFlow<T> {
     /// [`Error::InvalidParameter`] unless `eta` is finite and > 0;
     /// [`Error::Factorization`] if the eigensolver does not converge.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
-        let problem = TrainingProblem::new(theta_train, y_train)?;
-        check_positive("eta", eta.to_f64())?;
+        let problem = TrainingProblem::new(theta_train, y_train, eta)?;
         // Symmetric to 1e-8 (checked): the eigensolver reads the lower triangle.
         let (values, vectors) = symmetric_eigen(&problem.theta)?;
         Ok(GradientFlow {
-            eta,
+            eta: problem.eta,
             targets: problem.targets,
             eigenvalues: values.map(|v| T::from_f64_lossy(v.max(0.0))),
             eigenvectors: vectors,
@@ -460,8 +457,8 @@ impl<T: Scalar> KernelRegression<T> {
     /// [`Error::Factorization`] if Θ + ρI is not positive definite to working
     /// precision (the message suggests a `diag_reg`).
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, diag_reg: T) -> Result<Self> {
-        let problem = TrainingProblem::new(theta_train, y_train)?;
-        let n = problem.targets.nrows();
+        let (theta, targets) = kernel_and_targets(theta_train, y_train)?;
+        let n = targets.nrows();
         let rho = diag_reg.to_f64();
         if !(rho.is_finite() && rho >= 0.0) {
             return Err(Error::InvalidParameter {
@@ -471,7 +468,7 @@ impl<T: Scalar> KernelRegression<T> {
             });
         }
         // Symmetric to 1e-8 (checked): the factorization reads the lower triangle.
-        let mut a = problem.theta;
+        let mut a = theta;
         for i in 0..n {
             a[(i, i)] += rho;
         }
@@ -494,7 +491,7 @@ impl<T: Scalar> KernelRegression<T> {
         };
         Ok(KernelRegression {
             cholesky,
-            targets: problem.targets,
+            targets,
             diag_reg,
         })
     }
@@ -706,28 +703,11 @@ impl<T: Scalar> InfiniteEnsemble<T> {
         nngp_test_test: &DMatrix<T>,
     ) -> Result<GaussianPrediction<T>> {
         check_time("t", t.to_f64())?;
-        let n = self.flow.n();
+        let n = Some((self.flow.n(), "one per training point"));
         let m = ntk_test_train.nrows();
-        check_cols(
-            "ntk_test_train",
-            ntk_test_train,
-            n,
-            "one per training point",
-        )?;
-        check_finite("ntk_test_train", ntk_test_train)?;
-        check_rows(
-            "nngp_test_train",
-            nngp_test_train,
-            m,
-            "as many as ntk_test_train",
-        )?;
-        check_cols(
-            "nngp_test_train",
-            nngp_test_train,
-            n,
-            "one per training point",
-        )?;
-        check_finite("nngp_test_train", nngp_test_train)?;
+        check_matrix("ntk_test_train", ntk_test_train, None, n)?;
+        let m_rows = Some((m, "as many as ntk_test_train"));
+        check_matrix("nngp_test_train", nngp_test_train, m_rows, n)?;
         check_symmetric_kernel("nngp_test_test", nngp_test_test)?;
         check_rows(
             "nngp_test_test",

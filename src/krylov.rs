@@ -20,7 +20,7 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_positive, check_time};
+use crate::error::{Error, Result, check_time};
 use crate::problem::{
     TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
 };
@@ -52,7 +52,6 @@ use crate::problem::{
 #[derive(Clone, Debug)]
 pub struct KrylovFlow<T: Scalar> {
     problem: TrainingProblem<T>,
-    eta: f64,
     tolerance: f64,
     max_dimension: usize,
 }
@@ -66,12 +65,10 @@ impl<T: Scalar> KrylovFlow<T> {
     /// # Errors
     /// As [`GradientFlow::new`](crate::GradientFlow::new).
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
-        let problem = TrainingProblem::new(theta_train, y_train)?;
-        check_positive("eta", eta.to_f64())?;
+        let problem = TrainingProblem::new(theta_train, y_train, eta)?;
         let n = problem.targets.nrows();
         Ok(KrylovFlow {
             problem,
-            eta: eta.to_f64(),
             tolerance: 1e-10,
             max_dimension: n.min(500),
         })
@@ -161,7 +158,7 @@ impl<T: Scalar> KrylovFlow<T> {
                 reason: "the Krylov path needs a finite time; use KernelRegression for t = ∞",
             });
         }
-        Ok(self.eta * t)
+        Ok(self.problem.eta.to_f64() * t)
     }
 
     /// f_0 − Y in f64, after checking f_0.

@@ -23,7 +23,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::activation::Activation;
-use crate::error::{Error, Result, check_cols, check_finite, check_std};
+use crate::error::{Error, Result, check_matrix, check_std};
 use crate::linalg::columns_transposed;
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
@@ -360,8 +360,8 @@ impl<T: Scalar> Mlp<T> {
     }
 
     fn check_x(&self, x: &DMatrix<T>) -> Result<()> {
-        check_cols("x", x, self.spec.input_dim, "the network's input dimension")?;
-        check_finite("x", x)
+        let inputs = (self.spec.input_dim, "the network's input dimension");
+        check_matrix("x", x, None, Some(inputs))
     }
 
     /// Forward pass keeping what the backward pass needs.

@@ -61,3 +61,27 @@ pub(crate) fn for_each_column_block<T: nalgebra::Scalar + Send>(
         .enumerate()
         .for_each(block);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column is handed out exactly once, in blocks of `width` (the last one
+    /// narrower), with the block's index.
+    #[test]
+    #[allow(clippy::float_cmp, reason = "small integers, exact")]
+    fn column_blocks_cover_every_column_once() {
+        for (cols, width) in [(10, 3), (9, 3), (1, 4), (0, 2)] {
+            let mut m = nalgebra::DMatrix::<f64>::zeros(4, cols);
+            for_each_column_block(&mut m, width, |b, mut block| {
+                assert!(block.ncols() <= width);
+                for (j, mut col) in block.column_iter_mut().enumerate() {
+                    col.add_scalar_mut((b * width + j) as f64 + 1.0);
+                }
+            });
+            for (j, col) in m.column_iter().enumerate() {
+                assert!(col.iter().all(|&v| v == (j + 1) as f64), "{cols} {width}");
+            }
+        }
+    }
+}

@@ -36,11 +36,12 @@
 //!   numbers per sample, formed in O(N·U·k·n_out·n_in)): q·n_out·n_in multiply-adds per
 //!   kernel entry, plus q·n_out for a bias (its gradients pre-summed, Σ_u G_u).
 //!
-//! The kernels take, per weight, whichever costs fewer multiply-adds per kernel entry:
-//! the per-sample gradients when q·n_out·(n_in + \[bias\]) < U²·(n_in + q·n_out). An MLP
-//! (U = 1) keeps its uses; a convolution filter used at 16 positions with n_in = 384
+//! The uses are the default: they need no conversion and no extra memory. The kernels
+//! switch a weight to its per-sample gradients when that at least halves the work,
+//! 2·q·n_out·(n_in + \[bias\]) ≤ U²·(n_in + q·n_out). An MLP layer (U = 1) therefore
+//! always keeps its uses; a convolution filter used at 16 positions with n_in = 384
 //! (3 taps × 128 channels), n_out = 128 and k = 1 switches (49 152 against 131 072).
-//! When they are chosen, the per-sample gradients hold fewer than U times as many
+//! When they are chosen, the per-sample gradients hold at most U/2 times as many
 //! numbers as the uses they replace. A bias without a weight
 //! ([`LayerTangent::Bias`]) is always pre-summed.
 
@@ -370,8 +371,9 @@ impl<T: Scalar> Group<T> {
         }
     }
 
-    /// Whether this group's kernels cost fewer multiply-adds through per-sample
-    /// gradients than through its uses (the cost model in the module documentation).
+    /// Whether this group's kernels cost at most half as many multiply-adds through
+    /// per-sample gradients as through its uses (the cost model in the module
+    /// documentation).
     fn prefers_per_sample(&self, layout: Layout, k: usize) -> bool {
         let (Shape::Dense { n_in, n_out, bias }, Form::Uses(u)) = (self.shape, &self.form) else {
             return false;
@@ -381,7 +383,7 @@ impl<T: Scalar> Group<T> {
         let (n_in, n_out) = (n_in as u128, n_out as u128);
         let per_sample = q * n_out * (n_in + u128::from(bias));
         let gram = uses * uses * (n_in + q * n_out);
-        per_sample < gram
+        2 * per_sample <= gram
     }
 
     /// The same group with the per-sample form of its weight and bias.
@@ -1004,8 +1006,9 @@ mod tests {
         assert!(matches!(t.groups[0].form, Form::PerSample { .. }));
         assert!(matches!(t.groups[1].form, Form::Uses(_)));
         // With all k² output pairs a weight's per-sample gradients cost k times more
-        // (n_in = 8, n_out = 1, k = 4, U = 2, bias: 36 < 48 averaged, 144 > 96 in full).
-        let narrow = shared(2, 8, 1, 4, 2, 0.0);
+        // (n_in = 8, n_out = 1, k = 4, U = 3, bias: 2·36 ≤ 108 averaged, 2·144 > 216
+        // in full).
+        let narrow = shared(2, 8, 1, 4, 3, 0.0);
         let trace = Tangents::for_kernels(vec![narrow.clone()], 2, 4, Layout::Trace).unwrap();
         let full = Tangents::for_kernels(vec![narrow], 2, 4, Layout::Full).unwrap();
         assert!(matches!(trace.groups[0].form, Form::PerSample { .. }));

@@ -10,4 +10,5 @@ mod empirical;
 mod flow;
 mod infinite;
 mod parallel;
+mod shared_weights;
 mod train;
