@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::empirical::empirical_ntk;
-use crate::error::{Error, Result, check_cols, check_finite};
+use crate::error::{Error, Result, check_matrix};
 use crate::mlp::{Mlp, MlpSpec};
 
 use super::InfiniteWidth;
@@ -71,8 +71,8 @@ pub fn width_convergence(
     seeds: &[u64],
 ) -> Result<WidthStudy> {
     spec.validate()?;
-    check_cols("x", x, spec.input_dim(), "the network's input dimension")?;
-    check_finite("x", x)?;
+    let inputs = (spec.input_dim(), "the network's input dimension");
+    check_matrix("x", x, None, Some(inputs))?;
     if seeds.is_empty() {
         return Err(Error::InvalidParameter {
             parameter: "seeds",

@@ -14,4 +14,5 @@ mod flow;
 mod infinite;
 mod parallel;
 mod prec;
+mod shared_weights;
 mod train;
