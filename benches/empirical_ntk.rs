@@ -40,7 +40,7 @@ fn spec() -> MlpSpec {
 
 fn inputs<T: Scalar>(n: usize) -> DMatrix<T> {
     let mut rng = StdRng::seed_from_u64(n as u64);
-    DMatrix::from_fn(n, D, |_, _| T::of(rng.random_range(-1.0..1.0)))
+    DMatrix::from_fn(n, D, |_, _| T::from_f64_lossy(rng.random_range(-1.0..1.0)))
 }
 
 /// The floating-point work of Θ(x, x) at N samples (k = 1, layer widths n⁰ = 32,

@@ -3,8 +3,9 @@
 //! On a small regression task on the circle (16 training points, 48 test points),
 //! MLPs with one hidden Erf layer of width n ∈ {64, 256, 1024, 4096} are trained by
 //! full-batch gradient descent (backpropagation, [`GradientDescent`]) for 2000 steps,
-//! and each trajectory is compared with [`GradientFlow::train_gd_many`] /
-//! [`GradientFlow::test_gd_many`]: the same gradient descent on the linearised model,
+//! and each trajectory is compared with [`GradientFlow::train_at`] /
+//! [`GradientFlow::test_at`] after the same steps ([`Horizon::Steps`]): the same
+//! gradient descent on the linearised model,
 //! f_s − Y = (I − ηΘ)^s (f_0 − Y), with
 //!
 //! - Θ = the network's own empirical NTK at initialisation, and
@@ -32,7 +33,7 @@ use clap::Parser;
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, GradientDescent, GradientFlow, Mlp, MlpSpec, NtkModel, empirical_ntk,
+    Activation, GradientDescent, GradientFlow, Horizon, Mlp, MlpSpec, NtkModel, empirical_ntk,
     infinite_width,
 };
 use plotters::prelude::{BLACK, BLUE, Color, GREEN, Palette, Palette99, RED, SeriesLabelPosition};
@@ -154,13 +155,14 @@ fn train_and_compare(
         .train(&mut net, x, y, x_test)?;
     let theta_end = empirical_ntk(&net, joint_x, joint_x)?;
 
+    let steps = Horizon::steps(&trained.steps);
     let own = GradientFlow::new(&theta, y, eta)?;
-    let own_train = own.train_gd_many(&trained.steps, &f0)?;
-    let own_test = own.test_gd_many(&trained.steps, &f0, &f0_test, &theta_test)?;
+    let own_train = own.train_at(&steps, &f0)?;
+    let own_test = own.test_at(&steps, &f0, &f0_test, &theta_test)?;
     let (ref_train_kernel, ref_test_kernel) = blocks(reference);
     let limit = GradientFlow::new(&ref_train_kernel, y, eta)?;
-    let ref_train = limit.train_gd_many(&trained.steps, &f0)?;
-    let ref_test = limit.test_gd_many(&trained.steps, &f0, &f0_test, &ref_test_kernel)?;
+    let ref_train = limit.train_at(&steps, &f0)?;
+    let ref_test = limit.test_at(&steps, &f0, &f0_test, &ref_test_kernel)?;
 
     Ok(Run {
         deviation_own: relative_deviation(

@@ -43,8 +43,8 @@ use clap::Parser;
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use ntk::{
-    Activation, GradientDescent, GradientFlow, KernelRegression, MlpSpec, NtkModel, empirical_ntk,
-    infinite_width,
+    Activation, GradientDescent, GradientFlow, Horizon, KernelRegression, MlpSpec, NtkModel,
+    empirical_ntk, infinite_width,
 };
 use plotters::prelude::{BLACK, BLUE, RED, RGBColor, SeriesLabelPosition};
 
@@ -322,8 +322,8 @@ fn train_width(
         )
         .into());
     }
-    let linear = own.test_gd_many(
-        steps,
+    let linear = own.test_at(
+        &Horizon::steps(steps),
         &DMatrix::zeros(N_TRAIN, 1),
         &DMatrix::zeros(x_held_out.nrows(), 1),
         &rows(&theta0, wines.held_out()),
@@ -422,8 +422,8 @@ fn run(args: Args) -> Result {
     let limit_flow = GradientFlow::new(&rows(&ntk_limit, wines.train()), &y, 1.0)?;
     let eta = 0.5 * limit_flow.max_stable_learning_rate();
     let limit_flow = GradientFlow::new(&rows(&ntk_limit, wines.train()), &y, eta)?;
-    let limit = limit_flow.test_gd_many(
-        &steps,
+    let limit = limit_flow.test_at(
+        &Horizon::steps(&steps),
         &DMatrix::zeros(N_TRAIN, 1),
         &DMatrix::zeros(wines.held_out().len(), 1),
         &rows(&ntk_limit, wines.held_out()),

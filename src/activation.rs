@@ -196,7 +196,7 @@ impl Activation {
                 if x > zero {
                     x
                 } else {
-                    T::of(*a) * x
+                    T::from_f64_lossy(*a) * x
                 }
             }
             Activation::Abs => x.abs(),
@@ -204,15 +204,15 @@ impl Activation {
             Activation::Tanh => x.tanh(),
             Activation::Sin => x.sin(),
             Activation::Gelu => {
-                let half = T::of(0.5);
-                half * x * (one + (x / T::of(SQRT_2)).erf())
+                let half = T::from_f64_lossy(0.5);
+                half * x * (one + (x / T::from_f64_lossy(SQRT_2)).erf())
             }
             Activation::Sigmoid => sigmoid(x),
             Activation::Softplus => {
                 // ln(1 + eˣ) = max(x, 0) + ln(1 + e^{−|x|}), stable for large |x|.
                 x.max(zero) + (-x.abs()).exp().ln_1p()
             }
-            Activation::Custom(c) => T::of(c.phi(x.to_f64())),
+            Activation::Custom(c) => T::from_f64_lossy(c.phi(x.to_f64())),
         }
     }
 
@@ -235,7 +235,7 @@ impl Activation {
                 if x > zero {
                     one
                 } else {
-                    T::of(*a)
+                    T::from_f64_lossy(*a)
                 }
             }
             Activation::Abs => {
@@ -247,35 +247,38 @@ impl Activation {
                     zero
                 }
             }
-            Activation::Erf => T::of(FRAC_2_SQRT_PI) * (-x * x).exp(),
+            Activation::Erf => T::from_f64_lossy(FRAC_2_SQRT_PI) * (-x * x).exp(),
             Activation::Tanh => {
                 let t = x.tanh();
                 one - t * t
             }
             Activation::Sin => x.cos(),
             Activation::Gelu => {
-                let half = T::of(0.5);
-                let cdf = half * (one + (x / T::of(SQRT_2)).erf());
-                cdf + x * T::of(FRAC_1_SQRT_2PI) * (-half * x * x).exp()
+                let half = T::from_f64_lossy(0.5);
+                let cdf = half * (one + (x / T::from_f64_lossy(SQRT_2)).erf());
+                cdf + x * T::from_f64_lossy(FRAC_1_SQRT_2PI) * (-half * x * x).exp()
             }
             Activation::Sigmoid => {
                 let s = sigmoid(x);
                 s * (one - s)
             }
             Activation::Softplus => sigmoid(x),
-            Activation::Custom(c) => T::of(c.derivative(x.to_f64())),
+            Activation::Custom(c) => T::from_f64_lossy(c.derivative(x.to_f64())),
         }
     }
 
-    /// Applies φ and φ' to every entry of `h`: returns `(φ(h), φ'(h))`.
+    /// φ and φ' of every entry of `h`: `(φ(h), φ'(h))`.
     #[must_use]
-    pub fn apply_with_derivative<T: Scalar>(&self, h: &DMatrix<T>) -> (DMatrix<T>, DMatrix<T>) {
+    pub fn elementwise_with_derivative<T: Scalar>(
+        &self,
+        h: &DMatrix<T>,
+    ) -> (DMatrix<T>, DMatrix<T>) {
         (h.map(|v| self.phi(v)), h.map(|v| self.derivative(v)))
     }
 
-    /// Applies φ to every entry of `h`.
+    /// φ of every entry of `h`.
     #[must_use]
-    pub fn apply<T: Scalar>(&self, h: &DMatrix<T>) -> DMatrix<T> {
+    pub fn elementwise<T: Scalar>(&self, h: &DMatrix<T>) -> DMatrix<T> {
         h.map(|v| self.phi(v))
     }
 

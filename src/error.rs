@@ -123,6 +123,58 @@ pub(crate) fn check_cols<T: nalgebra::Scalar>(
     }
 }
 
+/// Errors unless `x1` and `x2` both have `input_dim` columns and finite entries: the
+/// two batches of samples a kernel is computed between.
+pub(crate) fn check_inputs<T: crate::Scalar>(
+    input_dim: usize,
+    x1: &nalgebra::DMatrix<T>,
+    x2: &nalgebra::DMatrix<T>,
+) -> Result<()> {
+    if x1.ncols() != x2.ncols() {
+        return Err(Error::ShapeMismatch {
+            argument: "x2",
+            expected: format!("{} columns, as many as x1 ({})", x1.ncols(), shape(x1)),
+            found: shape(x2),
+        });
+    }
+    check_cols("x1", x1, input_dim, "the model's input dimension")?;
+    check_finite("x1", x1)?;
+    check_finite("x2", x2)
+}
+
+/// The samples `range` of `x`, or an error naming `argument` if the range does not fit.
+pub(crate) fn select_rows<T: crate::Scalar>(
+    argument: &'static str,
+    x: &nalgebra::DMatrix<T>,
+    range: std::ops::Range<usize>,
+) -> Result<nalgebra::DMatrix<T>> {
+    if range.start > range.end || range.end > x.nrows() {
+        return Err(Error::InvalidParameter {
+            parameter: argument,
+            value: format!("{}..{}", range.start, range.end),
+            reason: "must be an increasing range within the samples (rows) of its matrix",
+        });
+    }
+    Ok(x.rows(range.start, range.len()).into_owned())
+}
+
+/// Errors unless the matrix argument `m` has the expected rows and columns (each
+/// `None` for any number, or the number and what it counts) and finite entries.
+pub(crate) fn check_matrix<T: crate::Scalar>(
+    argument: &'static str,
+    m: &nalgebra::DMatrix<T>,
+    rows: Option<(usize, &str)>,
+    cols: Option<(usize, &str)>,
+) -> Result<()> {
+    if let Some((expected, what)) = rows {
+        check_rows(argument, m, expected, what)?;
+    }
+    if let Some((expected, what)) = cols {
+        check_cols(argument, m, expected, what)?;
+    }
+    check_finite(argument, m)
+}
+
 /// Errors unless `value` is finite and `>= 0` (a standard deviation).
 pub(crate) fn check_std(parameter: &'static str, value: f64) -> Result<()> {
     if value.is_finite() && value >= 0.0 {

@@ -3,15 +3,18 @@
 //!
 //! faer's self-adjoint eigensolver (Householder tridiagonalisation, then divide and
 //! conquer) runs at LAPACK speed, several times faster than nalgebra's
-//! `SymmetricEigen` at N = 2048. Its AVX-512 kernels can leave the upper halves of the
-//! vector registers dirty, which slows later non-VEX (SSE) code on the same thread, so
-//! every factorization here runs on threads that end when it does: a scoped thread
-//! (sequential build, or N < 384) or a short-lived rayon pool of the current pool's
-//! size (`parallel` feature). The caller's threads, rayon's global pool included, never
-//! execute faer code, and the global pool idles meanwhile (no two pools compete for the
-//! cores). The slowdown was not reproduced on this crate's benchmark machine
-//! (`gradient_flow/after_eigen`), so the isolation is a precaution; it costs a thread
-//! spawn (tens of µs).
+//! `SymmetricEigen` at N = 2048. Its AVX-512 kernels leave the upper halves of the
+//! vector registers dirty, which slows all later non-VEX (SSE) code on the same thread
+//! (the scalar libm calls of the activations, say) for as long as the thread lives.
+//! Measured (`gradient_flow/after_eigen`, N = 256, on this crate's 2-core AVX-512
+//! benchmark machine): a scalar libm loop takes 6–7 ms after `GradientFlow::new`, as
+//! alone (5–8 ms on the shared machine), and 34–37 ms after faer ran sequentially on
+//! the same thread, 5× slower. So every factorization here runs on threads that end
+//! when it does: a scoped thread (sequential build, or N < 384) or a short-lived rayon
+//! pool of the current pool's size (`parallel` feature). The caller's threads, rayon's
+//! global pool included, never execute faer code, and the global pool idles meanwhile
+//! (no two pools compete for the cores). The isolation costs a thread spawn (tens of
+//! µs on an idle machine).
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::LltRegularization;
@@ -86,7 +89,7 @@ pub(crate) fn symmetric_eigen<T: Scalar>(a: &DMatrix<f64>) -> Result<(DVector<f6
     }
     // faer sorts ascending; reverse to descending.
     let values = DVector::from_fn(n, |i, _| values[n - 1 - i]);
-    let vectors = DMatrix::from_fn(n, n, |i, j| T::of(vectors[(i, n - 1 - j)]));
+    let vectors = DMatrix::from_fn(n, n, |i, j| T::from_f64_lossy(vectors[(i, n - 1 - j)]));
     Ok((values, vectors))
 }
 

@@ -40,31 +40,79 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{
-    Error, Result, check_cols, check_finite, check_positive, check_rows, check_symmetric_kernel,
-    check_time, shape,
-};
+use crate::error::{Error, Result, check_matrix, check_rows, check_symmetric_kernel, check_time};
 use crate::factor::{Cholesky, symmetric_eigen};
+use crate::problem::{
+    TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
+    kernel_and_targets,
+};
 
-/// Where along the dynamics a prediction is made.
-#[derive(Clone, Copy, Debug)]
-enum Horizon<T> {
-    /// Continuous time t ≥ 0 (+∞ allowed).
+/// Where along the dynamics a prediction is made: after a time of gradient flow, or
+/// after a number of gradient-descent steps with step η.
+///
+/// [`GradientFlow::train_at`], [`test_at`](GradientFlow::test_at) and
+/// [`loss_at`](GradientFlow::loss_at) take a slice of them and share one projection
+/// and one GEMM over all of them.
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{GradientFlow, Horizon};
+///
+/// # fn main() -> Result<(), ntk::Error> {
+/// let theta = DMatrix::from_row_slice(2, 2, &[2.0, 0.5, 0.5, 1.0]);
+/// let y = DMatrix::from_column_slice(2, 1, &[1.0, -1.0]);
+/// let f0 = DMatrix::zeros(2, 1);
+/// let flow = GradientFlow::new(&theta, &y, 0.1)?;
+/// let losses = flow.loss_at(&Horizon::times(&[0.0, 1.0, f64::INFINITY]), &f0)?;
+/// assert!(losses[0] > losses[1] && losses[2] < 1e-20);
+/// let after = flow.train_at(&[Horizon::Steps(10), Horizon::Time(1.0)], &f0)?;
+/// assert_eq!(after[0], flow.train_gd(10, &f0)?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Horizon<T> {
+    /// Gradient flow for a time t ≥ 0 (`+∞` allowed: the limit): e^{−ηtΘ}.
     Time(T),
-    /// s steps of gradient descent.
+    /// s steps of gradient descent: (I − ηΘ)^s.
     Steps(usize),
+}
+
+impl<T: Scalar> Horizon<T> {
+    /// One [`Horizon::Time`] per time in `ts`.
+    #[must_use]
+    pub fn times(ts: &[T]) -> Vec<Self> {
+        ts.iter().map(|&t| Horizon::Time(t)).collect()
+    }
+
+    /// One [`Horizon::Steps`] per step count in `steps`.
+    #[must_use]
+    pub fn steps(steps: &[usize]) -> Vec<Self> {
+        steps.iter().map(|&s| Horizon::Steps(s)).collect()
+    }
+
+    /// Errors unless a time is ≥ 0 (`+∞` allowed, NaN not).
+    fn check(self) -> Result<Self> {
+        if let Horizon::Time(t) = self {
+            check_time("t", t.to_f64())?;
+        }
+        Ok(self)
+    }
 }
 
 /// The closed-form gradient-flow (and gradient-descent) dynamics of a linearised model
 /// on the MSE loss ½ Σ_i ‖f(x_i) − y_i‖², from the eigendecomposition of its kernel.
 ///
 /// See the [module documentation](crate::flow) for the formulas and the time units
-/// (neural-tangents' time: `eta = learning_rate / y.len()`).
+/// (neural-tangents' time: `eta = learning_rate / y.len()`). [`train`](Self::train),
+/// [`test`](Self::test) and [`train_gd`](Self::train_gd) predict at one time or step
+/// count; [`train_at`](Self::train_at), [`test_at`](Self::test_at) and
+/// [`loss_at`](Self::loss_at) at any list of [`Horizon`]s at once.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
 /// use ntk::rand::{rngs::StdRng, SeedableRng};
-/// use ntk::{empirical_ntk, Activation, GradientFlow, MlpSpec, NtkModel};
+/// use ntk::{empirical_ntk, Activation, GradientFlow, Horizon, MlpSpec, NtkModel};
 ///
 /// # fn main() -> Result<(), ntk::Error> {
 /// let net = MlpSpec::new(2).hidden(128, Activation::Erf).init::<f64, _>(&mut StdRng::seed_from_u64(1))?;
@@ -77,7 +125,8 @@ enum Horizon<T> {
 /// let (f0, f0_test) = (net.forward(&x)?, net.forward(&x_test)?);
 /// let f_train = flow.train(10.0, &f0)?;                                     // 6 × 1
 /// let f_test = flow.test(10.0, &f0, &f0_test, &empirical_ntk(&net, &x_test, &x)?)?; // 3 × 1
-/// assert!(flow.loss(10.0, &f0)? < flow.loss(0.0, &f0)?);
+/// let losses = flow.loss_at(&Horizon::times(&[0.0, 10.0]), &f0)?;
+/// assert!(losses[1] < losses[0]);
 /// assert_eq!((f_train.nrows(), f_test.nrows()), (6, 3));
 /// # Ok(())
 /// # }
@@ -102,14 +151,13 @@ impl<T: Scalar> GradientFlow<T> {
     /// [`Error::InvalidParameter`] unless `eta` is finite and > 0;
     /// [`Error::Factorization`] if the eigensolver does not converge.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
-        check_training_problem(theta_train, y_train)?;
-        check_positive("eta", eta.to_f64())?;
+        let problem = TrainingProblem::new(theta_train, y_train, eta)?;
         // Symmetric to 1e-8 (checked): the eigensolver reads the lower triangle.
-        let (values, vectors) = symmetric_eigen(&theta_train.map(|v| v.to_f64()))?;
+        let (values, vectors) = symmetric_eigen(&problem.theta)?;
         Ok(GradientFlow {
-            eta,
-            targets: y_train.clone(),
-            eigenvalues: values.map(|v| T::of(v.max(0.0))),
+            eta: problem.eta,
+            targets: problem.targets,
+            eigenvalues: values.map(|v| T::from_f64_lossy(v.max(0.0))),
             eigenvectors: vectors,
         })
     }
@@ -145,7 +193,7 @@ impl<T: Scalar> GradientFlow<T> {
     #[must_use]
     pub fn max_stable_learning_rate(&self) -> T {
         let top = self.eigenvalues.iter().copied().fold(T::zero(), T::max);
-        T::of(2.0) / top
+        T::from_f64_lossy(2.0) / top
     }
 
     /// f_t(X) = Y + e^{−ηtΘ}(f_0(X) − Y): the training outputs at time `t`, N × k.
@@ -157,18 +205,36 @@ impl<T: Scalar> GradientFlow<T> {
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
     /// or [`Error::NonFinite`] if `f0_train` is not a finite N × k matrix.
     pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
-        check_time("t", t.to_f64())?;
         Ok(self.train_at(&[Horizon::Time(t)], f0_train)?.remove(0))
     }
 
-    /// [`train`](Self::train) at every time in `ts`, sharing one projection and one
-    /// GEMM.
+    /// After `steps` steps of gradient descent with step η:
+    /// f_s(X) = Y + (I − ηΘ)^s (f_0(X) − Y), N × k.
     ///
     /// # Errors
-    /// As [`train`](Self::train), for any of the times.
-    pub fn train_many(&self, ts: &[T], f0_train: &DMatrix<T>) -> Result<Vec<DMatrix<T>>> {
-        let horizons = self.times(ts)?;
-        self.train_at(&horizons, f0_train)
+    /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
+    /// N × k matrix.
+    pub fn train_gd(&self, steps: usize, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
+        Ok(self.train_at(&[Horizon::Steps(steps)], f0_train)?.remove(0))
+    }
+
+    /// The training outputs f(X) (N × k) at every horizon in `horizons`:
+    /// Y + e^{−ηtΘ}(f_0(X) − Y) after time t, Y + (I − ηΘ)^s (f_0(X) − Y) after s
+    /// steps. One projection and one GEMM for all of them.
+    ///
+    /// # Errors
+    /// As [`train`](Self::train), for any of the horizons.
+    pub fn train_at(
+        &self,
+        horizons: &[Horizon<T>],
+        f0_train: &DMatrix<T>,
+    ) -> Result<Vec<DMatrix<T>>> {
+        let horizons = checked(horizons)?;
+        let coefficients = self.project(f0_train)?;
+        let moved = self.expand(&horizons, &coefficients, |h, l| self.decay(h, l));
+        Ok((0..horizons.len())
+            .map(|h| &self.targets + moved.columns(h * self.k(), self.k()))
+            .collect())
     }
 
     /// f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X)): the outputs at time
@@ -188,133 +254,81 @@ impl<T: Scalar> GradientFlow<T> {
         f0_test: &DMatrix<T>,
         theta_test_train: &DMatrix<T>,
     ) -> Result<DMatrix<T>> {
-        check_time("t", t.to_f64())?;
+        let at = [Horizon::Time(t)];
         Ok(self
-            .test_at(&[Horizon::Time(t)], f0_train, f0_test, theta_test_train)?
+            .test_at(&at, f0_train, f0_test, theta_test_train)?
             .remove(0))
     }
 
-    /// [`test`](Self::test) at every time in `ts`.
+    /// The outputs on M test points (M × k) at every horizon in `horizons`:
+    /// f_0(x) + Θ(x, X) Θ⁻¹(I − D)(Y − f_0(X)) with D = e^{−ηtΘ} after time t and
+    /// D = (I − ηΘ)^s after s steps, where Θ⁻¹(I − (I − ηΘ)^s) = η Σ_{j<s} (I − ηΘ)^j
+    /// has eigenvalues (1 − (1 − ηλ)^s)/λ → ηs as λ → 0.
     ///
     /// # Errors
-    /// As [`test`](Self::test), for any of the times.
-    pub fn test_many(
+    /// As [`test`](Self::test), for any of the horizons.
+    pub fn test_at(
         &self,
-        ts: &[T],
+        horizons: &[Horizon<T>],
         f0_train: &DMatrix<T>,
         f0_test: &DMatrix<T>,
         theta_test_train: &DMatrix<T>,
     ) -> Result<Vec<DMatrix<T>>> {
-        let horizons = self.times(ts)?;
-        self.test_at(&horizons, f0_train, f0_test, theta_test_train)
+        let horizons = checked(horizons)?;
+        check_test_inputs(f0_test, theta_test_train, &self.targets)?;
+        // Vᵀ(Y − f_0) = −Vᵀ(f_0 − Y).
+        let coefficients = -self.project(f0_train)?;
+        let weights = self.expand(&horizons, &coefficients, |h, l| self.integral(h, l));
+        let moved = theta_test_train * weights;
+        Ok((0..horizons.len())
+            .map(|h| f0_test + moved.columns(h * self.k(), self.k()))
+            .collect())
     }
 
-    /// The training loss ½ ‖f_t(X) − Y‖²_F = ½ Σ_i e^{−2ηtλ_i} ‖v_iᵀ(f_0 − Y)‖² at
-    /// time `t`.
+    /// The training loss ½ ‖f(X) − Y‖²_F = ½ Σ_i d_i² ‖v_iᵀ(f_0 − Y)‖² at every
+    /// horizon in `horizons` (d_i = e^{−ηtλ_i} or (1 − ηλ_i)^s): one O(N²k)
+    /// projection, then O(Nk) per horizon.
     ///
     /// # Errors
-    /// As [`train`](Self::train).
-    pub fn loss(&self, t: T, f0_train: &DMatrix<T>) -> Result<T> {
-        let r = self.residual_in_eigenbasis(t, f0_train)?;
-        Ok(T::of(0.5) * r.norm_squared())
-    }
-
-    /// The training loss at every time in `ts` (one O(N²k) projection, then O(Nk) per
-    /// time).
-    ///
-    /// # Errors
-    /// As [`train`](Self::train), for any of the times.
-    pub fn loss_many(&self, ts: &[T], f0_train: &DMatrix<T>) -> Result<Vec<T>> {
-        let horizons = self.times(ts)?;
+    /// As [`train_at`](Self::train_at).
+    pub fn loss_at(&self, horizons: &[Horizon<T>], f0_train: &DMatrix<T>) -> Result<Vec<T>> {
+        let horizons = checked(horizons)?;
         let coefficients = self.project(f0_train)?;
         Ok(horizons
             .iter()
-            .map(|h| {
+            .map(|&h| {
                 let mut sum = T::zero();
                 for (i, row) in coefficients.row_iter().enumerate() {
-                    let d = self.decay(*h, self.eigenvalues[i]);
+                    let d = self.decay(h, self.eigenvalues[i]);
                     sum += d * d * row.norm_squared();
                 }
-                T::of(0.5) * sum
+                T::from_f64_lossy(0.5) * sum
             })
             .collect())
     }
 
-    /// The residual at time `t` in the eigenbasis of Θ: row i is
-    /// v_iᵀ(f_t(X) − Y) = e^{−ηtλ_i} v_iᵀ(f_0(X) − Y), N × k, for the eigenvalue
-    /// [`eigenvalues`](Self::eigenvalues)`[i]` (largest first).
+    /// The residual at `horizon` in the eigenbasis of Θ: row i is
+    /// v_iᵀ(f(X) − Y) = d_i v_iᵀ(f_0(X) − Y), N × k, for the eigenvalue
+    /// [`eigenvalues`](Self::eigenvalues)`[i]` (largest first), with d_i = e^{−ηtλ_i}
+    /// or (1 − ηλ_i)^s.
     ///
     /// Directions with large λ are learned first (after t ≈ 1/(ηλ)); small-λ
     /// directions stay unlearned for a long time: the spectral bias of kernel
     /// gradient descent, made visible.
     ///
     /// # Errors
-    /// As [`train`](Self::train).
-    pub fn residual_in_eigenbasis(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
-        check_time("t", t.to_f64())?;
+    /// As [`train_at`](Self::train_at).
+    pub fn residual_in_eigenbasis(
+        &self,
+        horizon: Horizon<T>,
+        f0_train: &DMatrix<T>,
+    ) -> Result<DMatrix<T>> {
+        let horizon = horizon.check()?;
         let mut coefficients = self.project(f0_train)?;
         for (i, mut row) in coefficients.row_iter_mut().enumerate() {
-            row *= self.decay(Horizon::Time(t), self.eigenvalues[i]);
+            row *= self.decay(horizon, self.eigenvalues[i]);
         }
         Ok(coefficients)
-    }
-
-    /// After `steps` steps of gradient descent with step η:
-    /// f_s(X) = Y + (I − ηΘ)^s (f_0(X) − Y), N × k.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
-    /// N × k matrix.
-    pub fn train_gd(&self, steps: usize, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
-        Ok(self.train_at(&[Horizon::Steps(steps)], f0_train)?.remove(0))
-    }
-
-    /// [`train_gd`](Self::train_gd) after each step count in `steps`.
-    ///
-    /// # Errors
-    /// As [`train_gd`](Self::train_gd).
-    pub fn train_gd_many(&self, steps: &[usize], f0_train: &DMatrix<T>) -> Result<Vec<DMatrix<T>>> {
-        let horizons: Vec<_> = steps.iter().map(|&s| Horizon::Steps(s)).collect();
-        self.train_at(&horizons, f0_train)
-    }
-
-    /// After `steps` steps of gradient descent, on test points:
-    /// f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − (I − ηΘ)^s)(Y − f_0(X)), M × k, where
-    /// Θ⁻¹(I − (I − ηΘ)^s) = η Σ_{j<s} (I − ηΘ)^j has eigenvalues
-    /// (1 − (1 − ηλ)^s)/λ → ηs as λ → 0.
-    ///
-    /// # Errors
-    /// As [`test`](Self::test), except for the time.
-    pub fn test_gd(
-        &self,
-        steps: usize,
-        f0_train: &DMatrix<T>,
-        f0_test: &DMatrix<T>,
-        theta_test_train: &DMatrix<T>,
-    ) -> Result<DMatrix<T>> {
-        Ok(self
-            .test_at(
-                &[Horizon::Steps(steps)],
-                f0_train,
-                f0_test,
-                theta_test_train,
-            )?
-            .remove(0))
-    }
-
-    /// [`test_gd`](Self::test_gd) after each step count in `steps`.
-    ///
-    /// # Errors
-    /// As [`test_gd`](Self::test_gd).
-    pub fn test_gd_many(
-        &self,
-        steps: &[usize],
-        f0_train: &DMatrix<T>,
-        f0_test: &DMatrix<T>,
-        theta_test_train: &DMatrix<T>,
-    ) -> Result<Vec<DMatrix<T>>> {
-        let horizons: Vec<_> = steps.iter().map(|&s| Horizon::Steps(s)).collect();
-        self.test_at(&horizons, f0_train, f0_test, theta_test_train)
     }
 
     /// Number of training points N.
@@ -327,12 +341,6 @@ impl<T: Scalar> GradientFlow<T> {
         self.targets.ncols()
     }
 
-    fn times(&self, ts: &[T]) -> Result<Vec<Horizon<T>>> {
-        ts.iter()
-            .map(|&t| check_time("t", t.to_f64()).map(|()| Horizon::Time(t)))
-            .collect()
-    }
-
     /// Vᵀ(f_0 − Y), N × k.
     fn project(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         check_train_outputs(f0_train, &self.targets)?;
@@ -342,8 +350,7 @@ impl<T: Scalar> GradientFlow<T> {
     /// The factor of the residual along eigenvalue λ: e^{−ηtλ} or (1 − ηλ)^s.
     fn decay(&self, h: Horizon<T>, lambda: T) -> T {
         match h {
-            Horizon::Time(_) if lambda == T::zero() => T::one(),
-            Horizon::Time(t) => (-(self.eta * t * lambda)).exp(),
+            Horizon::Time(t) => flow_decay(self.eta * t, lambda),
             Horizon::Steps(s) => power(T::one() - self.eta * lambda, s),
         }
     }
@@ -353,50 +360,18 @@ impl<T: Scalar> GradientFlow<T> {
     fn integral(&self, h: Horizon<T>, lambda: T) -> T {
         let eta = self.eta;
         match h {
-            Horizon::Time(t) if lambda == T::zero() => {
-                if t.is_finite() {
-                    eta * t
-                } else {
-                    T::zero()
-                }
-            }
-            Horizon::Time(t) => -(-(eta * t * lambda)).exp_m1() / lambda,
-            Horizon::Steps(s) if lambda == T::zero() => eta * T::of(s as f64),
+            Horizon::Time(t) => flow_integral(eta * t, lambda),
+            Horizon::Steps(s) if lambda == T::zero() => eta * T::from_f64_lossy(s as f64),
             Horizon::Steps(s) => {
                 let x = eta * lambda;
                 if x < T::one() {
                     // 1 − (1 − x)^s = −expm1(s · ln(1 − x)), accurate for small x.
-                    -(T::of(s as f64) * (-x).ln_1p()).exp_m1() / lambda
+                    -(T::from_f64_lossy(s as f64) * (-x).ln_1p()).exp_m1() / lambda
                 } else {
                     (T::one() - power(T::one() - x, s)) / lambda
                 }
             }
         }
-    }
-
-    fn train_at(&self, horizons: &[Horizon<T>], f0_train: &DMatrix<T>) -> Result<Vec<DMatrix<T>>> {
-        let coefficients = self.project(f0_train)?;
-        let moved = self.expand(horizons, &coefficients, |h, l| self.decay(h, l));
-        Ok((0..horizons.len())
-            .map(|h| &self.targets + moved.columns(h * self.k(), self.k()))
-            .collect())
-    }
-
-    fn test_at(
-        &self,
-        horizons: &[Horizon<T>],
-        f0_train: &DMatrix<T>,
-        f0_test: &DMatrix<T>,
-        theta_test_train: &DMatrix<T>,
-    ) -> Result<Vec<DMatrix<T>>> {
-        check_test_inputs(f0_test, theta_test_train, self.n(), self.k())?;
-        // Vᵀ(Y − f_0) = −Vᵀ(f_0 − Y).
-        let coefficients = -self.project(f0_train)?;
-        let weights = self.expand(horizons, &coefficients, |h, l| self.integral(h, l));
-        let moved = theta_test_train * weights;
-        Ok((0..horizons.len())
-            .map(|h| f0_test + moved.columns(h * self.k(), self.k()))
-            .collect())
     }
 
     /// V [g(h, λ) ⊙ C for each horizon h], N × (k · horizons), in one GEMM.
@@ -420,9 +395,14 @@ impl<T: Scalar> GradientFlow<T> {
     }
 }
 
+/// The horizons, after checking every time.
+fn checked<T: Scalar>(horizons: &[Horizon<T>]) -> Result<Vec<Horizon<T>>> {
+    horizons.iter().map(|h| h.check()).collect()
+}
+
 /// q^s for any real q, without overflow of the exponent type.
 fn power<T: Scalar>(q: T, s: usize) -> T {
-    let magnitude = q.abs().powf(T::of(s as f64));
+    let magnitude = q.abs().powf(T::from_f64_lossy(s as f64));
     if q < T::zero() && s % 2 == 1 {
         -magnitude
     } else {
@@ -477,7 +457,8 @@ impl<T: Scalar> KernelRegression<T> {
     /// [`Error::Factorization`] if Θ + ρI is not positive definite to working
     /// precision (the message suggests a `diag_reg`).
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, diag_reg: T) -> Result<Self> {
-        let n = check_training_problem(theta_train, y_train)?;
+        let (theta, targets) = kernel_and_targets(theta_train, y_train)?;
+        let n = targets.nrows();
         let rho = diag_reg.to_f64();
         if !(rho.is_finite() && rho >= 0.0) {
             return Err(Error::InvalidParameter {
@@ -487,7 +468,7 @@ impl<T: Scalar> KernelRegression<T> {
             });
         }
         // Symmetric to 1e-8 (checked): the factorization reads the lower triangle.
-        let mut a = theta_train.map(|v| v.to_f64());
+        let mut a = theta;
         for i in 0..n {
             a[(i, i)] += rho;
         }
@@ -510,7 +491,7 @@ impl<T: Scalar> KernelRegression<T> {
         };
         Ok(KernelRegression {
             cholesky,
-            targets: y_train.clone(),
+            targets,
             diag_reg,
         })
     }
@@ -539,7 +520,7 @@ impl<T: Scalar> KernelRegression<T> {
         Ok(DMatrix::from_fn(
             self.targets.nrows(),
             self.targets.ncols(),
-            |i, c| self.targets[(i, c)] - T::of(rho * w[(i, c)]),
+            |i, c| self.targets[(i, c)] - T::from_f64_lossy(rho * w[(i, c)]),
         ))
     }
 
@@ -554,10 +535,9 @@ impl<T: Scalar> KernelRegression<T> {
         f0_test: &DMatrix<T>,
         theta_test_train: &DMatrix<T>,
     ) -> Result<DMatrix<T>> {
-        let (n, k) = self.targets.shape();
-        check_test_inputs(f0_test, theta_test_train, n, k)?;
+        check_test_inputs(f0_test, theta_test_train, &self.targets)?;
         let w = self.dual(f0_train)?;
-        Ok(f0_test + theta_test_train * w.map(T::of))
+        Ok(f0_test + theta_test_train * w.map(T::from_f64_lossy))
     }
 }
 
@@ -723,28 +703,11 @@ impl<T: Scalar> InfiniteEnsemble<T> {
         nngp_test_test: &DMatrix<T>,
     ) -> Result<GaussianPrediction<T>> {
         check_time("t", t.to_f64())?;
-        let n = self.flow.n();
+        let n = Some((self.flow.n(), "one per training point"));
         let m = ntk_test_train.nrows();
-        check_cols(
-            "ntk_test_train",
-            ntk_test_train,
-            n,
-            "one per training point",
-        )?;
-        check_finite("ntk_test_train", ntk_test_train)?;
-        check_rows(
-            "nngp_test_train",
-            nngp_test_train,
-            m,
-            "as many as ntk_test_train",
-        )?;
-        check_cols(
-            "nngp_test_train",
-            nngp_test_train,
-            n,
-            "one per training point",
-        )?;
-        check_finite("nngp_test_train", nngp_test_train)?;
+        check_matrix("ntk_test_train", ntk_test_train, None, n)?;
+        let m_rows = Some((m, "as many as ntk_test_train"));
+        check_matrix("nngp_test_train", nngp_test_train, m_rows, n)?;
         check_symmetric_kernel("nngp_test_test", nngp_test_test)?;
         check_rows(
             "nngp_test_test",
@@ -760,59 +723,7 @@ impl<T: Scalar> InfiniteEnsemble<T> {
         let mut covariance =
             nngp_test_test - &cross - cross.transpose() + &ta * &self.nngp_train * ta.transpose();
         // Symmetrise the round-off.
-        covariance = (&covariance + covariance.transpose()) * T::of(0.5);
+        covariance = (&covariance + covariance.transpose()) * T::from_f64_lossy(0.5);
         Ok(GaussianPrediction { mean, covariance })
     }
-}
-
-/// Checks a training problem: `theta_train` square, finite and symmetric, `y_train`
-/// finite with one row per training point. Returns N.
-pub(crate) fn check_training_problem<T: Scalar>(
-    theta_train: &DMatrix<T>,
-    y_train: &DMatrix<T>,
-) -> Result<usize> {
-    check_symmetric_kernel("theta_train", theta_train)?;
-    let n = theta_train.nrows();
-    check_rows("y_train", y_train, n, "one per row of theta_train")?;
-    check_finite("y_train", y_train)?;
-    Ok(n)
-}
-
-/// Checks initial training outputs `f0_train`: finite, of the shape of the targets.
-pub(crate) fn check_train_outputs<T: Scalar>(
-    f0_train: &DMatrix<T>,
-    targets: &DMatrix<T>,
-) -> Result<()> {
-    if f0_train.shape() != targets.shape() {
-        return Err(Error::ShapeMismatch {
-            argument: "f0_train",
-            expected: format!("{} (the shape of y_train)", shape(targets)),
-            found: shape(f0_train),
-        });
-    }
-    check_finite("f0_train", f0_train)
-}
-
-/// Checks test-point inputs: `f0_test` M × k and `theta_test_train` M × N, finite.
-pub(crate) fn check_test_inputs<T: Scalar>(
-    f0_test: &DMatrix<T>,
-    theta_test_train: &DMatrix<T>,
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    check_cols("f0_test", f0_test, k, "the outputs, as y_train")?;
-    check_finite("f0_test", f0_test)?;
-    check_rows(
-        "theta_test_train",
-        theta_test_train,
-        f0_test.nrows(),
-        "one per row of f0_test",
-    )?;
-    check_cols(
-        "theta_test_train",
-        theta_test_train,
-        n,
-        "one per training point",
-    )?;
-    check_finite("theta_test_train", theta_test_train)
 }

@@ -20,8 +20,10 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_positive, check_time};
-use crate::flow::{check_test_inputs, check_train_outputs, check_training_problem};
+use crate::error::{Error, Result, check_time};
+use crate::problem::{
+    TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
+};
 
 /// Gradient-flow predictions at a single time by the Lanczos method, without
 /// eigendecomposing Θ: the same results as [`GradientFlow::train`] and
@@ -49,9 +51,7 @@ use crate::flow::{check_test_inputs, check_train_outputs, check_training_problem
 /// ```
 #[derive(Clone, Debug)]
 pub struct KrylovFlow<T: Scalar> {
-    theta: DMatrix<f64>,
-    targets: DMatrix<T>,
-    eta: f64,
+    problem: TrainingProblem<T>,
     tolerance: f64,
     max_dimension: usize,
 }
@@ -65,12 +65,10 @@ impl<T: Scalar> KrylovFlow<T> {
     /// # Errors
     /// As [`GradientFlow::new`](crate::GradientFlow::new).
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
-        let n = check_training_problem(theta_train, y_train)?;
-        check_positive("eta", eta.to_f64())?;
+        let problem = TrainingProblem::new(theta_train, y_train, eta)?;
+        let n = problem.targets.nrows();
         Ok(KrylovFlow {
-            theta: theta_train.map(|v| v.to_f64()),
-            targets: y_train.clone(),
-            eta: eta.to_f64(),
+            problem,
             tolerance: 1e-10,
             max_dimension: n.min(500),
         })
@@ -117,12 +115,12 @@ impl<T: Scalar> KrylovFlow<T> {
     /// N × k matrix; [`Error::Factorization`] if the tolerance is not reached within
     /// the maximum dimension.
     pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let st = self.check_time(t)?;
+        let eta_t = self.eta_t(t)?;
         let r = self.residual(f0_train)?;
-        let decay = |l: f64| (-st * l.max(0.0)).exp();
-        let moved = self.apply(&r, decay)?;
+        let moved = self.function_times(|l| flow_decay(eta_t, l.max(0.0)), &r)?;
+        let targets = &self.problem.targets;
         Ok(DMatrix::from_fn(r.nrows(), r.ncols(), |i, c| {
-            self.targets[(i, c)] + T::of(moved[(i, c)])
+            targets[(i, c)] + T::from_f64_lossy(moved[(i, c)])
         }))
     }
 
@@ -139,27 +137,18 @@ impl<T: Scalar> KrylovFlow<T> {
         f0_test: &DMatrix<T>,
         theta_test_train: &DMatrix<T>,
     ) -> Result<DMatrix<T>> {
-        let st = self.check_time(t)?;
-        let (n, k) = self.targets.shape();
-        check_test_inputs(f0_test, theta_test_train, n, k)?;
+        let eta_t = self.eta_t(t)?;
+        check_test_inputs(f0_test, theta_test_train, &self.problem.targets)?;
         let r = -self.residual(f0_train)?;
-        let integral = |l: f64| {
-            let l = l.max(0.0);
-            if l == 0.0 {
-                st
-            } else {
-                -(-st * l).exp_m1() / l
-            }
-        };
-        let weights = self.apply(&r, integral)?;
+        let weights = self.function_times(|l| flow_integral(eta_t, l.max(0.0)), &r)?;
         let moved = theta_test_train.map(|v| v.to_f64()) * weights;
-        Ok(DMatrix::from_fn(f0_test.nrows(), k, |i, c| {
-            f0_test[(i, c)] + T::of(moved[(i, c)])
+        Ok(DMatrix::from_fn(f0_test.nrows(), r.ncols(), |i, c| {
+            f0_test[(i, c)] + T::from_f64_lossy(moved[(i, c)])
         }))
     }
 
     /// η t, after checking t.
-    fn check_time(&self, t: T) -> Result<f64> {
+    fn eta_t(&self, t: T) -> Result<f64> {
         let t = t.to_f64();
         check_time("t", t)?;
         if !t.is_finite() {
@@ -169,21 +158,22 @@ impl<T: Scalar> KrylovFlow<T> {
                 reason: "the Krylov path needs a finite time; use KernelRegression for t = ∞",
             });
         }
-        Ok(self.eta * t)
+        Ok(self.problem.eta.to_f64() * t)
     }
 
     /// f_0 − Y in f64, after checking f_0.
     fn residual(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<f64>> {
-        check_train_outputs(f0_train, &self.targets)?;
+        let targets = &self.problem.targets;
+        check_train_outputs(f0_train, targets)?;
         Ok(DMatrix::from_fn(
             f0_train.nrows(),
             f0_train.ncols(),
-            |i, c| f0_train[(i, c)].to_f64() - self.targets[(i, c)].to_f64(),
+            |i, c| f0_train[(i, c)].to_f64() - targets[(i, c)].to_f64(),
         ))
     }
 
-    /// g(Θ) applied to each column of `r` by Lanczos.
-    fn apply(&self, r: &DMatrix<f64>, g: impl Fn(f64) -> f64) -> Result<DMatrix<f64>> {
+    /// g(Θ) r, column by column, by Lanczos.
+    fn function_times(&self, g: impl Fn(f64) -> f64, r: &DMatrix<f64>) -> Result<DMatrix<f64>> {
         let mut out = DMatrix::zeros(r.nrows(), r.ncols());
         for c in 0..r.ncols() {
             let column = self.lanczos(&r.column(c).into_owned(), &g)?;
@@ -198,7 +188,7 @@ impl<T: Scalar> KrylovFlow<T> {
         if beta0 == 0.0 || n == 0 {
             return Ok(DVector::zeros(n));
         }
-        let scale = self.theta.amax().max(f64::MIN_POSITIVE);
+        let scale = self.problem.theta.amax().max(f64::MIN_POSITIVE);
         let max_m = self.max_dimension.min(n);
         let mut basis: Vec<DVector<f64>> = vec![r / beta0];
         let mut alpha: Vec<f64> = Vec::new();
@@ -206,7 +196,7 @@ impl<T: Scalar> KrylovFlow<T> {
         let mut previous: Option<DVector<f64>> = None;
         loop {
             let j = basis.len() - 1;
-            let mut w = &self.theta * &basis[j];
+            let mut w = &self.problem.theta * &basis[j];
             alpha.push(basis[j].dot(&w));
             // Full reorthogonalisation, twice ("twice is enough").
             for _ in 0..2 {

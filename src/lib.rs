@@ -158,21 +158,24 @@ mod linalg;
 pub mod mlp;
 pub mod model;
 mod parallel;
+mod problem;
 pub mod program;
 mod scalar;
+pub mod tangent;
 pub mod train;
 
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
-pub use flow::{GaussianPrediction, GradientFlow, InfiniteEnsemble, KernelRegression};
+pub use flow::{GaussianPrediction, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
     Architecture, InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
     infinite_width_layers, width_convergence,
 };
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
-pub use model::{DenseUse, LayerKernel, LayerTangent, NtkModel};
+pub use model::NtkModel;
 pub use program::{Bias, Program, ProgramNetwork, Readout, Var, Weight};
 pub use scalar::Scalar;
+pub use tangent::{DenseUse, LayerKernel, LayerTangent};
 pub use train::{GradientDescent, Trajectory};

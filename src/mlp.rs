@@ -23,9 +23,10 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::activation::Activation;
-use crate::error::{Error, Result, check_cols, check_finite, check_std};
+use crate::error::{Error, Result, check_matrix, check_std};
 use crate::linalg::columns_transposed;
-use crate::model::{DenseUse, LayerTangent, NtkModel};
+use crate::model::NtkModel;
+use crate::tangent::{DenseUse, LayerTangent};
 
 /// How stored parameters map to the network's weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -128,22 +129,40 @@ impl MlpSpec {
         &self.hidden
     }
 
-    /// σ_w.
+    /// σ_w, set by [`weight_std`](Self::weight_std).
     #[must_use]
-    pub fn get_weight_std(&self) -> f64 {
+    pub fn sigma_w(&self) -> f64 {
         self.weight_std
     }
 
-    /// σ_b.
+    /// σ_b, set by [`bias_std`](Self::bias_std).
     #[must_use]
-    pub fn get_bias_std(&self) -> f64 {
+    pub fn sigma_b(&self) -> f64 {
         self.bias_std
     }
 
-    /// The parameterization.
+    /// The parameterization, set by [`parameterization`](Self::parameterization).
     #[must_use]
-    pub fn get_parameterization(&self) -> Parameterization {
+    pub fn parameterization_kind(&self) -> Parameterization {
         self.parameterization
+    }
+
+    /// Crate-private aliases of [`sigma_w`](Self::sigma_w),
+    /// [`sigma_b`](Self::sigma_b) and
+    /// [`parameterization_kind`](Self::parameterization_kind) for
+    /// `infinite/engine.rs` until it is renamed; remove them then.
+    pub(crate) fn get_weight_std(&self) -> f64 {
+        self.sigma_w()
+    }
+
+    /// See [`get_weight_std`](Self::get_weight_std).
+    pub(crate) fn get_bias_std(&self) -> f64 {
+        self.sigma_b()
+    }
+
+    /// See [`get_weight_std`](Self::get_weight_std).
+    pub(crate) fn get_parameterization(&self) -> Parameterization {
+        self.parameterization_kind()
     }
 
     /// Whether the layers carry bias parameters (σ_b > 0).
@@ -198,8 +217,14 @@ impl MlpSpec {
         };
         positive("input_dim", self.input_dim)?;
         positive("outputs", self.outputs)?;
-        for (width, act) in &self.hidden {
-            positive("hidden width", *width)?;
+        for (l, (width, act)) in self.hidden.iter().enumerate() {
+            if *width == 0 {
+                return Err(Error::InvalidParameter {
+                    parameter: "hidden width",
+                    value: format!("0 (hidden layer {l}, counting from 0)"),
+                    reason: "must be at least 1",
+                });
+            }
             act.validate()?;
         }
         check_std("weight_std", self.weight_std)?;
@@ -217,15 +242,15 @@ impl MlpSpec {
         let widths = self.widths();
         let params = DVector::<T>::from_fn(self.parameter_count(), |_, _| {
             let z: f64 = StandardNormal.sample(rng);
-            T::of(z)
+            T::from_f64_lossy(z)
         });
         let mut net = Mlp::zeros(self.clone());
         net.set_parameters(&params)?;
         if self.parameterization == Parameterization::Standard {
             for (layer, n_in) in net.layers.iter_mut().zip(&widths) {
-                layer.weights_t *= T::of(self.weight_std / (*n_in as f64).sqrt());
+                layer.weights_t *= T::from_f64_lossy(self.weight_std / (*n_in as f64).sqrt());
                 if let Some(b) = layer.bias.as_mut() {
-                    *b *= T::of(self.bias_std);
+                    *b *= T::from_f64_lossy(self.bias_std);
                 }
             }
         }
@@ -274,11 +299,11 @@ impl<T: Scalar> Mlp<T> {
             .map(|p| Dense {
                 weights_t: DMatrix::zeros(p[0], p[1]),
                 bias: spec.has_bias().then(|| DVector::zeros(p[1])),
-                weight_scale: T::of(match spec.parameterization {
+                weight_scale: T::from_f64_lossy(match spec.parameterization {
                     Parameterization::Ntk => sw / (p[0] as f64).sqrt(),
                     Parameterization::Standard => sw,
                 }),
-                bias_scale: T::of(sb),
+                bias_scale: T::from_f64_lossy(sb),
             })
             .collect();
         Mlp { spec, layers }
@@ -335,8 +360,8 @@ impl<T: Scalar> Mlp<T> {
     }
 
     fn check_x(&self, x: &DMatrix<T>) -> Result<()> {
-        check_cols("x", x, self.spec.input_dim, "the network's input dimension")?;
-        check_finite("x", x)
+        let inputs = (self.spec.input_dim, "the network's input dimension");
+        check_matrix("x", x, None, Some(inputs))
     }
 
     /// Forward pass keeping what the backward pass needs.
@@ -349,7 +374,7 @@ impl<T: Scalar> Mlp<T> {
             inputs.push(current);
             match self.spec.hidden.get(l) {
                 Some((_, act)) => {
-                    let (out, d) = act.apply_with_derivative(&h);
+                    let (out, d) = act.elementwise_with_derivative(&h);
                     derivatives.push(d);
                     current = out;
                 }
@@ -479,7 +504,7 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.pre_activation(&current);
             current = match self.spec.hidden.get(l) {
-                Some((_, act)) => act.apply(&h),
+                Some((_, act)) => act.elementwise(&h),
                 None => h,
             };
         }

@@ -1,102 +1,16 @@
 //! The [`NtkModel`] trait: what a model must expose for its empirical NTK.
 //!
-//! The empirical NTK of a model f with parameters θ is
-//!
-//! Θ(x, x̄) = ⟨∇θ f(x), ∇θ f(x̄)⟩ = Σ_p ∂f(x)/∂θ_p · ∂f(x̄)/∂θ_p.
-//!
-//! For a dense layer h = s_w W x + s_b b used once, with G = ∂f/∂h (one row per sample),
-//! the chain rule gives ∂f/∂W = s_w Gᵀ x and ∂f/∂b = s_b G, so its share of Θ is
-//!
-//! s_w² (x · x̄)(g · ḡ) + s_b² (g · ḡ),
-//!
-//! and over a batch, s_w² (X₁ X₂ᵀ) ⊙ (G₁ G₂ᵀ) + s_b² G₁ G₂ᵀ: two Gram matrices and a
-//! Hadamard product, never the N × P Jacobian. A parameter used at several places
-//! (a weight shared across the steps of a recurrent net, or inside a residual block)
-//! has ∂f/∂W = Σ_u s_w G_uᵀ X_u, so its share is the double sum over uses
-//! s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ).
-//!
-//! A model describes itself through [`NtkModel::layer_tangents`]: for each parameter
-//! group, the inputs X_u and output gradients G_u of every use ([`LayerTangent::Dense`]),
-//! or an explicit Jacobian block for parameters of any other shape
-//! ([`LayerTangent::Jacobian`]). Everything else (the Jacobian, per-layer kernels,
-//! [`empirical_ntk`](crate::empirical_ntk)) follows from that.
+//! A model describes its parameters' gradients on a batch through
+//! [`NtkModel::layer_tangents`], one [`LayerTangent`] per parameter group (see the
+//! [`tangent`](crate::tangent) module for the math); the Jacobian, the
+//! vector–Jacobian product, the per-group kernels and
+//! [`empirical_ntk`](crate::empirical_ntk) follow from them.
 
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_cols, check_finite, shape};
-
-/// One use of a dense layer's parameters on a batch of N samples.
-///
-/// The layer computes h = s_w W x + s_b b with W of shape n_out × n_in.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DenseUse<T: Scalar> {
-    /// X: N × n_in, the input the layer received at this use (one row per sample).
-    pub input: DMatrix<T>,
-    /// G: N × (k·n_out), the gradient of the model's outputs with respect to the
-    /// layer's pre-activation h at this use. Column block c (columns
-    /// c·n_out .. (c+1)·n_out) holds ∂f_c/∂h for output c = 0..k.
-    pub output_grad: DMatrix<T>,
-}
-
-/// The tangent features of one parameter group on a batch: what its share of the
-/// NTK and of the Jacobian is computed from.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum LayerTangent<T: Scalar> {
-    /// A dense layer h = s_w W x + s_b b (W: n_out × n_in), possibly used several times.
-    ///
-    /// Its parameters are laid out as W row-major (W\[a, b\] at a·n_in + b), then b
-    /// if `bias_scale` is `Some`.
-    Dense {
-        /// s_w, the factor in front of W x (σ_w/√n_in in the NTK parameterization).
-        weight_scale: T,
-        /// s_b, the factor in front of b; `None` when the layer has no bias parameters.
-        bias_scale: Option<T>,
-        /// Every use of W (and b) in the forward pass.
-        uses: Vec<DenseUse<T>>,
-    },
-    /// Parameters of any other shape, given by their Jacobian block ∂f/∂θ:
-    /// (N·k) × p, row i·k + c holds ∂f_c(x_i)/∂θ.
-    Jacobian(DMatrix<T>),
-}
-
-impl<T: Scalar> LayerTangent<T> {
-    /// Number of parameters in this group.
-    #[must_use]
-    pub fn parameter_count(&self, outputs: usize) -> usize {
-        match self {
-            LayerTangent::Dense {
-                bias_scale, uses, ..
-            } => uses.first().map_or(0, |u| {
-                let n_out = u.output_grad.ncols() / outputs.max(1);
-                n_out * u.input.ncols() + if bias_scale.is_some() { n_out } else { 0 }
-            }),
-            LayerTangent::Jacobian(j) => j.ncols(),
-        }
-    }
-}
-
-/// One layer's share of the empirical NTK, averaged over the k outputs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LayerKernel<T: Scalar> {
-    /// The weight term s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) / k, N1 × N2
-    /// (for a [`LayerTangent::Jacobian`] group, its J₁ J₂ᵀ / k).
-    pub weights: DMatrix<T>,
-    /// The bias term s_b² Σ_{u,v} G₁_u G₂_vᵀ / k, N1 × N2; `None` without bias parameters.
-    pub bias: Option<DMatrix<T>>,
-}
-
-impl<T: Scalar> LayerKernel<T> {
-    /// weights + bias.
-    #[must_use]
-    pub fn total(&self) -> DMatrix<T> {
-        match &self.bias {
-            Some(b) => &self.weights + b,
-            None => self.weights.clone(),
-        }
-    }
-}
+use crate::error::{Error, Result, check_finite, check_inputs, shape};
+use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents};
 
 /// A differentiable model whose empirical NTK `ntk` can compute.
 ///
@@ -105,8 +19,8 @@ impl<T: Scalar> LayerKernel<T> {
 /// gradients of one forward and one backward pass. The Jacobian and the per-layer
 /// kernels have default implementations built from those.
 ///
-/// Parameter order: layer by layer, in the order `layer_tangents` lists them; within a
-/// dense layer, W row-major then b (see [`LayerTangent::Dense`]).
+/// Parameter order: group by group, in the order `layer_tangents` lists them; within a
+/// dense group, W row-major then b (see [`LayerTangent::Dense`]).
 ///
 /// Rows of every input matrix are samples; outputs are N × k.
 pub trait NtkModel<T: Scalar>: Sync {
@@ -161,8 +75,8 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// # Errors
     /// As [`layer_tangents`](NtkModel::layer_tangents).
     fn jacobian(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let tangents = self.layer_tangents(x)?;
-        jacobian_from_tangents(&tangents, x.nrows(), self.output_dim())
+        let tangents = Tangents::new(self.layer_tangents(x)?, x.nrows(), self.output_dim())?;
+        Ok(tangents.jacobian())
     }
 
     /// The vector–Jacobian product Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ (length P, in the
@@ -189,206 +103,25 @@ pub trait NtkModel<T: Scalar>: Sync {
             });
         }
         check_finite("cotangent", cotangent)?;
-        let tangents = self.layer_tangents(x)?;
-        vjp_from_tangents(&tangents, cotangent, n, k)
+        let tangents = Tangents::new(self.layer_tangents(x)?, n, k)?;
+        Ok(tangents.vjp(cotangent))
     }
 
-    /// Each layer's share of the empirical NTK between `x1` (N1 × d) and `x2` (N2 × d),
+    /// Each parameter group's share of the empirical NTK between `x1` (N1 × d) and `x2` (N2 × d),
     /// averaged over outputs; they sum to [`empirical_ntk`](crate::empirical_ntk).
     ///
     /// # Errors
     /// If `x1` or `x2` does not have d columns or has non-finite entries.
     fn layer_kernels(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Vec<LayerKernel<T>>> {
         check_inputs(self.input_dim(), x1, x2)?;
-        let t1 = self.layer_tangents(x1)?;
-        let t2 = if x1 == x2 {
-            None
-        } else {
-            Some(self.layer_tangents(x2)?)
+        let k = self.output_dim();
+        let features = |x: &DMatrix<T>| {
+            Tangents::for_kernels(self.layer_tangents(x)?, x.nrows(), k, Layout::Trace)
         };
+        let t1 = features(x1)?;
+        let t2 = if x1 == x2 { None } else { Some(features(x2)?) };
         let t2 = t2.as_ref().unwrap_or(&t1);
-        crate::empirical::layer_kernels_from_tangents(
-            &t1,
-            t2,
-            x1.nrows(),
-            x2.nrows(),
-            self.output_dim(),
-        )
+        t1.check_compatible(t2)?;
+        Ok(t1.layer_kernels(t2))
     }
-}
-
-/// Checks that `x1` and `x2` both have `input_dim` columns and finite entries.
-pub(crate) fn check_inputs<T: Scalar>(
-    input_dim: usize,
-    x1: &DMatrix<T>,
-    x2: &DMatrix<T>,
-) -> Result<()> {
-    if x1.ncols() != x2.ncols() {
-        return Err(Error::ShapeMismatch {
-            argument: "x2",
-            expected: format!("{} columns, as many as x1 ({})", x1.ncols(), shape(x1)),
-            found: shape(x2),
-        });
-    }
-    check_cols("x1", x1, input_dim, "the model's input dimension")?;
-    check_finite("x1", x1)?;
-    check_finite("x2", x2)
-}
-
-/// The explicit (N·k) × P Jacobian from tangent features.
-pub(crate) fn jacobian_from_tangents<T: Scalar>(
-    tangents: &[LayerTangent<T>],
-    n: usize,
-    k: usize,
-) -> Result<DMatrix<T>> {
-    let p: usize = tangents.iter().map(|t| t.parameter_count(k)).sum();
-    let mut jac = DMatrix::<T>::zeros(n * k, p);
-    let mut offset = 0;
-    for t in tangents {
-        match t {
-            LayerTangent::Dense {
-                weight_scale,
-                bias_scale,
-                uses,
-            } => {
-                let Some(first) = uses.first() else { continue };
-                let n_in = first.input.ncols();
-                let n_out = first.output_grad.ncols() / k;
-                for u in uses {
-                    check_tangent_shape(u, n, n_in, n_out, k)?;
-                    // J is column-major: fill each parameter's column (rows i·k + c)
-                    // in order, J[i·k + c, (a, b)] += s_w G[i, c·n_out + a] X[i, b].
-                    for a in 0..n_out {
-                        for b in 0..n_in {
-                            let x_b = u.input.column(b);
-                            let mut col = jac.column_mut(offset + a * n_in + b);
-                            for c in 0..k {
-                                let g = u.output_grad.column(c * n_out + a);
-                                for i in 0..n {
-                                    col[i * k + c] += *weight_scale * g[i] * x_b[i];
-                                }
-                            }
-                        }
-                        if let Some(sb) = bias_scale {
-                            let mut col = jac.column_mut(offset + n_out * n_in + a);
-                            for c in 0..k {
-                                let g = u.output_grad.column(c * n_out + a);
-                                for i in 0..n {
-                                    col[i * k + c] += *sb * g[i];
-                                }
-                            }
-                        }
-                    }
-                }
-                offset += t.parameter_count(k);
-            }
-            LayerTangent::Jacobian(j) => {
-                if j.nrows() != n * k {
-                    return Err(Error::ShapeMismatch {
-                        argument: "LayerTangent::Jacobian",
-                        expected: format!("{} rows (N·k)", n * k),
-                        found: shape(j),
-                    });
-                }
-                jac.columns_mut(offset, j.ncols()).copy_from(j);
-                offset += j.ncols();
-            }
-        }
-    }
-    Ok(jac)
-}
-
-/// Jᵀ r from tangent features, r: N × k (see [`NtkModel::vjp`]).
-pub(crate) fn vjp_from_tangents<T: Scalar>(
-    tangents: &[LayerTangent<T>],
-    r: &DMatrix<T>,
-    n: usize,
-    k: usize,
-) -> Result<DVector<T>> {
-    let p: usize = tangents.iter().map(|t| t.parameter_count(k)).sum();
-    let mut grad = DVector::<T>::zeros(p);
-    let mut offset = 0;
-    for t in tangents {
-        match t {
-            LayerTangent::Dense {
-                weight_scale,
-                bias_scale,
-                uses,
-            } => {
-                let Some(first) = uses.first() else { continue };
-                let n_in = first.input.ncols();
-                let n_out = first.output_grad.ncols() / k.max(1);
-                let len = n_in * n_out;
-                let mut b = DVector::<T>::zeros(n_out);
-                for u in uses {
-                    check_tangent_shape(u, n, n_in, n_out, k)?;
-                    // M_u = Σ_c diag(r_c) G_{u,c}.
-                    let mut m = DMatrix::<T>::zeros(n, n_out);
-                    for c in 0..k {
-                        let g = u.output_grad.columns(c * n_out, n_out);
-                        for (a, mut col) in m.column_iter_mut().enumerate() {
-                            for i in 0..n {
-                                col[i] += r[(i, c)] * g[(i, a)];
-                            }
-                        }
-                    }
-                    // W row-major is Wᵀ column-major: accumulate s_w X_uᵀ M_u
-                    // (n_in × n_out) in place, in one GEMM pass.
-                    let mut w = nalgebra::DMatrixViewMut::from_slice(
-                        grad.rows_mut(offset, len).data.into_slice_mut(),
-                        n_in,
-                        n_out,
-                    );
-                    w.gemm(*weight_scale, &u.input.transpose(), &m, T::one());
-                    if bias_scale.is_some() {
-                        for (a, col) in m.column_iter().enumerate() {
-                            b[a] += col.sum();
-                        }
-                    }
-                }
-                if let Some(sb) = bias_scale {
-                    grad.rows_mut(offset + len, n_out).copy_from(&(b * *sb));
-                }
-                offset += t.parameter_count(k);
-            }
-            LayerTangent::Jacobian(j) => {
-                if j.nrows() != n * k {
-                    return Err(Error::ShapeMismatch {
-                        argument: "LayerTangent::Jacobian",
-                        expected: format!("{} rows (N·k)", n * k),
-                        found: shape(j),
-                    });
-                }
-                let flat = DVector::from_fn(n * k, |row, _| r[(row / k, row % k)]);
-                grad.rows_mut(offset, j.ncols()).copy_from(&j.tr_mul(&flat));
-                offset += j.ncols();
-            }
-        }
-    }
-    Ok(grad)
-}
-
-/// Checks that a model's [`DenseUse`] has the shapes its layer declares.
-pub(crate) fn check_tangent_shape<T: Scalar>(
-    u: &DenseUse<T>,
-    n: usize,
-    n_in: usize,
-    n_out: usize,
-    k: usize,
-) -> Result<()> {
-    if u.input.nrows() != n || u.input.ncols() != n_in {
-        return Err(Error::ShapeMismatch {
-            argument: "DenseUse::input",
-            expected: format!("{n} x {n_in}"),
-            found: shape(&u.input),
-        });
-    }
-    if u.output_grad.nrows() != n || u.output_grad.ncols() != n_out * k {
-        return Err(Error::ShapeMismatch {
-            argument: "DenseUse::output_grad",
-            expected: format!("{n} x {}", n_out * k),
-            found: shape(&u.output_grad),
-        });
-    }
-    Ok(())
 }

@@ -30,3 +30,58 @@ pub(crate) fn for_each<I: Sync>(items: &[I], f: impl Fn(&I) + Sync + Send) {
         items.iter().for_each(f);
     }
 }
+
+/// `f(b, block)` for every block of `width` consecutive columns of `m` (the last one
+/// may be narrower): disjoint mutable views of the column-major storage, handed to
+/// rayon's `par_chunks_mut` with the `parallel` feature and to `chunks_mut` without.
+pub(crate) fn for_each_column_block<T: nalgebra::Scalar + Send>(
+    m: &mut nalgebra::DMatrix<T>,
+    width: usize,
+    f: impl Fn(usize, nalgebra::DMatrixViewMut<'_, T>) + Sync + Send,
+) {
+    let rows = m.nrows();
+    if m.is_empty() || width == 0 {
+        return;
+    }
+    let block = |(b, data): (usize, &mut [T])| {
+        let cols = data.len() / rows;
+        f(b, nalgebra::DMatrixViewMut::from_slice(data, rows, cols));
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        m.as_mut_slice()
+            .par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each(block);
+    }
+    #[cfg(not(feature = "parallel"))]
+    m.as_mut_slice()
+        .chunks_mut(rows * width)
+        .enumerate()
+        .for_each(block);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column is handed out exactly once, in blocks of `width` (the last one
+    /// narrower), with the block's index.
+    #[test]
+    #[allow(clippy::float_cmp, reason = "small integers, exact")]
+    fn column_blocks_cover_every_column_once() {
+        for (cols, width) in [(10, 3), (9, 3), (1, 4), (0, 2)] {
+            let mut m = nalgebra::DMatrix::<f64>::zeros(4, cols);
+            for_each_column_block(&mut m, width, |b, mut block| {
+                assert!(block.ncols() <= width);
+                for (j, mut col) in block.column_iter_mut().enumerate() {
+                    col.add_scalar_mut((b * width + j) as f64 + 1.0);
+                }
+            });
+            for (j, col) in m.column_iter().enumerate() {
+                assert!(col.iter().all(|&v| v == (j + 1) as f64), "{cols} {width}");
+            }
+        }
+    }
+}

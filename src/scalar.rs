@@ -5,24 +5,23 @@ use nalgebra::RealField;
 /// A real floating-point scalar: `f32` or `f64`.
 ///
 /// An alias over [`RealField`] (which brings nalgebra's fast GEMM for `f32`/`f64`)
-/// with the few extra functions the activations need and lossless-enough
-/// conversions to and from `f64`. Sealed: only `f32` and `f64` implement it.
+/// with the error function the activations need and conversions to and from `f64`.
+/// Sealed: only `f32` and `f64` implement it.
 pub trait Scalar:
     RealField + Copy + Send + Sync + std::fmt::Debug + std::fmt::Display + sealed::Sealed + 'static
 {
-    /// `x` converted from `f64` (rounded for `f32`).
-    fn of(x: f64) -> Self;
-    /// `self` converted to `f64`.
+    /// `x` converted from `f64`: exact for `f64`, rounded to nearest for `f32` (as
+    /// `String::from_utf8_lossy`, the name says the conversion may lose precision).
+    fn from_f64_lossy(x: f64) -> Self;
+    /// `self` converted to `f64` (exact).
     fn to_f64(self) -> f64;
     /// The error function erf(x) = 2/√π ∫₀ˣ e^{−t²} dt.
     fn erf(self) -> Self;
-    /// Machine epsilon.
-    fn epsilon() -> Self;
 }
 
 impl Scalar for f64 {
     #[inline]
-    fn of(x: f64) -> Self {
+    fn from_f64_lossy(x: f64) -> Self {
         x
     }
     #[inline]
@@ -33,15 +32,11 @@ impl Scalar for f64 {
     fn erf(self) -> Self {
         libm::erf(self)
     }
-    #[inline]
-    fn epsilon() -> Self {
-        f64::EPSILON
-    }
 }
 
 impl Scalar for f32 {
     #[inline]
-    fn of(x: f64) -> Self {
+    fn from_f64_lossy(x: f64) -> Self {
         x as f32
     }
     #[inline]
@@ -51,10 +46,6 @@ impl Scalar for f32 {
     #[inline]
     fn erf(self) -> Self {
         libm::erff(self)
-    }
-    #[inline]
-    fn epsilon() -> Self {
-        f32::EPSILON
     }
 }
 

@@ -10,8 +10,9 @@
 use nalgebra::DMatrix;
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_cols, check_finite, check_positive, check_rows};
-use crate::model::{NtkModel, vjp_from_tangents};
+use crate::error::{Error, Result, check_cols, check_matrix, check_positive, check_rows};
+use crate::model::NtkModel;
+use crate::tangent::Tangents;
 
 /// Full-batch gradient descent with a fixed learning rate, recording outputs at
 /// chosen steps.
@@ -125,24 +126,15 @@ impl<T: Scalar> GradientDescent<T> {
         y_train: &DMatrix<T>,
         x_test: &DMatrix<T>,
     ) -> Result<Trajectory<T>> {
-        let d = model.input_dim();
-        check_cols("x_train", x_train, d, "the model's input dimension")?;
-        check_finite("x_train", x_train)?;
-        check_cols("x_test", x_test, d, "the model's input dimension")?;
-        check_finite("x_test", x_test)?;
-        check_rows(
+        let inputs = Some((model.input_dim(), "the model's input dimension"));
+        check_matrix("x_train", x_train, None, inputs)?;
+        check_matrix("x_test", x_test, None, inputs)?;
+        check_matrix(
             "y_train",
             y_train,
-            x_train.nrows(),
-            "one per row of x_train",
+            Some((x_train.nrows(), "one per row of x_train")),
+            Some((model.output_dim(), "the model's outputs")),
         )?;
-        check_cols(
-            "y_train",
-            y_train,
-            model.output_dim(),
-            "the model's outputs",
-        )?;
-        check_finite("y_train", y_train)?;
 
         let mut run = Trajectory {
             steps: Vec::with_capacity(self.record.len()),
@@ -174,15 +166,15 @@ impl<T: Scalar> GradientDescent<T> {
             if next.peek() == Some(&&step) {
                 let _ = next.next();
                 run.steps.push(step);
-                run.losses.push(T::of(0.5) * residual.norm_squared());
+                run.losses
+                    .push(T::from_f64_lossy(0.5) * residual.norm_squared());
                 run.test_outputs.push(model.forward(x_test)?);
                 run.train_outputs.push(f);
             }
             if step == self.steps {
                 break;
             }
-            let grad =
-                vjp_from_tangents(&tangents, &residual, x_train.nrows(), model.output_dim())?;
+            let grad = Tangents::new(tangents, x_train.nrows(), model.output_dim())?.vjp(&residual);
             theta.axpy(-self.learning_rate, &grad, T::one());
             if theta.iter().any(|v| !v.is_finite()) {
                 return Err(self.diverged());

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::empirical::empirical_ntk;
-use crate::error::{Error, Result, check_cols, check_finite};
+use crate::error::{Error, Result, check_matrix};
 
 use super::{Architecture, InfiniteWidth};
 
@@ -70,13 +70,8 @@ pub fn width_convergence<A: Architecture + ?Sized>(
     seeds: &[u64],
 ) -> Result<WidthStudy> {
     architecture.describe(None)?;
-    check_cols(
-        "x",
-        x,
-        architecture.input_dim(),
-        "the network's input dimension",
-    )?;
-    check_finite("x", x)?;
+    let inputs = (architecture.input_dim(), "the network's input dimension");
+    check_matrix("x", x, None, Some(inputs))?;
     if seeds.is_empty() {
         return Err(Error::InvalidParameter {
             parameter: "seeds",

@@ -61,16 +61,15 @@ mod program;
 mod quadrature;
 mod tape;
 
-use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 use nalgebra::DMatrix;
 
 use crate::Scalar;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_inputs, select_rows};
 use crate::mlp::MlpSpec;
-use crate::model::{LayerKernel, check_inputs};
 use crate::program::Program;
+use crate::tangent::LayerKernel;
 
 pub use architecture::Architecture;
 use architecture::Described;
@@ -212,8 +211,8 @@ impl InfiniteWidth {
             }
         };
         Ok(Kernels {
-            nngp: from_f64(nngp),
-            ntk: from_f64(ntk),
+            nngp: from_f64(&nngp),
+            ntk: from_f64(&ntk),
         })
     }
 
@@ -271,8 +270,8 @@ impl InfiniteWidth {
         Ok(layers
             .into_iter()
             .map(|(weights, bias)| LayerKernel {
-                weights: from_f64(weights),
-                bias: bias.map(from_f64),
+                weights: from_f64(&weights),
+                bias: bias.as_ref().map(from_f64),
             })
             .collect())
     }
@@ -369,8 +368,8 @@ pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) -> Result<Kernels<T>> {
-    let a = crate::empirical::select_rows("rows", x1, rows)?;
-    let b = crate::empirical::select_rows("cols", x2, cols)?;
+    let a = select_rows("rows", x1, rows)?;
+    let b = select_rows("cols", x2, cols)?;
     infinite_width(architecture, &a, &b)
 }
 
@@ -407,13 +406,7 @@ fn to_f64<T: Scalar>(m: &DMatrix<T>) -> DMatrix<f64> {
     m.map(|v| v.to_f64())
 }
 
-/// `m` as a `DMatrix<T>`: moved when `T` is `f64`, rounded otherwise.
-fn from_f64<T: Scalar>(m: DMatrix<f64>) -> DMatrix<T> {
-    let mut slot = Some(m);
-    if let Some(same) = (&mut slot as &mut dyn Any).downcast_mut::<Option<DMatrix<T>>>()
-        && let Some(m) = same.take()
-    {
-        return m;
-    }
-    slot.map_or_else(|| DMatrix::zeros(0, 0), |m| m.map(T::of))
+/// `m` rounded to `T` (a copy when `T` is `f64`: O(N²) beside the O(N²L) recursion).
+fn from_f64<T: Scalar>(m: &DMatrix<f64>) -> DMatrix<T> {
+    m.map(T::from_f64_lossy)
 }

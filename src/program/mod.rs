@@ -739,7 +739,7 @@ impl Program {
                 }
                 c
             }
-            Op::Apply { activation, input } => activation.apply(&self.fixed_value(*input, x, memo)),
+            Op::Apply { activation, input } => activation.elementwise(&self.fixed_value(*input, x, memo)),
             Op::Dense { .. } | Op::AddBias { .. } | Op::LayerNorm { .. } | Op::Attend { .. } => {
                 unreachable!("dense, bias, layer-norm and attention outputs have hidden width")
             }
@@ -839,7 +839,7 @@ fn foreign(parameter: &'static str, what: &str, index: usize) -> Error {
 /// an invalid one) gives a program whose every use reports that error.
 impl From<&MlpSpec> for Program {
     fn from(spec: &MlpSpec) -> Program {
-        let standard = spec.get_parameterization() != Parameterization::Ntk;
+        let standard = spec.parameterization_kind() != Parameterization::Ntk;
         let built = if standard {
             Err(Error::InvalidParameter {
                 parameter: "parameterization",
@@ -863,13 +863,13 @@ impl Program {
     /// either parameterization; its finite network is not the spec's in the standard
     /// parameterization).
     pub(crate) fn with_widths_of(spec: &MlpSpec) -> Result<Program> {
-        Program::mlp(spec, spec.get_parameterization() != Parameterization::Ntk)
+        Program::mlp(spec, spec.parameterization_kind() != Parameterization::Ntk)
     }
 
     fn mlp(spec: &MlpSpec, standard: bool) -> Result<Program> {
         spec.validate()?;
         let mut p = Program::new(spec.input_dim());
-        let (sw, sb) = (spec.get_weight_std(), spec.get_bias_std());
+        let (sw, sb) = (spec.sigma_w(), spec.sigma_b());
         let widths = spec.widths();
         let mut z = p.input(0..spec.input_dim())?;
         for (l, (_, activation)) in spec.hidden_layers().iter().enumerate() {

@@ -8,7 +8,8 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite};
 use crate::linalg::columns_transposed;
-use crate::model::{DenseUse, LayerTangent, NtkModel};
+use crate::model::NtkModel;
+use crate::tangent::{DenseUse, LayerTangent};
 
 use super::{Group, Op, Program, Readout, Width};
 
@@ -105,7 +106,7 @@ impl<T: Scalar> ProgramNetwork<T> {
         let count = net.parameter_count();
         let params = DVector::<T>::from_fn(count, |_, _| {
             let z: f64 = StandardNormal.sample(rng);
-            T::of(z)
+            T::from_f64_lossy(z)
         });
         net.set_parameters(&params)?;
         Ok(net)
@@ -125,12 +126,12 @@ impl<T: Scalar> ProgramNetwork<T> {
 
     /// s_W = σ_W/√fan_in of weight `w`.
     fn weight_scale(&self, w: usize) -> T {
-        T::of(self.program.weights[w].std / (self.weights[w].nrows() as f64).sqrt())
+        T::from_f64_lossy(self.program.weights[w].std / (self.weights[w].nrows() as f64).sqrt())
     }
 
     /// s_v = σ_v/√fan_in of the readout.
     fn readout_scale(&self) -> T {
-        T::of(self.readout.weight_std / (self.readout_weights.nrows() as f64).sqrt())
+        T::from_f64_lossy(self.readout.weight_std / (self.readout_weights.nrows() as f64).sqrt())
     }
 
     fn check_x(&self, x: &DMatrix<T>) -> Result<()> {
@@ -159,14 +160,14 @@ impl<T: Scalar> ProgramNetwork<T> {
                 }
                 Op::AddBias { input, bias } => {
                     let mut h = values[*input].clone();
-                    let s = T::of(self.program.biases[*bias].std);
+                    let s = T::from_f64_lossy(self.program.biases[*bias].std);
                     for (mut col, &b) in h.column_iter_mut().zip(self.biases[*bias].iter()) {
                         col.add_scalar_mut(s * b);
                     }
                     h
                 }
                 Op::Add(parts) => sum_of(parts, &values),
-                Op::Mean(parts) => sum_of(parts, &values) * T::of(1.0 / parts.len() as f64),
+                Op::Mean(parts) => sum_of(parts, &values) * T::from_f64_lossy(1.0 / parts.len() as f64),
                 Op::Concat(parts) => {
                     let cols = parts.iter().map(|&p| values[p].ncols()).sum();
                     let mut c = DMatrix::<T>::zeros(n, cols);
@@ -178,7 +179,7 @@ impl<T: Scalar> ProgramNetwork<T> {
                     }
                     c
                 }
-                Op::Apply { activation, input } => activation.apply(&values[*input]),
+                Op::Apply { activation, input } => activation.elementwise(&values[*input]),
                 Op::LayerNorm { input } => layer_norm(&values[*input]),
                 Op::Attend { block, query } => {
                     let decl = &self.program.attentions[*block];
@@ -210,7 +211,7 @@ impl<T: Scalar> ProgramNetwork<T> {
             T::zero(),
         );
         if let Some(b) = &self.readout_bias {
-            let s = T::of(self.readout.bias_std);
+            let s = T::from_f64_lossy(self.readout.bias_std);
             for (mut col, &bc) in output.column_iter_mut().zip(b.iter()) {
                 col.add_scalar_mut(s * bc);
             }
@@ -265,7 +266,7 @@ impl<T: Scalar> ProgramNetwork<T> {
                     }
                 }
                 Op::Mean(parts) => {
-                    let s = T::of(1.0 / parts.len() as f64);
+                    let s = T::from_f64_lossy(1.0 / parts.len() as f64);
                     for &p in parts {
                         add_into(&mut grads[p], &g, s);
                     }
@@ -410,18 +411,9 @@ impl<T: Scalar> ProgramNetwork<T> {
                 Group::Bias(b) => {
                     let decl = &self.program.biases[b];
                     let cols = self.biases[b].len();
-                    let uses = decl
-                        .uses
-                        .iter()
-                        .map(|&u| DenseUse {
-                            input: DMatrix::zeros(n, 0),
-                            output_grad: grad_of(u, cols),
-                        })
-                        .collect();
-                    out.push(LayerTangent::Dense {
-                        weight_scale: T::zero(),
-                        bias_scale: Some(T::of(decl.std)),
-                        uses,
+                    out.push(LayerTangent::Bias {
+                        scale: T::from_f64_lossy(decl.std),
+                        output_grads: decl.uses.iter().map(|&u| grad_of(u, cols)).collect(),
                     });
                 }
             }
@@ -438,7 +430,7 @@ impl<T: Scalar> ProgramNetwork<T> {
             bias_scale: self
                 .readout_bias
                 .as_ref()
-                .map(|_| T::of(self.readout.bias_std)),
+                .map(|_| T::from_f64_lossy(self.readout.bias_std)),
             uses: vec![DenseUse {
                 input: fwd.values[self.readout_var].clone(),
                 output_grad: identity,

@@ -7,8 +7,8 @@
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, Error, GradientFlow, InfiniteEnsemble, KernelRegression, KrylovFlow, MlpSpec,
-    empirical_ntk,
+    Activation, Error, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression, KrylovFlow,
+    MlpSpec, empirical_ntk,
 };
 use proptest::prelude::*;
 
@@ -278,7 +278,10 @@ fn discrete_gradient_descent_matches_iteration_and_approaches_flow() {
         for s in 0..=40 {
             if s % 10 == 0 {
                 assert!(rel_err(&flow.train_gd(s, &f0).unwrap(), &f) <= prec::SPECTRAL);
-                let test = flow.test_gd(s, &f0, &f0_test, &theta_test).unwrap();
+                let test = flow
+                    .test_at(&[Horizon::Steps(s)], &f0, &f0_test, &theta_test)
+                    .unwrap()
+                    .remove(0);
                 assert!(
                     rel_err(&test, &ft) <= prec::SPECTRAL,
                     "η λ_max = {}, s = {s}",
@@ -298,7 +301,8 @@ fn discrete_gradient_descent_matches_iteration_and_approaches_flow() {
     for steps in [100usize, 1_000, 10_000] {
         let gd = GradientFlow::new(&theta, &y, eta * t / steps as f64).unwrap();
         let err = rel_err(
-            &gd.test_gd(steps, &f0, &f0_test, &theta_test).unwrap(),
+            &gd.test_at(&[Horizon::Steps(steps)], &f0, &f0_test, &theta_test)
+                .unwrap()[0],
             &flow.test(t, &f0, &f0_test, &theta_test).unwrap(),
         );
         let err_train = rel_err(
@@ -346,7 +350,10 @@ fn gradient_descent_with_negative_factors_matches_a_known_spectrum() {
         );
         assert!(
             rel_err(
-                &flow.test_gd(steps, &f0, &f0_test, &theta_test).unwrap(),
+                &flow
+                    .test_at(&[Horizon::Steps(steps)], &f0, &f0_test, &theta_test)
+                    .unwrap()
+                    .remove(0),
                 &test
             ) <= prec::SPECTRAL,
             "{steps} steps"
@@ -383,13 +390,13 @@ fn loss_and_eigenbasis_residual_match_matrix_exponential() {
     let mut previous = f64::INFINITY;
     for t in [0.0, 0.3, 1.0, 10.0] {
         let residual = expm_neg(&theta, eta * t) * (&f0 - &y);
-        let loss = flow.loss(t, &f0).unwrap();
+        let loss = flow.loss_at(&[Horizon::Time(t)], &f0).unwrap()[0];
         let expected = 0.5 * residual.norm_squared();
         assert!(
             (loss - expected).abs() <= prec::SPECTRAL * expected,
             "t = {t}: {loss} vs {expected}"
         );
-        let r = flow.residual_in_eigenbasis(t, &f0).unwrap();
+        let r = flow.residual_in_eigenbasis(Horizon::Time(t), &f0).unwrap();
         assert!(
             rel_err(&(flow.eigenvectors() * &r), &residual) <= prec::SPECTRAL,
             "t = {t}"
@@ -434,10 +441,12 @@ fn infinite_time_with_exact_zero_eigenvalues_is_the_pseudo_inverse_limit() {
     let expected_test = &f0_test + &theta_test * &pinv * (&y - &f0);
     assert!(rel_err(&test, &expected_test) <= prec::SPECTRAL);
     let left = &outside * (&f0 - &y);
-    let loss = flow.loss(inf, &f0).unwrap();
+    let loss = flow.loss_at(&[Horizon::Time(inf)], &f0).unwrap()[0];
     let expected_loss = 0.5 * left.norm_squared();
     assert!((loss - expected_loss).abs() <= prec::SPECTRAL * expected_loss);
-    let r = flow.residual_in_eigenbasis(inf, &f0).unwrap();
+    let r = flow
+        .residual_in_eigenbasis(Horizon::Time(inf), &f0)
+        .unwrap();
     assert!(rel_err(&(flow.eigenvectors() * &r), &left) <= prec::SPECTRAL);
 
     let joint = spd(n + m, 75, 0.05);
@@ -659,8 +668,8 @@ fn bad_inputs_are_errors() {
             flow.test(t, &f0, &f0_test, &theta_test),
             Err(Error::InvalidParameter { parameter: "t", .. })
         ));
-        assert!(flow.train_many(&[1.0, t], &f0).is_err());
-        assert!(flow.loss(t, &f0).is_err());
+        assert!(flow.train_at(&Horizon::times(&[1.0, t]), &f0).is_err());
+        assert!(flow.loss_at(&[Horizon::Time(t)], &f0).is_err());
     }
     assert!(matches!(
         flow.train(1.0, &DMatrix::zeros(3, 1)),
@@ -909,7 +918,7 @@ proptest! {
         let mid = flow.train(t1, &f0).unwrap();
         let direct = flow.train(t1 + t2, &f0).unwrap();
         prop_assert!(rel_err(&flow.train(t2, &mid).unwrap(), &direct) <= prec::EXACT_F64);
-        let loss = flow.loss(t1 + t2, &f0).unwrap();
+        let loss = flow.loss_at(&[Horizon::Time(t1 + t2)], &f0).unwrap()[0];
         prop_assert!((loss - 0.5 * (&direct - &y).norm_squared()).abs() <= prec::EXACT_F64 * (1.0 + loss));
     }
 }

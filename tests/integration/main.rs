@@ -15,5 +15,6 @@ mod infinite;
 mod parallel;
 mod prec;
 mod program;
+mod shared_weights;
 mod train;
 mod transformer;

@@ -6,7 +6,8 @@
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, Error, GradientDescent, GradientFlow, Mlp, MlpSpec, NtkModel, empirical_ntk,
+    Activation, Error, GradientDescent, GradientFlow, Horizon, Mlp, MlpSpec, NtkModel,
+    empirical_ntk,
 };
 
 use crate::common::{gaussian, rel_err};
@@ -193,9 +194,9 @@ fn deviation_from_linearisation(width: usize, seed: u64) -> f64 {
         .train(&mut net, &x, &y, &x_test)
         .unwrap();
     let flow = GradientFlow::new(&theta, &y, eta).unwrap();
-    let lin = flow.train_gd_many(&run.steps, &f0).unwrap();
+    let lin = flow.train_at(&Horizon::steps(&run.steps), &f0).unwrap();
     let lin_test = flow
-        .test_gd_many(&run.steps, &f0, &f0_test, &theta_test)
+        .test_at(&Horizon::steps(&run.steps), &f0, &f0_test, &theta_test)
         .unwrap();
     let mut deviation = 0.0_f64;
     let mut motion = 0.0_f64;

@@ -1,0 +1,1069 @@
+//! Tangent features: how a model describes the gradients of its parameters, and the
+//! one validated form that its Jacobian, its vector–Jacobian products and its kernels
+//! are computed from.
+//!
+//! The empirical NTK of a model f with parameters θ is
+//!
+//! Θ(x, x̄) = ⟨∇θ f(x), ∇θ f(x̄)⟩ = Σ_p ∂f(x)/∂θ_p · ∂f(x̄)/∂θ_p.
+//!
+//! For a dense layer h = s_w W x + s_b b used once, with G = ∂f/∂h (one row per
+//! sample), the chain rule gives ∂f/∂W = s_w Gᵀ x and ∂f/∂b = s_b G, so its share of Θ
+//! is s_w² (x · x̄)(g · ḡ) + s_b² (g · ḡ), and over a batch
+//! s_w² (X₁ X₂ᵀ) ⊙ (G₁ G₂ᵀ) + s_b² G₁ G₂ᵀ: two Gram matrices and a Hadamard product,
+//! never the N × P Jacobian. A weight used at several places (shared across the steps
+//! of a recurrent net, the positions of a convolution, or inside a residual block) has
+//! ∂f/∂W = s_w Σ_u G_uᵀ X_u, so its share is the double sum over uses
+//! s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ); a bias added at several places has
+//! ∂f/∂b = s_b Σ_u G_u and the share s_b² (Σ_u G₁_u)(Σ_v G₂_v)ᵀ.
+//!
+//! A model lists its parameter groups as [`LayerTangent`]s: a weight matrix with the
+//! inputs X_u and output gradients G_u of each of its uses, and optionally a bias at
+//! the same places ([`LayerTangent::Dense`]); a bias on its own, at one or more
+//! places ([`LayerTangent::Bias`]); or parameters of any other shape through their
+//! Jacobian block ([`LayerTangent::Jacobian`]). The crate validates them once (every
+//! shape against the batch's N samples and k outputs) and computes the Jacobian, the
+//! vector–Jacobian product and the kernels from that one validated form.
+//!
+//! # A shared weight, two ways
+//!
+//! A weight W (n_out × n_in) used U times enters a kernel in one of two ways:
+//! - through its uses: U² Gram pairs (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ), i.e.
+//!   U² (n_in + q·n_out) multiply-adds per kernel entry, where q = k when the k outputs
+//!   are averaged ([`empirical_ntk`](crate::empirical_ntk)) and q = k² when every pair
+//!   of outputs is kept ([`empirical_ntk_full`](crate::empirical_ntk_full)); a bias at
+//!   the same places comes at no extra GEMM, since Σ_{u,v} G₁_u G₂_vᵀ is formed anyway;
+//! - through its per-sample gradients D_i = s_w Σ_u G_u\[i\]ᵀ X_u\[i\] (k·n_out·n_in
+//!   numbers per sample, formed in O(N·U·k·n_out·n_in)): q·n_out·n_in multiply-adds per
+//!   kernel entry, plus q·n_out for a bias (its gradients pre-summed, Σ_u G_u).
+//!
+//! The uses are the default: they need no conversion and no extra memory. The kernels
+//! switch a weight to its per-sample gradients when that at least halves the work,
+//! 2·q·n_out·(n_in + \[bias\]) ≤ U²·(n_in + q·n_out). An MLP layer (U = 1) therefore
+//! always keeps its uses; a convolution filter used at 16 positions with n_in = 384
+//! (3 taps × 128 channels), n_out = 128 and k = 1 switches (49 152 against 131 072).
+//! When they are chosen, the per-sample gradients hold at most U/2 times as many
+//! numbers as the uses they replace. A bias without a weight
+//! ([`LayerTangent::Bias`]) is always pre-summed.
+
+use nalgebra::{DMatrix, DMatrixViewMut, DVector, Dim, Dyn, MatrixViewMut};
+
+use crate::Scalar;
+use crate::error::{Error, Result, shape};
+use crate::linalg::{columns_transposed, gemm_nt};
+
+/// One use of a dense layer's parameters on a batch of N samples.
+///
+/// The layer computes h = s_w W x + s_b b with W of shape n_out × n_in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseUse<T: Scalar> {
+    /// X: N × n_in, the input the layer received at this use (one row per sample).
+    pub input: DMatrix<T>,
+    /// G: N × (k·n_out), the gradient of the model's outputs with respect to the
+    /// layer's pre-activation h at this use. Column block c (columns
+    /// c·n_out .. (c+1)·n_out) holds ∂f_c/∂h for output c = 0..k.
+    pub output_grad: DMatrix<T>,
+}
+
+/// The tangent features of one parameter group on a batch: what its share of the
+/// NTK and of the Jacobian is computed from.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum LayerTangent<T: Scalar> {
+    /// A dense layer h = s_w W x + s_b b (W: n_out × n_in), possibly used several times
+    /// (a shared weight; the bias, if any, is added at every use).
+    ///
+    /// Its parameters are laid out as W row-major (W\[a, b\] at a·n_in + b), then b
+    /// if `bias_scale` is `Some`. Without uses the group has no parameters.
+    Dense {
+        /// s_w, the factor in front of W x (σ_w/√n_in in the NTK parameterization).
+        weight_scale: T,
+        /// s_b, the factor in front of b; `None` when the layer has no bias parameters.
+        bias_scale: Option<T>,
+        /// Every use of W (and b) in the forward pass.
+        uses: Vec<DenseUse<T>>,
+    },
+    /// A bias vector b (n_out entries) added as s_b b at one or more places, without a
+    /// weight matrix of its own (a recurrent net's bias added at every step, a bias
+    /// added after a sum of several dense outputs): ∂f/∂b = s_b Σ_u G_uᵀ 1.
+    ///
+    /// Its parameters are b. Without uses the group has no parameters.
+    Bias {
+        /// s_b, the factor in front of b.
+        scale: T,
+        /// G_u: N × (k·n_out) for every place u where b is added, the gradient of the
+        /// outputs with respect to the vector b is added to; output c in column block
+        /// c, as for [`DenseUse::output_grad`].
+        output_grads: Vec<DMatrix<T>>,
+    },
+    /// Parameters of any other shape, given by their Jacobian block ∂f/∂θ:
+    /// (N·k) × p, row i·k + c holds ∂f_c(x_i)/∂θ.
+    Jacobian(DMatrix<T>),
+}
+
+/// One parameter group's share of the empirical NTK, averaged over the k outputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerKernel<T: Scalar> {
+    /// The weight term s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) / k, N1 × N2
+    /// (for a [`LayerTangent::Jacobian`] group, its J₁ J₂ᵀ / k; zero for a
+    /// [`LayerTangent::Bias`] group).
+    pub weights: DMatrix<T>,
+    /// The bias term s_b² Σ_{u,v} G₁_u G₂_vᵀ / k, N1 × N2; `None` without bias parameters.
+    pub bias: Option<DMatrix<T>>,
+}
+
+impl<T: Scalar> LayerKernel<T> {
+    /// weights + bias.
+    #[must_use]
+    pub fn total(&self) -> DMatrix<T> {
+        match &self.bias {
+            Some(b) => &self.weights + b,
+            None => self.weights.clone(),
+        }
+    }
+}
+
+/// How the k outputs appear in a kernel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Layout {
+    /// Averaged over the k outputs: N1 × N2.
+    Trace,
+    /// All output pairs: (N1·k) × (N2·k), row i·k + c for output c of sample i.
+    Full,
+}
+
+impl Layout {
+    /// Kernel rows (and columns) per sample: 1 or k.
+    pub(crate) fn per_sample(self, k: usize) -> usize {
+        match self {
+            Layout::Trace => 1,
+            Layout::Full => k,
+        }
+    }
+
+    /// Output pairs contracted per pair of samples: the k diagonal ones, or all k².
+    fn output_pairs(self, k: usize) -> usize {
+        k * self.per_sample(k)
+    }
+
+    /// The factor in front of every term: 1/k for the average over outputs, else 1.
+    fn norm<T: Scalar>(self, k: usize) -> T {
+        match self {
+            Layout::Trace => T::one() / T::from_f64_lossy(k as f64),
+            Layout::Full => T::one(),
+        }
+    }
+}
+
+/// One pair of outputs (c, d) in the full layout: the kernel entries
+/// (i·k + c, j·k + d), from column block c of the first batch's gradients and block d
+/// of the second's.
+#[derive(Clone, Copy, Debug)]
+struct OutputPair {
+    c: usize,
+    d: usize,
+}
+
+impl OutputPair {
+    /// All k² pairs.
+    fn all(k: usize) -> impl Iterator<Item = OutputPair> {
+        (0..k).flat_map(move |c| (0..k).map(move |d| OutputPair { c, d }))
+    }
+
+    /// The entries of this pair in a kernel tile with k rows and columns per sample.
+    fn entries<'b, T: Scalar>(
+        self,
+        tile: &'b mut DMatrixViewMut<'_, T>,
+        k: usize,
+    ) -> MatrixViewMut<'b, T, Dyn, Dyn, Dyn, Dyn> {
+        let (rows, cols) = (tile.nrows() / k, tile.ncols() / k);
+        tile.view_with_steps_mut((self.c, self.d), (rows, cols), (k - 1, k - 1))
+    }
+}
+
+/// What a parameter group is, independent of how its features are stored: two
+/// batches' groups contract only if their shapes agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// W (n_out × n_in), and b (n_out) if `bias`.
+    Dense {
+        n_in: usize,
+        n_out: usize,
+        bias: bool,
+    },
+    /// b (n_out) alone.
+    Bias { n_out: usize },
+    /// p parameters of any shape.
+    Jacobian { parameters: usize },
+    /// A group without uses: no parameters.
+    Empty,
+}
+
+impl Shape {
+    /// Number of (weight, bias) parameters, in this order in the parameter vector.
+    fn parameters(self) -> (usize, usize) {
+        match self {
+            Shape::Dense { n_in, n_out, bias } => (n_in * n_out, if bias { n_out } else { 0 }),
+            Shape::Bias { n_out } => (0, n_out),
+            Shape::Jacobian { parameters } => (parameters, 0),
+            Shape::Empty => (0, 0),
+        }
+    }
+}
+
+/// Gradients given per sample: ∂f_c(x_i)/∂θ_a = scale · grads\[(i, c·p + a)\] for the p
+/// parameters θ of a part of a group (N × k·p).
+#[derive(Clone, Debug)]
+struct PerSample<T: Scalar> {
+    scale: T,
+    grads: DMatrix<T>,
+}
+
+/// A weight kept as its uses, with the bias added at the same places.
+#[derive(Clone, Debug)]
+struct Uses<T: Scalar> {
+    weight_scale: T,
+    bias_scale: Option<T>,
+    /// Validated: every input N × n_in, every output gradient N × (k·n_out).
+    uses: Vec<DenseUse<T>>,
+}
+
+/// How a group's features are stored.
+#[derive(Clone, Debug)]
+enum Form<T: Scalar> {
+    /// A weight (and its bias) through its uses: the Gram form.
+    Uses(Uses<T>),
+    /// The weight part and the bias part as per-sample gradients.
+    PerSample {
+        weights: Option<PerSample<T>>,
+        bias: Option<PerSample<T>>,
+    },
+}
+
+/// One parameter group in normal form.
+#[derive(Clone, Debug)]
+struct Group<T: Scalar> {
+    shape: Shape,
+    form: Form<T>,
+}
+
+/// Tangent features validated against a batch of N samples and a model with k
+/// outputs: the form the Jacobian, the vector–Jacobian product and the kernels are
+/// computed from.
+#[derive(Clone, Debug)]
+pub(crate) struct Tangents<T: Scalar> {
+    samples: usize,
+    outputs: usize,
+    groups: Vec<Group<T>>,
+}
+
+/// Errors unless `m` is `rows` × `cols`; `meaning` says what the shape stands for.
+fn expect_shape<T: Scalar>(
+    argument: &'static str,
+    m: &DMatrix<T>,
+    (rows, cols): (usize, usize),
+    meaning: &str,
+) -> Result<()> {
+    if m.shape() == (rows, cols) {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            argument,
+            expected: format!("{rows} x {cols} ({meaning})"),
+            found: shape(m),
+        })
+    }
+}
+
+impl<T: Scalar> Group<T> {
+    /// Validates one group of a batch of `n` samples and `k` outputs and brings it to
+    /// normal form: a bias without a weight pre-summed, a Jacobian block reshaped to
+    /// per-sample rows. Nothing is copied otherwise.
+    fn new(tangent: LayerTangent<T>, n: usize, k: usize) -> Result<Self> {
+        let empty = Group {
+            shape: Shape::Empty,
+            form: Form::PerSample {
+                weights: None,
+                bias: None,
+            },
+        };
+        match tangent {
+            LayerTangent::Dense {
+                weight_scale,
+                bias_scale,
+                uses,
+            } => {
+                let Some(first) = uses.first() else {
+                    return Ok(empty);
+                };
+                let n_in = first.input.ncols();
+                let n_out = first.output_grad.ncols() / k;
+                for u in &uses {
+                    expect_shape(
+                        "DenseUse::input",
+                        &u.input,
+                        (n, n_in),
+                        "N samples x the first use's fan-in",
+                    )?;
+                    expect_shape(
+                        "DenseUse::output_grad",
+                        &u.output_grad,
+                        (n, k * n_out),
+                        "N samples x k outputs · the first use's fan-out",
+                    )?;
+                }
+                Ok(Group {
+                    shape: Shape::Dense {
+                        n_in,
+                        n_out,
+                        bias: bias_scale.is_some(),
+                    },
+                    form: Form::Uses(Uses {
+                        weight_scale,
+                        bias_scale,
+                        uses,
+                    }),
+                })
+            }
+            LayerTangent::Bias {
+                scale,
+                output_grads,
+            } => {
+                let mut grads = output_grads.into_iter();
+                let Some(mut sum) = grads.next() else {
+                    return Ok(empty);
+                };
+                let n_out = sum.ncols() / k;
+                let meaning = "N samples x k outputs · the first use's width";
+                expect_shape("LayerTangent::Bias", &sum, (n, k * n_out), meaning)?;
+                for g in grads {
+                    expect_shape("LayerTangent::Bias", &g, (n, k * n_out), meaning)?;
+                    sum += g;
+                }
+                Ok(Group {
+                    shape: Shape::Bias { n_out },
+                    form: Form::PerSample {
+                        weights: None,
+                        bias: Some(PerSample { scale, grads: sum }),
+                    },
+                })
+            }
+            LayerTangent::Jacobian(j) => {
+                let p = j.ncols();
+                expect_shape(
+                    "LayerTangent::Jacobian",
+                    &j,
+                    (n * k, p),
+                    "N·k rows, row i·k + c for output c of sample i",
+                )?;
+                // Row i·k + c of J becomes row i, column block c.
+                let grads = DMatrix::from_fn(n, k * p, |i, col| j[(i * k + col / p, col % p)]);
+                Ok(Group {
+                    shape: Shape::Jacobian { parameters: p },
+                    form: Form::PerSample {
+                        weights: Some(PerSample {
+                            scale: T::one(),
+                            grads,
+                        }),
+                        bias: None,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Whether this group's kernels cost at most half as many multiply-adds through
+    /// per-sample gradients as through its uses (the cost model in the module
+    /// documentation).
+    fn prefers_per_sample(&self, layout: Layout, k: usize) -> bool {
+        let (Shape::Dense { n_in, n_out, bias }, Form::Uses(u)) = (self.shape, &self.form) else {
+            return false;
+        };
+        let q = layout.output_pairs(k) as u128;
+        let uses = u.uses.len() as u128;
+        let (n_in, n_out) = (n_in as u128, n_out as u128);
+        let per_sample = q * n_out * (n_in + u128::from(bias));
+        let gram = uses * uses * (n_in + q * n_out);
+        2 * per_sample <= gram
+    }
+
+    /// The same group with the per-sample form of its weight and bias.
+    fn to_per_sample(&self) -> Self {
+        match &self.form {
+            Form::Uses(u) => Group {
+                shape: self.shape,
+                form: Form::PerSample {
+                    weights: Some(u.weight_per_sample(self.shape)),
+                    bias: u.bias_per_sample(),
+                },
+            },
+            Form::PerSample { .. } => self.clone(),
+        }
+    }
+
+    /// Adds this group's kernel with `other` (the same group on another batch) to
+    /// `weights` and `bias`, or all of it to `weights` when `bias` is `None`.
+    fn add_kernel<'a>(
+        &self,
+        other: &Group<T>,
+        weights: &mut DMatrixViewMut<'a, T>,
+        bias: Option<&mut DMatrixViewMut<'a, T>>,
+        layout: Layout,
+        k: usize,
+        scratch: &mut Scratch<T>,
+    ) {
+        match (&self.form, &other.form) {
+            (Form::Uses(a), Form::Uses(b)) => add_uses(weights, bias, a, b, layout, k, scratch),
+            (
+                Form::PerSample {
+                    weights: w1,
+                    bias: b1,
+                },
+                Form::PerSample {
+                    weights: w2,
+                    bias: b2,
+                },
+            ) => {
+                if let (Some(w1), Some(w2)) = (w1, w2) {
+                    add_per_sample(weights, w1, w2, layout, k);
+                }
+                if let (Some(b1), Some(b2)) = (b1, b2) {
+                    add_per_sample(bias.unwrap_or(weights), b1, b2, layout, k);
+                }
+            }
+            // The two batches chose different forms (their numbers of uses differ):
+            // contract through per-sample gradients.
+            (Form::Uses(_), _) => {
+                self.to_per_sample()
+                    .add_kernel(other, weights, bias, layout, k, scratch);
+            }
+            (_, Form::Uses(_)) => {
+                self.add_kernel(&other.to_per_sample(), weights, bias, layout, k, scratch);
+            }
+        }
+    }
+}
+
+impl<T: Scalar> Uses<T> {
+    /// D with D\[i, c·p + a·n_in + b\] = Σ_u G_u\[i, c·n_out + a\] X_u\[i, b\], scaled by
+    /// s_w: the weight's gradients per sample (W row-major within each output block).
+    fn weight_per_sample(&self, shape: Shape) -> PerSample<T> {
+        let Shape::Dense { n_in, n_out, .. } = shape else {
+            unreachable!("uses belong to a dense group")
+        };
+        let n = self.uses.first().map_or(0, |u| u.input.nrows());
+        let k = self
+            .uses
+            .first()
+            .map_or(0, |u| u.output_grad.ncols() / n_out.max(1));
+        let p = n_in * n_out;
+        let mut grads = DMatrix::<T>::zeros(n, k * p);
+        for u in &self.uses {
+            let (x, g) = (u.input.as_slice(), u.output_grad.as_slice());
+            for (block, column) in grads.as_mut_slice().chunks_exact_mut(n).enumerate() {
+                // Column block·n.. of D is output c, unit a, input b.
+                let (c, a, b) = (block / p, block % p / n_in, block % n_in);
+                let g = &g[(c * n_out + a) * n..][..n];
+                let x = &x[b * n..][..n];
+                for ((d, &g), &x) in column.iter_mut().zip(g).zip(x) {
+                    *d += g * x;
+                }
+            }
+        }
+        PerSample {
+            scale: self.weight_scale,
+            grads,
+        }
+    }
+
+    /// Σ_u G_u scaled by s_b: the bias's gradients per sample.
+    fn bias_per_sample(&self) -> Option<PerSample<T>> {
+        let scale = self.bias_scale?;
+        let mut uses = self.uses.iter();
+        let mut grads = uses.next()?.output_grad.clone();
+        for u in uses {
+            grads += &u.output_grad;
+        }
+        Some(PerSample { scale, grads })
+    }
+
+    /// The weight form of [`Group::to_per_sample`], consuming the uses (the bias sum
+    /// reuses the first output gradient's storage).
+    fn into_per_sample(self, shape: Shape) -> Form<T> {
+        let weights = self.weight_per_sample(shape);
+        let bias = self.bias_scale.and_then(|scale| {
+            let mut uses = self.uses.into_iter();
+            let mut grads = uses.next()?.output_grad;
+            for u in uses {
+                grads += u.output_grad;
+            }
+            Some(PerSample { scale, grads })
+        });
+        Form::PerSample {
+            weights: Some(weights),
+            bias,
+        }
+    }
+}
+
+/// Reused products of one tile: X₁ X₂ᵀ and G₁ G₂ᵀ.
+pub(crate) struct Scratch<T: Scalar> {
+    xx: Option<DMatrix<T>>,
+    gg: Option<DMatrix<T>>,
+}
+
+impl<T: Scalar> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { xx: None, gg: None }
+    }
+}
+
+/// A buffer of shape `shape`, reused when it already has it (GEMMs with β = 0
+/// overwrite it without reading).
+fn buffer<T: Scalar>(slot: &mut Option<DMatrix<T>>, shape: (usize, usize)) -> &mut DMatrix<T> {
+    if slot.as_ref().is_none_or(|m| m.shape() != shape) {
+        *slot = Some(DMatrix::zeros(shape.0, shape.1));
+    }
+    slot.as_mut().expect("just set")
+}
+
+/// The weight term c_w Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) added to `weights`, and the
+/// bias term c_b Σ_{u,v} G₁_u G₂_vᵀ to `bias`, or to `weights` too when `bias` is
+/// `None` (one pass: (c_w X₁X₂ᵀ + c_b) ⊙ G₁G₂ᵀ).
+fn add_uses<'a, T: Scalar>(
+    weights: &mut DMatrixViewMut<'a, T>,
+    mut bias: Option<&mut DMatrixViewMut<'a, T>>,
+    a: &Uses<T>,
+    b: &Uses<T>,
+    layout: Layout,
+    k: usize,
+    scratch: &mut Scratch<T>,
+) {
+    let norm: T = layout.norm(k);
+    let cw = a.weight_scale * b.weight_scale * norm;
+    let cb = match (a.bias_scale, b.bias_scale) {
+        (Some(s), Some(t)) => s * t * norm,
+        _ => T::zero(),
+    };
+    for u in &a.uses {
+        for v in &b.uses {
+            let (n1, n2) = (u.input.nrows(), v.input.nrows());
+            let xx = buffer(&mut scratch.xx, (n1, n2));
+            gemm_nt(
+                &mut xx.as_view_mut(),
+                &u.input,
+                0,
+                &v.input,
+                0,
+                u.input.ncols(),
+            );
+            let gg = buffer(&mut scratch.gg, (n1, n2));
+            let (g1, g2) = (&u.output_grad, &v.output_grad);
+            match layout {
+                // One GEMM over all k output blocks sums the k diagonal pairs.
+                Layout::Trace => {
+                    gemm_nt(&mut gg.as_view_mut(), g1, 0, g2, 0, g1.ncols());
+                    add_products(weights, bias.as_deref_mut(), xx, gg, cw, cb);
+                }
+                Layout::Full => {
+                    let m = g1.ncols() / k;
+                    for pair in OutputPair::all(k) {
+                        gemm_nt(&mut gg.as_view_mut(), g1, pair.c * m, g2, pair.d * m, m);
+                        let mut w = pair.entries(weights, k);
+                        let mut b = bias.as_deref_mut().map(|b| pair.entries(b, k));
+                        add_products(&mut w, b.as_mut(), xx, gg, cw, cb);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// weights += c_w XX ⊙ GG and bias += c_b GG, or weights += (c_w XX + c_b) ⊙ GG when
+/// `bias` is `None`.
+fn add_products<T: Scalar, RS: Dim, CS: Dim>(
+    weights: &mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>,
+    bias: Option<&mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>>,
+    xx: &DMatrix<T>,
+    gg: &DMatrix<T>,
+    cw: T,
+    cb: T,
+) {
+    match bias {
+        None => weights.zip_zip_apply(xx, gg, |w, x, g| *w += (cw * x + cb) * g),
+        Some(bias) => {
+            weights.zip_zip_apply(xx, gg, |w, x, g| *w += cw * x * g);
+            bias.zip_apply(gg, |b, g| *b += cb * g);
+        }
+    }
+}
+
+/// c D₁ D₂ᵀ added to `out` for the per-sample gradients of one part on two batches,
+/// c = s₁ s₂ (divided by k for the average over outputs).
+fn add_per_sample<T: Scalar>(
+    out: &mut DMatrixViewMut<'_, T>,
+    d1: &PerSample<T>,
+    d2: &PerSample<T>,
+    layout: Layout,
+    k: usize,
+) {
+    let coef = d1.scale * d2.scale * layout.norm(k);
+    let (g1, g2) = (&d1.grads, &d2.grads);
+    match layout {
+        Layout::Trace => {
+            out.gemm(coef, g1, &columns_transposed(g2, 0, g2.ncols()), T::one());
+        }
+        Layout::Full => {
+            let p = g1.ncols() / k;
+            for pair in OutputPair::all(k) {
+                pair.entries(out, k).gemm(
+                    coef,
+                    &g1.columns(pair.c * p, p),
+                    &columns_transposed(g2, pair.d * p, p),
+                    T::one(),
+                );
+            }
+        }
+    }
+}
+
+impl<T: Scalar> PerSample<T> {
+    /// Writes its Jacobian columns: J\[i·k + c, a\] = s D\[i, c·p + a\].
+    fn write_jacobian(&self, mut jac: nalgebra::DMatrixViewMut<'_, T>, k: usize) {
+        let p = jac.ncols();
+        for (a, mut col) in jac.column_iter_mut().enumerate() {
+            for (row, v) in col.iter_mut().enumerate() {
+                *v = self.scale * self.grads[(row / k, (row % k) * p + a)];
+            }
+        }
+    }
+
+    /// Adds Jᵀ r for its parameters: s Σ_c D_cᵀ r_c.
+    fn add_vjp(&self, out: &mut nalgebra::DVectorViewMut<'_, T>, r: &DMatrix<T>) {
+        let p = out.len();
+        for c in 0..r.ncols() {
+            out.gemv_tr(
+                self.scale,
+                &self.grads.columns(c * p, p),
+                &r.column(c),
+                T::one(),
+            );
+        }
+    }
+}
+
+impl<T: Scalar> Tangents<T> {
+    /// Validates the tangent features of a batch of `samples` rows for a model with
+    /// `outputs` outputs, keeping every group in the form the model gave it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `outputs` is 0; [`Error::ShapeMismatch`] naming
+    /// the malformed part (`DenseUse::input`, `DenseUse::output_grad`,
+    /// `LayerTangent::Bias`, `LayerTangent::Jacobian`).
+    pub(crate) fn new(
+        tangents: Vec<LayerTangent<T>>,
+        samples: usize,
+        outputs: usize,
+    ) -> Result<Self> {
+        if outputs == 0 {
+            return Err(Error::InvalidParameter {
+                parameter: "output_dim",
+                value: "0".into(),
+                reason: "a model needs at least one output",
+            });
+        }
+        let groups = tangents
+            .into_iter()
+            .map(|t| Group::new(t, samples, outputs))
+            .collect::<Result<_>>()?;
+        Ok(Tangents {
+            samples,
+            outputs,
+            groups,
+        })
+    }
+
+    /// As [`Tangents::new`], with every weight in the form its kernels in `layout`
+    /// cost least in (see the module documentation).
+    ///
+    /// # Errors
+    /// As [`Tangents::new`].
+    pub(crate) fn for_kernels(
+        tangents: Vec<LayerTangent<T>>,
+        samples: usize,
+        outputs: usize,
+        layout: Layout,
+    ) -> Result<Self> {
+        let mut t = Self::new(tangents, samples, outputs)?;
+        for g in &mut t.groups {
+            if g.prefers_per_sample(layout, outputs) {
+                let form = std::mem::replace(
+                    &mut g.form,
+                    Form::PerSample {
+                        weights: None,
+                        bias: None,
+                    },
+                );
+                if let Form::Uses(u) = form {
+                    g.form = u.into_per_sample(g.shape);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Number of parameters P over all groups.
+    pub(crate) fn parameter_count(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| {
+                let (w, b) = g.shape.parameters();
+                w + b
+            })
+            .sum()
+    }
+
+    /// Errors unless `other` (another batch's features of the same model) has groups
+    /// of the same shapes, so that the two contract.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming `layer_tangents`.
+    pub(crate) fn check_compatible(&self, other: &Tangents<T>) -> Result<()> {
+        if self.groups.len() != other.groups.len() {
+            return Err(Error::ShapeMismatch {
+                argument: "layer_tangents",
+                expected: format!("{} parameter groups on both batches", self.groups.len()),
+                found: format!("{} groups", other.groups.len()),
+            });
+        }
+        for (l, (a, b)) in self.groups.iter().zip(&other.groups).enumerate() {
+            if a.shape != b.shape {
+                return Err(Error::ShapeMismatch {
+                    argument: "layer_tangents",
+                    expected: format!(
+                        "parameter group {l} of the same shape on both batches: {:?}",
+                        a.shape
+                    ),
+                    found: format!("{:?}", b.shape),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The explicit (N·k) × P Jacobian, row i·k + c holding ∂f_c(x_i)/∂θ.
+    pub(crate) fn jacobian(&self) -> DMatrix<T> {
+        let (n, k) = (self.samples, self.outputs);
+        let mut jac = DMatrix::<T>::zeros(n * k, self.parameter_count());
+        let mut offset = 0;
+        for g in &self.groups {
+            let (pw, pb) = g.shape.parameters();
+            match (&g.form, g.shape) {
+                (Form::Uses(u), Shape::Dense { n_in, n_out, .. }) => {
+                    for used in &u.uses {
+                        // J is column-major: fill each parameter's column (rows i·k + c)
+                        // in order, J[i·k + c, (a, b)] += s_w G[i, c·n_out + a] X[i, b].
+                        for a in 0..n_out {
+                            for b in 0..n_in {
+                                let x_b = used.input.column(b);
+                                let mut col = jac.column_mut(offset + a * n_in + b);
+                                for c in 0..k {
+                                    let g = used.output_grad.column(c * n_out + a);
+                                    for i in 0..n {
+                                        col[i * k + c] += u.weight_scale * g[i] * x_b[i];
+                                    }
+                                }
+                            }
+                            if let Some(sb) = u.bias_scale {
+                                let mut col = jac.column_mut(offset + pw + a);
+                                for c in 0..k {
+                                    let g = used.output_grad.column(c * n_out + a);
+                                    for i in 0..n {
+                                        col[i * k + c] += sb * g[i];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                (Form::PerSample { weights, bias }, _) => {
+                    if let Some(w) = weights {
+                        w.write_jacobian(jac.columns_mut(offset, pw), k);
+                    }
+                    if let Some(b) = bias {
+                        b.write_jacobian(jac.columns_mut(offset + pw, pb), k);
+                    }
+                }
+                (Form::Uses(_), _) => unreachable!("uses belong to a dense group"),
+            }
+            offset += pw + pb;
+        }
+        jac
+    }
+
+    /// Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ for a cotangent r of shape N × k (checked
+    /// by the caller), without forming J.
+    pub(crate) fn vjp(&self, r: &DMatrix<T>) -> DVector<T> {
+        let (n, k) = (self.samples, self.outputs);
+        debug_assert_eq!(r.shape(), (n, k));
+        let mut grad = DVector::<T>::zeros(self.parameter_count());
+        let mut offset = 0;
+        for g in &self.groups {
+            let (pw, pb) = g.shape.parameters();
+            match (&g.form, g.shape) {
+                (Form::Uses(u), Shape::Dense { n_in, n_out, .. }) => {
+                    let mut b = DVector::<T>::zeros(n_out);
+                    for used in &u.uses {
+                        // M_u = Σ_c diag(r_c) G_{u,c}.
+                        let mut m = DMatrix::<T>::zeros(n, n_out);
+                        for c in 0..k {
+                            let g = used.output_grad.columns(c * n_out, n_out);
+                            for (a, mut col) in m.column_iter_mut().enumerate() {
+                                for i in 0..n {
+                                    col[i] += r[(i, c)] * g[(i, a)];
+                                }
+                            }
+                        }
+                        // W row-major is Wᵀ column-major: accumulate s_w X_uᵀ M_u
+                        // (n_in × n_out) in place, in one GEMM pass.
+                        let mut w = DMatrixViewMut::from_slice(
+                            grad.rows_mut(offset, pw).data.into_slice_mut(),
+                            n_in,
+                            n_out,
+                        );
+                        w.gemm(u.weight_scale, &used.input.transpose(), &m, T::one());
+                        if u.bias_scale.is_some() {
+                            for (a, col) in m.column_iter().enumerate() {
+                                b[a] += col.sum();
+                            }
+                        }
+                    }
+                    if let Some(sb) = u.bias_scale {
+                        grad.rows_mut(offset + pw, pb).copy_from(&(b * sb));
+                    }
+                }
+                (Form::PerSample { weights, bias }, _) => {
+                    if let Some(w) = weights {
+                        w.add_vjp(&mut grad.rows_mut(offset, pw), r);
+                    }
+                    if let Some(b) = bias {
+                        b.add_vjp(&mut grad.rows_mut(offset + pw, pb), r);
+                    }
+                }
+                (Form::Uses(_), _) => unreachable!("uses belong to a dense group"),
+            }
+            offset += pw + pb;
+        }
+        grad
+    }
+
+    /// Adds the kernel between this batch and `other` (checked compatible), summed
+    /// over all groups, to `out`: N1 × N2 ([`Layout::Trace`]) or (N1·k) × (N2·k).
+    pub(crate) fn add_kernel(
+        &self,
+        other: &Tangents<T>,
+        out: &mut DMatrixViewMut<'_, T>,
+        layout: Layout,
+        scratch: &mut Scratch<T>,
+    ) {
+        for (a, b) in self.groups.iter().zip(&other.groups) {
+            a.add_kernel(b, out, None, layout, self.outputs, scratch);
+        }
+    }
+
+    /// Each group's kernel between this batch and `other` (checked compatible),
+    /// averaged over outputs.
+    pub(crate) fn layer_kernels(&self, other: &Tangents<T>) -> Vec<LayerKernel<T>> {
+        let (n1, n2) = (self.samples, other.samples);
+        let mut scratch = Scratch::default();
+        self.groups
+            .iter()
+            .zip(&other.groups)
+            .map(|(a, b)| {
+                let mut weights = DMatrix::zeros(n1, n2);
+                let mut bias = (a.shape.parameters().1 > 0).then(|| DMatrix::zeros(n1, n2));
+                let mut bias_view = bias.as_mut().map(|m| m.view_mut((0, 0), (n1, n2)));
+                a.add_kernel(
+                    b,
+                    &mut weights.view_mut((0, 0), (n1, n2)),
+                    bias_view.as_mut(),
+                    Layout::Trace,
+                    self.outputs,
+                    &mut scratch,
+                );
+                LayerKernel { weights, bias }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ‖a − b‖_F / ‖b‖_F.
+    fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
+        (a - b).norm() / b.norm()
+    }
+
+    fn matrix(rows: usize, cols: usize, seed: f64) -> DMatrix<f64> {
+        DMatrix::from_fn(rows, cols, |i, j| {
+            (seed + 0.37 * i as f64 + 1.3 * j as f64 + 0.11 * (i * j) as f64).sin()
+        })
+    }
+
+    /// A weight with `uses` uses (and a bias) on a batch of `n` samples, k outputs.
+    fn shared(
+        n: usize,
+        n_in: usize,
+        n_out: usize,
+        k: usize,
+        uses: usize,
+        seed: f64,
+    ) -> LayerTangent<f64> {
+        LayerTangent::Dense {
+            weight_scale: 0.7,
+            bias_scale: Some(0.3),
+            uses: (0..uses)
+                .map(|u| DenseUse {
+                    input: matrix(n, n_in, seed + u as f64),
+                    output_grad: matrix(n, k * n_out, seed - 2.0 * u as f64),
+                })
+                .collect(),
+        }
+    }
+
+    fn kernel(t1: &Tangents<f64>, t2: &Tangents<f64>, layout: Layout) -> DMatrix<f64> {
+        let per = layout.per_sample(t1.outputs);
+        let mut out = DMatrix::zeros(t1.samples * per, t2.samples * per);
+        let shape = out.shape();
+        t1.add_kernel(
+            t2,
+            &mut out.view_mut((0, 0), shape),
+            layout,
+            &mut Scratch::default(),
+        );
+        out
+    }
+
+    /// J₁ J₂ᵀ in the full layout; its diagonal output blocks averaged in the trace.
+    fn reference(t1: &Tangents<f64>, t2: &Tangents<f64>, layout: Layout) -> DMatrix<f64> {
+        let full = t1.jacobian() * t2.jacobian().transpose();
+        let k = t1.outputs;
+        match layout {
+            Layout::Full => full,
+            Layout::Trace => DMatrix::from_fn(t1.samples, t2.samples, |i, j| {
+                (0..k).map(|c| full[(i * k + c, j * k + c)]).sum::<f64>() / k as f64
+            }),
+        }
+    }
+
+    /// A shared weight's kernel is the same through its uses (the U² Gram pairs) and
+    /// through its per-sample gradients, in both layouts, and both equal J₁ J₂ᵀ.
+    #[test]
+    fn uses_and_per_sample_gradients_give_the_same_kernel() {
+        for k in [1, 3] {
+            for uses in [1, 4] {
+                let (t1, t2) = (shared(7, 5, 4, k, uses, 0.2), shared(6, 5, 4, k, uses, 1.9));
+                for layout in [Layout::Trace, Layout::Full] {
+                    let a = Tangents::new(vec![t1.clone()], 7, k).unwrap();
+                    let b = Tangents::new(vec![t2.clone()], 6, k).unwrap();
+                    let (pa, pb) = (
+                        Tangents {
+                            groups: a.groups.iter().map(Group::to_per_sample).collect(),
+                            ..a.clone()
+                        },
+                        Tangents {
+                            groups: b.groups.iter().map(Group::to_per_sample).collect(),
+                            ..b.clone()
+                        },
+                    );
+                    assert!(matches!(pa.groups[0].form, Form::PerSample { .. }));
+                    let expected = reference(&a, &b, layout);
+                    assert!(rel(&kernel(&a, &b, layout), &expected) < 1e-13);
+                    assert!(rel(&kernel(&pa, &pb, layout), &expected) < 1e-13);
+                    // Mixed forms contract too.
+                    assert!(rel(&kernel(&a, &pb, layout), &expected) < 1e-13);
+                    assert!(rel(&kernel(&pa, &b, layout), &expected) < 1e-13);
+                    // The Jacobian and the VJP do not depend on the form either.
+                    assert!(rel(&pa.jacobian(), &a.jacobian()) < 1e-14);
+                    let r = matrix(7, k, 4.0);
+                    let (v, pv) = (a.vjp(&r), pa.vjp(&r));
+                    assert!((&v - &pv).norm() < 1e-13 * v.norm());
+                    let flat = DVector::from_fn(7 * k, |row, _| r[(row / k, row % k)]);
+                    assert!((a.jacobian().tr_mul(&flat) - &v).norm() < 1e-13 * v.norm());
+                }
+            }
+        }
+    }
+
+    /// The cost model: per-sample gradients for a convolution-like weight with many
+    /// uses, the uses for an MLP layer; `for_kernels` applies it.
+    #[test]
+    fn the_cheaper_form_is_chosen_per_weight() {
+        let conv = shared(2, 384, 128, 1, 16, 0.0);
+        let mlp = shared(2, 512, 512, 1, 1, 0.0);
+        let t = Tangents::for_kernels(vec![conv, mlp], 2, 1, Layout::Trace).unwrap();
+        assert!(matches!(t.groups[0].form, Form::PerSample { .. }));
+        assert!(matches!(t.groups[1].form, Form::Uses(_)));
+        // With all k² output pairs a weight's per-sample gradients cost k times more
+        // (n_in = 8, n_out = 1, k = 4, U = 3, bias: 2·36 ≤ 108 averaged, 2·144 > 216
+        // in full).
+        let narrow = shared(2, 8, 1, 4, 3, 0.0);
+        let trace = Tangents::for_kernels(vec![narrow.clone()], 2, 4, Layout::Trace).unwrap();
+        let full = Tangents::for_kernels(vec![narrow], 2, 4, Layout::Full).unwrap();
+        assert!(matches!(trace.groups[0].form, Form::PerSample { .. }));
+        assert!(matches!(full.groups[0].form, Form::Uses(_)));
+    }
+
+    /// A bias used at several places without a weight is the pre-summed Σ_u G_u:
+    /// its kernel is s_b² (Σ G₁)(Σ G₂)ᵀ / k and its Jacobian s_b Σ_u G_u.
+    #[test]
+    fn a_bias_without_weight_is_its_summed_gradients() {
+        let (n, k, m) = (5, 2, 3);
+        let grads: Vec<_> = (0..3).map(|u| matrix(n, k * m, u as f64)).collect();
+        let sum = grads
+            .iter()
+            .fold(DMatrix::zeros(n, k * m), |acc, g| acc + g);
+        let t = Tangents::new(
+            vec![LayerTangent::Bias {
+                scale: 0.5,
+                output_grads: grads,
+            }],
+            n,
+            k,
+        )
+        .unwrap();
+        assert_eq!(t.parameter_count(), m);
+        let expected = &sum * sum.transpose() * (0.25 / k as f64);
+        let parts = t.layer_kernels(&t);
+        assert!(parts[0].weights.iter().all(|&v| v == 0.0));
+        assert!(rel(parts[0].bias.as_ref().unwrap(), &expected) < 1e-14);
+        assert!(rel(&kernel(&t, &t, Layout::Trace), &expected) < 1e-14);
+        let j = t.jacobian();
+        for i in 0..n {
+            for c in 0..k {
+                for a in 0..m {
+                    assert!((j[(i * k + c, a)] - 0.5 * sum[(i, c * m + a)]).abs() < 1e-15);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_features_name_the_part() {
+        let named = |t: LayerTangent<f64>, n: usize, k: usize| match Tangents::new(vec![t], n, k) {
+            Err(Error::ShapeMismatch { argument, .. }) => argument,
+            other => panic!("expected a shape error, got {other:?}"),
+        };
+        let bias = LayerTangent::Bias {
+            scale: 1.0,
+            output_grads: vec![matrix(3, 4, 0.0), matrix(3, 6, 0.0)],
+        };
+        assert_eq!(named(bias, 3, 2), "LayerTangent::Bias");
+        assert_eq!(
+            named(LayerTangent::Jacobian(matrix(3, 2, 0.0)), 3, 2),
+            "LayerTangent::Jacobian"
+        );
+        assert!(Tangents::<f64>::new(Vec::new(), 3, 0).is_err());
+    }
+}
