@@ -86,6 +86,12 @@ impl CustomActivation {
     pub fn derivative(&self, x: f64) -> f64 {
         (self.derivative)(x)
     }
+
+    /// Whether `other` shares this activation's φ and φ' closures (clones of one
+    /// [`Activation::custom`]): then it is the same function.
+    pub(crate) fn same_functions(&self, other: &CustomActivation) -> bool {
+        Arc::ptr_eq(&self.phi, &other.phi) && Arc::ptr_eq(&self.derivative, &other.derivative)
+    }
 }
 
 impl fmt::Debug for CustomActivation {

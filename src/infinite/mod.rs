@@ -39,6 +39,7 @@
 mod convergence;
 mod dual;
 mod engine;
+mod expectation;
 mod fastmath;
 mod quadrature;
 

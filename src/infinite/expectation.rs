@@ -1,0 +1,427 @@
+//! Gaussian expectations of activations without a closed form, accurate at any variance.
+//!
+//! A fixed tensor Gauss–Hermite rule integrates E φ(u) ψ(v) well only while φ varies
+//! slowly on the scale of the Gaussian: Tanh's poles at ±iπ/2 sit at a distance
+//! π/(2√q) from the real axis in the standardised variable, so at variance q = 100 the
+//! 256-point rule is off by 59%. Here both dimensions are integrated by a rule fitted to
+//! the Gaussian *and* to φ:
+//!
+//! 1. Condition on the variable with the larger variance: with ρ = c/(√q₁√q₂),
+//!    u ~ N(0, q₁) and v | u ~ N(κu, s²), κ = ρ √q₂/√q₁, s = √q₂ √((1 − ρ)(1 + ρ)), so
+//!    E φ(u) ψ(v) = E_u [φ(u) E_w ψ(κu + s w)]: an outer and an inner 1-D expectation
+//!    of the same kind, E f(x) for x ~ N(m, σ²). At ρ = ±1 the inner one is a point.
+//! 2. Each 1-D expectation uses the n-point Gauss–Hermite rule x = m + σ zᵢ when σ is
+//!    small enough for it ([`GaussHermite::max_sd`]: φ then varies slowly across the
+//!    rule), and otherwise composite Gauss–Legendre in x on [m − 9σ, m + 9σ], with
+//!    breakpoints at 0 and ±2ʲ (j ≥ 0) where φ has its features (a kink of a custom φ
+//!    at 0, the poles of Tanh, Sigmoid and Softplus on the imaginary axis, at distance
+//!    ≥ π/2 from every real point and ≥ |x| from x), each panel cut further to at most
+//!    [`PANEL_SDS`] σ so that the Gaussian density is resolved too. The panels are
+//!    graded towards 0, so the cost grows only like log σ.
+//!
+//! The rule is accurate for φ, ψ analytic on the real line except possibly at 0, with
+//! singularities no closer than ~1 to any real point and ~|x| to large x (every common
+//! activation), and of at most polynomial growth: see the accuracy table at
+//! [`GaussHermite::DEFAULT_DEGREE`].
+
+use std::sync::{Arc, OnceLock};
+
+use super::quadrature::GaussHermite;
+
+/// Gauss–Hermite degrees tried, smallest first, up to the configured one.
+const LADDER: [usize; 7] = [24, 32, 48, 64, 96, 128, 192];
+
+/// The Gauss–Hermite rules the expectations may use: for each standard deviation the
+/// smallest one accurate there ([`GaussHermite::max_sd`]), up to a largest one.
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    /// Ascending degree; the last is the configured rule.
+    ladder: Vec<Arc<GaussHermite>>,
+}
+
+impl Rules {
+    /// The rules up to `largest` (the smaller ones from the cache of
+    /// [`GaussHermite::new`]).
+    pub(crate) fn up_to(largest: &GaussHermite) -> Rules {
+        let mut ladder: Vec<Arc<GaussHermite>> = LADDER
+            .iter()
+            .filter(|&&n| n < largest.degree())
+            .filter_map(|&n| GaussHermite::new(n).ok())
+            .collect();
+        let top = GaussHermite::new(largest.degree())
+            .unwrap_or_else(|_| Arc::new(largest.clone()));
+        ladder.push(top);
+        Rules { ladder }
+    }
+
+    /// The smallest rule accurate at standard deviation `sd`, if any.
+    #[inline]
+    fn for_sd(&self, sd: f64, smoothness: Smoothness) -> Option<&GaussHermite> {
+        self.ladder
+            .iter()
+            .find(|r| sd <= r.max_sd(smoothness.0))
+            .map(|r| &**r)
+    }
+}
+
+/// Gauss–Legendre points per panel.
+const LEGENDRE_POINTS: usize = 12;
+
+/// Half-width, in standard deviations, of the interval the composite rule covers: the
+/// Gaussian mass outside is 2e-19.
+const HALF_WIDTH_SDS: f64 = 9.0;
+
+/// Largest panel width of the composite rule, in standard deviations.
+pub(crate) const PANEL_SDS: f64 = 2.0;
+
+/// 1/√(2π).
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// The `LEGENDRE_POINTS`-point Gauss–Legendre rule on [−1, 1]: (nodes, weights).
+fn legendre() -> &'static ([f64; LEGENDRE_POINTS], [f64; LEGENDRE_POINTS]) {
+    static RULE: OnceLock<([f64; LEGENDRE_POINTS], [f64; LEGENDRE_POINTS])> = OnceLock::new();
+    RULE.get_or_init(|| {
+        let n = LEGENDRE_POINTS;
+        let mut nodes = [0.0; LEGENDRE_POINTS];
+        let mut weights = [0.0; LEGENDRE_POINTS];
+        for i in 0..n {
+            // Newton on P_n from the Tricomi estimate of its i-th largest root.
+            let mut x = (std::f64::consts::PI * (i as f64 + 0.75) / (n as f64 + 0.5)).cos();
+            let mut dp = 1.0;
+            for _ in 0..100 {
+                let (p, d) = legendre_and_derivative(n, x);
+                dp = d;
+                let step = p / d;
+                x -= step;
+                if step.abs() < 1e-17 {
+                    break;
+                }
+            }
+            let (_, d) = legendre_and_derivative(n, x);
+            if d.is_finite() {
+                dp = d;
+            }
+            nodes[i] = x;
+            weights[i] = 2.0 / ((1.0 - x * x) * dp * dp);
+        }
+        (nodes, weights)
+    })
+}
+
+/// P_n(x) and P_n'(x) by the three-term recurrence.
+fn legendre_and_derivative(n: usize, x: f64) -> (f64, f64) {
+    let (mut prev, mut cur) = (1.0, x);
+    for k in 1..n {
+        let k = k as f64;
+        let next = ((2.0 * k + 1.0) * x * cur - k * prev) / (k + 1.0);
+        prev = cur;
+        cur = next;
+    }
+    let d = n as f64 * (x * cur - prev) / (x * x - 1.0);
+    (cur, d)
+}
+
+/// The smallest breakpoint of the grid {0, ±1, ±2, ±4, …} above `a`.
+fn next_breakpoint(a: f64) -> f64 {
+    if a < -1.0 {
+        // The largest power of two strictly below −a, negated.
+        let mut p = 2.0_f64.powi((-a).log2().floor() as i32);
+        while p >= -a {
+            p *= 0.5;
+        }
+        while 2.0 * p < -a {
+            p *= 2.0;
+        }
+        -p.max(1.0)
+    } else if a < 0.0 {
+        0.0
+    } else if a < 1.0 {
+        1.0
+    } else {
+        let mut p = 2.0_f64.powi(a.log2().floor() as i32);
+        while p <= a {
+            p *= 2.0;
+        }
+        while 0.5 * p > a {
+            p *= 0.5;
+        }
+        p
+    }
+}
+
+/// How far from the real line an integrand is analytic (0: it has a kink): decides
+/// where the Gauss–Hermite rule is accurate enough ([`GaussHermite::max_sd`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Smoothness(pub(crate) f64);
+
+/// Calls `f(x, w)` for the nodes and weights of a rule with Σ w f(x) ≈ E f(x),
+/// x ~ N(`mean`, `sd`²) (see the module docs); `sd` = 0 gives the single node `mean`.
+/// Gauss–Hermite nodes with weight below `min_weight` are skipped (their share is
+/// below round-off in a product rule whose other factor has weight ≤ 1).
+#[inline]
+pub(crate) fn for_each_node(
+    mean: f64,
+    sd: f64,
+    smoothness: Smoothness,
+    min_weight: f64,
+    rules: &Rules,
+    mut f: impl FnMut(f64, f64),
+) {
+    if sd <= 0.0 {
+        f(mean, 1.0);
+        return;
+    }
+    if let Some(gh) = rules.for_sd(sd, smoothness) {
+        let (lo, hi) = gh.range_above(min_weight);
+        for (&z, &w) in gh.nodes()[lo..hi].iter().zip(&gh.weights()[lo..hi]) {
+            f(mean + sd * z, w);
+        }
+        return;
+    }
+    let (t, omega) = legendre();
+    let inv_sd = 1.0 / sd;
+    let scale = FRAC_1_SQRT_2PI * inv_sd;
+    let (lo, hi) = (mean - HALF_WIDTH_SDS * sd, mean + HALF_WIDTH_SDS * sd);
+    let max_width = PANEL_SDS * sd;
+    let mut a = lo;
+    while a < hi {
+        let b = next_breakpoint(a).min(hi);
+        let pieces = ((b - a) / max_width).ceil().max(1.0);
+        let h = (b - a) / pieces;
+        for p in 0..pieces as usize {
+            let half = 0.5 * h;
+            let mid = a + (p as f64 + 0.5) * h;
+            for (&ti, &wi) in t.iter().zip(omega) {
+                let x = mid + half * ti;
+                let z = (x - mean) * inv_sd;
+                f(x, half * wi * scale * (-0.5 * z * z).exp());
+            }
+        }
+        a = b;
+    }
+}
+
+/// E f(x) for x ~ N(0, `q`) where `f(x)` = (φ(x), φ'(x)): returns (E φ, E φ').
+pub(crate) fn mean_moments(
+    f: impl Fn(f64) -> (f64, f64),
+    smoothness: Smoothness,
+    q: f64,
+    rules: &Rules,
+) -> (f64, f64) {
+    let (mut m0, mut m1) = (0.0, 0.0);
+    for_each_node(0.0, q.max(0.0).sqrt(), smoothness, PRUNE, rules, |x, w| {
+        let (p, d) = f(x);
+        m0 += w * p;
+        m1 += w * d;
+    });
+    (m0, m1)
+}
+
+/// Gauss–Hermite weights below this are dropped: their nodes lie beyond |z| ≈ 9.7,
+/// where the Gaussian density is below round-off.
+const PRUNE: f64 = 1e-22;
+
+/// One side of a pair: `eval(x)` = (φ(x), φ'(x)) and φ's smoothness.
+pub(crate) struct Side<F> {
+    pub(crate) eval: F,
+    pub(crate) smoothness: Smoothness,
+}
+
+/// (E φ(u) ψ(v), E φ'(u) ψ'(v)) for (u, v) ~ N(0, [[q1, c], [c, q2]]); the caller has
+/// checked the covariance. The larger variance is the outer variable.
+pub(crate) fn pair_moments<F, G>(
+    phi: &Side<F>,
+    psi: &Side<G>,
+    q1: f64,
+    c: f64,
+    q2: f64,
+    rules: &Rules,
+) -> (f64, f64)
+where
+    F: Fn(f64) -> (f64, f64),
+    G: Fn(f64) -> (f64, f64),
+{
+    if q2 > q1 {
+        return conditional(psi, phi, q2, c, q1, rules);
+    }
+    conditional(phi, psi, q1, c, q2, rules)
+}
+
+/// [`pair_moments`] with u (variance `q1` ≥ `q2`) outside.
+#[inline]
+fn conditional<F, G>(
+    phi: &Side<F>,
+    psi: &Side<G>,
+    q1: f64,
+    c: f64,
+    q2: f64,
+    rules: &Rules,
+) -> (f64, f64)
+where
+    F: Fn(f64) -> (f64, f64),
+    G: Fn(f64) -> (f64, f64),
+{
+    let (sd1, sd2) = (q1.max(0.0).sqrt(), q2.max(0.0).sqrt());
+    let (kappa, s) = if sd1 > 0.0 && sd2 > 0.0 {
+        let rho = super::fastmath::correlation((c / sd1) / sd2);
+        (rho * (sd2 / sd1), sd2 * ((1.0 - rho) * (1.0 + rho)).sqrt())
+    } else {
+        (0.0, sd2)
+    };
+    // The outer integrand φ(u) E_w ψ(κu + sw) is analytic where both factors are
+    // (|κ| ≤ 1: smoothing by the inner Gaussian does not narrow ψ's strip).
+    let outer = Smoothness(phi.smoothness.0.min(psi.smoothness.0));
+    let (mut cc, mut cd) = (0.0, 0.0);
+    for_each_node(0.0, sd1, outer, PRUNE, rules, |u, wu| {
+        let (pu, du) = (phi.eval)(u);
+        let (mut g, mut gd) = (0.0, 0.0);
+        for_each_node(kappa * u, s, psi.smoothness, PRUNE / wu, rules, |v, wv| {
+            let (pv, dv) = (psi.eval)(v);
+            g += wv * pv;
+            gd += wv * dv;
+        });
+        cc += wu * pu * g;
+        cd += wu * du * gd;
+    });
+    (cc, cd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legendre_rule_integrates_polynomials_of_degree_below_2n() {
+        let (t, w) = legendre();
+        for k in 0..(2 * LEGENDRE_POINTS) {
+            let sum: f64 = t.iter().zip(w).map(|(&x, &w)| w * x.powi(k as i32)).sum();
+            let exact = if k % 2 == 0 { 2.0 / (k as f64 + 1.0) } else { 0.0 };
+            assert!((sum - exact).abs() < 1e-15, "x^{k}: {sum} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn breakpoints_are_the_graded_grid() {
+        for (a, next) in [
+            (-5.0, -4.0),
+            (-4.0, -2.0),
+            (-1.5, -1.0),
+            (-1.0, 0.0),
+            (-0.3, 0.0),
+            (0.0, 1.0),
+            (1.0, 2.0),
+            (3.0, 4.0),
+            (4.0, 8.0),
+            (1e6, 1_048_576.0),
+        ] {
+            assert!((next_breakpoint(a) - next).abs() < 1e-12, "{a}");
+        }
+    }
+
+    /// E x^k for x ~ N(m, σ²) through both branches and across the grid.
+    #[test]
+    fn gaussian_moments_of_polynomials() {
+        let rules = Rules::up_to(&GaussHermite::new(GaussHermite::DEFAULT_DEGREE).unwrap());
+        for &(m, sd) in &[(0.0, 0.3), (1.7, 0.2), (0.0, 3.0), (-40.0, 7.0), (0.5, 1e4)] {
+            let mut moments = [0.0; 5];
+            for_each_node(m, sd, Smoothness(1.0), 0.0, &rules, |x, w| {
+                for (k, mk) in moments.iter_mut().enumerate() {
+                    *mk += w * x.powi(k as i32);
+                }
+            });
+            let v = sd * sd;
+            let exact = [
+                1.0,
+                m,
+                m * m + v,
+                m * m * m + 3.0 * m * v,
+                m.powi(4) + 6.0 * m * m * v + 3.0 * v * v,
+            ];
+            for (k, (got, want)) in moments.iter().zip(exact).enumerate() {
+                let scale = (m.abs() + sd).powi(k as i32);
+                assert!(
+                    (got - want).abs() <= 1e-13 * scale,
+                    "E x^{k} at N({m}, {sd}²): {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod calibrate {
+    use super::*;
+
+    fn reference_1d(f: impl Fn(f64) -> f64, m: f64, sd: f64) -> f64 {
+        // trapezoid, tiny step
+        let h = (sd / 200.0).min(0.005);
+        let k = (10.0 * sd / h) as i64;
+        let mut s = 0.0;
+        for i in -k..=k {
+            let x = m + i as f64 * h;
+            let z = (x - m) / sd;
+            s += h * FRAC_1_SQRT_2PI / sd * (-0.5 * z * z).exp() * f(x);
+        }
+        s
+    }
+
+    #[test]
+    #[ignore]
+    fn gh_error_table() {
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for n in LADDER {
+            let gh = GaussHermite::new(n).unwrap();
+            let mut row = format!("n={n}:");
+            for (name, d, f) in [
+                ("tanh", std::f64::consts::FRAC_PI_2, &(|x: f64| x.tanh()) as &dyn Fn(f64) -> f64),
+                ("dtanh", std::f64::consts::FRAC_PI_2, &|x: f64| 1.0 - x.tanh().powi(2)),
+                ("sig", std::f64::consts::PI, &sig),
+                ("dsig", std::f64::consts::PI, &|x: f64| sig(x) * (1.0 - sig(x))),
+                ("swish", 1.0, &|x: f64| x * sig(x)),
+            ] {
+                let sd = gh.max_sd(d);
+                let mut worst: f64 = 0.0;
+                for m in [0.0, 0.3, 0.7, 1.5, 3.0] {
+                    let r = reference_1d(f, m, sd);
+                    let mut g = 0.0;
+                    let (lo, hi) = gh.core();
+                    for (&z, &w) in gh.nodes()[lo..hi].iter().zip(&gh.weights()[lo..hi]) {
+                        g += w * f(m + sd * z);
+                    }
+                    worst = worst.max((g - r).abs());
+                }
+                row += &format!(" {name}@{sd:.2}:{worst:.0e}");
+            }
+            println!("{row}");
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn composite_error_table() {
+        let gh = Rules::up_to(&GaussHermite::new(8).unwrap()); // max_sd tiny: always composite
+        for sd in [0.3, 1.0, 3.0, 10.0, 100.0] {
+            let mut worst: f64 = 0.0;
+            for m in [0.0, 0.3, 1.5, 7.0, -20.0] {
+                for f in [
+                    (|x: f64| x.tanh()) as fn(f64) -> f64,
+                    |x: f64| 1.0 - x.tanh().powi(2),
+                    |x: f64| (x.max(0.0) + (-x.abs()).exp().ln_1p()),
+                ] {
+                    let r = reference_1d(f, m, sd);
+                    let mut g = 0.0;
+                    let mut count = 0;
+                    for_each_node(m, sd, Smoothness(0.0), 0.0, &gh, |x, w| {
+                        g += w * f(x);
+                        count += 1;
+                    });
+                    worst = worst.max((g - r).abs() / r.abs().max(1.0));
+                    if m == 0.0 && f as usize == 0 {
+                        println!("count {count}");
+                    }
+                }
+            }
+            println!("sd {sd}: {worst:.1e}");
+        }
+    }
+}
