@@ -314,15 +314,12 @@ impl Closed {
     /// (C, Ċ) at one covariance.
     #[inline(always)]
     pub(crate) fn eval(self, q1: f64, c: f64, q2: f64) -> (f64, f64) {
-        let (sd1, sd2) = (q1.sqrt(), q2.sqrt());
         match self {
-            Closed::ArcCos { a, b, d0 } => {
-                arccos_pair(a, b, d0, (q1, sd1, inverse(sd1)), (q2, sd2, inverse(sd2)), c)
-            }
-            Closed::Erf => erf_moments(q1, c, q2, sd1, sd2),
+            Closed::ArcCos { a, b, d0 } => arccos_moments(a, b, d0, q1, c, q2),
+            Closed::Erf => erf_moments(q1, c, q2),
             Closed::Identity => (c, 1.0),
-            Closed::Sin => sin_moments(c, sd1, sd2),
-            Closed::Gelu => gelu_moments(q1, c, q2, sd1, sd2),
+            Closed::Sin => sin_moments(q1, c, q2),
+            Closed::Gelu => gelu_moments(q1, c, q2),
         }
     }
 
@@ -339,25 +336,20 @@ impl Closed {
     }
 }
 
-/// 1/σ, or 0 for σ = 0.
+/// σ₁σ₂ = √q₁·√q₂ (never √(q₁q₂), which under- or overflows where σ₁σ₂ does not)
+/// and ρ = c/σ₁σ₂, clamped and snapped ([`fastmath::correlation`]). The division is
+/// unconditional so that loops over it vectorise: a zero σ₁σ₂ comes with c = 0, hence
+/// ρ = 0, and below 2e-308 (where the kernels underflow anyway) ρ is only approximate.
 #[inline(always)]
-pub(crate) fn inverse(sd: f64) -> f64 {
-    if sd > 0.0 { 1.0 / sd } else { 0.0 }
-}
-
-/// ρ = c/(σ₁σ₂) from the reciprocals 1/σᵢ, clamped and snapped
-/// ([`fastmath::correlation`]); (c/σ₁)/σ₂ neither overflows nor underflows where ρ is
-/// representable, since |c/σ₁| ≤ σ₂.
-#[inline(always)]
-pub(crate) fn correlation(c: f64, inv_sd1: f64, inv_sd2: f64) -> f64 {
-    fastmath::correlation((c * inv_sd1) * inv_sd2)
+fn std_and_correlation(q1: f64, c: f64, q2: f64) -> (f64, f64) {
+    let std = q1.sqrt() * q2.sqrt();
+    (std, fastmath::correlation(c / std.max(f64::MIN_POSITIVE)))
 }
 
 /// The arc-cosine kernels at correlation ρ: (C/(σ₁σ₂), Ċ) for
-/// φ = a·min(x, 0) + b·max(x, 0). Straight-line code (the branch-free arccos) so that
-/// loops over it vectorise.
+/// φ = a·min(x, 0) + b·max(x, 0).
 #[inline(always)]
-pub(crate) fn arccos_unit(a: f64, b: f64, rho: f64) -> (f64, f64) {
+fn arccos_unit(a: f64, b: f64, rho: f64) -> (f64, f64) {
     let (k1, k2) = (a * a + b * b, 2.0 * a * b);
     let theta = fastmath::acos(rho);
     let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
@@ -372,49 +364,47 @@ fn arccos_side(a: f64, b: f64, d0: f64, q: f64) -> f64 {
     if q > 0.0 { 0.5 * (a + b) } else { d0 }
 }
 
-/// The arc-cosine family's (C, Ċ) from each side's (q, σ, 1/σ): C = σ₁σ₂ × the unit
-/// kernel (never √(q₁q₂), which under- or overflows where σ₁σ₂ does not); with a zero
-/// variance that side is φ'(0) surely, so Ċ = E φ'(u) E φ'(v).
+/// The arc-cosine family's (C, Ċ): C = σ₁σ₂ × the unit kernel; with a zero variance
+/// that side is φ'(0) surely, so Ċ = E φ'(u) E φ'(v). Straight-line code (the
+/// branch-free arccos, selects) so that loops over it vectorise.
 #[inline(always)]
-pub(crate) fn arccos_pair(
-    a: f64,
-    b: f64,
-    d0: f64,
-    (q1, sd1, inv_sd1): (f64, f64, f64),
-    (q2, sd2, inv_sd2): (f64, f64, f64),
-    c: f64,
-) -> (f64, f64) {
-    let std = sd1 * sd2;
-    let (unit, d) = arccos_unit(a, b, correlation(c, inv_sd1, inv_sd2));
-    let cdot = if std > 0.0 {
-        d
-    } else {
-        arccos_side(a, b, d0, q1) * arccos_side(a, b, d0, q2)
-    };
-    (std * unit, cdot)
+fn arccos_moments(a: f64, b: f64, d0: f64, q1: f64, c: f64, q2: f64) -> (f64, f64) {
+    let (std, rho) = std_and_correlation(q1, c, q2);
+    let (unit, d) = arccos_unit(a, b, rho);
+    let zero_norm = arccos_side(a, b, d0, q1) * arccos_side(a, b, d0, q2);
+    (std * unit, if std > 0.0 { d } else { zero_norm })
 }
 
-/// q₁q₂ − c² = (σ₁σ₂)²(1 − ρ)(1 + ρ), without the cancellation of the difference.
+/// [`arccos_moments`] over slices (a loop that vectorises).
+#[inline(never)]
+fn arccos_slice(a: f64, b: f64, d0: f64, q1: &[f64], c: &mut [f64], q2: &[f64], cdot: &mut [f64]) {
+    let n = c.len();
+    let (q1, q2, cdot) = (&q1[..n], &q2[..n], &mut cdot[..n]);
+    for i in 0..n {
+        (c[i], cdot[i]) = arccos_moments(a, b, d0, q1[i], c[i], q2[i]);
+    }
+}
+
+/// (c, g) with c = ρσ₁σ₂ (the covariance clamped to Cauchy–Schwarz) and
+/// g = q₁q₂ − c² = (σ₁σ₂)²(1 − ρ)(1 + ρ) ≥ 0, without the cancellation of the difference.
 #[inline(always)]
-fn covariance_gap(c: f64, sd1: f64, sd2: f64) -> (f64, f64) {
-    let rho = correlation(c, inverse(sd1), inverse(sd2));
-    let std = sd1 * sd2;
-    (rho, std * std * ((1.0 - rho) * (1.0 + rho)))
+fn covariance_gap(q1: f64, c: f64, q2: f64) -> (f64, f64) {
+    let (std, rho) = std_and_correlation(q1, c, q2);
+    (rho * std, std * std * ((1.0 - rho) * (1.0 + rho)))
 }
 
 #[inline(always)]
-fn erf_moments(q1: f64, c: f64, q2: f64, sd1: f64, sd2: f64) -> (f64, f64) {
-    let (rho, gap) = covariance_gap(c, sd1, sd2);
-    // Δ = 1 + 2q₁ + 2q₂ + 4g ≥ 1.
+fn erf_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
+    let (c, gap) = covariance_gap(q1, c, q2);
+    // √Δ = √(1 + 2q₁ + 2q₂ + 4g) ≥ 1.
     let root = (1.0 + 2.0 * (q1 + q2) + 4.0 * gap).sqrt();
-    let c = rho * sd1 * sd2;
     (2.0 * FRAC_1_PI * (2.0 * c).atan2(root), 4.0 * FRAC_1_PI / root)
 }
 
 #[inline(always)]
-fn sin_moments(c: f64, sd1: f64, sd2: f64) -> (f64, f64) {
-    let rho = correlation(c, inverse(sd1), inverse(sd2));
-    let (diff, std) = ((sd1 - sd2) * (sd1 - sd2), sd1 * sd2);
+fn sin_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
+    let (std, rho) = std_and_correlation(q1, c, q2);
+    let diff = (q1.sqrt() - q2.sqrt()).powi(2);
     let minus = diff + 2.0 * std * (1.0 - rho);
     let plus = diff + 2.0 * std * (1.0 + rho);
     let (em, ep) = ((-0.5 * minus).exp(), (-0.5 * plus).exp());
@@ -422,9 +412,8 @@ fn sin_moments(c: f64, sd1: f64, sd2: f64) -> (f64, f64) {
 }
 
 #[inline(always)]
-fn gelu_moments(q1: f64, c: f64, q2: f64, sd1: f64, sd2: f64) -> (f64, f64) {
-    let (rho, gap) = covariance_gap(c, sd1, sd2);
-    let c = rho * sd1 * sd2;
+fn gelu_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
+    let (c, gap) = covariance_gap(q1, c, q2);
     let (s1, s2) = (1.0 + q1, 1.0 + q2);
     let d2 = 1.0 + q1 + q2 + gap;
     let d = d2.sqrt();
@@ -433,8 +422,7 @@ fn gelu_moments(q1: f64, c: f64, q2: f64, sd1: f64, sd2: f64) -> (f64, f64) {
     let g = gap + k * c * c;
     let m = s1 * q1 + s2 * q2 + s1 * s2 + gap * (s1 + s2);
     let phi = 0.25 * c + INV_2PI * (c * asin + g / d);
-    let bracket = 2.0 * k - (m / s1) / (s2 * d2);
-    let derivative = 0.25 + INV_2PI * (asin + c * bracket / d);
+    let derivative = 0.25 + INV_2PI * (asin + c * (2.0 * k - (m / s1) / (s2 * d2)) / d);
     (phi, derivative)
 }
 
@@ -530,19 +518,7 @@ impl PairDual {
         );
         match &self.kind {
             PairKind::Closed(Closed::ArcCos { a, b, d0 }) => {
-                for i in 0..n {
-                    let (sd1, sd2) = (q1[i].sqrt(), q2[i].sqrt());
-                    let (ci, di) = arccos_pair(
-                        *a,
-                        *b,
-                        *d0,
-                        (q1[i], sd1, inverse(sd1)),
-                        (q2[i], sd2, inverse(sd2)),
-                        c[i],
-                    );
-                    c[i] = ci;
-                    cdot[i] = di;
-                }
+                arccos_slice(*a, *b, *d0, q1, c, q2, cdot);
             }
             PairKind::Closed(Closed::Identity) => cdot.fill(1.0),
             PairKind::Closed(closed) => {
@@ -604,6 +580,7 @@ fn numeric_mean_derivative(activation: &Activation, q: f64, rules: &Rules) -> f6
 
 /// E φ'(u) for u ~ N(0, q) (φ'(0) at q = 0), as accurate as the pair moments: in
 /// closed form where φ has one, else by the same numerical integration.
+#[allow(dead_code)] // For the tensor-program engine, which is being written.
 pub(crate) fn mean_derivative(act: &Activation, q: f64, rule: &GaussHermite) -> f64 {
     match Closed::of(act) {
         Some(closed) => closed.mean_derivative(q),

@@ -215,7 +215,9 @@ impl Plan {
             parallel::join(|| mirror_upper(&mut nngp), || mirror_upper(&mut ntk));
         }
         for (what, m) in [("NNGP", &nngp), ("NTK", &ntk)] {
-            if let Some(k) = m.iter().position(|v| !v.is_finite()) {
+            if !all_finite(m.as_slice())
+                && let Some(k) = m.iter().position(|v| !v.is_finite())
+            {
                 return Err(Error::InvalidParameter {
                     parameter: "x1, x2",
                     value: format!(
@@ -342,6 +344,18 @@ impl Update {
             *s + self.sw2 * cdot * *t
         };
     }
+}
+
+/// Whether every entry is finite: a test of the exponent bits that vectorises, unlike
+/// a search for the first non-finite entry.
+fn all_finite(values: &[f64]) -> bool {
+    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+    values.chunks(256).all(|chunk| {
+        chunk
+            .iter()
+            .fold(0_u64, |acc, v| acc | u64::from(v.to_bits() & EXPONENT == EXPONENT))
+            == 0
+    })
 }
 
 /// Per-column scratch: Ċ and the column's variance repeated.

@@ -133,6 +133,7 @@ impl GaussHermite {
 
     /// The range of nodes whose weight is at least 1e-22: the others lie where the
     /// Gaussian density is below round-off.
+    #[cfg(test)]
     pub(crate) fn core(&self) -> (usize, usize) {
         self.core
     }
