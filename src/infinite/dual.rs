@@ -19,8 +19,8 @@
 //! ReLU is (a, b) = (0, 1), LeakyReLU(α) is (α, 1), Abs is (−1, 1) (the arc-cosine
 //! kernels of Cho & Saul 2009). Every difference of nearly equal numbers is written
 //! out of these forms through g = q₁q₂ − c² = (σ₁σ₂)²(1 − ρ)(1 + ρ) ≥ 0:
-//! Erf's Δ = (1+2q₁)(1+2q₂) − 4c² = 1 + 2q₁ + 2q₂ + 4g (and (2/π) arcsin(2c/√((1+2q₁)(1+2q₂)))
-//! is the atan2 above); Sin's m∓ = Var(u ∓ v) = (σ₁ − σ₂)² + 2σ₁σ₂(1 ∓ ρ). For GELU,
+//! Erf's Δ = (1+2q₁)(1+2q₂) − 4c² = 1 + 2q₁ + 2q₂ + 4g (and
+//! (2/π) arcsin(2c/√((1+2q₁)(1+2q₂))) is the atan2 above); Sin's m∓ = Var(u ∓ v) = (σ₁ − σ₂)² + 2σ₁σ₂(1 ∓ ρ). For GELU,
 //! with sᵢ = 1 + qᵢ: D = √(s₁s₂ − c²) = √(1 + q₁ + q₂ + g), A = arcsin(c/√(s₁s₂)) =
 //! atan2(c, D), k = 1/s₁ + 1/s₂, G = g + k c², M = s₁q₁ + s₂q₂ + s₁s₂ + g(s₁ + s₂)
 //! (so that 2k − M/(s₁s₂D²) = 2k − 1 + G/D², the form of the derivation, without its
@@ -64,10 +64,7 @@ pub struct GaussianMoments {
 
 impl From<(f64, f64)> for GaussianMoments {
     fn from((phi_phi, dphi_dphi): (f64, f64)) -> Self {
-        GaussianMoments {
-            phi_phi,
-            dphi_dphi,
-        }
+        GaussianMoments { phi_phi, dphi_dphi }
     }
 }
 
@@ -255,18 +252,28 @@ fn phi_and_derivative(activation: &Activation, x: f64) -> (f64, f64) {
     }
 }
 
-/// How far from the real line φ is analytic, as the numerical integration assumes:
-/// the poles of Tanh at ±iπ/2, of Sigmoid and Softplus at ±iπ; 0 for the kinked ReLU
-/// family (never integrated by Gauss–Hermite); 1 for a custom φ and the entire but
-/// fast-varying Erf, Sin and GELU.
+/// How φ varies, as the numerical integration assumes: analytic within π/2 of the real
+/// line for Tanh (its poles at ±iπ/2), π for Sigmoid and Softplus; 0 for the kinked
+/// ReLU family (never integrated by Gauss–Hermite); 1 for a custom φ and the entire but
+/// fast-varying Erf, Sin and GELU; Sin oscillates everywhere, so no composite panel
+/// is wider than 1.
 fn smoothness(activation: &Activation) -> Smoothness {
-    Smoothness(match activation {
+    let distance = match activation {
         Activation::Identity => f64::INFINITY,
         Activation::Relu | Activation::LeakyRelu(_) | Activation::Abs => 0.0,
         Activation::Tanh => 0.5 * PI,
         Activation::Sigmoid | Activation::Softplus => PI,
         _ => 1.0,
-    })
+    };
+    let max_width = if matches!(activation, Activation::Sin) {
+        1.0
+    } else {
+        f64::INFINITY
+    };
+    Smoothness {
+        distance,
+        max_width,
+    }
 }
 
 /// Whether `a` and `b` are the same function: the same variant with the same
@@ -284,7 +291,11 @@ pub(crate) fn same_activation(a: &Activation, b: &Activation) -> bool {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Closed {
     /// φ = a·min(x, 0) + b·max(x, 0); `d0` = φ'(0) as the network evaluates it.
-    ArcCos { a: f64, b: f64, d0: f64 },
+    ArcCos {
+        a: f64,
+        b: f64,
+        d0: f64,
+    },
     Erf,
     Identity,
     Sin,
@@ -385,20 +396,24 @@ fn arccos_slice(a: f64, b: f64, d0: f64, q1: &[f64], c: &mut [f64], q2: &[f64], 
     }
 }
 
-/// (c, g) with c = ρσ₁σ₂ (the covariance clamped to Cauchy–Schwarz) and
-/// g = q₁q₂ − c² = (σ₁σ₂)²(1 − ρ)(1 + ρ) ≥ 0, without the cancellation of the difference.
+/// (c, √g) with c = ρσ₁σ₂ (the covariance clamped to Cauchy–Schwarz) and
+/// √g = √(q₁q₂ − c²) = σ₁σ₂ √((1 − ρ)(1 + ρ)), without the cancellation of the
+/// difference (and without forming q₁q₂, which overflows first).
 #[inline(always)]
-fn covariance_gap(q1: f64, c: f64, q2: f64) -> (f64, f64) {
+fn covariance_gap_root(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     let (std, rho) = std_and_correlation(q1, c, q2);
-    (rho * std, std * std * ((1.0 - rho) * (1.0 + rho)))
+    (rho * std, std * ((1.0 - rho) * (1.0 + rho)).sqrt())
 }
 
 #[inline(always)]
 fn erf_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
-    let (c, gap) = covariance_gap(q1, c, q2);
-    // √Δ = √(1 + 2q₁ + 2q₂ + 4g) ≥ 1.
-    let root = (1.0 + 2.0 * (q1 + q2) + 4.0 * gap).sqrt();
-    (2.0 * FRAC_1_PI * (2.0 * c).atan2(root), 4.0 * FRAC_1_PI / root)
+    let (c, r) = covariance_gap_root(q1, c, q2);
+    // √Δ/2 = √(1/4 + q₁/2 + q₂/2 + g) ≥ 1/2, halved so that nothing overflows.
+    let half_root = (0.25 + 0.5 * q1 + 0.5 * q2).sqrt().hypot(r);
+    (
+        2.0 * FRAC_1_PI * c.atan2(half_root),
+        2.0 * FRAC_1_PI / half_root,
+    )
 }
 
 #[inline(always)]
@@ -411,18 +426,20 @@ fn sin_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     (0.5 * (em - ep), 0.5 * (em + ep))
 }
 
+/// GELU's (C, Ċ), every term formed as a ratio of comparable numbers so that nothing
+/// overflows before C does: G/D = r(r/D) + (kc)(c/D) and
+/// M/(s₁s₂D²) = (q₁/s₂ + q₂/s₁ + 1)/D² + k (r/D)², with r = √g.
 #[inline(always)]
 fn gelu_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
-    let (c, gap) = covariance_gap(q1, c, q2);
+    let (c, r) = covariance_gap_root(q1, c, q2);
     let (s1, s2) = (1.0 + q1, 1.0 + q2);
-    let d2 = 1.0 + q1 + q2 + gap;
-    let d = d2.sqrt();
+    let d = (1.0 + q1 + q2).sqrt().hypot(r);
+    let (r_d, c_d) = (r / d, c / d);
     let asin = c.atan2(d);
     let k = 1.0 / s1 + 1.0 / s2;
-    let g = gap + k * c * c;
-    let m = s1 * q1 + s2 * q2 + s1 * s2 + gap * (s1 + s2);
-    let phi = 0.25 * c + INV_2PI * (c * asin + g / d);
-    let derivative = 0.25 + INV_2PI * (asin + c * (2.0 * k - (m / s1) / (s2 * d2)) / d);
+    let phi = 0.25 * c + INV_2PI * (c * asin + r * r_d + (k * c) * c_d);
+    let m_ratio = (q1 / s2 + q2 / s1 + 1.0) / d / d + k * r_d * r_d;
+    let derivative = 0.25 + INV_2PI * (asin + c_d * (2.0 * k - m_ratio));
     (phi, derivative)
 }
 
@@ -585,5 +602,394 @@ pub(crate) fn mean_derivative(act: &Activation, q: f64, rule: &GaussHermite) -> 
     match Closed::of(act) {
         Some(closed) => closed.mean_derivative(q),
         None => numeric_mean_derivative(act, q, &Rules::up_to(rule)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules::up_to(&GaussHermite::new(GaussHermite::DEFAULT_DEGREE).unwrap())
+    }
+
+    fn default_rule() -> Arc<GaussHermite> {
+        GaussHermite::new(GaussHermite::DEFAULT_DEGREE).unwrap()
+    }
+
+    /// (C, Ċ) of any pair by numerical integration, whatever closed form it has: the
+    /// integrator is checked against an independent trapezoidal rule in
+    /// `tests/integration/infinite.rs`.
+    fn numerical(phi: &Activation, psi: &Activation, q1: f64, c: f64, q2: f64) -> (f64, f64) {
+        fn side(act: &Activation) -> Side<impl Fn(f64) -> (f64, f64) + '_> {
+            Side {
+                eval: move |x: f64| phi_and_derivative(act, x),
+                smoothness: smoothness(act),
+            }
+        }
+        pair_moments(&side(phi), &side(psi), q1, c, q2, &rules())
+    }
+
+    /// |a − b| ≤ tol · scale, with a message.
+    fn assert_close(what: &str, a: f64, b: f64, scale: f64, tol: f64) {
+        assert!(
+            (a - b).abs() <= tol * scale,
+            "{what}: {a} vs {b} (error {:e} of {scale:e})",
+            (a - b).abs()
+        );
+    }
+
+    /// Every closed form against numerical integration (which splits at the kink of the
+    /// ReLU family), from tiny to large variances, relative to the Cauchy–Schwarz scale
+    /// √(C(x,x) C(x̄,x̄)).
+    #[test]
+    fn closed_forms_match_numerical_integration() {
+        let cases = [
+            (Activation::Relu, 1e4),
+            (Activation::LeakyRelu(0.2), 1e4),
+            (Activation::LeakyRelu(-0.5), 1e4),
+            (Activation::Abs, 1e4),
+            (Activation::Erf, 1e4),
+            (Activation::Gelu, 1e4),
+            (Activation::Identity, 1e4),
+            // sin oscillates everywhere: the integration resolves it at moderate σ only.
+            (Activation::Sin, 3.0),
+        ];
+        for (act, largest) in cases {
+            for q in [0.01, 0.7, 3.0, 100.0, 1e4]
+                .into_iter()
+                .filter(|&q| q <= largest)
+            {
+                for (q1, q2) in [(q, q), (q, 2.5 * q), (0.4 * q, q)] {
+                    let (d1, e1) = Closed::of(&act).unwrap().eval(q1, q1, q1);
+                    let (d2, e2) = Closed::of(&act).unwrap().eval(q2, q2, q2);
+                    for rho in [-1.0, -0.95, -0.3, 0.0, 0.5, 0.99, 1.0] {
+                        let c = rho * q1.sqrt() * q2.sqrt();
+                        let (cc, cd) = Closed::of(&act).unwrap().eval(q1, c, q2);
+                        let (nc, nd) = numerical(&act, &act, q1, c, q2);
+                        let at = format!("{act:?} at ({q1}, {rho}, {q2})");
+                        assert_close(&format!("{at} C"), cc, nc, (d1 * d2).sqrt(), 1e-12);
+                        assert_close(&format!("{at} Ċ"), cd, nd, (e1 * e2).sqrt(), 1e-12);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Erf at input norms ~1e8 (q ~ 1e16): the diagonal against its own closed form
+    /// written independently, E erf(u)² = 1 − (4/π) arcsin(1/√(2 + 4q)) and
+    /// E erf'(u)² = (4/π)/√(1 + 4q); nearby pairs stay PSD.
+    #[test]
+    fn erf_is_accurate_at_huge_variance() {
+        let erf = Closed::Erf;
+        for q in [1e8, 1e16, 1e100, 1e300] {
+            let (c, cd) = erf.eval(q, q, q);
+            let exact_c = 1.0 - 4.0 * FRAC_1_PI * (1.0 / (2.0 + 4.0 * q).sqrt()).asin();
+            let exact_cd = 4.0 * FRAC_1_PI / (1.0 + 4.0 * q).sqrt();
+            assert_close(&format!("C at {q}"), c, exact_c, exact_c, 4e-16);
+            assert_close(&format!("Ċ at {q}"), cd, exact_cd, exact_cd, 4e-15);
+            for rho in [1.0 - 1e-12, 1.0 - 1e-6, 0.5] {
+                for (q1, q2) in [(q, q), (q, 3.0 * q)] {
+                    let (x, xd) = erf.eval(q1, q1, q1);
+                    let (y, yd) = erf.eval(q2, q2, q2);
+                    let (xy, xyd) = erf.eval(q1, rho * q1.sqrt() * q2.sqrt(), q2);
+                    assert!(x * y - xy * xy >= -1e-15 * x * y, "C not PSD at {q}, {rho}");
+                    assert!(
+                        xd * yd - xyd * xyd >= -1e-15 * xd * yd,
+                        "Ċ not PSD at {q}, {rho}"
+                    );
+                }
+            }
+        }
+        // Against numerical integration at 1e16 and correlations below 1.
+        for rho in [0.3, 0.999] {
+            let q = 1e16;
+            let (c, cd) = erf.eval(q, rho * q, q);
+            let (nc, nd) = numerical(&Activation::Erf, &Activation::Erf, q, rho * q, q);
+            assert_close("C", c, nc, 1.0, 1e-12);
+            assert_close("Ċ", cd, nd, erf.eval(q, q, q).1, 1e-10);
+        }
+    }
+
+    /// GELU's diagonal NTK term Ċ(x, x) = E φ'(u)² stays positive and accurate (it tends
+    /// to E 1{u > 0} = 1/2) up to huge variances.
+    #[test]
+    fn gelu_is_accurate_at_huge_variance() {
+        for q in [1e8, 1e16, 1e18, 1e100, 1e300] {
+            let (c, cd) = Closed::Gelu.eval(q, q, q);
+            assert!(cd > 0.49 && cd < 0.51, "Ċ(x, x) = {cd} at {q}");
+            // E (uΦ(u))² → E u² 1{u > 0} = q/2.
+            assert_close(&format!("C at {q}"), c, 0.5 * q, 0.5 * q, 1e-6);
+        }
+        for q in [1e8, 1e16] {
+            for rho in [-0.5, 0.3, 0.999, 1.0] {
+                let (c, cd) = Closed::Gelu.eval(q, rho * q, q);
+                let (nc, nd) = numerical(&Activation::Gelu, &Activation::Gelu, q, rho * q, q);
+                assert_close(&format!("C at {q}, {rho}"), c, nc, q, 1e-12);
+                assert_close(&format!("Ċ at {q}, {rho}"), cd, nd, 0.5, 1e-11);
+            }
+        }
+    }
+
+    /// C(x, x̄) = σ₁σ₂ × a function of ρ for the ReLU family: exact at 1e-300 and 1e300
+    /// (no product q₁q₂ under- or overflows).
+    #[test]
+    fn relu_family_scales_exactly() {
+        for act in [
+            Activation::Relu,
+            Activation::LeakyRelu(0.1),
+            Activation::Abs,
+        ] {
+            let dual = Closed::of(&act).unwrap();
+            for rho in [-1.0, 0.3, 1.0] {
+                let (unit, unit_d) = dual.eval(1.0, rho, 1.0);
+                for (s1, s2) in [
+                    (1e-300_f64, 1e-300_f64),
+                    (1e300, 1e300),
+                    (1e-300, 1e300),
+                    (1e-160, 1e-160),
+                ] {
+                    let (c, d) = dual.eval(s1, rho * s1.sqrt() * s2.sqrt(), s2);
+                    let expected = unit * s1.sqrt() * s2.sqrt();
+                    assert_close(
+                        &format!("{act:?} C at {s1}, {s2}"),
+                        c,
+                        expected,
+                        expected.abs().max(f64::MIN_POSITIVE),
+                        1e-14,
+                    );
+                    assert_close(&format!("{act:?} Ċ at {s1}, {s2}"), d, unit_d, 1.0, 1e-15);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn covariances_beyond_cauchy_schwarz_are_errors() {
+        assert!(closed_form(&Activation::Gelu, 1.0, 1.5, 1.0).is_err());
+        assert!(closed_form(&Activation::Relu, 4.0, -2.1, 1.0).is_err());
+        assert!(gaussian_moments(&Activation::Tanh, 1.0, 1.01, 1.0).is_err());
+        assert!(quadrature(&Activation::Tanh, 0.0, 1e-3, 1.0, &default_rule()).is_err());
+        // Round-off beyond the bound is accepted.
+        assert!(closed_form(&Activation::Relu, 2.0, 2.0 * (1.0 + 1e-14), 2.0).is_ok());
+    }
+
+    #[test]
+    fn identifies_the_same_activation() {
+        let cube = Activation::custom("cube", |x| x * x * x, |x| 3.0 * x * x);
+        let other = Activation::custom("cube", |x| x * x * x, |x| 3.0 * x * x);
+        assert!(same_activation(&cube, &cube.clone()));
+        assert!(!same_activation(&cube, &other));
+        assert!(same_activation(&Activation::Relu, &Activation::Relu));
+        assert!(same_activation(
+            &Activation::LeakyRelu(0.1),
+            &Activation::LeakyRelu(0.1)
+        ));
+        assert!(!same_activation(
+            &Activation::LeakyRelu(0.1),
+            &Activation::LeakyRelu(0.2)
+        ));
+        assert!(!same_activation(
+            &Activation::Relu,
+            &Activation::LeakyRelu(0.0)
+        ));
+        assert!(!same_activation(&Activation::Tanh, &cube));
+    }
+
+    /// Mixed pairs with closed forms derived by hand: E relu(u) erf(v) = (c/2) E erf'(v)
+    /// (relu(u) = (u + |u|)/2, |u| erf(v) is odd) and E 1{u > 0} erf'(v) = E erf'(v)/2,
+    /// with E erf'(v) = (2/√π)/√(1 + 2q₂); E |u| tanh(v) = E sign(u) tanh'(v) = 0.
+    #[test]
+    fn mixed_pairs_match_hand_derived_forms() {
+        let rule = default_rule();
+        for (q1, q2) in [(0.3_f64, 2.0_f64), (50.0, 0.7), (1e4, 1e4)] {
+            for rho in [-1.0, -0.4, 0.2, 0.97, 1.0] {
+                let c = rho * q1.sqrt() * q2.sqrt();
+                let mean = FRAC_2_SQRT_PI / (1.0 + 2.0 * q2).sqrt();
+                let (rc, rd) =
+                    PairDual::new(&Activation::Relu, &Activation::Erf, &rule).eval(q1, c, q2);
+                assert_close("relu·erf C", rc, 0.5 * c * mean, q1.sqrt(), 1e-12);
+                assert_close("relu·erf Ċ", rd, 0.5 * mean, 1.0, 1e-12);
+                // The swapped pair is the same expectation.
+                let (sc, sd) =
+                    PairDual::new(&Activation::Erf, &Activation::Relu, &rule).eval(q2, c, q1);
+                assert_close("erf·relu C", sc, rc, q1.sqrt(), 1e-12);
+                assert_close("erf·relu Ċ", sd, rd, 1.0, 1e-12);
+                let (ac, ad) =
+                    PairDual::new(&Activation::Abs, &Activation::Tanh, &rule).eval(q1, c, q2);
+                assert_close("abs·tanh C", ac, 0.0, q1.sqrt(), 1e-12);
+                assert_close("abs·tanh Ċ", ad, 0.0, 1.0, 1e-12);
+            }
+        }
+    }
+
+    /// Stein's lemma pairs against numerical integration of the same expectation.
+    #[test]
+    fn identity_pairs_follow_steins_lemma() {
+        let rule = default_rule();
+        for other in [
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::Softplus,
+        ] {
+            for (q1, q2) in [(0.5_f64, 2.0_f64), (30.0, 1.0)] {
+                for rho in [-0.7, 0.1, 1.0] {
+                    let c = rho * q1.sqrt() * q2.sqrt();
+                    let (sc, sd) =
+                        PairDual::new(&Activation::Identity, &other, &rule).eval(q1, c, q2);
+                    let (nc, nd) = numerical(&Activation::Identity, &other, q1, c, q2);
+                    let scale = (q1 * q2).sqrt().max(1.0);
+                    assert_close(&format!("id·{other:?} C"), sc, nc, scale, 1e-12);
+                    assert_close(&format!("id·{other:?} Ċ"), sd, nd, 1.0, 1e-12);
+                    let (tc, td) =
+                        PairDual::new(&other, &Activation::Identity, &rule).eval(q2, c, q1);
+                    assert_close("swapped C", tc, sc, scale, 1e-14);
+                    assert_close("swapped Ċ", td, sd, 1.0, 1e-14);
+                }
+            }
+        }
+    }
+
+    /// E φ'(u) in closed form against its numerical integral.
+    #[test]
+    fn mean_derivative_closed_forms_match_integration() {
+        let rule = default_rule();
+        for act in Activation::builtins() {
+            for q in [0.0, 0.2, 3.0, 400.0] {
+                if matches!(act, Activation::Sin) && q > 3.0 {
+                    // cos has E = e^{−q/2} = 1e-87 here: its integral is all cancellation.
+                    continue;
+                }
+                let m = mean_derivative(&act, q, &rule);
+                let n = numeric_mean_derivative(&act, q, &rules());
+                assert_close(&format!("{act:?} at {q}"), m, n, 1.0, 1e-13);
+            }
+            assert_close(
+                "q = 0",
+                mean_derivative(&act, 0.0, &rule),
+                act.derivative(0.0),
+                1.0,
+                0.0,
+            );
+        }
+    }
+
+    /// Zero variance: u ≡ 0 uses φ(0) and φ'(0), as the network does.
+    #[test]
+    fn zero_variances_use_the_value_at_zero() {
+        let rule = default_rule();
+        let (tanh, sigmoid) = (Activation::Tanh, Activation::Sigmoid);
+        let pair = PairDual::new(&tanh, &sigmoid, &rule);
+        let (c, cd) = pair.eval(0.0, 0.0, 2.0);
+        assert_close("C", c, 0.0, 1.0, 1e-16);
+        assert_close("Ċ", cd, mean_derivative(&sigmoid, 2.0, &rule), 1.0, 1e-14);
+        let (c, cd) = pair.eval(0.0, 0.0, 0.0);
+        assert_close("C", c, 0.0, 1.0, 0.0);
+        assert_close("Ċ", cd, 0.25, 1.0, 1e-16);
+        let (c, cd) = PairDual::new(&sigmoid, &sigmoid, &rule).eval(1.5, 0.0, 0.0);
+        assert_close("C", c, 0.5 * 0.5, 1.0, 1e-14);
+        assert_close(
+            "Ċ",
+            cd,
+            0.25 * mean_derivative(&sigmoid, 1.5, &rule),
+            1.0,
+            1e-14,
+        );
+    }
+
+    #[test]
+    fn eval_slice_is_eval_entrywise() {
+        let rule = default_rule();
+        let q1 = [0.0_f64, 0.5, 2.0, 1e-200, 40.0];
+        let q2 = [1.0_f64, 0.5, 0.0, 1e200, 40.0];
+        let rho = [0.0, 1.0, 0.0, -0.3, 0.9];
+        for (phi, psi) in [
+            (Activation::Relu, Activation::Relu),
+            (Activation::LeakyRelu(-0.5), Activation::LeakyRelu(-0.5)),
+            (Activation::Erf, Activation::Erf),
+            (Activation::Gelu, Activation::Gelu),
+            (Activation::Sin, Activation::Sin),
+            (Activation::Identity, Activation::Identity),
+            (Activation::Tanh, Activation::Tanh),
+            (Activation::Identity, Activation::Softplus),
+            (Activation::Tanh, Activation::Relu),
+        ] {
+            let pair = PairDual::new(&phi, &psi, &rule);
+            let mut c: Vec<f64> = (0..5)
+                .map(|i| rho[i] * q1[i].sqrt() * q2[i].sqrt())
+                .collect();
+            let expected: Vec<(f64, f64)> = (0..5).map(|i| pair.eval(q1[i], c[i], q2[i])).collect();
+            let mut cdot = vec![0.0; 5];
+            pair.eval_slice(&q1, &mut c, &q2, &mut cdot);
+            for i in 0..5 {
+                assert_close(
+                    &format!("{phi:?}·{psi:?} C[{i}]"),
+                    c[i],
+                    expected[i].0,
+                    expected[i].0.abs(),
+                    1e-15,
+                );
+                assert_close(
+                    &format!("{phi:?}·{psi:?} Ċ[{i}]"),
+                    cdot[i],
+                    expected[i].1,
+                    expected[i].1.abs(),
+                    1e-15,
+                );
+            }
+        }
+    }
+
+    /// Diagonal values with known closed forms: E relu(u)² = q/2, E |u|² = q,
+    /// E sin²u = (1 − e^{−2q})/2, E erf(u)² = (2/π) arcsin(2q/(1+2q)).
+    #[test]
+    fn diagonal_values() {
+        let q: f64 = 1.7;
+        let relu = closed_form(&Activation::Relu, q, q, q).unwrap().unwrap();
+        assert!((relu.phi_phi - q / 2.0).abs() < 1e-15);
+        assert!((relu.dphi_dphi - 0.5).abs() < 1e-15);
+        let abs = closed_form(&Activation::Abs, q, q, q).unwrap().unwrap();
+        assert!((abs.phi_phi - q).abs() < 1e-14);
+        assert!((abs.dphi_dphi - 1.0).abs() < 1e-15);
+        let sin = closed_form(&Activation::Sin, q, q, q).unwrap().unwrap();
+        assert!((sin.phi_phi - 0.5 * (1.0 - (-2.0 * q).exp())).abs() < 1e-15);
+        let erf = closed_form(&Activation::Erf, q, q, q).unwrap().unwrap();
+        let expected = 2.0 / PI * (2.0 * q / (1.0 + 2.0 * q)).asin();
+        assert!((erf.phi_phi - expected).abs() < 1e-15);
+        // Anti-correlated: relu(u) relu(−u) = 0.
+        let anti = closed_form(&Activation::Relu, q, -q, q).unwrap().unwrap();
+        assert!(anti.phi_phi.abs() < 1e-15 && anti.dphi_dphi.abs() < 1e-15);
+    }
+
+    #[test]
+    fn zero_variance_uses_the_networks_derivative_at_zero() {
+        let leaky = closed_form(&Activation::LeakyRelu(0.1), 0.0, 0.0, 2.0)
+            .unwrap()
+            .unwrap();
+        assert!(leaky.phi_phi.abs() < f64::MIN_POSITIVE);
+        assert!((leaky.dphi_dphi - 0.1 * 0.55).abs() < 1e-15);
+        let relu = closed_form(&Activation::Relu, 0.0, 0.0, 0.0)
+            .unwrap()
+            .unwrap();
+        assert!(relu.phi_phi.abs() < f64::MIN_POSITIVE && relu.dphi_dphi.abs() < f64::MIN_POSITIVE);
+    }
+
+    #[test]
+    fn invalid_covariances_are_errors() {
+        assert!(closed_form(&Activation::Relu, -1.0, 0.0, 1.0).is_err());
+        assert!(closed_form(&Activation::Relu, 1.0, f64::NAN, 1.0).is_err());
+        assert!(gaussian_moments(&Activation::Tanh, 1.0, 0.0, f64::INFINITY).is_err());
+        assert!(
+            closed_form(&Activation::Tanh, 1.0, 0.5, 1.0)
+                .unwrap()
+                .is_none()
+        );
+        let nan_past_three = Activation::custom(
+            "nan",
+            |x: f64| x.tanh(),
+            |x: f64| if x.abs() > 3.0 { f64::NAN } else { 1.0 },
+        );
+        assert!(gaussian_moments(&nan_past_three, 4.0, 1.0, 4.0).is_err());
     }
 }

@@ -290,8 +290,7 @@ impl Plan {
             for j in 0..n2 {
                 for i in 0..n1 {
                     let sigma = self.sw2 * prev[(i, j)] + self.sb2;
-                    (next[(i, j)], cd[(i, j)]) =
-                        layer.dual.eval(st1.q[l][i], sigma, st2.q[l][j]);
+                    (next[(i, j)], cd[(i, j)]) = layer.dual.eval(st1.q[l][i], sigma, st2.q[l][j]);
                 }
             }
             c.push(next);
@@ -351,10 +350,9 @@ impl Update {
 fn all_finite(values: &[f64]) -> bool {
     const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
     values.chunks(256).all(|chunk| {
-        chunk
-            .iter()
-            .fold(0_u64, |acc, v| acc | u64::from(v.to_bits() & EXPONENT == EXPONENT))
-            == 0
+        chunk.iter().fold(0_u64, |acc, v| {
+            acc | u64::from(v.to_bits() & EXPONENT == EXPONENT)
+        }) == 0
     })
 }
 

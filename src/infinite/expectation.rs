@@ -13,16 +13,20 @@
 //! 2. Each 1-D expectation uses the n-point Gauss–Hermite rule x = m + σ zᵢ when σ is
 //!    small enough for it ([`GaussHermite::max_sd`]: φ then varies slowly across the
 //!    rule), and otherwise composite Gauss–Legendre in x on [m − 9σ, m + 9σ], with
-//!    breakpoints at 0 and ±2ʲ (j ≥ 0) where φ has its features (a kink of a custom φ
-//!    at 0, the poles of Tanh, Sigmoid and Softplus on the imaginary axis, at distance
-//!    ≥ π/2 from every real point and ≥ |x| from x), each panel cut further to at most
-//!    [`PANEL_SDS`] σ so that the Gaussian density is resolved too. The panels are
-//!    graded towards 0, so the cost grows only like log σ.
+//!    breakpoints at 0 and ±2ʲ (j ≥ 0) where φ has its features (the kink of the ReLU
+//!    family at 0, the poles of Tanh, Sigmoid and Softplus on the imaginary axis, at
+//!    distance ≥ π/2 from every real point and ≥ |x| from x), each panel cut further to
+//!    at most [`PANEL_SDS`] σ so that the Gaussian density is resolved too (and to
+//!    width 1 for the oscillating Sin). The panels are graded towards 0, so the cost
+//!    grows only like log σ. When ψ has a kink, the inner expectation E ψ(κu + sw)
+//!    varies on the scale s/|κ| around u = 0: the outer grid is then graded on down to
+//!    that scale (breakpoints ±2ʲ for negative j too).
 //!
 //! The rule is accurate for φ, ψ analytic on the real line except possibly at 0, with
 //! singularities no closer than ~1 to any real point and ~|x| to large x (every common
 //! activation), and of at most polynomial growth: see the accuracy table at
-//! [`GaussHermite::DEFAULT_DEGREE`].
+//! [`GaussHermite::DEFAULT_DEGREE`]. A custom φ with a kink away from 0, or one that
+//! oscillates, is integrated less accurately.
 
 use std::sync::{Arc, OnceLock};
 
@@ -48,18 +52,17 @@ impl Rules {
             .filter(|&&n| n < largest.degree())
             .filter_map(|&n| GaussHermite::new(n).ok())
             .collect();
-        let top = GaussHermite::new(largest.degree())
-            .unwrap_or_else(|_| Arc::new(largest.clone()));
+        let top = GaussHermite::new(largest.degree()).unwrap_or_else(|_| Arc::new(largest.clone()));
         ladder.push(top);
         Rules { ladder }
     }
 
     /// The smallest rule accurate at standard deviation `sd`, if any.
     #[inline]
-    fn for_sd(&self, sd: f64, smoothness: Smoothness) -> Option<&GaussHermite> {
+    fn for_sd(&self, sd: f64, distance: f64) -> Option<&GaussHermite> {
         self.ladder
             .iter()
-            .find(|r| sd <= r.max_sd(smoothness.0))
+            .find(|r| sd <= r.max_sd(distance))
             .map(|r| &**r)
     }
 }
@@ -121,48 +124,70 @@ fn legendre_and_derivative(n: usize, x: f64) -> (f64, f64) {
     (cur, d)
 }
 
-/// The smallest breakpoint of the grid {0, ±1, ±2, ±4, …} above `a`.
-fn next_breakpoint(a: f64) -> f64 {
-    if a < -1.0 {
-        // The largest power of two strictly below −a, negated.
-        let mut p = 2.0_f64.powi((-a).log2().floor() as i32);
-        while p >= -a {
+/// The smallest breakpoint above `a` of the grid {0} ∪ {±2ʲ : 2ʲ ≥ `fine`}, for
+/// `fine` a power of two ≤ 1.
+fn next_breakpoint(a: f64, fine: f64) -> f64 {
+    // The power of two p with p ≤ |a| < 2p (|a| ≥ fine).
+    let floor_power = |x: f64| {
+        let mut p = 2.0_f64.powi(x.log2().floor() as i32);
+        while p > x {
             p *= 0.5;
         }
-        while 2.0 * p < -a {
+        while 2.0 * p <= x {
             p *= 2.0;
-        }
-        -p.max(1.0)
-    } else if a < 0.0 {
-        0.0
-    } else if a < 1.0 {
-        1.0
-    } else {
-        let mut p = 2.0_f64.powi(a.log2().floor() as i32);
-        while p <= a {
-            p *= 2.0;
-        }
-        while 0.5 * p > a {
-            p *= 0.5;
         }
         p
+    };
+    if a < 0.0 {
+        if -a <= fine {
+            return 0.0;
+        }
+        let p = floor_power(-a);
+        let p = if p >= -a { 0.5 * p } else { p };
+        if p < fine { 0.0 } else { -p }
+    } else if a < fine {
+        fine
+    } else {
+        2.0 * floor_power(a)
     }
 }
 
-/// How far from the real line an integrand is analytic (0: it has a kink): decides
-/// where the Gauss–Hermite rule is accurate enough ([`GaussHermite::max_sd`]).
+/// How an integrand varies: decides where the Gauss–Hermite rule is accurate enough
+/// ([`GaussHermite::max_sd`]) and how wide a composite panel may be.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Smoothness(pub(crate) f64);
+pub(crate) struct Smoothness {
+    /// How far from the real line it is analytic (0: it has a kink at 0).
+    pub(crate) distance: f64,
+    /// The widest panel that resolves it (∞ unless it oscillates everywhere).
+    pub(crate) max_width: f64,
+}
+
+impl Smoothness {
+    /// Whether it has a kink (a jump in φ or φ') at 0.
+    fn kinked(self) -> bool {
+        self.distance <= 0.0
+    }
+
+    /// The roughness of a product of two.
+    fn min(self, other: Smoothness) -> Smoothness {
+        Smoothness {
+            distance: self.distance.min(other.distance),
+            max_width: self.max_width.min(other.max_width),
+        }
+    }
+}
 
 /// Calls `f(x, w)` for the nodes and weights of a rule with Σ w f(x) ≈ E f(x),
 /// x ~ N(`mean`, `sd`²) (see the module docs); `sd` = 0 gives the single node `mean`.
 /// Gauss–Hermite nodes with weight below `min_weight` are skipped (their share is
-/// below round-off in a product rule whose other factor has weight ≤ 1).
+/// below round-off in a product rule whose other factor has weight ≤ 1); the
+/// composite rule's grid is graded down to `fine` (≤ 1) around 0.
 #[inline]
 pub(crate) fn for_each_node(
     mean: f64,
     sd: f64,
     smoothness: Smoothness,
+    fine: f64,
     min_weight: f64,
     rules: &Rules,
     mut f: impl FnMut(f64, f64),
@@ -171,7 +196,7 @@ pub(crate) fn for_each_node(
         f(mean, 1.0);
         return;
     }
-    if let Some(gh) = rules.for_sd(sd, smoothness) {
+    if let Some(gh) = rules.for_sd(sd, smoothness.distance) {
         let (lo, hi) = gh.range_above(min_weight);
         for (&z, &w) in gh.nodes()[lo..hi].iter().zip(&gh.weights()[lo..hi]) {
             f(mean + sd * z, w);
@@ -182,10 +207,12 @@ pub(crate) fn for_each_node(
     let inv_sd = 1.0 / sd;
     let scale = FRAC_1_SQRT_2PI * inv_sd;
     let (lo, hi) = (mean - HALF_WIDTH_SDS * sd, mean + HALF_WIDTH_SDS * sd);
-    let max_width = PANEL_SDS * sd;
+    let max_width = (PANEL_SDS * sd).min(smoothness.max_width);
+    // A power of two, not so small that the grid gets long.
+    let fine = 2.0_f64.powi(fine.clamp(1e-12, 1.0).log2().floor() as i32);
     let mut a = lo;
     while a < hi {
-        let b = next_breakpoint(a).min(hi);
+        let b = next_breakpoint(a, fine).min(hi);
         let pieces = ((b - a) / max_width).ceil().max(1.0);
         let h = (b - a) / pieces;
         for p in 0..pieces as usize {
@@ -209,11 +236,19 @@ pub(crate) fn mean_moments(
     rules: &Rules,
 ) -> (f64, f64) {
     let (mut m0, mut m1) = (0.0, 0.0);
-    for_each_node(0.0, q.max(0.0).sqrt(), smoothness, PRUNE, rules, |x, w| {
-        let (p, d) = f(x);
-        m0 += w * p;
-        m1 += w * d;
-    });
+    for_each_node(
+        0.0,
+        q.max(0.0).sqrt(),
+        smoothness,
+        1.0,
+        PRUNE,
+        rules,
+        |x, w| {
+            let (p, d) = f(x);
+            m0 += w * p;
+            m1 += w * d;
+        },
+    );
     (m0, m1)
 }
 
@@ -269,17 +304,31 @@ where
         (0.0, sd2)
     };
     // The outer integrand φ(u) E_w ψ(κu + sw) is analytic where both factors are
-    // (|κ| ≤ 1: smoothing by the inner Gaussian does not narrow ψ's strip).
-    let outer = Smoothness(phi.smoothness.0.min(psi.smoothness.0));
+    // (|κ| ≤ 1: smoothing by the inner Gaussian does not narrow ψ's strip); a kink of
+    // ψ at 0 is smoothed to the scale s/|κ| in u.
+    let outer = phi.smoothness.min(psi.smoothness);
+    let fine = if psi.smoothness.kinked() && kappa != 0.0 {
+        (s / kappa.abs()).min(1.0)
+    } else {
+        1.0
+    };
     let (mut cc, mut cd) = (0.0, 0.0);
-    for_each_node(0.0, sd1, outer, PRUNE, rules, |u, wu| {
+    for_each_node(0.0, sd1, outer, fine, PRUNE, rules, |u, wu| {
         let (pu, du) = (phi.eval)(u);
         let (mut g, mut gd) = (0.0, 0.0);
-        for_each_node(kappa * u, s, psi.smoothness, PRUNE / wu, rules, |v, wv| {
-            let (pv, dv) = (psi.eval)(v);
-            g += wv * pv;
-            gd += wv * dv;
-        });
+        for_each_node(
+            kappa * u,
+            s,
+            psi.smoothness,
+            1.0,
+            PRUNE / wu,
+            rules,
+            |v, wv| {
+                let (pv, dv) = (psi.eval)(v);
+                g += wv * pv;
+                gd += wv * dv;
+            },
+        );
         cc += wu * pu * g;
         cd += wu * du * gd;
     });
@@ -295,7 +344,11 @@ mod tests {
         let (t, w) = legendre();
         for k in 0..(2 * LEGENDRE_POINTS) {
             let sum: f64 = t.iter().zip(w).map(|(&x, &w)| w * x.powi(k as i32)).sum();
-            let exact = if k % 2 == 0 { 2.0 / (k as f64 + 1.0) } else { 0.0 };
+            let exact = if k % 2 == 0 {
+                2.0 / (k as f64 + 1.0)
+            } else {
+                0.0
+            };
             assert!((sum - exact).abs() < 1e-15, "x^{k}: {sum} vs {exact}");
         }
     }
@@ -314,7 +367,20 @@ mod tests {
             (4.0, 8.0),
             (1e6, 1_048_576.0),
         ] {
-            assert!((next_breakpoint(a) - next).abs() < 1e-12, "{a}");
+            assert!((next_breakpoint(a, 1.0) - next).abs() < 1e-12, "{a}");
+        }
+        for (a, next) in [
+            (-0.3, -0.25),
+            (-0.25, -0.125),
+            (-0.1, 0.0),
+            (0.0, 0.125),
+            (0.2, 0.25),
+            (0.5, 1.0),
+        ] {
+            assert!(
+                (next_breakpoint(a, 0.125) - next).abs() < 1e-15,
+                "{a} (fine)"
+            );
         }
     }
 
@@ -324,11 +390,22 @@ mod tests {
         let rules = Rules::up_to(&GaussHermite::new(GaussHermite::DEFAULT_DEGREE).unwrap());
         for &(m, sd) in &[(0.0, 0.3), (1.7, 0.2), (0.0, 3.0), (-40.0, 7.0), (0.5, 1e4)] {
             let mut moments = [0.0; 5];
-            for_each_node(m, sd, Smoothness(1.0), 0.0, &rules, |x, w| {
-                for (k, mk) in moments.iter_mut().enumerate() {
-                    *mk += w * x.powi(k as i32);
-                }
-            });
+            for_each_node(
+                m,
+                sd,
+                Smoothness {
+                    distance: 1.0,
+                    max_width: f64::INFINITY,
+                },
+                1.0,
+                0.0,
+                &rules,
+                |x, w| {
+                    for (k, mk) in moments.iter_mut().enumerate() {
+                        *mk += w * x.powi(k as i32);
+                    }
+                },
+            );
             let v = sd * sd;
             let exact = [
                 1.0,
@@ -373,10 +450,18 @@ mod calibrate {
             let gh = GaussHermite::new(n).unwrap();
             let mut row = format!("n={n}:");
             for (name, d, f) in [
-                ("tanh", std::f64::consts::FRAC_PI_2, &(|x: f64| x.tanh()) as &dyn Fn(f64) -> f64),
-                ("dtanh", std::f64::consts::FRAC_PI_2, &|x: f64| 1.0 - x.tanh().powi(2)),
+                (
+                    "tanh",
+                    std::f64::consts::FRAC_PI_2,
+                    &(|x: f64| x.tanh()) as &dyn Fn(f64) -> f64,
+                ),
+                ("dtanh", std::f64::consts::FRAC_PI_2, &|x: f64| {
+                    1.0 - x.tanh().powi(2)
+                }),
                 ("sig", std::f64::consts::PI, &sig),
-                ("dsig", std::f64::consts::PI, &|x: f64| sig(x) * (1.0 - sig(x))),
+                ("dsig", std::f64::consts::PI, &|x: f64| {
+                    sig(x) * (1.0 - sig(x))
+                }),
                 ("swish", 1.0, &|x: f64| x * sig(x)),
             ] {
                 let sd = gh.max_sd(d);
@@ -411,10 +496,21 @@ mod calibrate {
                     let r = reference_1d(f, m, sd);
                     let mut g = 0.0;
                     let mut count = 0;
-                    for_each_node(m, sd, Smoothness(0.0), 0.0, &gh, |x, w| {
-                        g += w * f(x);
-                        count += 1;
-                    });
+                    for_each_node(
+                        m,
+                        sd,
+                        Smoothness {
+                            distance: 0.0,
+                            max_width: f64::INFINITY,
+                        },
+                        1.0,
+                        0.0,
+                        &gh,
+                        |x, w| {
+                            g += w * f(x);
+                            count += 1;
+                        },
+                    );
                     worst = worst.max((g - r).abs() / r.abs().max(1.0));
                     if m == 0.0 && f as usize == 0 {
                         println!("count {count}");

@@ -273,7 +273,10 @@ fn golub_welsch(n: usize) -> Result<GaussHermite> {
         .collect();
     let core = (
         weights.iter().position(|&w| w >= PRUNE).unwrap_or(0),
-        weights.iter().rposition(|&w| w >= PRUNE).map_or(0, |p| p + 1),
+        weights
+            .iter()
+            .rposition(|&w| w >= PRUNE)
+            .map_or(0, |p| p + 1),
     );
     Ok(GaussHermite {
         nodes,
