@@ -322,7 +322,11 @@ mod tests {
         for k in 0..n {
             let k = k as f64;
             // p_{k+1} √(2(k+1)) = 2y p_k − 2k p_{k−1} / √(2k)
-            let back = if k > 0.0 { 2.0 * k * prev / (2.0 * k).sqrt() } else { 0.0 };
+            let back = if k > 0.0 {
+                2.0 * k * prev / (2.0 * k).sqrt()
+            } else {
+                0.0
+            };
             let next = (2.0 * y * cur - back) / (2.0 * (k + 1.0)).sqrt();
             prev = cur;
             cur = next;
@@ -344,7 +348,10 @@ mod tests {
                 worst = worst.max(distance / (f64::EPSILON * z.abs().max(1.0)));
             }
             println!("n = {n}: worst node {worst:.2} ulps from a root");
-            assert!(worst <= 4.0, "n = {n}: a node is {worst} ulps from a root of p_n");
+            assert!(
+                worst <= 4.0,
+                "n = {n}: a node is {worst} ulps from a root of p_n"
+            );
         }
     }
 

@@ -289,17 +289,162 @@ fn symmetric_and_general_paths_agree() {
     common::assert_valid_gram(&sym.ntk, 0.0);
 }
 
+/// The kernels are computed in f64 and rounded: what an f32 user gets is exactly the
+/// f64 kernels of the same (f32) inputs, rounded to f32 — this checks that the inputs
+/// are read exactly and the results rounded once, not an f32 computation.
 #[test]
-fn f32_matches_f64() {
+fn f32_kernels_are_the_f64_kernels_rounded() {
     let spec = MlpSpec::new(3)
         .hidden(8, Activation::Erf)
         .hidden(8, Activation::Relu)
         .bias_std(0.1);
-    let x = inputs(6, 3, 4);
-    let k64 = infinite_width(&spec, &x, &x).expect("f64");
-    let k32 = infinite_width(&spec, &x.map(|v| v as f32), &x.map(|v| v as f32)).expect("f32");
-    assert!(rel_err(&k32.ntk, &k64.ntk.map(|v| v as f32)) <= prec::F32_VS_F64);
-    assert!(rel_err(&k32.nngp, &k64.nngp.map(|v| v as f32)) <= prec::F32_VS_F64);
+    let x32 = inputs(6, 3, 4).map(|v| v as f32);
+    let k32 = infinite_width(&spec, &x32, &x32).expect("f32");
+    let k64 = infinite_width(&spec, &x32.map(f64::from), &x32.map(f64::from)).expect("f64");
+    assert_eq!(k32.ntk, k64.ntk.map(|v| v as f32));
+    assert_eq!(k32.nngp, k64.nngp.map(|v| v as f32));
+}
+
+/// Kernels beyond f32's range are an error naming the entry, not ∞.
+#[test]
+fn f32_overflow_is_an_error() {
+    let spec = MlpSpec::new(3).hidden(8, Activation::Relu);
+    let x = inputs(4, 3, 4).map(|v| (v * 1e20) as f32);
+    let err = infinite_width(&spec, &x, &x).expect_err("overflows f32");
+    assert!(err.to_string().contains("f32"), "{err}");
+    // The same inputs in f64 are fine.
+    assert!(infinite_width(&spec, &x.map(f64::from), &x.map(f64::from)).is_ok());
+}
+
+/// Bias-free networks of the ReLU family are positively homogeneous, so
+/// Θ̊(sx, sx̄) = s²Θ̊(x, x̄) and Σ(sx, sx̄) = s²Σ(x, x̄): at s = 1e±100 too.
+#[test]
+fn relu_networks_are_homogeneous_at_extreme_scales() {
+    let x = inputs(5, 3, 21);
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Abs,
+    ] {
+        let spec = MlpSpec::new(3)
+            .hidden(8, act.clone())
+            .hidden(8, act.clone())
+            .weight_std(1.3);
+        let k = infinite_width(&spec, &x, &x).expect("unit scale");
+        for s in [1e-100, 1e100] {
+            let ks = infinite_width(&spec, &x.map(|v| v * s), &x.map(|v| v * s)).expect("scaled");
+            // Compared at unit scale: the Frobenius norm of a 1e200 matrix overflows.
+            let e_ntk = rel_err(&ks.ntk.map(|v| v / s / s), &k.ntk);
+            let e_nngp = rel_err(&ks.nngp.map(|v| v / s / s), &k.nngp);
+            assert!(e_ntk <= 1e-14, "{act:?} NTK at scale {s:e}: {e_ntk:e}");
+            assert!(e_nngp <= 1e-14, "{act:?} NNGP at scale {s:e}: {e_nngp:e}");
+        }
+    }
+}
+
+/// Deep bias-free ReLU networks: at σ_w = 1 each layer halves the variance,
+/// Σ(x, x) = q/2^L and Θ̊(x, x) = (L + 1) q/2^L with q = |x|²/d, representable far
+/// beyond depth 540; at σ_w = 2 it doubles, Σ = 2^L σ_w² q and Θ̊ = (L + 1) Σ, until
+/// that overflows, which is then an error.
+#[test]
+fn deep_relu_networks_give_the_exact_diagonal() {
+    let x = DMatrix::from_row_slice(2, 2, &[1.0, 2.0, -0.5, 0.25]);
+    let q: Vec<f64> = (0..2).map(|i| x.row(i).norm_squared() / 2.0).collect();
+    let deep = |depth: usize, sw: f64| {
+        (0..depth)
+            .fold(MlpSpec::new(2), |s, _| s.hidden(4, Activation::Relu))
+            .weight_std(sw)
+    };
+    for depth in [540, 1000] {
+        let k = infinite_width(&deep(depth, 1.0), &x, &x).expect("representable");
+        for (i, &qi) in q.iter().enumerate() {
+            let sigma = qi * 0.5_f64.powi(depth as i32);
+            let theta = (depth + 1) as f64 * sigma;
+            assert!(
+                (k.nngp[(i, i)] - sigma).abs() <= 1e-12 * sigma,
+                "Σ at depth {depth}"
+            );
+            assert!(
+                (k.ntk[(i, i)] - theta).abs() <= 1e-12 * theta,
+                "Θ̊ at depth {depth}"
+            );
+        }
+    }
+    let k = infinite_width(&deep(520, 2.0), &x, &x).expect("6.9e156 is representable");
+    for (i, &qi) in q.iter().enumerate() {
+        let sigma = 4.0 * qi * 2.0_f64.powi(520);
+        let theta = 521.0 * sigma;
+        assert!((k.nngp[(i, i)] - sigma).abs() <= 1e-12 * sigma);
+        assert!((k.ntk[(i, i)] - theta).abs() <= 1e-12 * theta);
+    }
+    let err = infinite_width(&deep(1100, 2.0), &x, &x).expect_err("2^1100 overflows");
+    assert!(err.to_string().contains("overflows"), "{err}");
+}
+
+/// Erf and GELU at input norms ~1e8 and ~1e9: finite, PSD kernels, and GELU's NTK
+/// diagonal positive (their closed forms used to cancel there).
+#[test]
+fn erf_and_gelu_kernels_at_huge_inputs_are_valid() {
+    let mut x = inputs(6, 3, 22);
+    let near = x.row(0).map(|v| v * (1.0 + 1e-9));
+    x.set_row(2, &near);
+    for (act, scale) in [(Activation::Erf, 1e8), (Activation::Gelu, 1e9)] {
+        let spec = MlpSpec::new(3)
+            .hidden(8, act.clone())
+            .hidden(8, act.clone());
+        let k =
+            infinite_width(&spec, &x.map(|v| v * scale), &x.map(|v| v * scale)).expect("kernels");
+        common::assert_valid_gram(&k.nngp, 0.0);
+        common::assert_valid_gram(&k.ntk, 0.0);
+        assert!((0..6).all(|i| k.ntk[(i, i)] > 0.0), "{act:?}");
+    }
+}
+
+/// One Tanh layer at σ_w = 5 (pre-activation variance 25): the kernels agree with the
+/// independent trapezoidal reference (the fixed 160-point rule was 6% off here).
+#[test]
+fn tanh_kernels_at_large_variance_match_the_reference() {
+    let x = DMatrix::from_row_slice(3, 2, &[1.0, 1.0, 1.4, 0.2, -0.6, 1.3]);
+    let spec = MlpSpec::new(2).hidden(8, Activation::Tanh).weight_std(5.0);
+    let k = infinite_width(&spec, &x, &x).expect("kernels");
+    let gram = &x * x.transpose() * (25.0 / 2.0);
+    for i in 0..3 {
+        for j in 0..3 {
+            let (c, cdot) =
+                trapezoid_moments(&Activation::Tanh, gram[(i, i)], gram[(i, j)], gram[(j, j)]);
+            let nngp = 25.0 * c;
+            let ntk = nngp + 25.0 * cdot * gram[(i, j)];
+            assert!((k.nngp[(i, j)] - nngp).abs() <= 1e-11 * 25.0, "Σ({i}, {j})");
+            assert!((k.ntk[(i, j)] - ntk).abs() <= 1e-11 * 25.0, "Θ̊({i}, {j})");
+        }
+    }
+}
+
+/// A custom φ' that is NaN past |x| > 3 is an error naming the activation and layer.
+#[test]
+fn nan_from_a_custom_activation_is_named() {
+    let bad = Activation::custom(
+        "clipped",
+        |x: f64| x.tanh(),
+        |x: f64| {
+            if x.abs() > 3.0 {
+                f64::NAN
+            } else {
+                1.0 - x.tanh().powi(2)
+            }
+        },
+    );
+    let spec = MlpSpec::new(2).hidden(8, Activation::Relu).hidden(8, bad);
+    let x = DMatrix::from_row_slice(2, 2, &[1.0, 0.5, -0.3, 0.8]);
+    let err = infinite_width(&spec, &x, &x).expect_err("NaN");
+    let message = err.to_string();
+    assert!(
+        message.contains("clipped")
+            && message.contains("hidden layer 2")
+            && message.contains("NaN"),
+        "{message}"
+    );
+    assert!(!message.contains("norm is too large"), "{message}");
 }
 
 /// Θ̊ does not depend on the number of outputs (the full kernel is Θ̊ ⊗ I).
