@@ -12,7 +12,8 @@
 //!    of the same kind, E f(x) for x ~ N(m, σ²). At ρ = ±1 the inner one is a point.
 //! 2. Each 1-D expectation uses the n-point Gauss–Hermite rule x = m + σ zᵢ when σ is
 //!    small enough for it ([`GaussHermite::max_sd`]: φ then varies slowly across the
-//!    rule), and otherwise composite Gauss–Legendre in x on [m − 9σ, m + 9σ], with
+//!    rule; far from 0, where φ's singularities are at least |x| away, larger σ
+//!    qualify), and otherwise composite Gauss–Legendre in x on [m − 9σ, m + 9σ], with
 //!    breakpoints at 0 and ±2ʲ (j ≥ 0) where φ has its features (the kink of the ReLU
 //!    family at 0, the poles of Tanh, Sigmoid and Softplus on the imaginary axis, at
 //!    distance ≥ π/2 from every real point and ≥ |x| from x), each panel cut further to
@@ -196,18 +197,31 @@ pub(crate) fn for_each_node(
         f(mean, 1.0);
         return;
     }
-    if let Some(gh) = rules.for_sd(sd, smoothness.distance) {
+    // The rule sees f on [m − 10σ, m + 10σ]; away from 0, f's singularities are at
+    // least as far as that interval is from 0.
+    let distance = smoothness.distance.max(mean.abs() - 10.0 * sd);
+    if let Some(gh) = rules.for_sd(sd, distance) {
         let (lo, hi) = gh.range_above(min_weight);
         for (&z, &w) in gh.nodes()[lo..hi].iter().zip(&gh.weights()[lo..hi]) {
             f(mean + sd * z, w);
         }
         return;
     }
-    let (t, omega) = legendre();
     let inv_sd = 1.0 / sd;
     let scale = FRAC_1_SQRT_2PI * inv_sd;
     let (lo, hi) = (mean - HALF_WIDTH_SDS * sd, mean + HALF_WIDTH_SDS * sd);
     let max_width = (PANEL_SDS * sd).min(smoothness.max_width);
+    composite_nodes(lo, hi, max_width, fine, |x, w| {
+        let z = (x - mean) * inv_sd;
+        f(x, w * scale * (-0.5 * z * z).exp());
+    });
+}
+
+/// Calls `f(x, w)`, x ascending, for composite Gauss–Legendre on [`lo`, `hi`] with
+/// breakpoints at 0 and ±2ʲ (2ʲ ≥ `fine`, rounded down to a power of two) and panels
+/// at most `max_width` wide: Σ w f(x) ≈ ∫ f.
+fn composite_nodes(lo: f64, hi: f64, max_width: f64, fine: f64, mut f: impl FnMut(f64, f64)) {
+    let (t, omega) = legendre();
     // A power of two, not so small that the grid gets long.
     let fine = 2.0_f64.powi(fine.clamp(1e-12, 1.0).log2().floor() as i32);
     let mut a = lo;
@@ -218,13 +232,53 @@ pub(crate) fn for_each_node(
         for p in 0..pieces as usize {
             let half = 0.5 * h;
             let mid = a + (p as f64 + 0.5) * h;
-            for (&ti, &wi) in t.iter().zip(omega) {
-                let x = mid + half * ti;
-                let z = (x - mean) * inv_sd;
-                f(x, half * wi * scale * (-0.5 * z * z).exp());
+            // The Legendre nodes are stored descending.
+            for (&ti, &wi) in t.iter().zip(omega).rev() {
+                f(mid - half * ti, half * wi);
             }
         }
         a = b;
+    }
+}
+
+/// ψ and ψ' tabulated once per pair on one composite grid that serves the inner
+/// expectation E ψ(μ + s w) at every μ of the outer rule: the Gaussian weight is
+/// applied per μ to the nodes within 9s of it (whole panels, so the rule on each
+/// window is the composite rule of [`for_each_node`] with its panels cut at the same
+/// breakpoints).
+struct InnerGrid {
+    x: Vec<f64>,
+    /// Gauss–Legendre weight × (ψ(x), ψ'(x)).
+    values: Vec<(f64, f64)>,
+}
+
+impl InnerGrid {
+    fn new(lo: f64, hi: f64, s: f64, psi: &Side<impl Fn(f64) -> (f64, f64)>) -> InnerGrid {
+        let (mut x, mut values) = (Vec::new(), Vec::new());
+        let max_width = (PANEL_SDS * s).min(psi.smoothness.max_width);
+        composite_nodes(lo, hi, max_width, 1.0, |v, w| {
+            let (p, d) = (psi.eval)(v);
+            x.push(v);
+            values.push((w * p, w * d));
+        });
+        InnerGrid { x, values }
+    }
+
+    /// (E ψ(μ + s w), E ψ'(μ + s w)).
+    fn expect(&self, mu: f64, s: f64) -> (f64, f64) {
+        let reach = (HALF_WIDTH_SDS + PANEL_SDS) * s;
+        let first = self.x.partition_point(|&v| v < mu - reach);
+        let last = self.x.partition_point(|&v| v <= mu + reach);
+        let inv_s = 1.0 / s;
+        let scale = FRAC_1_SQRT_2PI * inv_s;
+        let (mut g, mut gd) = (0.0, 0.0);
+        for (&v, &(p, d)) in self.x[first..last].iter().zip(&self.values[first..last]) {
+            let z = (v - mu) * inv_s;
+            let w = scale * (-0.5 * z * z).exp();
+            g += w * p;
+            gd += w * d;
+        }
+        (g, gd)
     }
 }
 
@@ -312,23 +366,28 @@ where
     } else {
         1.0
     };
+    // ψ on one grid for every outer node whose inner Gaussian is too wide for a
+    // Gauss–Hermite rule (built on first use).
+    let mut grid: Option<InnerGrid> = None;
+    let reach =
+        kappa.abs() * (HALF_WIDTH_SDS + PANEL_SDS) * sd1 + (2.0 * HALF_WIDTH_SDS + PANEL_SDS) * s;
     let (mut cc, mut cd) = (0.0, 0.0);
     for_each_node(0.0, sd1, outer, fine, PRUNE, rules, |u, wu| {
         let (pu, du) = (phi.eval)(u);
+        let mu = kappa * u;
         let (mut g, mut gd) = (0.0, 0.0);
-        for_each_node(
-            kappa * u,
-            s,
-            psi.smoothness,
-            1.0,
-            PRUNE / wu,
-            rules,
-            |v, wv| {
+        let distance = psi.smoothness.distance.max(mu.abs() - 10.0 * s);
+        if s > 0.0 && rules.for_sd(s, distance).is_none() {
+            (g, gd) = grid
+                .get_or_insert_with(|| InnerGrid::new(-reach, reach, s, psi))
+                .expect(mu, s);
+        } else {
+            for_each_node(mu, s, psi.smoothness, 1.0, PRUNE / wu, rules, |v, wv| {
                 let (pv, dv) = (psi.eval)(v);
                 g += wv * pv;
                 gd += wv * dv;
-            },
-        );
+            });
+        }
         cc += wu * pu * g;
         cd += wu * du * gd;
     });
