@@ -508,7 +508,8 @@ mod calibration {
     fn each_rule_is_accurate_up_to_its_max_sd() {
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let half_pi = std::f64::consts::FRAC_PI_2;
-        let cases: [(&str, f64, &dyn Fn(f64) -> f64); 5] = [
+        type Case<'a> = (&'a str, f64, &'a dyn Fn(f64) -> f64);
+        let cases: [Case<'_>; 5] = [
             ("tanh", half_pi, &|x: f64| x.tanh()),
             ("tanh'", half_pi, &|x: f64| 1.0 - x.tanh().powi(2)),
             ("sigmoid", std::f64::consts::PI, &sigmoid),
