@@ -128,7 +128,7 @@ impl fmt::Display for Activation {
 }
 
 /// 1/√(2π).
-const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 impl Activation {
     /// A custom activation from φ and its derivative φ' (both `f64 -> f64`).

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::mlp::{MlpSpec, Parameterization};
 use crate::parallel;
 
-use super::dual::PairDual;
+use super::dual::{PairDual, Variances};
 use super::quadrature::GaussHermite;
 
 /// Columns per work item.
@@ -45,7 +45,7 @@ pub(crate) struct Plan {
 
 /// Per-sample variances Σ^l(x, x) at every hidden layer.
 struct Stats {
-    q: Vec<Vec<f64>>,
+    q: Vec<Variances>,
 }
 
 /// One Dense layer's weight and bias terms (f64).
@@ -157,7 +157,7 @@ impl Plan {
                 next.push(s);
                 t[i] = ti;
             }
-            qs.push(std::mem::replace(&mut q, next));
+            qs.push(Variances::new(std::mem::replace(&mut q, next)));
         }
         Ok(Stats { q: qs })
     }
@@ -201,7 +201,6 @@ impl Plan {
                     .gemm(1.0, &x1.rows(0, rows), &x2t.columns(j0, cols), 0.0);
                 let mut scratch = Scratch {
                     cdot: vec![0.0; rows],
-                    qj: vec![0.0; rows],
                 };
                 for jj in 0..cols {
                     let j = j0 + jj;
@@ -260,10 +259,9 @@ impl Plan {
             }
         }
         let n = s.len();
-        let (cdot, qj) = (&mut scratch.cdot[..n], &mut scratch.qj[..n]);
+        let cdot = &mut scratch.cdot[..n];
         for (l, layer) in self.hidden.iter().enumerate() {
-            qj.fill(s2.q[l][j]);
-            layer.dual.eval_slice(&s1.q[l][..n], s, qj, cdot);
+            layer.dual.eval_column(&s1.q[l], s, &s2.q[l], j, cdot);
             let update = self.update(layer.width);
             for ((si, ti), &di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
                 update.apply(si, ti, di);
@@ -290,7 +288,8 @@ impl Plan {
             for j in 0..n2 {
                 for i in 0..n1 {
                     let sigma = self.sw2 * prev[(i, j)] + self.sb2;
-                    (next[(i, j)], cd[(i, j)]) = layer.dual.eval(st1.q[l][i], sigma, st2.q[l][j]);
+                    (next[(i, j)], cd[(i, j)]) =
+                        layer.dual.eval(st1.q[l].q()[i], sigma, st2.q[l].q()[j]);
                 }
             }
             c.push(next);
@@ -356,10 +355,9 @@ fn all_finite(values: &[f64]) -> bool {
     })
 }
 
-/// Per-column scratch: Ċ and the column's variance repeated.
+/// Per-column scratch: Ċ.
 struct Scratch {
     cdot: Vec<f64>,
-    qj: Vec<f64>,
 }
 
 /// Copies the strict upper triangle of the square `m` onto the lower, in cache tiles.

@@ -31,7 +31,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::quadrature::GaussHermite;
+use crate::activation::FRAC_1_SQRT_2PI;
+
+use super::quadrature::{GaussHermite, PRUNE};
 
 /// Gauss–Hermite degrees tried, smallest first, up to the configured one.
 const LADDER: [usize; 7] = [24, 32, 48, 64, 96, 128, 192];
@@ -77,9 +79,6 @@ const HALF_WIDTH_SDS: f64 = 9.0;
 
 /// Largest panel width of the composite rule, in standard deviations.
 pub(crate) const PANEL_SDS: f64 = 2.0;
-
-/// 1/√(2π).
-const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// The `LEGENDRE_POINTS`-point Gauss–Legendre rule on [−1, 1]: (nodes, weights).
 fn legendre() -> &'static ([f64; LEGENDRE_POINTS], [f64; LEGENDRE_POINTS]) {
@@ -305,10 +304,6 @@ pub(crate) fn mean_moments(
     );
     (m0, m1)
 }
-
-/// Gauss–Hermite weights below this are dropped: their nodes lie beyond |z| ≈ 9.7,
-/// where the Gaussian density is below round-off.
-const PRUNE: f64 = 1e-22;
 
 /// One side of a pair: `eval(x)` = (φ(x), φ'(x)) and φ's smoothness.
 pub(crate) struct Side<F> {

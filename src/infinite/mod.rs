@@ -296,7 +296,9 @@ pub fn infinite_width_layers<T: Scalar>(
 
 /// `m` as a `DMatrix<T>`, or an error naming the first entry that `T` cannot hold.
 fn to_scalar<T: Scalar>(what: &str, m: DMatrix<f64>) -> Result<DMatrix<T>> {
-    if let Some(k) = m.iter().position(|&v| !T::of(v).is_finite()) {
+    // The engine's results are finite f64: only a narrower T can overflow.
+    let narrower = T::max_value().is_some_and(|max| max.to_f64() < f64::MAX);
+    if narrower && let Some(k) = m.iter().position(|&v| !T::of(v).is_finite()) {
         let n = m.nrows().max(1);
         return Err(crate::Error::InvalidParameter {
             parameter: "x1, x2",

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 /// Product weights w_i w_j below this are dropped from 2-D rules: their nodes lie beyond
 /// |z| ≈ 9.5, where the Gaussian density is below 1e-20 and any integrand of polynomial
 /// growth contributes less than round-off.
-const PRUNE: f64 = 1e-22;
+pub(crate) const PRUNE: f64 = 1e-22;
 
 /// An n-point Gauss–Hermite rule for the standard normal: E f(z) ≈ Σ w_i f(z_i).
 ///
