@@ -9,6 +9,7 @@
 //! x1 = x2 only rows i ≤ j are computed and the lower triangle is mirrored at the end.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nalgebra::{DMatrix, DMatrixViewMut};
 
@@ -22,6 +23,9 @@ use super::quadrature::GaussHermite;
 
 /// Columns per work item.
 const BLOCK_COLS: usize = 32;
+
+/// Rows of a column taken through all layers at once.
+const ROW_CHUNK: usize = 256;
 
 /// One hidden layer: its activation, the activation's dual and its width (the next
 /// Dense layer's n_in).
@@ -185,6 +189,7 @@ impl Plan {
         }
         let x2t = x2.transpose();
         let chunk = n1 * BLOCK_COLS;
+        let first_bad_column = AtomicUsize::new(usize::MAX);
         // Disjoint column blocks of both outputs, one work item each.
         parallel::for_each_chunk_pair(
             nngp.as_mut_slice(),
@@ -199,51 +204,41 @@ impl Plan {
                 let mut gram = DMatrixViewMut::from_slice(s, n1, cols);
                 gram.rows_mut(0, rows)
                     .gemm(1.0, &x1.rows(0, rows), &x2t.columns(j0, cols), 0.0);
-                let mut scratch = Scratch {
-                    cdot: vec![0.0; rows],
-                };
                 for jj in 0..cols {
                     let j = j0 + jj;
                     let len = if symmetric { j + 1 } else { n1 };
                     let col = jj * n1..jj * n1 + len;
-                    self.column(&s1, s2, j, &mut s[col.clone()], &mut t[col], &mut scratch);
+                    self.column(&s1, s2, j, &mut s[col.clone()], &mut t[col.clone()]);
+                    // Checked while the column is in cache.
+                    if !(all_finite(&s[col.clone()]) && all_finite(&t[col])) {
+                        first_bad_column.fetch_min(j, Ordering::Relaxed);
+                    }
                 }
             },
         );
+        let j = first_bad_column.into_inner();
+        if j < n2 {
+            for (what, m) in [("NNGP", &nngp), ("NTK", &ntk)] {
+                if let Some(i) = m.column(j).iter().position(|v| !v.is_finite()) {
+                    return Err(Error::InvalidParameter {
+                        parameter: "x1, x2",
+                        value: format!("the {what} entry ({i}, {j}) = {}", m[(i, j)]),
+                        reason: "the kernel is not finite there although every diagonal \
+                                 entry is: an activation's φ or φ' is NaN or ∞ for some \
+                                 argument",
+                    });
+                }
+            }
+        }
         if symmetric {
             parallel::join(|| mirror_upper(&mut nngp), || mirror_upper(&mut ntk));
-        }
-        for (what, m) in [("NNGP", &nngp), ("NTK", &ntk)] {
-            if !all_finite(m.as_slice())
-                && let Some(k) = m.iter().position(|v| !v.is_finite())
-            {
-                return Err(Error::InvalidParameter {
-                    parameter: "x1, x2",
-                    value: format!(
-                        "the {what} entry ({}, {}) = {}",
-                        k % n1,
-                        k / n1,
-                        m.as_slice()[k]
-                    ),
-                    reason: "the kernel is not finite there although every diagonal \
-                             entry is: an activation's φ or φ' is NaN or ∞ for some argument",
-                });
-            }
         }
         Ok((nngp, ntk))
     }
 
     /// Runs the recursion on column j: `s` holds x1_i · x2_j on entry, Σ(i, j) on exit;
     /// `t` receives Θ̊(i, j).
-    fn column(
-        &self,
-        s1: &Stats,
-        s2: &Stats,
-        j: usize,
-        s: &mut [f64],
-        t: &mut [f64],
-        scratch: &mut Scratch,
-    ) {
+    fn column(&self, s1: &Stats, s2: &Stats, j: usize, s: &mut [f64], t: &mut [f64]) {
         let (sw2, sb2) = (self.sw2, self.sb2);
         let scale = sw2 / self.input_dim;
         if self.standard {
@@ -258,13 +253,21 @@ impl Plan {
                 *ti = *si;
             }
         }
-        let n = s.len();
-        let cdot = &mut scratch.cdot[..n];
-        for (l, layer) in self.hidden.iter().enumerate() {
-            layer.dual.eval_column(&s1.q[l], s, &s2.q[l], j, cdot);
-            let update = self.update(layer.width);
-            for ((si, ti), &di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
-                update.apply(si, ti, di);
+        // Every entry runs all layers on its own: row chunks keep the chunk's C, Ċ, Θ and
+        // the rows' statistics in L1 through the layers.
+        for (k, (s, t)) in s
+            .chunks_mut(ROW_CHUNK)
+            .zip(t.chunks_mut(ROW_CHUNK))
+            .enumerate()
+        {
+            let first = k * ROW_CHUNK;
+            for (l, layer) in self.hidden.iter().enumerate() {
+                let update = self.update(layer.width);
+                layer
+                    .dual
+                    .eval_column_then(&s1.q[l], first, s, &s2.q[l], j, t, |c, cdot, t| {
+                        update.step(c, cdot, t)
+                    });
             }
         }
     }
@@ -331,16 +334,22 @@ struct Update {
 }
 
 impl Update {
-    /// `s` holds C on entry and Σ on exit; `t` holds Θ of the previous layer.
+    /// (Σ, Θ) of this layer from C, Ċ and the previous layer's Θ.
+    #[inline(always)]
+    fn step(self, c: f64, cdot: f64, t: f64) -> (f64, f64) {
+        let s = self.sw2 * c + self.sb2;
+        let t = if self.standard {
+            self.width * c + self.bias + self.sw2 * cdot * t
+        } else {
+            s + self.sw2 * cdot * t
+        };
+        (s, t)
+    }
+
+    /// [`Update::step`] in place: `s` holds C on entry and Σ on exit, `t` Θ.
     #[inline(always)]
     fn apply(self, s: &mut f64, t: &mut f64, cdot: f64) {
-        let c = *s;
-        *s = self.sw2 * c + self.sb2;
-        *t = if self.standard {
-            self.width * c + self.bias + self.sw2 * cdot * *t
-        } else {
-            *s + self.sw2 * cdot * *t
-        };
+        (*s, *t) = self.step(*s, cdot, *t);
     }
 }
 
@@ -353,11 +362,6 @@ fn all_finite(values: &[f64]) -> bool {
             acc | u64::from(v.to_bits() & EXPONENT == EXPONENT)
         }) == 0
     })
-}
-
-/// Per-column scratch: Ċ.
-struct Scratch {
-    cdot: Vec<f64>,
 }
 
 /// Copies the strict upper triangle of the square `m` onto the lower, in cache tiles.
