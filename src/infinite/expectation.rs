@@ -168,6 +168,17 @@ impl Smoothness {
         self.distance <= 0.0
     }
 
+    /// How far from the real line it is analytic as a Gauss–Hermite rule for
+    /// N(`mean`, `sd`²) sees it, on [m − 10σ, m + 10σ]: away from 0 its singularities
+    /// are at least as far as that interval is from 0 (unless it oscillates).
+    fn distance_on(self, mean: f64, sd: f64) -> f64 {
+        if self.max_width.is_finite() {
+            self.distance
+        } else {
+            self.distance.max(mean.abs() - 10.0 * sd)
+        }
+    }
+
     /// The roughness of a product of two.
     fn min(self, other: Smoothness) -> Smoothness {
         Smoothness {
@@ -196,9 +207,7 @@ pub(crate) fn for_each_node(
         f(mean, 1.0);
         return;
     }
-    // The rule sees f on [m − 10σ, m + 10σ]; away from 0, f's singularities are at
-    // least as far as that interval is from 0.
-    let distance = smoothness.distance.max(mean.abs() - 10.0 * sd);
+    let distance = smoothness.distance_on(mean, sd);
     if let Some(gh) = rules.for_sd(sd, distance) {
         let (lo, hi) = gh.range_above(min_weight);
         for (&z, &w) in gh.nodes()[lo..hi].iter().zip(&gh.weights()[lo..hi]) {
@@ -371,7 +380,7 @@ where
         let (pu, du) = (phi.eval)(u);
         let mu = kappa * u;
         let (mut g, mut gd) = (0.0, 0.0);
-        let distance = psi.smoothness.distance.max(mu.abs() - 10.0 * s);
+        let distance = psi.smoothness.distance_on(mu, s);
         if s > 0.0 && rules.for_sd(s, distance).is_none() {
             (g, gd) = grid
                 .get_or_insert_with(|| InnerGrid::new(-reach, reach, s, psi))

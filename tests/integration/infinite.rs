@@ -625,9 +625,8 @@ mod properties {
     proptest! {
         #![proptest_config(config(24))]
 
-        /// Σ and Θ̊ on one batch are symmetric and PSD. (Quadrature kernels are PSD up to
-        /// the quadrature error, which grows with the pre-activation variance: the specs
-        /// keep variances moderate and use 200 nodes.)
+        /// Σ and Θ̊ on one batch are symmetric and PSD (numerically integrated kernels
+        /// up to their ~1e-13 error), at degree 200.
         #[test]
         fn kernels_are_symmetric_and_psd(spec in spec(), n in 2usize..8, seed in 0u64..1000) {
             let x = inputs(n, spec.input_dim(), seed);
