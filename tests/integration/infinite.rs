@@ -642,6 +642,33 @@ mod properties {
     }
 
     proptest! {
+        #![proptest_config(config(12))]
+
+        /// At extreme σ_w (up to 6, the chaotic phase, pre-activation variances in the
+        /// hundreds), σ_b and depths, every kernel is finite, symmetric and PSD.
+        #[test]
+        fn kernels_are_valid_at_extreme_scales(
+            acts in prop::collection::vec(activation(), 1..6),
+            sw in prop_oneof![0.3f64..1.0, 1.0f64..6.0],
+            sb in prop_oneof![Just(0.0), 0.0f64..2.0],
+            scale in prop_oneof![Just(1.0), Just(1e-3), Just(1e3)],
+            n in 2usize..6,
+            seed in 0u64..1000,
+        ) {
+            let spec = acts
+                .into_iter()
+                .fold(MlpSpec::new(3), |s, a| s.hidden(8, a))
+                .weight_std(sw)
+                .bias_std(sb);
+            let x = inputs(n, 3, seed).map(|v| v * scale);
+            let k = infinite_width(&spec, &x, &x).expect("kernels");
+            prop_assert!(k.nngp.iter().chain(k.ntk.iter()).all(|v| v.is_finite()));
+            common::assert_valid_gram(&k.nngp, 0.0);
+            common::assert_valid_gram(&k.ntk, 0.0);
+        }
+    }
+
+    proptest! {
         #![proptest_config(config(32))]
 
         /// Closed forms against 2-D Gauss–Hermite quadrature: tightly for the smooth
