@@ -4,9 +4,11 @@
 //! The recursion at entry (i, j) needs only x1_i · x2_j and the per-sample variances
 //! Σ^l(x, x) of every layer, which are computed first (O(N L)). Each column block of
 //! the outputs is then filled by one GEMM (the Gram block, written straight into the
-//! NNGP output) and one in-place sweep per layer over each column: no per-entry
-//! allocation, one pass over memory, and tight loops the compiler can vectorise. When
-//! x1 = x2 only rows i ≤ j are computed and the lower triangle is mirrored at the end.
+//! NNGP output) and, for each column in chunks of rows that stay in L1, one in-place
+//! sweep per layer ([`PairDual::eval_column_then`]: C, Ċ and the Σ/Θ update in one
+//! loop that vectorises for the ReLU family): no per-entry allocation and one pass over
+//! memory. When x1 = x2 only rows i ≤ j are computed and the lower triangle is
+//! mirrored at the end. Disjoint column blocks go to rayon's `par_chunks_mut`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
