@@ -69,7 +69,7 @@ impl GaussHermite {
     /// | custom (swish, x σ(x)) | 1e-15 | 1e-15 | 1e-15 | 1e-15 | 3e-15 | 6e-15 | 2e-14 |
     ///
     /// (At 1e4 the reference's own summation error, ~1e-14, dominates.) The fixed
-    /// 160-point tensor rule ([`quadrature`](crate::infinite::quadrature)) is off by 6%
+    /// 160-point tensor rule ([`quadrature`](fn@crate::infinite::quadrature)) is off by 6%
     /// for Tanh at variance 25 and by 59% at 100. The accuracy assumes φ is smooth
     /// away from 0 on the scale of |x| (singularities at distance ≥ ~1 from the real
     /// line, and ≥ ~|x| from large x), as every common activation is; a kink at 0 (as in
