@@ -86,6 +86,12 @@ impl CustomActivation {
     pub fn derivative(&self, x: f64) -> f64 {
         (self.derivative)(x)
     }
+
+    /// Whether `other` shares this activation's φ and φ' closures (clones of one
+    /// [`Activation::custom`]): then it is the same function.
+    pub(crate) fn same_functions(&self, other: &CustomActivation) -> bool {
+        Arc::ptr_eq(&self.phi, &other.phi) && Arc::ptr_eq(&self.derivative, &other.derivative)
+    }
 }
 
 impl fmt::Debug for CustomActivation {
@@ -122,7 +128,7 @@ impl fmt::Display for Activation {
 }
 
 /// 1/√(2π).
-const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 impl Activation {
     /// A custom activation from φ and its derivative φ' (both `f64 -> f64`).

@@ -4,35 +4,36 @@
 //! The recursion at entry (i, j) needs only x1_i · x2_j and the per-sample variances
 //! Σ^l(x, x) of every layer, which are computed first (O(N L)). Each column block of
 //! the outputs is then filled by one GEMM (the Gram block, written straight into the
-//! NNGP output) and one in-place sweep per layer over each column: no per-entry
-//! allocation, one pass over memory, and tight loops the compiler can vectorise. When
-//! x1 = x2 only rows i ≤ j are computed and the lower triangle is mirrored at the end.
+//! NNGP output) and, for each column in chunks of rows that stay in L1, one in-place
+//! sweep per layer ([`PairDual::eval_column_then`]: C, Ċ and the Σ/Θ update in one
+//! loop that vectorises for the ReLU family): no per-entry allocation and one pass over
+//! memory. When x1 = x2 only rows i ≤ j are computed and the lower triangle is
+//! mirrored at the end. Disjoint column blocks go to rayon's `par_chunks_mut`.
 
-use std::f64::consts::PI;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nalgebra::{DMatrix, DMatrixViewMut};
 
+use crate::activation::Activation;
 use crate::error::{Error, Result};
 use crate::mlp::{MlpSpec, Parameterization};
 use crate::parallel;
 
-use super::dual::{Dual, erf_moments, gelu_moments, quadrature_moments, sin_moments};
-use super::fastmath;
+use super::dual::{PairDual, Variances};
 use super::quadrature::GaussHermite;
-
-/// 1/(2π).
-const INV_2PI: f64 = 0.5 * std::f64::consts::FRAC_1_PI;
 
 /// Columns per work item.
 const BLOCK_COLS: usize = 32;
 
-/// A work item: the first column j0 and the NNGP and NTK storage of its columns.
-type Block<'a> = (usize, &'a mut [f64], &'a mut [f64]);
+/// Rows of a column taken through all layers at once.
+const ROW_CHUNK: usize = 256;
 
-/// One hidden layer: its activation's dual and its width (the next Dense layer's n_in).
+/// One hidden layer: its activation, the activation's dual and its width (the next
+/// Dense layer's n_in).
 struct Hidden {
-    dual: Dual,
+    activation: Activation,
+    dual: PairDual,
     width: f64,
 }
 
@@ -48,12 +49,9 @@ pub(crate) struct Plan {
     bias_ntk: f64,
 }
 
-/// Per-sample variances Σ^l(x, x) at every hidden layer, their square roots and the
-/// reciprocals of those (0 for a zero variance).
+/// Per-sample variances Σ^l(x, x) at every hidden layer.
 struct Stats {
-    q: Vec<Vec<f64>>,
-    sd: Vec<Vec<f64>>,
-    inv_sd: Vec<Vec<f64>>,
+    q: Vec<Variances>,
 }
 
 impl Plan {
@@ -65,7 +63,8 @@ impl Plan {
                 .hidden_layers()
                 .iter()
                 .map(|(w, act)| Hidden {
-                    dual: Dual::new(act, rule),
+                    activation: act.clone(),
+                    dual: PairDual::new(act, act, rule),
                     width: *w as f64,
                 })
                 .collect(),
@@ -81,47 +80,86 @@ impl Plan {
         }
     }
 
-    /// Σ^l(x, x) for every row of `x` and hidden layer l.
+    /// The update of one Dense layer reading hidden layer `layer`'s C and Ċ.
+    fn update(&self, width: f64) -> Update {
+        Update {
+            sw2: self.sw2,
+            sb2: self.sb2,
+            standard: self.standard,
+            width,
+            bias: self.bias_ntk,
+        }
+    }
+
+    /// Σ^l(x, x) for every row of `x` and hidden layer l, checking on the way that
+    /// Σ(x, x) and Θ̊(x, x) stay finite through every layer (off-diagonal entries are
+    /// bounded by the diagonal ones, |K(x, x̄)| ≤ √(K(x, x) K(x̄, x̄))).
     fn stats(&self, x: &DMatrix<f64>, argument: &'static str) -> Result<Stats> {
         let n = x.nrows();
-        let mut q: Vec<f64> = (0..n)
-            .map(|i| self.sw2 * x.row(i).norm_squared() / self.input_dim + self.sb2)
-            .collect();
-        let mut qs = Vec::with_capacity(self.hidden.len());
-        for layer in &self.hidden {
-            if let Some(i) = q.iter().position(|v| !v.is_finite()) {
+        let scale = self.sw2 / self.input_dim;
+        let mut q: Vec<f64> = Vec::with_capacity(n);
+        let mut t: Vec<f64> = Vec::with_capacity(n);
+        for i in 0..n {
+            let norm2 = x.row(i).norm_squared();
+            let qi = scale * norm2 + self.sb2;
+            q.push(qi);
+            t.push(if self.standard {
+                norm2 + self.bias_ntk
+            } else {
+                qi
+            });
+            if !(qi.is_finite() && t[i].is_finite()) {
                 return Err(Error::InvalidParameter {
                     parameter: argument,
-                    value: format!("row {i}"),
-                    reason: "the kernel overflows f64 at this input (its norm is too large)",
+                    value: format!("row {i} (|x|² = {norm2:e}, Σ¹(x, x) = {qi:e})"),
+                    reason: "the first layer's variance σ_w²|x|²/d + σ_b² overflows f64: \
+                             the input's norm (or σ_w) is too large",
                 });
             }
-            let next = q
-                .iter()
-                .map(|&v| self.sw2 * layer.dual.eval(v, v, v).phi + self.sb2)
-                .collect();
-            qs.push(std::mem::replace(&mut q, next));
         }
-        if let Some(i) = q.iter().position(|v| !v.is_finite()) {
-            return Err(Error::InvalidParameter {
-                parameter: argument,
-                value: format!("row {i}"),
-                reason: "the kernel overflows f64 at this input (its norm is too large)",
-            });
+        let mut qs = Vec::with_capacity(self.hidden.len());
+        for (l, layer) in self.hidden.iter().enumerate() {
+            let update = self.update(layer.width);
+            let mut next = Vec::with_capacity(n);
+            for i in 0..n {
+                let (c, cdot) = layer.dual.eval(q[i], q[i], q[i]);
+                if c.is_nan() || cdot.is_nan() {
+                    return Err(Error::InvalidParameter {
+                        parameter: "activation",
+                        value: format!(
+                            "{} at hidden layer {} (row {i} of {argument}, variance {:e}): \
+                             E φφ = {c}, E φ'φ' = {cdot}",
+                            layer.activation,
+                            l + 1,
+                            q[i]
+                        ),
+                        reason: "the Gaussian expectations are NaN: φ or φ' returns NaN \
+                                 (or ∞ − ∞) for some argument",
+                    });
+                }
+                let (mut s, mut ti) = (c, t[i]);
+                update.apply(&mut s, &mut ti, cdot);
+                if !(s.is_finite() && ti.is_finite()) {
+                    return Err(Error::InvalidParameter {
+                        parameter: argument,
+                        value: format!(
+                            "row {i}: Σ(x, x) = {s:e}, Θ̊(x, x) = {ti:e} after hidden layer {} \
+                             ({}, σ_w² = {:e}, variance in {:e})",
+                            l + 1,
+                            layer.activation,
+                            self.sw2,
+                            q[i]
+                        ),
+                        reason: "the kernel overflows f64 (the input's norm, σ_w or the \
+                                 depth is too large for the kernel to be representable)",
+                    });
+                }
+                next.push(s);
+                t[i] = ti;
+            }
+            qs.push(Variances::new(std::mem::replace(&mut q, next)));
         }
-        let sd: Vec<Vec<f64>> = qs
-            .iter()
-            .map(|q| q.iter().map(|v| v.sqrt()).collect())
-            .collect();
-        let inv_sd = sd
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 })
-                    .collect()
-            })
-            .collect();
-        Ok(Stats { q: qs, sd, inv_sd })
+        Ok(Stats { q: qs })
     }
 
     /// Σ and Θ̊ between the rows of `x1` and `x2` (`None`: x2 = x1).
@@ -147,61 +185,56 @@ impl Plan {
         }
         let x2t = x2.transpose();
         let chunk = n1 * BLOCK_COLS;
-        // Disjoint column chunks of both outputs, one per work item; each Mutex is locked
-        // once, by the one worker that takes the item (it only hands out the `&mut`).
-        let blocks: Vec<Mutex<Block<'_>>> = nngp
-            .as_mut_slice()
-            .chunks_mut(chunk)
-            .zip(ntk.as_mut_slice().chunks_mut(chunk))
-            .enumerate()
-            .map(|(b, (s, t))| Mutex::new((b * BLOCK_COLS, s, t)))
-            .collect();
-        parallel::for_each(&blocks, |block| {
-            let mut guard = block.lock().unwrap_or_else(|e| e.into_inner());
-            let (j0, s, t) = &mut *guard;
-            let j0 = *j0;
-            let cols = s.len() / n1;
-            let rows = if symmetric { (j0 + cols).min(n1) } else { n1 };
-            // Gram block x1[..rows] · x2[j0..j0+cols]ᵀ, written into the NNGP output.
-            let mut gram = DMatrixViewMut::from_slice(s, n1, cols);
-            gram.rows_mut(0, rows)
-                .gemm(1.0, &x1.rows(0, rows), &x2t.columns(j0, cols), 0.0);
-            let mut scratch = vec![0.0; rows];
-            for jj in 0..cols {
-                let j = j0 + jj;
-                let len = if symmetric { j + 1 } else { n1 };
-                let col = jj * n1..jj * n1 + len;
-                self.column(
-                    &s1,
-                    s2,
-                    j,
-                    &mut s[col.clone()],
-                    &mut t[col],
-                    &mut scratch[..len],
-                );
+        let first_bad_column = AtomicUsize::new(usize::MAX);
+        // Disjoint column blocks of both outputs, one work item each.
+        parallel::for_each_chunk_pair(
+            nngp.as_mut_slice(),
+            chunk,
+            ntk.as_mut_slice(),
+            chunk,
+            |b, s, t| {
+                let j0 = b * BLOCK_COLS;
+                let cols = s.len() / n1;
+                let rows = if symmetric { (j0 + cols).min(n1) } else { n1 };
+                // Gram block x1[..rows] · x2[j0..j0+cols]ᵀ, written into the NNGP output.
+                let mut gram = DMatrixViewMut::from_slice(s, n1, cols);
+                gram.rows_mut(0, rows)
+                    .gemm(1.0, &x1.rows(0, rows), &x2t.columns(j0, cols), 0.0);
+                for jj in 0..cols {
+                    let j = j0 + jj;
+                    let len = if symmetric { j + 1 } else { n1 };
+                    let col = jj * n1..jj * n1 + len;
+                    self.column(&s1, s2, j, &mut s[col.clone()], &mut t[col.clone()]);
+                    // Checked while the column is in cache.
+                    if !(all_finite(&s[col.clone()]) && all_finite(&t[col])) {
+                        first_bad_column.fetch_min(j, Ordering::Relaxed);
+                    }
+                }
+            },
+        );
+        let j = first_bad_column.into_inner();
+        if j < n2 {
+            for (what, m) in [("NNGP", &nngp), ("NTK", &ntk)] {
+                if let Some(i) = m.column(j).iter().position(|v| !v.is_finite()) {
+                    return Err(Error::InvalidParameter {
+                        parameter: "x1, x2",
+                        value: format!("the {what} entry ({i}, {j}) = {}", m[(i, j)]),
+                        reason: "the kernel is not finite there although every diagonal \
+                                 entry is: an activation's φ or φ' is NaN or ∞ for some \
+                                 argument",
+                    });
+                }
             }
-        });
-        drop(blocks);
+        }
         if symmetric {
-            let both = [Mutex::new(&mut nngp), Mutex::new(&mut ntk)];
-            parallel::for_each(&both, |m| {
-                mirror_upper(&mut m.lock().unwrap_or_else(|e| e.into_inner()));
-            });
+            parallel::join(|| mirror_upper(&mut nngp), || mirror_upper(&mut ntk));
         }
         Ok((nngp, ntk))
     }
 
     /// Runs the recursion on column j: `s` holds x1_i · x2_j on entry, Σ(i, j) on exit;
     /// `t` receives Θ̊(i, j).
-    fn column(
-        &self,
-        s1: &Stats,
-        s2: &Stats,
-        j: usize,
-        s: &mut [f64],
-        t: &mut [f64],
-        cdot: &mut [f64],
-    ) {
+    fn column(&self, s1: &Stats, s2: &Stats, j: usize, s: &mut [f64], t: &mut [f64]) {
         let (sw2, sb2) = (self.sw2, self.sb2);
         let scale = sw2 / self.input_dim;
         if self.standard {
@@ -216,34 +249,21 @@ impl Plan {
                 *ti = *si;
             }
         }
-        for (l, layer) in self.hidden.iter().enumerate() {
-            let n = s.len();
-            let update = Update {
-                sw2,
-                sb2,
-                standard: self.standard,
-                width: layer.width,
-                bias: self.bias_ntk,
-            };
-            match &layer.dual {
-                Dual::ArcCos { a, b, d0 } => arccos_column(
-                    (*a, *b, *d0),
-                    Side {
-                        q: &s1.q[l][..n],
-                        sd: &s1.sd[l][..n],
-                        inv_sd: &s1.inv_sd[l][..n],
-                    },
-                    (s2.q[l][j], s2.sd[l][j], s2.inv_sd[l][j]),
-                    s,
-                    t,
-                    update,
-                ),
-                dual => {
-                    dual_column(dual, &s1.q[l][..n], s2.q[l][j], s, cdot);
-                    for ((si, ti), &di) in s.iter_mut().zip(t.iter_mut()).zip(cdot.iter()) {
-                        update.apply(si, ti, di);
-                    }
-                }
+        // Every entry runs all layers on its own: row chunks keep the chunk's C, Ċ, Θ and
+        // the rows' statistics in L1 through the layers.
+        for (k, (s, t)) in s
+            .chunks_mut(ROW_CHUNK)
+            .zip(t.chunks_mut(ROW_CHUNK))
+            .enumerate()
+        {
+            let first = k * ROW_CHUNK;
+            for (l, layer) in self.hidden.iter().enumerate() {
+                let update = self.update(layer.width);
+                layer
+                    .dual
+                    .eval_column_then(&s1.q[l], first, s, &s2.q[l], j, t, |c, cdot, t| {
+                        update.step(c, cdot, t)
+                    });
             }
         }
     }
@@ -261,97 +281,34 @@ struct Update {
 }
 
 impl Update {
-    /// `s` holds C on entry and Σ on exit; `t` holds Θ of the previous layer.
+    /// (Σ, Θ) of this layer from C, Ċ and the previous layer's Θ.
+    #[inline(always)]
+    fn step(self, c: f64, cdot: f64, t: f64) -> (f64, f64) {
+        let s = self.sw2 * c + self.sb2;
+        let t = if self.standard {
+            self.width * c + self.bias + self.sw2 * cdot * t
+        } else {
+            s + self.sw2 * cdot * t
+        };
+        (s, t)
+    }
+
+    /// [`Update::step`] in place: `s` holds C on entry and Σ on exit, `t` Θ.
     #[inline(always)]
     fn apply(self, s: &mut f64, t: &mut f64, cdot: f64) {
-        let c = *s;
-        *s = self.sw2 * c + self.sb2;
-        *t = if self.standard {
-            self.width * c + self.bias + self.sw2 * cdot * *t
-        } else {
-            *s + self.sw2 * cdot * *t
-        };
+        (*s, *t) = self.step(*s, cdot, *t);
     }
 }
 
-/// The rows' per-sample statistics at one layer.
-struct Side<'a> {
-    q: &'a [f64],
-    sd: &'a [f64],
-    inv_sd: &'a [f64],
-}
-
-/// One arc-cosine layer on one column, fused with the update: `s` holds Σ(i, j) on
-/// entry and the next layer's Σ on exit, `t` the NTK. Straight-line code (selects, no
-/// calls, no division or per-entry square root of the variances) so that the loop
-/// vectorises.
-#[inline(never)]
-fn arccos_column(
-    (a, b, d0): (f64, f64, f64),
-    rows: Side<'_>,
-    (qj, sdj, inv_sdj): (f64, f64, f64),
-    s: &mut [f64],
-    t: &mut [f64],
-    update: Update,
-) {
-    let (k1, k2) = (a * a + b * b, 2.0 * a * b);
-    let mean = 0.5 * (a + b);
-    let side_j = if qj > 0.0 { mean } else { d0 };
-    let n = s.len();
-    let (q, sd, inv_sd) = (&rows.q[..n], &rows.sd[..n], &rows.inv_sd[..n]);
-    let t = &mut t[..n];
-    for i in 0..n {
-        let std = sd[i] * sdj;
-        let rho = fastmath::correlation(s[i] * (inv_sd[i] * inv_sdj));
-        let theta = fastmath::acos(rho);
-        let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
-        let c = std * INV_2PI * (k1 * (sin + (PI - theta) * rho) - k2 * (sin - theta * rho));
-        let d = INV_2PI * (k1 * (PI - theta) + k2 * theta);
-        let side_i = if q[i] > 0.0 { mean } else { d0 };
-        let cdot = if std > 0.0 { d } else { side_i * side_j };
-        s[i] = c;
-        update.apply(&mut s[i], &mut t[i], cdot);
-    }
-}
-
-/// C and Ċ for one column: `c` holds the covariances Σ(i, j) on entry and C on exit;
-/// `cdot` receives Ċ. `q` are the rows' variances, `qj` the column's.
-fn dual_column(dual: &Dual, q: &[f64], qj: f64, c: &mut [f64], cdot: &mut [f64]) {
-    match dual {
-        Dual::ArcCos { .. } => {
-            for ((ci, di), &qi) in c.iter_mut().zip(cdot.iter_mut()).zip(q) {
-                let m = dual.eval(qi, *ci, qj);
-                *ci = m.phi;
-                *di = m.derivative;
-            }
-        }
-        Dual::Identity => cdot.fill(1.0),
-        Dual::Erf => apply(q, qj, c, cdot, erf_moments),
-        Dual::Sin => apply(q, qj, c, cdot, sin_moments),
-        Dual::Gelu => apply(q, qj, c, cdot, gelu_moments),
-        Dual::Quadrature { activation, rule } => {
-            for ((ci, di), &qi) in c.iter_mut().zip(cdot.iter_mut()).zip(q) {
-                let m = quadrature_moments(activation, qi, *ci, qj, rule);
-                *ci = m.phi;
-                *di = m.derivative;
-            }
-        }
-    }
-}
-
-#[inline]
-fn apply(
-    q: &[f64],
-    qj: f64,
-    c: &mut [f64],
-    cdot: &mut [f64],
-    f: impl Fn(f64, f64, f64) -> (f64, f64),
-) {
-    for ((ci, di), &qi) in c.iter_mut().zip(cdot.iter_mut()).zip(q) {
-        let (phi, d) = f(qi, *ci, qj);
-        *ci = phi;
-        *di = d;
-    }
+/// Whether every entry is finite: a test of the exponent bits that vectorises, unlike
+/// a search for the first non-finite entry.
+fn all_finite(values: &[f64]) -> bool {
+    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+    values.chunks(256).all(|chunk| {
+        chunk.iter().fold(0_u64, |acc, v| {
+            acc | u64::from(v.to_bits() & EXPONENT == EXPONENT)
+        }) == 0
+    })
 }
 
 /// Copies the strict upper triangle of the square `m` onto the lower, in cache tiles.

@@ -23,9 +23,9 @@
 //!
 //! The network's kernels are Σ = Σ^{L+1} and Θ̊ = Θ^{L+1}; with k outputs they are
 //! Σ ⊗ I_k and Θ̊ ⊗ I_k, and this module returns the N1 × N2 factors. C and Ċ come in
-//! closed form for ReLU, LeakyReLU, Abs, Erf, Identity, Sin and GELU, and from 2-D
-//! Gauss–Hermite quadrature for every other activation (see [`closed_form`] and
-//! [`GaussHermite`]).
+//! closed form for ReLU, LeakyReLU, Abs, Erf, Identity, Sin and GELU, and from
+//! numerical integration accurate at any variance for every other activation (see
+//! [`closed_form`], [`gaussian_moments`] and [`GaussHermite`]).
 //!
 //! Unrolling the recursion splits Θ̊ into the limits of each layer's share of the
 //! empirical NTK (what [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels)
@@ -55,8 +55,8 @@ mod architecture;
 mod convergence;
 mod dual;
 mod engine;
+mod expectation;
 mod fastmath;
-mod pair_tmp;
 mod program;
 mod quadrature;
 mod tape;
@@ -130,8 +130,12 @@ impl InfiniteWidth {
         })
     }
 
-    /// Uses an n-point Gauss–Hermite rule (per dimension) for activations without a
-    /// closed form. The cost per kernel entry grows like n².
+    /// Uses Gauss–Hermite rules of at most n points (per dimension) for activations
+    /// without a closed form, where the pre-activation variance is small enough for
+    /// them to be accurate, and composite Gauss–Legendre elsewhere (see
+    /// [`GaussHermite::DEFAULT_DEGREE`]). The accuracy is the same at every degree; a
+    /// larger n uses Gauss–Hermite at larger variances (the cheaper rule there) at a
+    /// cost per kernel entry that grows like n.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] unless
@@ -170,7 +174,7 @@ impl InfiniteWidth {
         }
     }
 
-    /// The quadrature rule used for activations without a closed form.
+    /// The largest Gauss–Hermite rule used for activations without a closed form.
     #[must_use]
     pub fn rule(&self) -> &GaussHermite {
         &self.rule
@@ -185,13 +189,17 @@ impl InfiniteWidth {
 
     /// Σ and Θ̊ between the rows of `x1` (N1 × d) and `x2` (N2 × d).
     ///
-    /// Computed in f64 (and rounded to `T`). When `x1 == x2` only the upper triangle
-    /// is computed and the rest mirrored.
+    /// Computed in f64 and rounded to `T`: f32 users get the f64 kernels to f32's
+    /// precision. When `x1 == x2` only the upper triangle is computed and the rest
+    /// mirrored.
     ///
     /// # Errors
-    /// If `x1` or `x2` does not have d columns or has NaN or infinite entries, if
-    /// the kernel overflows f64 (inputs of enormous norm), or, for a program, if a
-    /// nonlinearity acts on a vector that is not Gaussian in the limit.
+    /// If `x1` or `x2` does not have d columns or has NaN or infinite entries; if the
+    /// kernel overflows f64 (inputs of enormous norm, a huge σ_w or depth; the message
+    /// names the row and layer) or `T` (e.g. f32 beyond 3.4e38); or if an activation's
+    /// Gaussian expectations are NaN (a custom φ or φ' that returns NaN; the message
+    /// names the activation and layer); or, for a program,
+    /// if a nonlinearity acts on a vector that is not Gaussian in the limit.
     pub fn kernels<T: Scalar>(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Kernels<T>> {
         check_inputs(self.input_dim(), x1, x2)?;
         let x1f = to_f64(x1);
@@ -211,8 +219,8 @@ impl InfiniteWidth {
             }
         };
         Ok(Kernels {
-            nngp: from_f64(&nngp),
-            ntk: from_f64(&ntk),
+            nngp: to_scalar("NNGP", nngp)?,
+            ntk: to_scalar("NTK", ntk)?,
         })
     }
 
@@ -267,13 +275,15 @@ impl InfiniteWidth {
             }
             _ => groups,
         };
-        Ok(layers
+        layers
             .into_iter()
-            .map(|(weights, bias)| LayerKernel {
-                weights: from_f64(&weights),
-                bias: bias.as_ref().map(from_f64),
+            .map(|(weights, bias)| {
+                Ok(LayerKernel {
+                    weights: to_scalar("layer weight term", weights)?,
+                    bias: bias.map(|b| to_scalar("layer bias term", b)).transpose()?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -304,12 +314,11 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
 /// [`InfiniteWidth::quadrature_degree`].
 ///
 /// Accuracy: closed-form layers are exact to round-off (≤ 6e-16 relative against
-/// neural-tangents). Quadrature layers are accurate to about 1e-8 while their
-/// pre-activation variances Σ^l(x, x) stay below ~2 for Tanh (below ~8 for Sigmoid;
-/// Softplus and smooth custom φ of polynomial growth converge faster); the error, and
-/// with it any departure from positive semi-definiteness, grows with the variance, so
-/// standardise inputs or raise the degree (see the table at
-/// [`GaussHermite::DEFAULT_DEGREE`]).
+/// neural-tangents), in forms that stay accurate from tiny to huge input norms.
+/// Activations without a closed form (Tanh, Sigmoid, Softplus, custom φ) are
+/// integrated to about 1e-13 relative at any pre-activation variance (see the table at
+/// [`GaussHermite::DEFAULT_DEGREE`]), for φ smooth away from 0 on the scale of |x|, as
+/// every common activation is.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
@@ -399,6 +408,28 @@ pub fn infinite_width_layers<T: Scalar, A: Architecture + ?Sized>(
     x2: &DMatrix<T>,
 ) -> Result<Vec<LayerKernel<T>>> {
     InfiniteWidth::new(architecture)?.layer_kernels(x1, x2)
+}
+
+/// `m` as a `DMatrix<T>`, or an error naming the first entry that `T` cannot hold.
+fn to_scalar<T: Scalar>(what: &str, m: DMatrix<f64>) -> Result<DMatrix<T>> {
+    // The engine's results are finite f64: only a narrower T can overflow.
+    let narrower = T::max_value().is_some_and(|max| max.to_f64() < f64::MAX);
+    if narrower && let Some(k) = m.iter().position(|&v| !T::from_f64_lossy(v).is_finite()) {
+        let n = m.nrows().max(1);
+        return Err(crate::Error::InvalidParameter {
+            parameter: "x1, x2",
+            value: format!(
+                "the {what} entry ({}, {}) = {:e} does not fit in {}",
+                k % n,
+                k / n,
+                m.as_slice()[k],
+                std::any::type_name::<T>()
+            ),
+            reason: "the kernel overflows the scalar type: compute in f64 or scale the \
+                     inputs down",
+        });
+    }
+    Ok(from_f64(&m))
 }
 
 /// `m` in f64.

@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, DMatrixViewMut};
 
 use crate::activation::Activation;
 
-use super::pair_tmp::{PairDual, mean_derivative};
+use super::dual::{PairDual, mean_derivative};
 use super::quadrature::GaussHermite;
 
 /// A value the compiler refers to.

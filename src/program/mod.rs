@@ -739,7 +739,9 @@ impl Program {
                 }
                 c
             }
-            Op::Apply { activation, input } => activation.elementwise(&self.fixed_value(*input, x, memo)),
+            Op::Apply { activation, input } => {
+                activation.elementwise(&self.fixed_value(*input, x, memo))
+            }
             Op::Dense { .. } | Op::AddBias { .. } | Op::LayerNorm { .. } | Op::Attend { .. } => {
                 unreachable!("dense, bias, layer-norm and attention outputs have hidden width")
             }

@@ -167,7 +167,9 @@ impl<T: Scalar> ProgramNetwork<T> {
                     h
                 }
                 Op::Add(parts) => sum_of(parts, &values),
-                Op::Mean(parts) => sum_of(parts, &values) * T::from_f64_lossy(1.0 / parts.len() as f64),
+                Op::Mean(parts) => {
+                    sum_of(parts, &values) * T::from_f64_lossy(1.0 / parts.len() as f64)
+                }
                 Op::Concat(parts) => {
                     let cols = parts.iter().map(|&p| values[p].ncols()).sum();
                     let mut c = DMatrix::<T>::zeros(n, cols);

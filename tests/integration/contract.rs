@@ -329,10 +329,9 @@ fn group_sizes(tangents: &[LayerTangent<f64>], k: usize) -> Result<Vec<(usize, u
             })),
             LayerTangent::Jacobian(j) => Ok((j.ncols(), 0)),
             // A bias on its own: no weight term, n_out bias parameters.
-            LayerTangent::Bias { output_grads, .. } => Ok((
-                0,
-                output_grads.first().map_or(0, |g| g.ncols() / k.max(1)),
-            )),
+            LayerTangent::Bias { output_grads, .. } => {
+                Ok((0, output_grads.first().map_or(0, |g| g.ncols() / k.max(1))))
+            }
             other => Err(violation(
                 "layer_tangents",
                 format!("a tangent kind the contract does not know: {other:?}"),

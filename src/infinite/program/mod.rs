@@ -58,7 +58,7 @@ use crate::error::{Error, Result};
 use crate::parallel;
 use crate::program::Program;
 
-use super::pair_tmp::{PairDual, mean_derivative, same_activation};
+use super::dual::{PairDual, mean_derivative, same_activation};
 use super::quadrature::GaussHermite;
 use super::tape::{Entries, Env, Kind, Runnable, Src, Tape, Val};
 use forms::{Atom, BAtom, Form, Gauss, Interner, Lin, SampleScalar};
