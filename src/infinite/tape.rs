@@ -764,17 +764,8 @@ impl Runnable {
                     for &(c, a, b) in terms {
                         let a = &arena[a as usize][..len];
                         match b {
-                            None => {
-                                for (o, &x) in o_s.iter_mut().zip(a) {
-                                    *o += c * x;
-                                }
-                            }
-                            Some(b) => {
-                                let b = &arena[b as usize][..len];
-                                for ((o, &x), &y) in o_s.iter_mut().zip(a).zip(b) {
-                                    *o += c * x * y;
-                                }
-                            }
+                            None => add_scaled(o_s, c, a),
+                            Some(b) => add_product(o_s, c, a, &arena[b as usize][..len]),
                         }
                     }
                     arena[*out as usize] = o;
@@ -902,6 +893,28 @@ impl Runnable {
                 }
             }
         }
+    }
+}
+
+/// o += c·a, multiversioned (AVX-512, AVX2, baseline; the same IEEE results).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn add_scaled(o: &mut [f64], c: f64, a: &[f64]) {
+    for (o, &x) in o.iter_mut().zip(a) {
+        *o += c * x;
+    }
+}
+
+/// o += c·a·b, multiversioned like [`add_scaled`].
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn add_product(o: &mut [f64], c: f64, a: &[f64], b: &[f64]) {
+    for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+        *o += c * x * y;
     }
 }
 
