@@ -230,3 +230,42 @@ fn finite_transformers_converge_at_rate_one_over_root_width() {
         study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
     );
 }
+
+/// LayerNorm of a vector that is not Gaussian in the limit (a nonlinearity's output,
+/// whose mean over the coordinates does not vanish) has no reduction: an error naming
+/// the variables, while the finite network works. Malformed attention is an error.
+#[test]
+fn layer_norm_of_a_non_gaussian_vector_and_bad_attention_are_errors() {
+    let mut p = Program::new(4);
+    let x = p.input(0..2).unwrap();
+    let w = p.weight(1.0).unwrap();
+    let h = p.dense(w, x).unwrap();
+    let z = p.apply(Activation::Relu, h).unwrap();
+    let n = p.layer_norm(z).unwrap();
+    p.output(n, 1.0).unwrap();
+    let xs = common::inputs(3, 4, 1);
+    let err = infinite_width(&p, &xs, &xs).unwrap_err().to_string();
+    assert!(
+        err.contains("LayerNorm") && err.contains(&format!("variable {}", z.index())),
+        "{err}"
+    );
+    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    assert!(empirical_ntk(&net, &xs, &xs).is_ok());
+
+    let mut q = Program::new(4);
+    let a = q.input(0..2).unwrap();
+    let w = q.weight(1.0).unwrap();
+    let k = q.dense(w, a).unwrap();
+    assert!(q.attention(&[], &[k], &[k]).is_err(), "no queries");
+    assert!(
+        q.attention(&[k], &[k, k], &[k]).is_err(),
+        "a key without a value"
+    );
+    assert!(
+        q.attention(&[a], &[k], &[k]).is_err(),
+        "input columns as a query"
+    );
+    assert!(q.layer_norm(a).is_err(), "LayerNorm of input columns");
+    let two = q.concat(&[k, k]).unwrap();
+    assert!(q.layer_norm(two).is_err(), "LayerNorm of a concatenation");
+}
