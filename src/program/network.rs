@@ -7,7 +7,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite};
-use crate::linalg::columns_transposed;
+use crate::linalg::{columns_transposed, gemm};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
 
@@ -155,7 +155,13 @@ impl<T: Scalar> ProgramNetwork<T> {
                 Op::Dense { weight, input } => {
                     let wt = &self.weights[*weight];
                     let mut h = DMatrix::<T>::zeros(n, wt.ncols());
-                    h.gemm(self.weight_scale(*weight), &values[*input], wt, T::zero());
+                    gemm(
+                        &mut h,
+                        self.weight_scale(*weight),
+                        &values[*input],
+                        wt,
+                        T::zero(),
+                    );
                     h
                 }
                 Op::AddBias { input, bias } => {
@@ -252,7 +258,8 @@ impl<T: Scalar> ProgramNetwork<T> {
                         let s = self.weight_scale(*weight);
                         let acc = grad_slot(&mut grads[*input], n, k * fan);
                         for c in 0..k {
-                            acc.columns_mut(c * fan, fan).gemm(
+                            gemm(
+                                &mut acc.columns_mut(c * fan, fan),
                                 s,
                                 &g.columns(c * m, m),
                                 &w,
