@@ -12,15 +12,16 @@
 //! forward and backward pass each, in parallel), and each tile (I, J) of Θ is
 //! contracted from the features of blocks I and J. When x1 = x2 only the tiles with
 //! I ≤ J are computed and the rest mirrored. Peak memory is the output plus the
-//! features: O(N · Σ widths) for an MLP, never the N × P Jacobian.
+//! features: O(N · k · Σ widths) for an MLP with k outputs, never the N × P Jacobian.
 
 use std::ops::Range;
 
 use nalgebra::DMatrix;
 
-use crate::error::{Result, check_inputs, select_rows};
+use crate::error::{Error, Result, check_inputs, select_rows};
+use crate::linalg::try_zeros;
 use crate::model::NtkModel;
-use crate::tangent::{Layout, Scratch, Tangents};
+use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
 use crate::{Scalar, parallel};
 
 /// Most rows per block: large enough for efficient GEMMs, small enough that the
@@ -162,7 +163,18 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     // Column block j of Θ (the columns of x2's row block j) is one disjoint slice of
     // the column-major output: each task fills the tiles (i, j) of its own, i ≤ j
     // when x1 = x2.
-    let mut out = DMatrix::<T>::zeros(x1.nrows() * per, x2.nrows() * per);
+    let (n1, n2) = (x1.nrows(), x2.nrows());
+    let kernel_size = |what: &str| format!("the {what} of {n1} x {n2} samples with {k} outputs");
+    let mut out = match (n1.checked_mul(per), n2.checked_mul(per)) {
+        (Some(rows), Some(cols)) => try_zeros(rows, cols, "x1", || kernel_size("kernel"))?,
+        _ => {
+            return Err(Error::InvalidParameter {
+                parameter: "x1",
+                value: kernel_size("kernel"),
+                reason: "the kernel has more entries than usize counts",
+            });
+        }
+    };
     let block_cols = b2.first().map_or(0, Range::len) * per;
     parallel::for_each_column_block(&mut out, block_cols, |j, mut column| {
         let mut scratch = Scratch::default();
@@ -187,6 +199,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
             }
         }
     }
+    check_kernel_finite("empirical_ntk", &out)?;
     Ok(out)
 }
 

@@ -10,7 +10,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_finite, check_inputs, shape};
-use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents};
+use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_finite};
 
 /// A differentiable model whose empirical NTK `ntk` can compute.
 ///
@@ -76,7 +76,7 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// As [`layer_tangents`](NtkModel::layer_tangents).
     fn jacobian(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         let tangents = Tangents::new(self.layer_tangents(x)?, x.nrows(), self.output_dim())?;
-        Ok(tangents.jacobian())
+        tangents.jacobian()
     }
 
     /// The vector–Jacobian product Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ (length P, in the
@@ -122,6 +122,14 @@ pub trait NtkModel<T: Scalar>: Sync {
         let t2 = if x1 == x2 { None } else { Some(features(x2)?) };
         let t2 = t2.as_ref().unwrap_or(&t1);
         t1.check_compatible(t2)?;
-        Ok(t1.layer_kernels(t2))
+        let kernels = t1.layer_kernels(t2);
+        for kernel in &kernels {
+            check_kernel_finite("layer_kernels", &kernel.weights)?;
+            kernel
+                .bias
+                .as_ref()
+                .map_or(Ok(()), |b| check_kernel_finite("layer_kernels", b))?;
+        }
+        Ok(kernels)
     }
 }

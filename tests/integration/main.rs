@@ -9,6 +9,7 @@ mod custom_model;
 mod empirical;
 mod flow;
 mod infinite;
+mod never_silently_wrong;
 mod parallel;
 mod shared_weights;
 mod train;
