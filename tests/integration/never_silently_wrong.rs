@@ -92,11 +92,35 @@ fn singular_kernels_take_the_pseudo_inverse_limit() {
         }
         other => panic!("expected a factorization error, got {other:?}"),
     }
+    // The Lanczos path treats the null space the same way (t finite: it has no t = ∞).
+    let krylov = KrylovFlow::new(&theta, &y, 0.7)
+        .unwrap()
+        .tolerance(1e-12)
+        .unwrap();
+    let late = flow.train(40.0, &f0).unwrap();
+    assert!(rel_err(&krylov.train(40.0, &f0).unwrap(), &late) <= 1e-8);
     // Its suggested ridge (1e-10 of the mean diagonal) gives the same limit.
     let ridge = 1e-10 * theta.trace() / 8.0;
     let regression = KernelRegression::new(&theta, &y, ridge).unwrap();
     let ridged = regression.test(&f0, &f0_test, &theta_test).unwrap();
     assert!(rel_err(&ridged, &test_limit) <= 1e-6);
+}
+
+/// A zero kernel: kernel regression says so (it has nothing to invert) instead of
+/// suggesting a subnormal ridge; the flow keeps f_0, as the exact dynamics do.
+#[test]
+fn a_zero_kernel_is_named() {
+    let zero = DMatrix::zeros(3, 3);
+    let y = inputs(3, 1, 0);
+    match KernelRegression::new(&zero, &y, 0.0) {
+        Err(Error::Factorization { message }) => {
+            assert!(message.contains("is zero") && !message.contains("e-3"));
+        }
+        other => panic!("expected a factorization error, got {other:?}"),
+    }
+    let f0 = inputs(3, 1, 1);
+    let flow = GradientFlow::new(&zero, &y, 1.0).unwrap();
+    assert_eq!(flow.train(f64::INFINITY, &f0).unwrap(), f0);
 }
 
 /// The same in f32: the threshold N·ε follows the scalar type.
@@ -205,6 +229,46 @@ proptest! {
             Err(Error::NotPositiveSemidefinite { .. })
         );
         prop_assert!(is_indefinite);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, rng_seed: proptest::test_runner::RngSeed::Fixed(3), ..ProptestConfig::default() })]
+
+    /// Over random architectures at extreme σ's and depths, the empirical NTK is either
+    /// an error saying what would not be finite, or finite, symmetric and positive
+    /// semi-definite (eigenvalues of Θ / max |Θ| ≥ −10⁻¹⁰ N).
+    #[test]
+    fn kernels_at_extreme_scales_are_finite_psd_or_errors(
+        activation in 0usize..10,
+        depth in 1usize..5,
+        log_sigma_w in prop::sample::select(vec![-3i32, 0, 1, 10, 50, 100, 150]),
+        log_sigma_b in prop::sample::select(vec![-300i32, -3, 0, 2, 100]),
+        log_input in prop::sample::select(vec![-100i32, -3, 0, 3, 100]),
+        seed in 0u64..1000,
+    ) {
+        let act = Activation::builtins()[activation].clone();
+        let mut spec = MlpSpec::new(3)
+            .weight_std(10f64.powi(log_sigma_w))
+            .bias_std(10f64.powi(log_sigma_b));
+        for _ in 0..depth {
+            spec = spec.hidden(12, act.clone());
+        }
+        let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(seed)).unwrap();
+        let x = inputs(7, 3, seed) * 10f64.powi(log_input);
+        match empirical_ntk(&net, &x, &x) {
+            Ok(theta) => {
+                prop_assert!(theta.iter().all(|v| v.is_finite()));
+                let scale = theta.amax();
+                if scale > 0.0 {
+                    let unit = &theta / scale;
+                    prop_assert!((&unit - unit.transpose()).amax() <= 1e-12);
+                    let smallest = unit.symmetric_eigenvalues().min();
+                    prop_assert!(smallest >= -1e-10 * 7.0, "λ_min = {smallest:e}");
+                }
+            }
+            Err(e) => prop_assert!(matches!(e, Error::NonFiniteResult { .. }), "{e}"),
+        }
     }
 }
 
