@@ -179,6 +179,12 @@ impl Activation {
         }
     }
 
+    /// Whether φ and φ' are finite wherever x is (every built-in activation; a custom
+    /// one is checked where it is used).
+    pub(crate) fn finite_on_finite_inputs(&self) -> bool {
+        !matches!(self, Activation::Custom(_))
+    }
+
     /// φ(x).
     #[must_use]
     #[inline]

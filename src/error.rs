@@ -123,19 +123,46 @@ pub(crate) fn shape<T: nalgebra::Scalar>(m: &nalgebra::DMatrix<T>) -> String {
     format!("{} x {}", m.nrows(), m.ncols())
 }
 
+/// The index of the first NaN or infinite entry of `data`, if any. One vectorised pass
+/// (x − x is 0 for finite x and NaN otherwise, summed in independent lanes) says
+/// whether there is one; only then is it looked for.
+pub(crate) fn first_non_finite<T: crate::Scalar>(data: &[T]) -> Option<usize> {
+    const LANES: usize = 8;
+    let mut lanes = [T::zero(); LANES];
+    let chunks = data.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            // 0 for finite v, NaN for ±∞ and NaN: the point of the subtraction.
+            #[allow(clippy::eq_op)]
+            {
+                *lane += v - v;
+            }
+        }
+    }
+    if lanes.iter().chain(rest).all(|v| v.is_finite()) {
+        None
+    } else {
+        data.iter().position(|v| !v.is_finite())
+    }
+}
+
+/// (row, column) of the first NaN or infinite entry of `m` (column-major order).
+pub(crate) fn first_non_finite_entry<T: crate::Scalar>(
+    m: &nalgebra::DMatrix<T>,
+) -> Option<(usize, usize)> {
+    let rows = m.nrows().max(1);
+    first_non_finite(m.as_slice()).map(|k| (k % rows, k / rows))
+}
+
 /// Errors unless every entry of `m` is finite.
 pub(crate) fn check_finite<T: crate::Scalar>(
     argument: &'static str,
     m: &nalgebra::DMatrix<T>,
 ) -> Result<()> {
-    // Column-major storage: the first non-finite index gives (row, col).
-    match m.iter().position(|v| !v.is_finite()) {
+    match first_non_finite_entry(m) {
         None => Ok(()),
-        Some(k) => Err(Error::NonFinite {
-            argument,
-            row: k % m.nrows().max(1),
-            col: k / m.nrows().max(1),
-        }),
+        Some((row, col)) => Err(Error::NonFinite { argument, row, col }),
     }
 }
 
@@ -312,5 +339,28 @@ pub(crate) fn check_time(parameter: &'static str, value: f64) -> Result<()> {
             value: format!("{value}"),
             reason: "a time must be >= 0 (and not NaN)",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorised pass finds the first NaN or ∞ wherever it is (in the lanes or
+    /// the remainder), and nothing in finite data, huge values included.
+    #[test]
+    fn first_non_finite_finds_the_first() {
+        let mut data: Vec<f64> = (0..37).map(|i| (i as f64 - 18.0) * 1e306).collect();
+        data[0] = f64::MAX;
+        assert_eq!(first_non_finite(&data), None);
+        for (at, bad) in [(0, f64::NAN), (13, f64::INFINITY), (36, f64::NEG_INFINITY)] {
+            let mut d = data.clone();
+            d[at] = bad;
+            d[(at + 5).min(36)] = f64::NAN;
+            assert_eq!(first_non_finite(&d), Some(at));
+        }
+        assert_eq!(first_non_finite::<f32>(&[]), None);
+        let m = nalgebra::DMatrix::from_row_slice(2, 2, &[1.0, 2.0, f32::NAN, 4.0]);
+        assert_eq!(first_non_finite_entry(&m), Some((1, 0)));
     }
 }

@@ -52,7 +52,9 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_matrix, check_rows, check_symmetric_kernel, check_time};
+use crate::error::{
+    Error, Result, check_matrix, check_rows, check_symmetric_kernel, check_time, first_non_finite,
+};
 use crate::factor::{Cholesky, symmetric_eigen, symmetric_eigenvalues};
 use crate::problem::{
     TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
@@ -359,7 +361,7 @@ impl<T: Scalar> GradientFlow<T> {
     /// `prediction` at `horizon`, or the error that says why it is not finite: gradient
     /// descent above the stable rate, whose residual grows like |1 − ηλ_max|^s.
     fn finite(&self, horizon: Horizon<T>, prediction: DMatrix<T>) -> Result<DMatrix<T>> {
-        if prediction.iter().all(|v| v.is_finite()) {
+        if first_non_finite(prediction.as_slice()).is_none() {
             return Ok(prediction);
         }
         let reason = match horizon {

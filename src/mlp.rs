@@ -23,7 +23,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::activation::Activation;
-use crate::error::{Error, Result, check_matrix, check_std};
+use crate::error::{Error, Result, check_matrix, check_std, first_non_finite_entry};
 use crate::linalg::{columns_transposed, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
@@ -406,18 +406,19 @@ impl<T: Scalar> Mlp<T> {
         with_derivative: bool,
     ) -> Result<(DMatrix<T>, Option<DMatrix<T>>)> {
         let h = self.layers[l].pre_activation(input);
-        if let Some((i, j)) = first_non_finite(&h) {
-            return Err(Error::NonFiniteResult {
-                result: "Mlp forward pass",
-                reason: format!(
-                    "Dense layer {l}'s pre-activation s_w W x + s_b b is {} at row {i}: it \
-                     exceeds the range of the scalar type (σ_w = {}, σ_b = {} or the inputs \
-                     are too large)",
-                    h[(i, j)],
-                    self.spec.weight_std,
-                    self.spec.bias_std
-                ),
-            });
+        let overflow = |(i, j): (usize, usize)| Error::NonFiniteResult {
+            result: "Mlp forward pass",
+            reason: format!(
+                "Dense layer {l}'s pre-activation s_w W x + s_b b is {} at row {i}: it exceeds \
+                 the range of the scalar type (σ_w = {}, σ_b = {} or the inputs are too large)",
+                h[(i, j)],
+                self.spec.weight_std,
+                self.spec.bias_std
+            ),
+        };
+        // Checked even where φ would hide it: ReLU maps NaN to 0.
+        if let Some(at) = first_non_finite_entry(&h) {
+            return Err(overflow(at));
         }
         let Some((_, act)) = self.spec.hidden.get(l) else {
             return Ok((h, None));
@@ -428,8 +429,11 @@ impl<T: Scalar> Mlp<T> {
         } else {
             (act.elementwise(&h), None)
         };
+        if act.finite_on_finite_inputs() {
+            return Ok((out, derivative));
+        }
         for (values, name) in [(Some(&out), "φ"), (derivative.as_ref(), "φ'")] {
-            if let Some((i, j)) = values.and_then(first_non_finite) {
+            if let Some((i, j)) = values.and_then(first_non_finite_entry) {
                 return Err(Error::NonFiniteResult {
                     result: "Mlp forward pass",
                     reason: format!(
@@ -507,14 +511,6 @@ impl<T: Scalar> Mlp<T> {
         grads.reverse();
         grads
     }
-}
-
-/// (row, column) of the first NaN or infinite entry of `m`.
-fn first_non_finite<T: Scalar>(m: &DMatrix<T>) -> Option<(usize, usize)> {
-    let rows = m.nrows().max(1);
-    m.iter()
-        .position(|v| !v.is_finite())
-        .map(|p| (p % rows, p / rows))
 }
 
 impl<T: Scalar> Dense<T> {

@@ -48,7 +48,7 @@
 use nalgebra::{DMatrix, DMatrixViewMut, DVector, Dim, Dyn, MatrixViewMut};
 
 use crate::Scalar;
-use crate::error::{Error, Result, shape};
+use crate::error::{Error, Result, first_non_finite_entry, shape};
 use crate::linalg::{columns_transposed, gemm_nt, try_zeros};
 
 /// One use of a dense layer's parameters on a batch of N samples.
@@ -305,19 +305,16 @@ fn expect_shape<T: Scalar>(
 
 /// Errors unless the features `m` (`part` of parameter group `group`) are finite.
 fn expect_finite<T: Scalar>(group: usize, part: &str, m: &DMatrix<T>) -> Result<()> {
-    match m.iter().position(|v| !v.is_finite()) {
+    match first_non_finite_entry(m) {
         None => Ok(()),
-        Some(p) => {
-            let (row, col) = (p % m.nrows().max(1), p / m.nrows().max(1));
-            Err(Error::NonFiniteResult {
-                result: "layer_tangents",
-                reason: format!(
-                    "parameter group {group}: {part} is {} at row {row}, column {col} (the \
+        Some((row, col)) => Err(Error::NonFiniteResult {
+            result: "layer_tangents",
+            reason: format!(
+                "parameter group {group}: {part} is {} at row {row}, column {col} (the \
                      model's gradients overflow, or one of its functions returns NaN)",
-                    m[(row, col)]
-                ),
-            })
-        }
+                m[(row, col)]
+            ),
+        }),
     }
 }
 
@@ -651,20 +648,17 @@ impl<T: Scalar> Uses<T> {
 /// Errors unless the kernel `m` (what `result` computed) is finite. Its tangent
 /// features were checked finite, so a NaN or ∞ here is the kernel overflowing.
 pub(crate) fn check_kernel_finite<T: Scalar>(result: &'static str, m: &DMatrix<T>) -> Result<()> {
-    match m.iter().position(|v| !v.is_finite()) {
+    match first_non_finite_entry(m) {
         None => Ok(()),
-        Some(p) => {
-            let (row, col) = (p % m.nrows().max(1), p / m.nrows().max(1));
-            Err(Error::NonFiniteResult {
-                result,
-                reason: format!(
-                    "entry ({row}, {col}) is {}: the kernel exceeds the range of the scalar \
+        Some((row, col)) => Err(Error::NonFiniteResult {
+            result,
+            reason: format!(
+                "entry ({row}, {col}) is {}: the kernel exceeds the range of the scalar \
                      type, although the model's tangent features are finite (its gradients \
                      are too large: σ_w, or the inputs)",
-                    m[(row, col)]
-                ),
-            })
-        }
+                m[(row, col)]
+            ),
+        }),
     }
 }
 
@@ -713,7 +707,7 @@ fn add_uses<'a, T: Scalar>(
                 // One GEMM over all k output blocks sums the k diagonal pairs.
                 Layout::Trace => {
                     gemm_nt(&mut gg.as_view_mut(), g1, 0, g2, 0, g1.ncols());
-                    add_products(weights, bias.as_deref_mut(), xx, gg, cw, cb);
+                    add_products_by_column(weights, bias.as_deref_mut(), xx, gg, cw, cb);
                 }
                 Layout::Full => {
                     let m = g1.ncols() / k;
@@ -787,6 +781,42 @@ fn add_affine<T: Scalar, RS: Dim, CS: Dim>(
         Some(bias) => {
             weights.zip_apply(xx, |w, x| *w += cw * x);
             bias.add_scalar_mut(cb);
+        }
+    }
+}
+
+/// [`add_products`] on tiles whose columns are contiguous (the averaged layout): column
+/// by column over slices, a loop the compiler vectorises, where the strided version
+/// indexes entry by entry.
+fn add_products_by_column<T: Scalar>(
+    weights: &mut DMatrixViewMut<'_, T>,
+    mut bias: Option<&mut DMatrixViewMut<'_, T>>,
+    xx: &DMatrix<T>,
+    gg: &DMatrix<T>,
+    cw: T,
+    cb: T,
+) {
+    let n1 = weights.nrows();
+    for j in 0..weights.ncols() {
+        let x = &xx.as_slice()[j * n1..(j + 1) * n1];
+        let g = &gg.as_slice()[j * n1..(j + 1) * n1];
+        let mut column = weights.column_mut(j);
+        let w = column.as_mut_slice();
+        match bias.as_deref_mut() {
+            None => {
+                for ((w, &x), &g) in w.iter_mut().zip(x).zip(g) {
+                    *w += (cw * x + cb) * g;
+                }
+            }
+            Some(bias) => {
+                for ((w, &x), &g) in w.iter_mut().zip(x).zip(g) {
+                    *w += cw * x * g;
+                }
+                let mut column = bias.column_mut(j);
+                for (b, &g) in column.as_mut_slice().iter_mut().zip(g) {
+                    *b += cb * g;
+                }
+            }
         }
     }
 }

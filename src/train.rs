@@ -10,7 +10,9 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_cols, check_matrix, check_positive, check_rows};
+use crate::error::{
+    Error, Result, check_cols, check_matrix, check_positive, check_rows, first_non_finite,
+};
 use crate::model::NtkModel;
 use crate::tangent::Tangents;
 
@@ -186,7 +188,7 @@ impl<T: Scalar> GradientDescent<T> {
                 y_train.ncols(),
                 "the outputs, as y_train",
             )?;
-            if let Some(i) = f.iter().position(|v| !v.is_finite()) {
+            if let Some(i) = first_non_finite(f.as_slice()) {
                 return Err(diverged(Error::NonFiniteResult {
                     result: "GradientDescent",
                     reason: format!(
@@ -214,7 +216,7 @@ impl<T: Scalar> GradientDescent<T> {
                 .map_err(diverged)?
                 .vjp(&residual);
             theta.axpy(-self.learning_rate, &grad, T::one());
-            if theta.iter().any(|v| !v.is_finite()) {
+            if first_non_finite(theta.as_slice()).is_some() {
                 return Err(self.diverged(step + 1, loss));
             }
             model.set_parameters(&theta)?;
