@@ -15,10 +15,11 @@
 //! features: O(N · k · Σ widths) for an MLP with k outputs, never the N × P Jacobian.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nalgebra::{DMatrix, DMatrixViewMut};
 
-use crate::error::{Error, Result, check_inputs, select_rows};
+use crate::error::{Error, Result, check_inputs, first_non_finite, select_rows};
 use crate::linalg::try_zeros;
 use crate::model::NtkModel;
 use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
@@ -182,6 +183,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         }
     };
     let block_cols = b2.first().map_or(0, Range::len) * per;
+    let overflowed = AtomicBool::new(false);
     parallel::for_each_column_block(&mut out, block_cols, |j, column| {
         let mut rows: Vec<usize> = tiles(j);
         rows.sort_unstable();
@@ -190,27 +192,44 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
             let i = rows[k];
             let mut tile = tile.rows_mut(0, b1[i].len() * per);
             f1[i].add_kernel(&f2[j], &mut tile, layout, &mut Scratch::default());
+            // Each task checks its own tiles; the whole kernel is searched only if one
+            // is not finite, for the error message.
+            if tile
+                .column_iter()
+                .any(|c| first_non_finite(c.as_slice()).is_some())
+            {
+                overflowed.store(true, Ordering::Relaxed);
+            }
         };
         fill_tiles(column, 0, &starts, 0, &fill);
     });
+    if overflowed.load(Ordering::Relaxed) {
+        check_kernel_finite("empirical_ntk", &out)?;
+    }
     if symmetric {
-        // Every other tile is the transpose of one computed: column by column of the
-        // computed tile (contiguous reads) into rows of its mirror.
+        // Every other tile is the transpose of one computed, copied in 16 x 16 blocks
+        // (a row of the mirror spans 16 pages, not a whole tile's).
+        const BLOCK: usize = 16;
         let stride = out.nrows();
         let data = out.as_mut_slice();
         for (j, cols) in b1.iter().enumerate() {
             for i in tiles(j).into_iter().filter(|&i| i != j) {
-                let rows = &b1[i];
-                let (r0, c0) = (rows.start * per, cols.start * per);
-                for c in c0..c0 + cols.len() * per {
-                    for r in r0..r0 + rows.len() * per {
-                        data[c + r * stride] = data[r + c * stride];
+                let (rows, cols) = (
+                    b1[i].start * per..b1[i].end * per,
+                    cols.start * per..cols.end * per,
+                );
+                for c0 in cols.clone().step_by(BLOCK) {
+                    for r0 in rows.clone().step_by(BLOCK) {
+                        for c in c0..(c0 + BLOCK).min(cols.end) {
+                            for r in r0..(r0 + BLOCK).min(rows.end) {
+                                data[c + r * stride] = data[r + c * stride];
+                            }
+                        }
                     }
                 }
             }
         }
     }
-    check_kernel_finite("empirical_ntk", &out)?;
     Ok(out)
 }
 
