@@ -204,6 +204,10 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         fill_tiles(column, 0, &starts, 0, &fill);
     });
     if overflowed.load(Ordering::Relaxed) {
+        // Name the model's non-finite feature if there is one, else the overflow.
+        for features in f1.iter().chain(f2) {
+            features.check_finite()?;
+        }
         check_kernel_finite("empirical_ntk", &out)?;
     }
     if symmetric {

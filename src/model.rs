@@ -9,7 +9,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_finite, check_inputs, shape};
+use crate::error::{Error, Result, check_finite, check_inputs, first_non_finite, shape};
 use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_finite};
 
 /// A differentiable model whose empirical NTK `ntk` can compute.
@@ -104,7 +104,7 @@ pub trait NtkModel<T: Scalar>: Sync {
         }
         check_finite("cotangent", cotangent)?;
         let tangents = Tangents::new(self.layer_tangents(x)?, n, k)?;
-        Ok(tangents.vjp(cotangent))
+        tangents.vjp(cotangent)
     }
 
     /// Each parameter group's share of the empirical NTK between `x1` (N1 × d) and `x2` (N2 × d),
@@ -123,12 +123,19 @@ pub trait NtkModel<T: Scalar>: Sync {
         let t2 = t2.as_ref().unwrap_or(&t1);
         t1.check_compatible(t2)?;
         let kernels = t1.layer_kernels(t2);
-        for kernel in &kernels {
-            check_kernel_finite("layer_kernels", &kernel.weights)?;
-            kernel
-                .bias
-                .as_ref()
-                .map_or(Ok(()), |b| check_kernel_finite("layer_kernels", b))?;
+        let finite = |m: &DMatrix<T>| first_non_finite(m.as_slice()).is_none();
+        if !kernels
+            .iter()
+            .all(|l| finite(&l.weights) && l.bias.as_ref().is_none_or(finite))
+        {
+            t1.check_finite()?;
+            t2.check_finite()?;
+            for kernel in &kernels {
+                check_kernel_finite("layer_kernels", &kernel.weights)?;
+                if let Some(b) = &kernel.bias {
+                    check_kernel_finite("layer_kernels", b)?;
+                }
+            }
         }
         Ok(kernels)
     }

@@ -48,7 +48,7 @@
 use nalgebra::{DMatrix, DMatrixViewMut, DVector, Dim, Dyn, MatrixViewMut};
 
 use crate::Scalar;
-use crate::error::{Error, Result, first_non_finite_entry, shape};
+use crate::error::{Error, Result, first_non_finite, first_non_finite_entry, shape};
 use crate::linalg::{columns_transposed, gemm_nt, try_zeros};
 
 /// One use of a dense layer's parameters on a batch of N samples.
@@ -322,7 +322,7 @@ impl<T: Scalar> Group<T> {
     /// Validates one group of a batch of `n` samples and `k` outputs and brings it to
     /// normal form: a bias without a weight pre-summed, a Jacobian block reshaped to
     /// per-sample rows. Nothing is copied otherwise.
-    fn new(tangent: LayerTangent<T>, group: usize, n: usize, k: usize) -> Result<Self> {
+    fn new(tangent: LayerTangent<T>, n: usize, k: usize) -> Result<Self> {
         let empty = Group {
             shape: Shape::Empty,
             form: Form::PerSample {
@@ -355,11 +355,6 @@ impl<T: Scalar> Group<T> {
                         "N samples x k outputs · the first use's fan-out",
                     )?;
                 }
-                for (i, u) in uses.iter().enumerate() {
-                    expect_finite(group, &format!("DenseUse::input of use {i}"), &u.input)?;
-                    let part = format!("DenseUse::output_grad of use {i}");
-                    expect_finite(group, &part, &u.output_grad)?;
-                }
                 Ok(Group {
                     shape: Shape::Dense {
                         n_in,
@@ -384,10 +379,8 @@ impl<T: Scalar> Group<T> {
                 let n_out = sum.ncols() / k;
                 let meaning = "N samples x k outputs · the first use's width";
                 expect_shape("LayerTangent::Bias", &sum, (n, k * n_out), meaning)?;
-                expect_finite(group, "LayerTangent::Bias use 0", &sum)?;
-                for (i, g) in grads.enumerate() {
+                for g in grads {
                     expect_shape("LayerTangent::Bias", &g, (n, k * n_out), meaning)?;
-                    expect_finite(group, &format!("LayerTangent::Bias use {}", i + 1), &g)?;
                     sum += g;
                 }
                 Ok(Group {
@@ -410,7 +403,6 @@ impl<T: Scalar> Group<T> {
                     (n, n_in),
                     "N samples x fan-in",
                 )?;
-                expect_finite(group, "LayerTangent::Readout", &input)?;
                 Ok(Group {
                     shape: Shape::Dense {
                         n_in,
@@ -437,7 +429,6 @@ impl<T: Scalar> Group<T> {
                     (rows, p),
                     "N·k rows, row i·k + c for output c of sample i",
                 )?;
-                expect_finite(group, "LayerTangent::Jacobian", &j)?;
                 // Row i·k + c of J becomes row i, column block c.
                 let grads = DMatrix::from_fn(n, k * p, |i, col| j[(i * k + col / p, col % p)]);
                 Ok(Group {
@@ -511,6 +502,34 @@ impl<T: Scalar> Group<T> {
                     output_grad: unit,
                 }],
             }),
+        }
+    }
+
+    /// Errors unless the features of this group (number `group`) are finite, naming the
+    /// part that is not.
+    fn check_finite(&self, group: usize) -> Result<()> {
+        match &self.form {
+            Form::Uses(u) => u.uses.iter().enumerate().try_for_each(|(i, used)| {
+                expect_finite(group, &format!("DenseUse::input of use {i}"), &used.input)?;
+                let part = format!("DenseUse::output_grad of use {i}");
+                expect_finite(group, &part, &used.output_grad)
+            }),
+            Form::Readout(r) => expect_finite(group, "LayerTangent::Readout", &r.input),
+            Form::PerSample { weights, bias } => {
+                let (w, b) = match self.shape {
+                    Shape::Jacobian { .. } => ("LayerTangent::Jacobian", ""),
+                    Shape::Bias { .. } => ("", "LayerTangent::Bias (summed over its uses)"),
+                    _ => (
+                        "the weight's per-sample gradients (DenseUse inputs and gradients)",
+                        "the bias's gradients (DenseUse::output_grad, summed)",
+                    ),
+                };
+                weights
+                    .iter()
+                    .try_for_each(|d| expect_finite(group, w, &d.grads))?;
+                bias.iter()
+                    .try_for_each(|d| expect_finite(group, b, &d.grads))
+            }
         }
     }
 
@@ -916,8 +935,7 @@ impl<T: Scalar> Tangents<T> {
         }
         let groups: Vec<Group<T>> = tangents
             .into_iter()
-            .enumerate()
-            .map(|(group, t)| Group::new(t, group, samples, outputs))
+            .map(|t| Group::new(t, samples, outputs))
             .collect::<Result<_>>()?;
         let total = groups.iter().try_fold(0_usize, |sum, g| {
             let (w, b) = g.shape.parameters();
@@ -964,6 +982,34 @@ impl<T: Scalar> Tangents<T> {
             }
         }
         Ok(t)
+    }
+
+    /// Errors unless every feature is finite, naming the group and part that is not.
+    ///
+    /// Not part of [`Tangents::new`]: a NaN or ∞ in a feature always reaches what is
+    /// computed from it (products and sums propagate it, ∞ · 0 being NaN), so the
+    /// kernels, the Jacobian and the VJP check their results, and search the features
+    /// only when a result is not finite, to say which part of the model caused it.
+    pub(crate) fn check_finite(&self) -> Result<()> {
+        self.groups
+            .iter()
+            .enumerate()
+            .try_for_each(|(group, g)| g.check_finite(group))
+    }
+
+    /// `result` (what `what` computed from these features, all finite if `finite`), or
+    /// the error naming the non-finite feature (or, if all are finite, the overflow).
+    fn finite_result<M>(&self, what: &'static str, result: M, finite: bool) -> Result<M> {
+        if finite {
+            return Ok(result);
+        }
+        self.check_finite()?;
+        Err(Error::NonFiniteResult {
+            result: what,
+            reason: "the model's tangent features are finite but the result exceeds the range \
+                     of the scalar type (its gradients are too large)"
+                .into(),
+        })
     }
 
     /// Number of parameters P over all groups.
@@ -1078,12 +1124,16 @@ impl<T: Scalar> Tangents<T> {
             }
             offset += pw + pb;
         }
-        Ok(jac)
+        let finite = first_non_finite(jac.as_slice()).is_none();
+        self.finite_result("jacobian", jac, finite)
     }
 
     /// Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ for a cotangent r of shape N × k (checked
     /// by the caller), without forming J.
-    pub(crate) fn vjp(&self, r: &DMatrix<T>) -> DVector<T> {
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteResult`] if it is not finite (naming the feature at fault).
+    pub(crate) fn vjp(&self, r: &DMatrix<T>) -> Result<DVector<T>> {
         let (n, k) = (self.samples, self.outputs);
         debug_assert_eq!(r.shape(), (n, k));
         let mut grad = DVector::<T>::zeros(self.parameter_count());
@@ -1150,7 +1200,8 @@ impl<T: Scalar> Tangents<T> {
             }
             offset += pw + pb;
         }
-        grad
+        let finite = first_non_finite(grad.as_slice()).is_none();
+        self.finite_result("vjp", grad, finite)
     }
 
     /// Adds the kernel between this batch and `other` (checked compatible), summed
@@ -1284,7 +1335,7 @@ mod tests {
                     // The Jacobian and the VJP do not depend on the form either.
                     assert!(rel(&pa.jacobian().unwrap(), &a.jacobian().unwrap()) < 1e-14);
                     let r = matrix(7, k, 4.0);
-                    let (v, pv) = (a.vjp(&r), pa.vjp(&r));
+                    let (v, pv) = (a.vjp(&r).unwrap(), pa.vjp(&r).unwrap());
                     assert!((&v - &pv).norm() < 1e-13 * v.norm());
                     let flat = DVector::from_fn(7 * k, |row, _| r[(row / k, row % k)]);
                     assert!((a.jacobian().unwrap().tr_mul(&flat) - &v).norm() < 1e-13 * v.norm());
@@ -1375,7 +1426,7 @@ mod tests {
         let d = Tangents::new(vec![dense], n, k).unwrap();
         assert!(rel(&r.jacobian().unwrap(), &d.jacobian().unwrap()) < 1e-15);
         let cotangent = matrix(n, k, 2.0);
-        assert!((r.vjp(&cotangent) - d.vjp(&cotangent)).norm() < 1e-14);
+        assert!((r.vjp(&cotangent).unwrap() - d.vjp(&cotangent).unwrap()).norm() < 1e-14);
         for layout in [Layout::Trace, Layout::Full] {
             let expected = kernel(&d, &d, layout);
             assert!(rel(&kernel(&r, &r, layout), &expected) < 1e-14);
@@ -1389,6 +1440,34 @@ mod tests {
             parts_d[0].bias.as_ref().unwrap(),
         );
         assert!(rel(br, bd) < 1e-14);
+    }
+
+    /// A NaN in a feature reaches the Jacobian and the VJP, whose errors then name the
+    /// group and the part it is in.
+    #[test]
+    fn non_finite_features_are_named_where_they_surface() {
+        let mut bad = shared(4, 3, 2, 1, 2, 0.0);
+        if let LayerTangent::Dense { uses, .. } = &mut bad {
+            uses[1].output_grad[(2, 1)] = f64::NAN;
+        }
+        let t = Tangents::new(vec![shared(4, 3, 2, 1, 1, 1.0), bad], 4, 1).unwrap();
+        let named = |r: Result<()>| match r {
+            Err(Error::NonFiniteResult { reason, .. }) => {
+                reason.contains("parameter group 1") && reason.contains("output_grad of use 1")
+            }
+            _ => false,
+        };
+        assert!(named(t.check_finite()));
+        assert!(named(t.jacobian().map(|_| ())));
+        assert!(named(t.vjp(&DMatrix::zeros(4, 1)).map(|_| ())));
+        let mut out = DMatrix::zeros(4, 4);
+        t.add_kernel(
+            &t,
+            &mut out.view_mut((0, 0), (4, 4)),
+            Layout::Trace,
+            &mut Scratch::default(),
+        );
+        assert!(out.row(2).iter().any(|v| v.is_nan()));
     }
 
     #[test]

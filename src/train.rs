@@ -213,8 +213,8 @@ impl<T: Scalar> GradientDescent<T> {
                 break;
             }
             let grad = Tangents::new(tangents, x_train.nrows(), model.output_dim())
-                .map_err(diverged)?
-                .vjp(&residual);
+                .and_then(|t| t.vjp(&residual))
+                .map_err(diverged)?;
             theta.axpy(-self.learning_rate, &grad, T::one());
             if first_non_finite(theta.as_slice()).is_some() {
                 return Err(self.diverged(step + 1, loss));
