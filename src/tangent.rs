@@ -726,7 +726,7 @@ fn add_uses<'a, T: Scalar>(
                 // One GEMM over all k output blocks sums the k diagonal pairs.
                 Layout::Trace => {
                     gemm_nt(&mut gg.as_view_mut(), g1, 0, g2, 0, g1.ncols());
-                    add_products_by_column(weights, bias.as_deref_mut(), xx, gg, cw, cb);
+                    add_products_by_column(weights, bias.as_deref_mut(), xx, gg, (cw, cb));
                 }
                 Layout::Full => {
                     let m = g1.ncols() / k;
@@ -734,7 +734,7 @@ fn add_uses<'a, T: Scalar>(
                         gemm_nt(&mut gg.as_view_mut(), g1, pair.c * m, g2, pair.d * m, m);
                         let mut w = pair.entries(weights, k);
                         let mut b = bias.as_deref_mut().map(|b| pair.entries(b, k));
-                        add_products(&mut w, b.as_mut(), xx, gg, cw, cb);
+                        add_products(&mut w, b.as_mut(), xx, gg, (cw, cb));
                     }
                 }
             }
@@ -775,13 +775,13 @@ fn add_readout<'a, T: Scalar>(
     k: usize,
 ) {
     match layout {
-        Layout::Trace => add_affine(weights, bias, xx, cw, cb),
+        Layout::Trace => add_affine(weights, bias, xx, (cw, cb)),
         Layout::Full => {
             for c in 0..k {
                 let pair = OutputPair { c, d: c };
                 let mut w = pair.entries(weights, k);
                 let mut b = bias.as_deref_mut().map(|b| pair.entries(b, k));
-                add_affine(&mut w, b.as_mut(), xx, cw, cb);
+                add_affine(&mut w, b.as_mut(), xx, (cw, cb));
             }
         }
     }
@@ -792,8 +792,7 @@ fn add_affine<T: Scalar, RS: Dim, CS: Dim>(
     weights: &mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>,
     bias: Option<&mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>>,
     xx: &DMatrix<T>,
-    cw: T,
-    cb: T,
+    (cw, cb): (T, T),
 ) {
     match bias {
         None => weights.zip_apply(xx, |w, x| *w += cw * x + cb),
@@ -812,8 +811,7 @@ fn add_products_by_column<T: Scalar>(
     mut bias: Option<&mut DMatrixViewMut<'_, T>>,
     xx: &DMatrix<T>,
     gg: &DMatrix<T>,
-    cw: T,
-    cb: T,
+    (cw, cb): (T, T),
 ) {
     let n1 = weights.nrows();
     for j in 0..weights.ncols() {
@@ -847,8 +845,7 @@ fn add_products<T: Scalar, RS: Dim, CS: Dim>(
     bias: Option<&mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>>,
     xx: &DMatrix<T>,
     gg: &DMatrix<T>,
-    cw: T,
-    cb: T,
+    (cw, cb): (T, T),
 ) {
     match bias {
         None => weights.zip_zip_apply(xx, gg, |w, x, g| *w += (cw * x + cb) * g),
