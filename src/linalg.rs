@@ -4,6 +4,7 @@
 use nalgebra::{DMatrix, DMatrixViewMut, Dyn, MatrixView};
 
 use crate::Scalar;
+use crate::error::{Error, Result};
 
 /// The transpose of columns `first .. first + count` of `m`, as a view on `m`'s
 /// storage (no copy): column-major columns read with swapped strides.
@@ -31,6 +32,29 @@ pub(crate) fn gemm_nt<T: Scalar>(
     c.gemm(T::one(), &a.columns(a0, w), &bt, T::zero());
 }
 
+/// A zero `rows` × `cols` matrix, or [`Error::InvalidParameter`] naming `parameter`
+/// (with `value()`, the sizes that asked for it) when the size overflows or the memory
+/// cannot be allocated: an error instead of an abort.
+pub(crate) fn try_zeros<T: Scalar>(
+    rows: usize,
+    cols: usize,
+    parameter: &'static str,
+    value: impl FnOnce() -> String,
+) -> Result<DMatrix<T>> {
+    let mut data = Vec::new();
+    if let Some(len) = rows.checked_mul(cols)
+        && data.try_reserve_exact(len).is_ok()
+    {
+        data.resize(len, T::zero());
+        return Ok(DMatrix::from_vec(rows, cols, data));
+    }
+    Err(Error::InvalidParameter {
+        parameter,
+        value: format!("{} ({rows} x {cols} numbers)", value()),
+        reason: "needs more memory than can be allocated",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +68,23 @@ mod tests {
         let expected = a.columns(3, 6) * b.columns(3, 6).transpose();
         assert!((c - expected).amax() < 1e-14);
         assert_eq!(columns_transposed(&a, 9, 0).shape(), (0, 7));
+    }
+
+    #[test]
+    fn impossible_allocations_are_errors() {
+        assert_eq!(
+            try_zeros::<f64>(3, 2, "m", String::new).unwrap().shape(),
+            (3, 2)
+        );
+        let too_many = try_zeros::<f64>(usize::MAX, 2, "width", || "huge".into());
+        assert!(matches!(
+            too_many,
+            Err(Error::InvalidParameter {
+                parameter: "width",
+                ..
+            })
+        ));
+        let too_large = try_zeros::<f64>(1 << 40, 1 << 20, "width", || "huge".into());
+        assert!(too_large.is_err());
     }
 }

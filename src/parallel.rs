@@ -91,6 +91,22 @@ pub(crate) fn for_each_column_block<T: nalgebra::Scalar + Send>(
         .for_each(block);
 }
 
+/// `a()` and `b()`: in parallel (`rayon::join`) with the `parallel` feature, one after
+/// the other without.
+pub(crate) fn join<RA: Send, RB: Send>(
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    #[cfg(feature = "parallel")]
+    {
+        rayon::join(a, b)
+    }
+    #[cfg(not(feature = "parallel"))]
+    {
+        (a(), b())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
