@@ -147,24 +147,6 @@ impl MlpSpec {
         self.parameterization
     }
 
-    /// Crate-private aliases of [`sigma_w`](Self::sigma_w),
-    /// [`sigma_b`](Self::sigma_b) and
-    /// [`parameterization_kind`](Self::parameterization_kind) for
-    /// `infinite/engine.rs` until it is renamed; remove them then.
-    pub(crate) fn get_weight_std(&self) -> f64 {
-        self.sigma_w()
-    }
-
-    /// See [`get_weight_std`](Self::get_weight_std).
-    pub(crate) fn get_bias_std(&self) -> f64 {
-        self.sigma_b()
-    }
-
-    /// See [`get_weight_std`](Self::get_weight_std).
-    pub(crate) fn get_parameterization(&self) -> Parameterization {
-        self.parameterization_kind()
-    }
-
     /// Whether the layers carry bias parameters (σ_b > 0).
     #[must_use]
     pub fn has_bias(&self) -> bool {
@@ -229,11 +211,22 @@ impl MlpSpec {
             if *width == 0 {
                 return Err(Error::InvalidParameter {
                     parameter: "hidden width",
-                    value: format!("0 (hidden layer {l}, counting from 0)"),
+                    value: format!("0 (hidden layer {})", l + 1),
                     reason: "must be at least 1",
                 });
             }
-            act.validate()?;
+            act.validate().map_err(|e| match e {
+                Error::InvalidParameter {
+                    parameter,
+                    value,
+                    reason,
+                } => Error::InvalidParameter {
+                    parameter,
+                    value: format!("{value} (hidden layer {})", l + 1),
+                    reason,
+                },
+                other => other,
+            })?;
         }
         if self.checked_parameter_count().is_none() {
             return Err(Error::InvalidParameter {
@@ -409,8 +402,9 @@ impl<T: Scalar> Mlp<T> {
         let overflow = |(i, j): (usize, usize)| Error::NonFiniteResult {
             result: "Mlp forward pass",
             reason: format!(
-                "Dense layer {l}'s pre-activation s_w W x + s_b b is {} at row {i}: it exceeds \
+                "Dense layer {}'s pre-activation s_w W x + s_b b is {} at row {i}: it exceeds \
                  the range of the scalar type (σ_w = {}, σ_b = {} or the inputs are too large)",
+                l + 1,
                 h[(i, j)],
                 self.spec.weight_std,
                 self.spec.bias_std
@@ -437,7 +431,8 @@ impl<T: Scalar> Mlp<T> {
                 return Err(Error::NonFiniteResult {
                     result: "Mlp forward pass",
                     reason: format!(
-                        "activation {act} of hidden layer {l} gives {name}({}) = {} (row {i})",
+                        "activation {act} of hidden layer {} gives {name}({}) = {} (row {i})",
+                        l + 1,
                         h[(i, j)],
                         values.map_or(h[(i, j)], |v| v[(i, j)])
                     ),
@@ -655,13 +650,30 @@ mod tests {
         let mut jac = DMatrix::<f64>::zeros(n * k, p);
         let mut offset = 0;
         for t in &tangents {
-            let LayerTangent::Dense {
-                weight_scale,
-                bias_scale,
-                uses,
-            } = t
-            else {
-                panic!("an MLP reports dense layers");
+            // The output layer's gradient is the unit row e_c (k outputs): written out
+            // as a dense use with that gradient.
+            let identity;
+            let (weight_scale, bias_scale, uses) = match t {
+                LayerTangent::Dense {
+                    weight_scale,
+                    bias_scale,
+                    uses,
+                } => (weight_scale, bias_scale, uses.as_slice()),
+                LayerTangent::Readout {
+                    weight_scale,
+                    bias_scale,
+                    input,
+                } => {
+                    let output_grad = DMatrix::from_fn(n, k * k, |_, col| {
+                        f64::from(u8::from(col / k == col % k))
+                    });
+                    identity = [DenseUse {
+                        input: input.clone(),
+                        output_grad,
+                    }];
+                    (weight_scale, bias_scale, identity.as_slice())
+                }
+                _ => panic!("an MLP reports dense layers and a readout"),
             };
             let (n_in, n_out) = (uses[0].input.ncols(), uses[0].output_grad.ncols() / k);
             for u in uses {
