@@ -347,7 +347,9 @@ fn kernels_that_overflow_are_errors() {
         .init(&mut StdRng::seed_from_u64(1))
         .unwrap();
     match huge.forward(&x) {
-        Err(Error::NonFiniteResult { reason, .. }) => assert!(reason.contains("layer 1")),
+        Err(Error::NonFiniteResult { reason, .. }) => {
+            assert!(reason.contains("Dense layer 2"), "{reason}")
+        }
         other => panic!("expected an overflow naming the layer, got {other:?}"),
     }
 }
