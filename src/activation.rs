@@ -154,8 +154,10 @@ impl Activation {
         })
     }
 
-    /// Checks the activation's own parameters (the slope of `LeakyRelu` must be finite,
-    /// a custom φ must be finite at a few probe points).
+    /// Checks the activation's own parameters: the slope of `LeakyRelu` must be finite,
+    /// and a custom φ and φ' finite on a grid of step 1/8 over \[−10, 10\], where the
+    /// pre-activations of standardised inputs live. Beyond it, the network and the
+    /// kernels check the values they meet and name the activation if one is not finite.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] naming the parameter and its value.
@@ -167,7 +169,7 @@ impl Activation {
                 reason: "must be finite",
             }),
             Activation::Custom(c) => {
-                for x in [-1.0, 0.0, 0.5] {
+                for x in (-80..=80).map(|i| f64::from(i) / 8.0) {
                     let (p, d) = (c.phi(x), c.derivative(x));
                     if !p.is_finite() || !d.is_finite() {
                         return Err(Error::InvalidParameter {
@@ -181,6 +183,12 @@ impl Activation {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether φ and φ' are finite wherever x is (every built-in activation; a custom
+    /// one is checked where it is used).
+    pub(crate) fn finite_on_finite_inputs(&self) -> bool {
+        !matches!(self, Activation::Custom(_))
     }
 
     /// φ(x).
@@ -369,5 +377,14 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+        // φ' NaN only beyond |x| > 3, where unit inputs rarely go.
+        let clipped = Activation::custom("clipped", f64::tanh, |x: f64| {
+            if x.abs() > 3.0 {
+                f64::NAN
+            } else {
+                1.0 - x.tanh().powi(2)
+            }
+        });
+        assert!(clipped.validate().is_err());
     }
 }

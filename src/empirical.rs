@@ -12,15 +12,17 @@
 //! forward and backward pass each, in parallel), and each tile (I, J) of Θ is
 //! contracted from the features of blocks I and J. When x1 = x2 only the tiles with
 //! I ≤ J are computed and the rest mirrored. Peak memory is the output plus the
-//! features: O(N · Σ widths) for an MLP, never the N × P Jacobian.
+//! features: O(N · k · Σ widths) for an MLP with k outputs, never the N × P Jacobian.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DMatrixViewMut};
 
-use crate::error::{Result, check_inputs, select_rows};
+use crate::error::{Error, Result, check_inputs, first_non_finite, select_rows};
+use crate::linalg::try_zeros;
 use crate::model::NtkModel;
-use crate::tangent::{Layout, Scratch, Tangents};
+use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
 use crate::{Scalar, parallel};
 
 /// Most rows per block: large enough for efficient GEMMs, small enough that the
@@ -159,35 +161,124 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         }
     }
 
-    // Column block j of Θ (the columns of x2's row block j) is one disjoint slice of
-    // the column-major output: each task fills the tiles (i, j) of its own, i ≤ j
-    // when x1 = x2.
-    let mut out = DMatrix::<T>::zeros(x1.nrows() * per, x2.nrows() * per);
-    let block_cols = b2.first().map_or(0, Range::len) * per;
-    parallel::for_each_column_block(&mut out, block_cols, |j, mut column| {
-        let mut scratch = Scratch::default();
-        let width = column.ncols();
-        for (i, rows) in b1
-            .iter()
-            .enumerate()
-            .take(if symmetric { j + 1 } else { b1.len() })
-        {
-            let mut tile = column.view_mut((rows.start * per, 0), (rows.len() * per, width));
-            f1[i].add_kernel(&f2[j], &mut tile, layout, &mut scratch);
+    let (n1, n2) = (x1.nrows(), x2.nrows());
+    let kernel_size = |what: &str| format!("the {what} of {n1} x {n2} samples with {k} outputs");
+    let mut out = match (n1.checked_mul(per), n2.checked_mul(per)) {
+        (Some(rows), Some(cols)) => try_zeros(rows, cols, "x1", || kernel_size("kernel"))?,
+        _ => {
+            return Err(Error::InvalidParameter {
+                parameter: "x1",
+                value: kernel_size("kernel"),
+                reason: "the kernel has more entries than usize counts",
+            });
         }
+    };
+    // Column block j of Θ (the columns of x2's row block j) is one disjoint slice of
+    // the column-major output: each task fills the tiles (i, j) of its own.
+    let tiles = |j: usize| -> Vec<usize> {
+        if symmetric {
+            symmetric_tiles(b1.len(), j)
+        } else {
+            (0..b1.len()).collect()
+        }
+    };
+    let block_cols = b2.first().map_or(0, Range::len) * per;
+    let overflowed = AtomicBool::new(false);
+    parallel::for_each_column_block(&mut out, block_cols, |j, column| {
+        let mut rows: Vec<usize> = tiles(j);
+        rows.sort_unstable();
+        let starts: Vec<usize> = rows.iter().map(|&i| b1[i].start * per).collect();
+        let fill = |k: usize, tile: &mut DMatrixViewMut<'_, T>| {
+            let i = rows[k];
+            let mut tile = tile.rows_mut(0, b1[i].len() * per);
+            f1[i].add_kernel(&f2[j], &mut tile, layout, &mut Scratch::default());
+            // Each task checks its own tiles; the whole kernel is searched only if one
+            // is not finite, for the error message.
+            if tile
+                .column_iter()
+                .any(|c| first_non_finite(c.as_slice()).is_some())
+            {
+                overflowed.store(true, Ordering::Relaxed);
+            }
+        };
+        fill_tiles(column, 0, &starts, 0, &fill);
     });
+    if overflowed.load(Ordering::Relaxed) {
+        // Name the model's non-finite feature if there is one, else the overflow.
+        for features in f1.iter().chain(f2) {
+            features.check_finite()?;
+        }
+        check_kernel_finite("empirical_ntk", &out)?;
+    }
     if symmetric {
-        // The tiles below the diagonal are the transposes of those above.
+        // Every other tile is the transpose of one computed, copied in 16 x 16 blocks
+        // (a row of the mirror spans 16 pages, not a whole tile's).
+        const BLOCK: usize = 16;
+        let stride = out.nrows();
+        let data = out.as_mut_slice();
         for (j, cols) in b1.iter().enumerate() {
-            for rows in &b1[..j] {
-                let (r0, c0) = (rows.start * per, cols.start * per);
-                let (h, w) = (rows.len() * per, cols.len() * per);
-                let upper = out.view((r0, c0), (h, w)).transpose();
-                out.view_mut((c0, r0), (w, h)).copy_from(&upper);
+            for i in tiles(j).into_iter().filter(|&i| i != j) {
+                let (rows, cols) = (
+                    b1[i].start * per..b1[i].end * per,
+                    cols.start * per..cols.end * per,
+                );
+                for c0 in cols.clone().step_by(BLOCK) {
+                    for r0 in rows.clone().step_by(BLOCK) {
+                        for c in c0..(c0 + BLOCK).min(cols.end) {
+                            for r in r0..(r0 + BLOCK).min(rows.end) {
+                                data[c + r * stride] = data[r + c * stride];
+                            }
+                        }
+                    }
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// Fills the tiles of one column block (rows from `offset` on in the whole output;
+/// tile k, k₀ ≤ k < k₀ + starts.len(), starts at row `starts[k − k₀]`, its rows in
+/// increasing order) with `fill(k, view from the tile's first row)`, splitting the block
+/// by rows into disjoint views so that the tiles run in parallel: work units as fine as
+/// one tile, with every output entry written by one task.
+fn fill_tiles<T: Scalar>(
+    mut column: DMatrixViewMut<'_, T>,
+    offset: usize,
+    starts: &[usize],
+    first: usize,
+    fill: &(impl Fn(usize, &mut DMatrixViewMut<'_, T>) + Sync),
+) {
+    match starts {
+        [] => {}
+        [start] => {
+            let mut rest = column.rows_range_mut(start - offset..);
+            fill(first, &mut rest);
+        }
+        _ => {
+            let mid = starts.len() / 2;
+            let split = starts[mid] - offset;
+            let (top, bottom) = column.rows_range_pair_mut(..split, split..);
+            parallel::join(
+                || fill_tiles(top, offset, &starts[..mid], first, fill),
+                || fill_tiles(bottom, offset + split, &starts[mid..], first + mid, fill),
+            );
+        }
+    }
+}
+
+/// The row blocks i whose tiles (i, j) column block j computes when x1 = x2, of `blocks`
+/// blocks: its diagonal tile and the pairs at circular distance 1 ..= B/2 behind it,
+/// (j − 1, j), (j − 2, j), … (wrapping around: those are below the diagonal). Every
+/// unordered pair of blocks is computed once (at distance B/2, by the block j ≥ B/2),
+/// and every column block gets about (B + 1)/2 tiles, so the tasks are balanced; the
+/// other tiles are transposes.
+fn symmetric_tiles(blocks: usize, j: usize) -> Vec<usize> {
+    let half = blocks / 2;
+    (0..=half)
+        .filter(|&d| d == 0 || d < blocks - d || j >= half)
+        .map(|d| (j + blocks - d) % blocks)
+        .collect()
 }
 
 /// `0..n` cut into consecutive ranges of about n/4 rows, within
@@ -238,6 +329,31 @@ mod tests {
                 (0..k).map(|c| full[(i * k + c, j * k + c)]).sum::<f64>() / k as f64
             });
             assert!(rel(&traced, &expected) < 1e-12);
+        }
+    }
+
+    /// Every unordered pair of blocks is computed exactly once, and the work per
+    /// column block differs by at most one tile.
+    #[test]
+    fn symmetric_tiles_cover_every_pair_once_and_balance() {
+        for blocks in 1..12 {
+            let mut seen = vec![vec![0; blocks]; blocks];
+            let counts: Vec<usize> = (0..blocks)
+                .map(|j| {
+                    let tiles = symmetric_tiles(blocks, j);
+                    for &i in &tiles {
+                        seen[i.min(j)][i.max(j)] += 1;
+                    }
+                    tiles.len()
+                })
+                .collect();
+            for (a, row) in seen.iter().enumerate() {
+                for (b, &count) in row.iter().enumerate().skip(a) {
+                    assert_eq!(count, 1, "{blocks} blocks, pair ({a}, {b})");
+                }
+            }
+            let (lo, hi) = (counts.iter().min(), counts.iter().max());
+            assert!(hi.unwrap() - lo.unwrap() <= 1, "{blocks}: {counts:?}");
         }
     }
 

@@ -43,8 +43,27 @@ pub enum Error {
     NotSymmetric {
         /// The argument, e.g. `"theta"`.
         argument: &'static str,
-        /// max |K - Kᵀ| / max |K|.
+        /// max_{i,j} |K_ij − K_ji| / √|K_ii K_jj| (∞ where the asymmetric pair has a
+        /// zero diagonal entry).
         relative_asymmetry: f64,
+    },
+    /// A kernel that must be positive semi-definite has a clearly negative eigenvalue.
+    NotPositiveSemidefinite {
+        /// The argument, e.g. `"theta_train"`.
+        argument: &'static str,
+        /// Its smallest eigenvalue.
+        smallest_eigenvalue: f64,
+        /// Its largest eigenvalue magnitude max |λ|, the scale of the first.
+        largest_magnitude: f64,
+    },
+    /// A result would be NaN or infinite: the computation overflows the scalar type for
+    /// these arguments, or a user-supplied function (a custom activation, a model's
+    /// tangents) returned NaN or ∞.
+    NonFiniteResult {
+        /// What was being computed, e.g. `"empirical_ntk"`.
+        result: &'static str,
+        /// Where and why, naming the argument or the part of the model responsible.
+        reason: String,
     },
     /// A factorisation failed (e.g. Cholesky of a kernel that is not positive definite).
     Factorization {
@@ -75,8 +94,23 @@ impl fmt::Display for Error {
                 relative_asymmetry,
             } => write!(
                 f,
-                "`{argument}` is not symmetric: max |K - Kᵀ| / max |K| = {relative_asymmetry:e}"
+                "`{argument}` is not symmetric: max |K_ij - K_ji| / sqrt|K_ii K_jj| = \
+                 {relative_asymmetry:e}"
             ),
+            Error::NotPositiveSemidefinite {
+                argument,
+                smallest_eigenvalue,
+                largest_magnitude,
+            } => write!(
+                f,
+                "`{argument}` is not positive semi-definite: its smallest eigenvalue is \
+                 {smallest_eigenvalue:e} ({:e} of its largest magnitude {largest_magnitude:e}); \
+                 a kernel must be symmetric positive semi-definite",
+                smallest_eigenvalue / largest_magnitude
+            ),
+            Error::NonFiniteResult { result, reason } => {
+                write!(f, "`{result}` would not be finite: {reason}")
+            }
             Error::Factorization { message } => write!(f, "{message}"),
         }
     }
@@ -89,19 +123,46 @@ pub(crate) fn shape<T: nalgebra::Scalar>(m: &nalgebra::DMatrix<T>) -> String {
     format!("{} x {}", m.nrows(), m.ncols())
 }
 
+/// The index of the first NaN or infinite entry of `data`, if any. One vectorised pass
+/// (x − x is 0 for finite x and NaN otherwise, summed in independent lanes) says
+/// whether there is one; only then is it looked for.
+pub(crate) fn first_non_finite<T: crate::Scalar>(data: &[T]) -> Option<usize> {
+    const LANES: usize = 8;
+    let mut lanes = [T::zero(); LANES];
+    let chunks = data.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            // 0 for finite v, NaN for ±∞ and NaN: the point of the subtraction.
+            #[allow(clippy::eq_op)]
+            {
+                *lane += v - v;
+            }
+        }
+    }
+    if lanes.iter().chain(rest).all(|v| v.is_finite()) {
+        None
+    } else {
+        data.iter().position(|v| !v.is_finite())
+    }
+}
+
+/// (row, column) of the first NaN or infinite entry of `m` (column-major order).
+pub(crate) fn first_non_finite_entry<T: crate::Scalar>(
+    m: &nalgebra::DMatrix<T>,
+) -> Option<(usize, usize)> {
+    let rows = m.nrows().max(1);
+    first_non_finite(m.as_slice()).map(|k| (k % rows, k / rows))
+}
+
 /// Errors unless every entry of `m` is finite.
 pub(crate) fn check_finite<T: crate::Scalar>(
     argument: &'static str,
     m: &nalgebra::DMatrix<T>,
 ) -> Result<()> {
-    // Column-major storage: the first non-finite index gives (row, col).
-    match m.iter().position(|v| !v.is_finite()) {
+    match first_non_finite_entry(m) {
         None => Ok(()),
-        Some(k) => Err(Error::NonFinite {
-            argument,
-            row: k % m.nrows().max(1),
-            col: k / m.nrows().max(1),
-        }),
+        Some((row, col)) => Err(Error::NonFinite { argument, row, col }),
     }
 }
 
@@ -206,11 +267,15 @@ pub(crate) fn check_rows<T: nalgebra::Scalar>(
     }
 }
 
-/// Largest relative asymmetry max |K − Kᵀ| / max |K| accepted for a symmetric kernel.
+/// Largest relative asymmetry |K_ij − K_ji| / √|K_ii K_jj| accepted for a symmetric
+/// kernel.
 pub(crate) const SYMMETRY_TOLERANCE: f64 = 1e-8;
 
-/// Errors unless `k` is square, finite and symmetric: max |K − Kᵀ| / max |K| at most
-/// [`SYMMETRY_TOLERANCE`].
+/// Errors unless `k` is square, finite and symmetric: every pair within
+/// [`SYMMETRY_TOLERANCE`] of the scale of its own entries, |K_ij − K_ji| ≤
+/// tolerance · √|K_ii K_jj| (for a positive semi-definite kernel
+/// |K_ij| ≤ √(K_ii K_jj), so an asymmetry cannot hide under a large diagonal entry
+/// elsewhere).
 pub(crate) fn check_symmetric_kernel<T: crate::Scalar>(
     argument: &'static str,
     k: &nalgebra::DMatrix<T>,
@@ -224,20 +289,24 @@ pub(crate) fn check_symmetric_kernel<T: crate::Scalar>(
     }
     check_finite(argument, k)?;
     let n = k.nrows();
-    let scale = k.iter().fold(0.0_f64, |m, v| m.max(v.to_f64().abs()));
+    let diagonal: Vec<f64> = (0..n).map(|i| k[(i, i)].to_f64().abs().sqrt()).collect();
     // Compare K[i, j] with K[j, i] tile by tile, so both reads stay in cache.
     const TILE: usize = 32;
-    let mut asym = 0.0_f64;
+    let mut relative_asymmetry = 0.0_f64;
     for jb in (0..n).step_by(TILE) {
         for ib in (jb..n).step_by(TILE) {
             for j in jb..(jb + TILE).min(n) {
                 for i in ib.max(j + 1)..(ib + TILE).min(n) {
-                    asym = asym.max((k[(i, j)].to_f64() - k[(j, i)].to_f64()).abs());
+                    let gap = (k[(i, j)].to_f64() - k[(j, i)].to_f64()).abs();
+                    if gap > 0.0 {
+                        // ∞ when the scale is 0: nothing is symmetric to within 0.
+                        relative_asymmetry =
+                            relative_asymmetry.max(gap / (diagonal[i] * diagonal[j]));
+                    }
                 }
             }
         }
     }
-    let relative_asymmetry = if scale > 0.0 { asym / scale } else { 0.0 };
     if relative_asymmetry > SYMMETRY_TOLERANCE {
         return Err(Error::NotSymmetric {
             argument,
@@ -270,5 +339,28 @@ pub(crate) fn check_time(parameter: &'static str, value: f64) -> Result<()> {
             value: format!("{value}"),
             reason: "a time must be >= 0 (and not NaN)",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorised pass finds the first NaN or ∞ wherever it is (in the lanes or
+    /// the remainder), and nothing in finite data, huge values included.
+    #[test]
+    fn first_non_finite_finds_the_first() {
+        let mut data: Vec<f64> = (0..37).map(|i| (i as f64 - 18.0) * 1e306).collect();
+        data[0] = f64::MAX;
+        assert_eq!(first_non_finite(&data), None);
+        for (at, bad) in [(0, f64::NAN), (13, f64::INFINITY), (36, f64::NEG_INFINITY)] {
+            let mut d = data.clone();
+            d[at] = bad;
+            d[(at + 5).min(36)] = f64::NAN;
+            assert_eq!(first_non_finite(&d), Some(at));
+        }
+        assert_eq!(first_non_finite::<f32>(&[]), None);
+        let m = nalgebra::DMatrix::from_row_slice(2, 2, &[1.0, 2.0, f32::NAN, 4.0]);
+        assert_eq!(first_non_finite_entry(&m), Some((1, 0)));
     }
 }

@@ -81,16 +81,53 @@ pub(crate) fn symmetric_eigen<T: Scalar>(a: &DMatrix<f64>) -> Result<(DVector<f6
         )
     });
     if outcome.is_err() {
-        return Err(Error::Factorization {
-            message: format!(
-                "the symmetric eigendecomposition of the {n} x {n} kernel did not converge"
-            ),
-        });
+        return Err(not_converged(n));
     }
     // faer sorts ascending; reverse to descending.
     let values = DVector::from_fn(n, |i, _| values[n - 1 - i]);
     let vectors = DMatrix::from_fn(n, n, |i, j| T::from_f64_lossy(vectors[(i, n - 1 - j)]));
     Ok((values, vectors))
+}
+
+/// The eigenvalues of the symmetric `a` (only its lower triangle is read), in
+/// **descending** order, without the eigenvectors.
+pub(crate) fn symmetric_eigenvalues(a: &DMatrix<f64>) -> Result<DVector<f64>> {
+    let n = a.nrows();
+    debug_assert_eq!(n, a.ncols());
+    let mut values = faer::diag::Diag::<f64>::zeros(n);
+    if n == 0 {
+        return Ok(DVector::zeros(0));
+    }
+    let outcome = isolated(n, |par| {
+        let a = MatRef::from_column_major_slice(a.as_slice(), n, n);
+        let mut mem = MemBuffer::new(faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
+            n,
+            ComputeEigenvectors::No,
+            par,
+            Default::default(),
+        ));
+        faer::linalg::evd::self_adjoint_evd(
+            a,
+            values.as_mut(),
+            None,
+            par,
+            MemStack::new(&mut mem),
+            Default::default(),
+        )
+    });
+    if outcome.is_err() {
+        return Err(not_converged(n));
+    }
+    Ok(DVector::from_fn(n, |i, _| values[n - 1 - i]))
+}
+
+/// The error of an eigensolver that did not converge on an n × n kernel.
+fn not_converged(n: usize) -> Error {
+    Error::Factorization {
+        message: format!(
+            "the symmetric eigendecomposition of the {n} x {n} kernel did not converge"
+        ),
+    }
 }
 
 /// The Cholesky factor L (lower triangular, A = L Lᵀ) of the symmetric positive
@@ -127,6 +164,18 @@ impl Cholesky {
             .is_ok()
         });
         ok.then_some(Cholesky { factor })
+    }
+
+    /// min_i L_ii² / max_i A_ii: the smallest pivot relative to the largest diagonal
+    /// entry of A (0 for an empty matrix). Round-off-sized pivots mean A is singular
+    /// to working precision even where the factorization succeeded.
+    pub(crate) fn smallest_relative_pivot(&self, a: &DMatrix<f64>) -> f64 {
+        let n = self.factor.nrows();
+        let largest = (0..n).map(|i| a[(i, i)]).fold(0.0_f64, f64::max);
+        let smallest = (0..n)
+            .map(|i| self.factor[(i, i)].powi(2))
+            .fold(f64::INFINITY, f64::min);
+        if n == 0 { 0.0 } else { smallest / largest }
     }
 
     /// A⁻¹ B.
@@ -166,6 +215,8 @@ mod tests {
         for n in [0, 1, 7, 40] {
             let a = spd(n);
             let (values, vectors) = symmetric_eigen::<f64>(&a).unwrap();
+            let alone = symmetric_eigenvalues(&a).unwrap();
+            assert!((&alone - &values).amax() <= 1e-12 * a.norm().max(1.0));
             let recomposed = &vectors * DMatrix::from_diagonal(&values) * vectors.transpose();
             assert!((recomposed - &a).norm() <= 1e-12 * a.norm().max(1.0));
             let gram = vectors.transpose() * &vectors;

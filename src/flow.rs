@@ -14,8 +14,20 @@
 //! With Θ = V Λ Vᵀ (computed once, in [`GradientFlow::new`]), e^{−ηtΘ} = V e^{−ηtΛ} Vᵀ
 //! and Θ⁻¹(I − e^{−ηtΘ}) = V diag((1 − e^{−ηtλ_i})/λ_i) Vᵀ, where
 //! (1 − e^{−ηtλ})/λ = −expm1(−ηtλ)/λ is evaluated without cancellation and tends to
-//! ηt as λ → 0 (so Θ need not be invertible). Eigenvalues below 0 (round-off in a PSD
-//! kernel) are clipped to 0. Each prediction then costs O(N²k) (test: O(N²k + MNk)).
+//! ηt as λ → 0 (so Θ need not be invertible). Each prediction then costs O(N²k) (test:
+//! O(N²k + MNk)).
+//!
+//! # The null space
+//!
+//! A kernel with repeated (or linearly dependent) training inputs is singular, and in
+//! floating point its zero eigenvalues come out as round-off of either sign. The exact
+//! flow never moves the component of f_0 − Y in Θ's null space, so at t = ∞ the
+//! training outputs keep it and the test outputs use the pseudo-inverse Θ⁺. Every
+//! solver here therefore treats eigenvalues below **N·ε·λ_max** as exactly 0 (ε the
+//! machine epsilon of the scalar type: entries accurate to ε move eigenvalues by up to
+//! about N·ε·λ_max, so smaller ones cannot be told from 0), and rejects a kernel whose
+//! smallest eigenvalue is below −max(10⁻⁸, N·ε)·max |λ| as not positive semi-definite
+//! ([`Error::NotPositiveSemidefinite`]).
 //!
 //! Discrete gradient descent with step η gives f_s − Y = (I − ηΘ)^s (f_0 − Y) after s
 //! steps, and f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − (I − ηΘ)^s)(Y − f_0(X)); it is stable
@@ -40,11 +52,13 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_matrix, check_rows, check_symmetric_kernel, check_time};
-use crate::factor::{Cholesky, symmetric_eigen};
+use crate::error::{
+    Error, Result, check_matrix, check_rows, check_symmetric_kernel, check_time, first_non_finite,
+};
+use crate::factor::{Cholesky, symmetric_eigen, symmetric_eigenvalues};
 use crate::problem::{
     TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
-    kernel_and_targets,
+    kernel_and_targets, null_space_fraction, psd_spectrum,
 };
 
 /// Where along the dynamics a prediction is made: after a time of gradient flow, or
@@ -147,17 +161,20 @@ impl<T: Scalar> GradientFlow<T> {
     /// # Errors
     /// [`Error::ShapeMismatch`] if `theta_train` is not square or `y_train` does not
     /// have N rows; [`Error::NonFinite`] on NaN or infinite entries;
-    /// [`Error::NotSymmetric`] if max |Θ − Θᵀ| / max |Θ| > 1e-8;
+    /// [`Error::NotSymmetric`] if some |Θ_ij − Θ_ji| > 10⁻⁸ √|Θ_ii Θ_jj|;
+    /// [`Error::NotPositiveSemidefinite`] if λ_min(Θ) < −max(10⁻⁸, N·ε)·max |λ|
+    /// (see [the null space](crate::flow#the-null-space));
     /// [`Error::InvalidParameter`] unless `eta` is finite and > 0;
     /// [`Error::Factorization`] if the eigensolver does not converge.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
         let problem = TrainingProblem::new(theta_train, y_train, eta)?;
-        // Symmetric to 1e-8 (checked): the eigensolver reads the lower triangle.
+        // Symmetric (checked): the eigensolver reads the lower triangle.
         let (values, vectors) = symmetric_eigen(&problem.theta)?;
+        let values = psd_spectrum::<T>("theta_train", &values, values.len())?;
         Ok(GradientFlow {
             eta: problem.eta,
             targets: problem.targets,
-            eigenvalues: values.map(|v| T::from_f64_lossy(v.max(0.0))),
+            eigenvalues: values.map(T::from_f64_lossy),
             eigenvectors: vectors,
         })
     }
@@ -174,7 +191,8 @@ impl<T: Scalar> GradientFlow<T> {
         &self.targets
     }
 
-    /// The eigenvalues λ_1 ≥ … ≥ λ_N ≥ 0 of Θ (negative round-off clipped to 0).
+    /// The eigenvalues λ_1 ≥ … ≥ λ_N ≥ 0 of Θ, those below N·ε·λ_max set to 0 (see
+    /// [the null space](crate::flow#the-null-space)).
     #[must_use]
     pub fn eigenvalues(&self) -> &DVector<T> {
         &self.eigenvalues
@@ -203,7 +221,8 @@ impl<T: Scalar> GradientFlow<T> {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
-    /// or [`Error::NonFinite`] if `f0_train` is not a finite N × k matrix.
+    /// or [`Error::NonFinite`] if `f0_train` is not a finite N × k matrix;
+    /// [`Error::NonFiniteResult`] if the outputs exceed the scalar type's range.
     pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         Ok(self.train_at(&[Horizon::Time(t)], f0_train)?.remove(0))
     }
@@ -213,7 +232,8 @@ impl<T: Scalar> GradientFlow<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
-    /// N × k matrix.
+    /// N × k matrix; [`Error::NonFiniteResult`] if the outputs overflow: above the
+    /// stable rate 2/λ_max the residual grows like |1 − ηλ_max|^s.
     pub fn train_gd(&self, steps: usize, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         Ok(self.train_at(&[Horizon::Steps(steps)], f0_train)?.remove(0))
     }
@@ -223,7 +243,8 @@ impl<T: Scalar> GradientFlow<T> {
     /// steps. One projection and one GEMM for all of them.
     ///
     /// # Errors
-    /// As [`train`](Self::train), for any of the horizons.
+    /// As [`train`](Self::train) and [`train_gd`](Self::train_gd), for any of the
+    /// horizons.
     pub fn train_at(
         &self,
         horizons: &[Horizon<T>],
@@ -232,9 +253,11 @@ impl<T: Scalar> GradientFlow<T> {
         let horizons = checked(horizons)?;
         let coefficients = self.project(f0_train)?;
         let moved = self.expand(&horizons, &coefficients, |h, l| self.decay(h, l));
-        Ok((0..horizons.len())
-            .map(|h| &self.targets + moved.columns(h * self.k(), self.k()))
-            .collect())
+        horizons
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| self.finite(h, &self.targets + moved.columns(i * self.k(), self.k())))
+            .collect()
     }
 
     /// f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X)): the outputs at time
@@ -246,7 +269,8 @@ impl<T: Scalar> GradientFlow<T> {
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
     /// if `f0_train` is not N × k, `f0_test` not M × k or `theta_test_train` not
-    /// M × N; [`Error::NonFinite`] on NaN or infinite entries.
+    /// M × N; [`Error::NonFinite`] on NaN or infinite entries;
+    /// [`Error::NonFiniteResult`] if the outputs exceed the scalar type's range.
     pub fn test(
         &self,
         t: T,
@@ -280,9 +304,11 @@ impl<T: Scalar> GradientFlow<T> {
         let coefficients = -self.project(f0_train)?;
         let weights = self.expand(&horizons, &coefficients, |h, l| self.integral(h, l));
         let moved = theta_test_train * weights;
-        Ok((0..horizons.len())
-            .map(|h| f0_test + moved.columns(h * self.k(), self.k()))
-            .collect())
+        horizons
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| self.finite(h, f0_test + moved.columns(i * self.k(), self.k())))
+            .collect()
     }
 
     /// The training loss ½ ‖f(X) − Y‖²_F = ½ Σ_i d_i² ‖v_iᵀ(f_0 − Y)‖² at every
@@ -294,7 +320,7 @@ impl<T: Scalar> GradientFlow<T> {
     pub fn loss_at(&self, horizons: &[Horizon<T>], f0_train: &DMatrix<T>) -> Result<Vec<T>> {
         let horizons = checked(horizons)?;
         let coefficients = self.project(f0_train)?;
-        Ok(horizons
+        horizons
             .iter()
             .map(|&h| {
                 let mut sum = T::zero();
@@ -302,9 +328,10 @@ impl<T: Scalar> GradientFlow<T> {
                     let d = self.decay(h, self.eigenvalues[i]);
                     sum += d * d * row.norm_squared();
                 }
-                T::from_f64_lossy(0.5) * sum
+                let loss = DMatrix::from_element(1, 1, T::from_f64_lossy(0.5) * sum);
+                Ok(self.finite(h, loss)?[(0, 0)])
             })
-            .collect())
+            .collect()
     }
 
     /// The residual at `horizon` in the eigenbasis of Θ: row i is
@@ -329,6 +356,35 @@ impl<T: Scalar> GradientFlow<T> {
             row *= self.decay(horizon, self.eigenvalues[i]);
         }
         Ok(coefficients)
+    }
+
+    /// `prediction` at `horizon`, or the error that says why it is not finite: gradient
+    /// descent above the stable rate, whose residual grows like |1 − ηλ_max|^s.
+    fn finite(&self, horizon: Horizon<T>, prediction: DMatrix<T>) -> Result<DMatrix<T>> {
+        if first_non_finite(prediction.as_slice()).is_none() {
+            return Ok(prediction);
+        }
+        let reason = match horizon {
+            Horizon::Steps(s) => {
+                let top = self.eigenvalues.iter().copied().fold(T::zero(), T::max);
+                format!(
+                    "after {s} gradient-descent steps with η = {} above the stable \
+                     2/λ_max = {}, the residual grows like |1 − ηλ_max|^s = {:e} and \
+                     overflows; use a learning rate below 2/λ_max or fewer steps",
+                    self.eta,
+                    self.max_stable_learning_rate(),
+                    power(T::one() - self.eta * top, s).abs().to_f64()
+                )
+            }
+            Horizon::Time(t) => format!(
+                "the prediction at t = {t} exceeds the range of the scalar type \
+                 (f0_train, y_train or theta_test_train too large)"
+            ),
+        };
+        Err(Error::NonFiniteResult {
+            result: "GradientFlow prediction",
+            reason,
+        })
     }
 
     /// Number of training points N.
@@ -452,10 +508,13 @@ impl<T: Scalar> KernelRegression<T> {
     /// Factors Θ + ρI (ρ = `diag_reg` ≥ 0) for the targets `y_train` (N × k).
     ///
     /// # Errors
-    /// As [`GradientFlow::new`] for `theta_train` and `y_train`;
-    /// [`Error::InvalidParameter`] unless `diag_reg` is finite and ≥ 0;
+    /// As [`GradientFlow::new`] for `theta_train` and `y_train` (except the eigenvalue
+    /// check); [`Error::InvalidParameter`] unless `diag_reg` is finite and ≥ 0;
     /// [`Error::Factorization`] if Θ + ρI is not positive definite to working
-    /// precision (the message suggests a `diag_reg`).
+    /// precision: the factorization fails, or a pivot is below N·ε of the largest
+    /// diagonal entry (singular: repeated training inputs, say; see
+    /// [the null space](crate::flow#the-null-space)). The message suggests a
+    /// `diag_reg`, or [`GradientFlow`] at t = ∞ for the pseudo-inverse limit.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, diag_reg: T) -> Result<Self> {
         let (theta, targets) = kernel_and_targets(theta_train, y_train)?;
         let n = targets.nrows();
@@ -467,24 +526,36 @@ impl<T: Scalar> KernelRegression<T> {
                 reason: "a ridge must be finite and >= 0",
             });
         }
-        // Symmetric to 1e-8 (checked): the factorization reads the lower triangle.
+        // Symmetric (checked): the factorization reads the lower triangle.
         let mut a = theta;
         for i in 0..n {
             a[(i, i)] += rho;
         }
-        let Some(cholesky) = Cholesky::new(&a) else {
-            let mean_diag = a.trace() / n.max(1) as f64;
-            let message = if rho == 0.0 {
+        // A pivot at round-off level means Θ + ρI is singular to working precision:
+        // its solve would be noise.
+        let floor = null_space_fraction::<T>(n);
+        let factored = Cholesky::new(&a).filter(|c| c.smallest_relative_pivot(&a) > floor);
+        let Some(cholesky) = factored else {
+            let mean_diag = (a.trace() / n.max(1) as f64).abs();
+            let message = if rho == 0.0 && a.amax() == 0.0 {
+                "`theta_train` is zero: kernel regression has nothing to invert (the flow \
+                 never moves: f_∞ = f_0); any `diag_reg` > 0 returns f_0, as does \
+                 GradientFlow at t = ∞"
+                    .to_string()
+            } else if rho == 0.0 {
                 format!(
                     "Cholesky factorization of `theta_train` ({n} x {n}) failed: the kernel is \
-                     not positive definite to working precision; pass a small ridge `diag_reg` \
-                     (e.g. {:e}, 1e-10 of its mean diagonal)",
-                    1e-10 * mean_diag.abs().max(f64::MIN_POSITIVE)
+                     singular (repeated or dependent training inputs) or not positive \
+                     definite to working precision. GradientFlow at t = ∞ gives the \
+                     pseudo-inverse limit (eigenvalues below N·ε·λ_max count as 0); or pass a \
+                     small ridge `diag_reg` (e.g. {:e}, 1e-10 of its mean diagonal)",
+                    1e-10 * mean_diag
                 )
             } else {
                 format!(
                     "Cholesky factorization of `theta_train` + {rho:e} I ({n} x {n}) failed: \
-                     not positive definite to working precision; increase `diag_reg`"
+                     not positive definite to working precision; increase `diag_reg` or check \
+                     that `theta_train` is positive semi-definite"
                 )
             };
             return Err(Error::Factorization { message });
@@ -615,11 +686,12 @@ pub struct InfiniteEnsemble<T: Scalar> {
 
 impl<T: Scalar> InfiniteEnsemble<T> {
     /// Prepares the ensemble from the train-train NTK Θ and NNGP K (N × N), targets
-    /// `y_train` (N × k) and learning rate `eta` (one eigendecomposition of Θ).
+    /// `y_train` (N × k) and learning rate `eta` (one eigendecomposition of Θ, and the
+    /// eigenvalues of K to check that it is a covariance).
     ///
     /// # Errors
-    /// As [`GradientFlow::new`]; the same checks apply to `nngp_train`, which must also
-    /// be N × N.
+    /// As [`GradientFlow::new`]; the same checks (symmetric, positive semi-definite)
+    /// apply to `nngp_train`, which must also be N × N.
     pub fn new(
         ntk_train: &DMatrix<T>,
         nngp_train: &DMatrix<T>,
@@ -634,6 +706,9 @@ impl<T: Scalar> InfiniteEnsemble<T> {
             ntk_train.nrows(),
             "as many as ntk_train",
         )?;
+        // A covariance: positive semi-definite, or the predicted variances go negative.
+        let values = symmetric_eigenvalues(&nngp_train.map(|v| v.to_f64()))?;
+        psd_spectrum::<T>("nngp_train", &values, values.len())?;
         Ok(InfiniteEnsemble {
             flow,
             nngp_train: nngp_train.clone(),

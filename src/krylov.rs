@@ -23,6 +23,7 @@ use crate::Scalar;
 use crate::error::{Error, Result, check_time};
 use crate::problem::{
     TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
+    psd_spectrum,
 };
 
 /// Gradient-flow predictions at a single time by the Lanczos method, without
@@ -62,8 +63,13 @@ impl<T: Scalar> KrylovFlow<T> {
     /// No factorization: O(N²) for the checks. Defaults: relative tolerance 1e-10, at
     /// most min(N, 500) Lanczos steps.
     ///
+    /// Without a factorization, positive semi-definiteness is checked where the
+    /// predictions meet Θ's spectrum: on the Lanczos matrices' eigenvalues (see
+    /// [`train`](Self::train)).
+    ///
     /// # Errors
-    /// As [`GradientFlow::new`](crate::GradientFlow::new).
+    /// As [`GradientFlow::new`](crate::GradientFlow::new), except for
+    /// [`Error::NotPositiveSemidefinite`].
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
         let problem = TrainingProblem::new(theta_train, y_train, eta)?;
         let n = problem.targets.nrows();
@@ -113,11 +119,16 @@ impl<T: Scalar> KrylovFlow<T> {
     /// [`KernelRegression`](crate::KernelRegression) for t = ∞);
     /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
     /// N × k matrix; [`Error::Factorization`] if the tolerance is not reached within
-    /// the maximum dimension.
+    /// the maximum dimension; [`Error::NotPositiveSemidefinite`] (`theta_train`) if a
+    /// Lanczos matrix has an eigenvalue below −max(10⁻⁸, N·ε)·max |λ| (its
+    /// eigenvalues lie in Θ's spectrum, and the extreme ones converge first, so a
+    /// clearly indefinite Θ is found unless the residual has no component along its
+    /// negative directions). Eigenvalues below N·ε·λ_max count as 0, as in
+    /// [`GradientFlow`](crate::GradientFlow).
     pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         let eta_t = self.eta_t(t)?;
         let r = self.residual(f0_train)?;
-        let moved = self.function_times(|l| flow_decay(eta_t, l.max(0.0)), &r)?;
+        let moved = self.function_times(|l| flow_decay(eta_t, l), &r)?;
         let targets = &self.problem.targets;
         Ok(DMatrix::from_fn(r.nrows(), r.ncols(), |i, c| {
             targets[(i, c)] + T::from_f64_lossy(moved[(i, c)])
@@ -140,7 +151,7 @@ impl<T: Scalar> KrylovFlow<T> {
         let eta_t = self.eta_t(t)?;
         check_test_inputs(f0_test, theta_test_train, &self.problem.targets)?;
         let r = -self.residual(f0_train)?;
-        let weights = self.function_times(|l| flow_integral(eta_t, l.max(0.0)), &r)?;
+        let weights = self.function_times(|l| flow_integral(eta_t, l), &r)?;
         let moved = theta_test_train.map(|v| v.to_f64()) * weights;
         Ok(DMatrix::from_fn(f0_test.nrows(), r.ncols(), |i, c| {
             f0_test[(i, c)] + T::from_f64_lossy(moved[(i, c)])
@@ -211,13 +222,7 @@ impl<T: Scalar> KrylovFlow<T> {
             let last = invariant || m >= max_m;
             // Check convergence every step up to 32, then every 4 steps.
             if last || m <= 32 || m.is_multiple_of(4) {
-                let Some(coefficients) = small_function(&alpha, &beta, g) else {
-                    return Err(Error::Factorization {
-                        message: format!(
-                            "the eigendecomposition of the {m} x {m} Lanczos matrix did not converge"
-                        ),
-                    });
-                };
+                let coefficients = small_function::<T>(&alpha, &beta, g, n)?;
                 let converged = previous.as_ref().is_some_and(|p| {
                     let mut diff = coefficients.clone();
                     diff.rows_mut(0, p.len()).axpy(-1.0, p, 1.0);
@@ -248,8 +253,16 @@ impl<T: Scalar> KrylovFlow<T> {
 }
 
 /// g(T) e₁ for the symmetric tridiagonal T with diagonal `alpha` and off-diagonal
-/// `beta` (length alpha.len() − 1, or more: extra entries are ignored).
-fn small_function(alpha: &[f64], beta: &[f64], g: &impl Fn(f64) -> f64) -> Option<DVector<f64>> {
+/// `beta` (length alpha.len() − 1, or more: extra entries are ignored). T's
+/// eigenvalues (Ritz values, inside Θ's spectrum, the extreme ones converging first)
+/// are checked and cleaned as Θ's would be: a clearly negative one means Θ (N × N) is
+/// not positive semi-definite, and those below N·ε·λ_max count as 0.
+fn small_function<T: Scalar>(
+    alpha: &[f64],
+    beta: &[f64],
+    g: &impl Fn(f64) -> f64,
+    n: usize,
+) -> Result<DVector<f64>> {
     let m = alpha.len();
     let t = DMatrix::from_fn(m, m, |i, j| {
         if i == j {
@@ -262,8 +275,15 @@ fn small_function(alpha: &[f64], beta: &[f64], g: &impl Fn(f64) -> f64) -> Optio
             0.0
         }
     });
-    let eig = SymmetricEigen::try_new(t, f64::EPSILON, 0)?;
+    let Some(eig) = SymmetricEigen::try_new(t, f64::EPSILON, 0) else {
+        return Err(Error::Factorization {
+            message: format!(
+                "the eigendecomposition of the {m} x {m} Lanczos matrix did not converge"
+            ),
+        });
+    };
+    let ritz = psd_spectrum::<T>("theta_train", &eig.eigenvalues, n)?;
     // S g(Λ) Sᵀ e₁ = S (g(λ) ⊙ first row of S).
-    let weights = DVector::from_fn(m, |i, _| g(eig.eigenvalues[i]) * eig.eigenvectors[(0, i)]);
-    Some(&eig.eigenvectors * weights)
+    let weights = DVector::from_fn(m, |i, _| g(ritz[i]) * eig.eigenvectors[(0, i)]);
+    Ok(&eig.eigenvectors * weights)
 }

@@ -4,6 +4,7 @@
 use nalgebra::{DMatrix, DMatrixViewMut, Dyn, Matrix, MatrixView, Storage, StorageMut};
 
 use crate::Scalar;
+use crate::error::{Error, Result};
 
 /// The transpose of columns `first .. first + count` of `m`, as a view on `m`'s
 /// storage (no copy): column-major columns read with swapped strides.
@@ -64,6 +65,29 @@ pub(crate) fn gemm<T: Scalar, SY, SA, SB>(
     y.copy_from(&padded_y.rows(0, n));
 }
 
+/// A zero `rows` × `cols` matrix, or [`Error::InvalidParameter`] naming `parameter`
+/// (with `value()`, the sizes that asked for it) when the size overflows or the memory
+/// cannot be allocated: an error instead of an abort.
+pub(crate) fn try_zeros<T: Scalar>(
+    rows: usize,
+    cols: usize,
+    parameter: &'static str,
+    value: impl FnOnce() -> String,
+) -> Result<DMatrix<T>> {
+    let mut data = Vec::new();
+    if let Some(len) = rows.checked_mul(cols)
+        && data.try_reserve_exact(len).is_ok()
+    {
+        data.resize(len, T::zero());
+        return Ok(DMatrix::from_vec(rows, cols, data));
+    }
+    Err(Error::InvalidParameter {
+        parameter,
+        value: format!("{} ({rows} x {cols} numbers)", value()),
+        reason: "needs more memory than can be allocated",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +118,23 @@ mod tests {
                 assert!((y - expected).amax() < 1e-13, "{n} rows, β = {beta}");
             }
         }
+    }
+
+    #[test]
+    fn impossible_allocations_are_errors() {
+        assert_eq!(
+            try_zeros::<f64>(3, 2, "m", String::new).unwrap().shape(),
+            (3, 2)
+        );
+        let too_many = try_zeros::<f64>(usize::MAX, 2, "width", || "huge".into());
+        assert!(matches!(
+            too_many,
+            Err(Error::InvalidParameter {
+                parameter: "width",
+                ..
+            })
+        ));
+        let too_large = try_zeros::<f64>(1 << 40, 1 << 20, "width", || "huge".into());
+        assert!(too_large.is_err());
     }
 }

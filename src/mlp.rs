@@ -23,8 +23,8 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::activation::Activation;
-use crate::error::{Error, Result, check_matrix, check_std};
-use crate::linalg::columns_transposed;
+use crate::error::{Error, Result, check_matrix, check_std, first_non_finite_entry};
+use crate::linalg::{columns_transposed, gemm, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
 
@@ -147,24 +147,6 @@ impl MlpSpec {
         self.parameterization
     }
 
-    /// Crate-private aliases of [`sigma_w`](Self::sigma_w),
-    /// [`sigma_b`](Self::sigma_b) and
-    /// [`parameterization_kind`](Self::parameterization_kind) for
-    /// `infinite/engine.rs` until it is renamed; remove them then.
-    pub(crate) fn get_weight_std(&self) -> f64 {
-        self.sigma_w()
-    }
-
-    /// See [`get_weight_std`](Self::get_weight_std).
-    pub(crate) fn get_bias_std(&self) -> f64 {
-        self.sigma_b()
-    }
-
-    /// See [`get_weight_std`](Self::get_weight_std).
-    pub(crate) fn get_parameterization(&self) -> Parameterization {
-        self.parameterization_kind()
-    }
-
     /// Whether the layers carry bias parameters (σ_b > 0).
     #[must_use]
     pub fn has_bias(&self) -> bool {
@@ -190,19 +172,27 @@ impl MlpSpec {
         s
     }
 
-    /// Number of parameters P = Σ_l n^l (n^{l−1} + \[σ_b > 0\]).
+    /// Number of parameters P = Σ_l n^l (n^{l−1} + \[σ_b > 0\]); `usize::MAX` for a
+    /// spec too large to count, which [`validate`](Self::validate) rejects.
     #[must_use]
     pub fn parameter_count(&self) -> usize {
-        let w = self.widths();
+        self.checked_parameter_count().unwrap_or(usize::MAX)
+    }
+
+    /// P, or `None` if it overflows `usize`.
+    fn checked_parameter_count(&self) -> Option<usize> {
         let bias = usize::from(self.has_bias());
-        w.windows(2).map(|p| p[1] * (p[0] + bias)).sum()
+        self.widths().windows(2).try_fold(0_usize, |sum, p| {
+            sum.checked_add(p[1].checked_mul(p[0].checked_add(bias)?)?)
+        })
     }
 
     /// Checks dimensions, standard deviations and activations.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for a zero input dimension, width or output
-    /// dimension, a negative or non-finite σ, or an invalid activation.
+    /// dimension, more parameters than `usize` counts, a negative or non-finite σ, or
+    /// an invalid activation.
     pub fn validate(&self) -> Result<()> {
         let positive = |parameter: &'static str, v: usize| {
             if v == 0 {
@@ -221,11 +211,29 @@ impl MlpSpec {
             if *width == 0 {
                 return Err(Error::InvalidParameter {
                     parameter: "hidden width",
-                    value: format!("0 (hidden layer {l}, counting from 0)"),
+                    value: format!("0 (hidden layer {})", l + 1),
                     reason: "must be at least 1",
                 });
             }
-            act.validate()?;
+            act.validate().map_err(|e| match e {
+                Error::InvalidParameter {
+                    parameter,
+                    value,
+                    reason,
+                } => Error::InvalidParameter {
+                    parameter,
+                    value: format!("{value} (hidden layer {})", l + 1),
+                    reason,
+                },
+                other => other,
+            })?;
+        }
+        if self.checked_parameter_count().is_none() {
+            return Err(Error::InvalidParameter {
+                parameter: "widths",
+                value: format!("{:?}", self.widths()),
+                reason: "the network has more parameters than usize counts",
+            });
         }
         check_std("weight_std", self.weight_std)?;
         check_std("bias_std", self.bias_std)
@@ -236,16 +244,23 @@ impl MlpSpec {
     /// then b, from `rng`.
     ///
     /// # Errors
-    /// If the spec is invalid ([`MlpSpec::validate`]).
+    /// If the spec is invalid ([`MlpSpec::validate`]); [`Error::InvalidParameter`]
+    /// (`widths`) if the weights need more memory than can be allocated.
     pub fn init<T: Scalar, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Mlp<T>> {
         self.validate()?;
         let widths = self.widths();
-        let params = DVector::<T>::from_fn(self.parameter_count(), |_, _| {
+        let mut net = Mlp::zeros(self.clone())?;
+        // In the parameter order: W^l row-major (Wᵀ column-major), then b^l.
+        let mut draw = |v: &mut T| {
             let z: f64 = StandardNormal.sample(rng);
-            T::from_f64_lossy(z)
-        });
-        let mut net = Mlp::zeros(self.clone());
-        net.set_parameters(&params)?;
+            *v = T::from_f64_lossy(z);
+        };
+        for layer in &mut net.layers {
+            layer.weights_t.iter_mut().for_each(&mut draw);
+            if let Some(b) = layer.bias.as_mut() {
+                b.iter_mut().for_each(&mut draw);
+            }
+        }
         if self.parameterization == Parameterization::Standard {
             for (layer, n_in) in net.layers.iter_mut().zip(&widths) {
                 layer.weights_t *= T::from_f64_lossy(self.weight_std / (*n_in as f64).sqrt());
@@ -288,7 +303,11 @@ struct Trace<T: Scalar> {
 }
 
 impl<T: Scalar> Mlp<T> {
-    fn zeros(spec: MlpSpec) -> Self {
+    /// The network of a valid `spec` with all parameters 0.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] (`widths`) if a layer's weights cannot be allocated.
+    fn zeros(spec: MlpSpec) -> Result<Self> {
         let widths = spec.widths();
         let (sw, sb) = match spec.parameterization {
             Parameterization::Ntk => (spec.weight_std, spec.bias_std),
@@ -296,17 +315,23 @@ impl<T: Scalar> Mlp<T> {
         };
         let layers = widths
             .windows(2)
-            .map(|p| Dense {
-                weights_t: DMatrix::zeros(p[0], p[1]),
-                bias: spec.has_bias().then(|| DVector::zeros(p[1])),
-                weight_scale: T::from_f64_lossy(match spec.parameterization {
-                    Parameterization::Ntk => sw / (p[0] as f64).sqrt(),
-                    Parameterization::Standard => sw,
-                }),
-                bias_scale: T::from_f64_lossy(sb),
+            .enumerate()
+            .map(|(l, p)| {
+                let weights_t = try_zeros(p[0], p[1], "widths", || {
+                    format!("{widths:?}: Dense layer {l}'s {} x {} weights", p[1], p[0])
+                })?;
+                Ok(Dense {
+                    weights_t,
+                    bias: spec.has_bias().then(|| DVector::zeros(p[1])),
+                    weight_scale: T::from_f64_lossy(match spec.parameterization {
+                        Parameterization::Ntk => sw / (p[0] as f64).sqrt(),
+                        Parameterization::Standard => sw,
+                    }),
+                    bias_scale: T::from_f64_lossy(sb),
+                })
             })
-            .collect();
-        Mlp { spec, layers }
+            .collect::<Result<_>>()?;
+        Ok(Mlp { spec, layers })
     }
 
     /// A network of the given architecture with the given parameters (in the
@@ -316,7 +341,7 @@ impl<T: Scalar> Mlp<T> {
     /// If the spec is invalid or `params` has the wrong length or non-finite entries.
     pub fn from_parameters(spec: &MlpSpec, params: &DVector<T>) -> Result<Self> {
         spec.validate()?;
-        let mut net = Mlp::zeros(spec.clone());
+        let mut net = Mlp::zeros(spec.clone())?;
         net.set_parameters(params)?;
         Ok(net)
     }
@@ -364,46 +389,102 @@ impl<T: Scalar> Mlp<T> {
         check_matrix("x", x, None, Some(inputs))
     }
 
+    /// Dense layer `l` applied to `input`: H^l = s_w X W^{lᵀ} + s_b 1 b^{lᵀ} and, for a
+    /// hidden layer, φ(H^l) and (if `with_derivative`) φ'(H^l). Checked: the error
+    /// names the layer, and the activation, where a value stops being finite.
+    fn apply_layer(
+        &self,
+        l: usize,
+        input: &DMatrix<T>,
+        with_derivative: bool,
+    ) -> Result<(DMatrix<T>, Option<DMatrix<T>>)> {
+        let h = self.layers[l].pre_activation(input);
+        let overflow = |(i, j): (usize, usize)| Error::NonFiniteResult {
+            result: "Mlp forward pass",
+            reason: format!(
+                "Dense layer {}'s pre-activation s_w W x + s_b b is {} at row {i}: it exceeds \
+                 the range of the scalar type (σ_w = {}, σ_b = {} or the inputs are too large)",
+                l + 1,
+                h[(i, j)],
+                self.spec.weight_std,
+                self.spec.bias_std
+            ),
+        };
+        // Checked even where φ would hide it: ReLU maps NaN to 0.
+        if let Some(at) = first_non_finite_entry(&h) {
+            return Err(overflow(at));
+        }
+        let Some((_, act)) = self.spec.hidden.get(l) else {
+            return Ok((h, None));
+        };
+        let (out, derivative) = if with_derivative {
+            let (out, d) = act.elementwise_with_derivative(&h);
+            (out, Some(d))
+        } else {
+            (act.elementwise(&h), None)
+        };
+        if act.finite_on_finite_inputs() {
+            return Ok((out, derivative));
+        }
+        for (values, name) in [(Some(&out), "φ"), (derivative.as_ref(), "φ'")] {
+            if let Some((i, j)) = values.and_then(first_non_finite_entry) {
+                return Err(Error::NonFiniteResult {
+                    result: "Mlp forward pass",
+                    reason: format!(
+                        "activation {act} of hidden layer {} gives {name}({}) = {} (row {i})",
+                        l + 1,
+                        h[(i, j)],
+                        values.map_or(h[(i, j)], |v| v[(i, j)])
+                    ),
+                });
+            }
+        }
+        Ok((out, derivative))
+    }
+
     /// Forward pass keeping what the backward pass needs.
-    fn trace(&self, x: &DMatrix<T>) -> Trace<T> {
+    fn trace(&self, x: &DMatrix<T>) -> Result<Trace<T>> {
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut derivatives = Vec::with_capacity(self.layers.len().saturating_sub(1));
         let mut current = x.clone();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.pre_activation(&current);
-            inputs.push(current);
-            match self.spec.hidden.get(l) {
-                Some((_, act)) => {
-                    let (out, d) = act.elementwise_with_derivative(&h);
-                    derivatives.push(d);
-                    current = out;
-                }
-                None => current = h,
-            }
+        for l in 0..self.layers.len() {
+            let (out, derivative) = self.apply_layer(l, &current, true)?;
+            inputs.push(std::mem::replace(&mut current, out));
+            derivatives.extend(derivative);
         }
-        Trace {
+        Ok(Trace {
             inputs,
             derivatives,
             output: current,
-        }
+        })
     }
 
-    /// The output gradients G^l = ∂f/∂H^l (N × k·n^l, output c in column block c),
-    /// for every layer l, first to last.
+    /// The output gradients G^l = ∂f/∂H^l (N × k·n^l, output c in column block c) of
+    /// the hidden layers, first to last. The output layer's is the identity, ∂f_c/∂H^L
+    /// = e_c, so the last hidden layer's is G^{L−1}_c = s_w W^L\[c, :\] ⊙ φ'(H^{L−1}),
+    /// and then G^{l−1} = (G^l s_w W^l) ⊙ φ'(H^{l−1}).
     fn backward(&self, trace: &Trace<T>) -> Vec<DMatrix<T>> {
         let n = trace.output.nrows();
         let k = self.spec.outputs;
-        // ∂f_c/∂H^L is the unit row e_c for every sample.
-        let mut g = DMatrix::<T>::from_fn(n, k * k, |_, col| {
-            if col / k == col % k {
-                T::one()
-            } else {
-                T::zero()
+        let depth = self.layers.len();
+        let mut grads = Vec::with_capacity(depth.saturating_sub(1));
+        if depth < 2 {
+            return grads;
+        }
+        let readout = &self.layers[depth - 1];
+        let d = &trace.derivatives[depth - 2];
+        let n_last = readout.weights_t.nrows();
+        let mut g = DMatrix::<T>::zeros(n, k * n_last);
+        for c in 0..k {
+            // Column c of W^Lᵀ is row c of W^L.
+            let w = readout.weights_t.column(c);
+            for a in 0..n_last {
+                let s = readout.weight_scale * w[a];
+                g.column_mut(c * n_last + a)
+                    .zip_apply(&d.column(a), |v, da| *v = s * da);
             }
-        });
-        let mut grads = Vec::with_capacity(self.layers.len());
-        for l in (1..self.layers.len()).rev() {
-            // G^{l−1} = (G^l s_w W^l) ⊙ φ'(H^{l−1}), for each output block.
+        }
+        for l in (1..depth - 1).rev() {
             let layer = &self.layers[l];
             let (n_prev, n_here) = layer.weights_t.shape();
             let w = columns_transposed(&layer.weights_t, 0, n_here);
@@ -411,7 +492,8 @@ impl<T: Scalar> Mlp<T> {
             let mut prev = DMatrix::<T>::zeros(n, k * n_prev);
             for c in 0..k {
                 let mut block = prev.columns_mut(c * n_prev, n_prev);
-                block.gemm(
+                gemm(
+                    &mut block,
                     layer.weight_scale,
                     &g.columns(c * n_here, n_here),
                     &w,
@@ -431,7 +513,7 @@ impl<T: Scalar> Dense<T> {
     /// H = s_w X Wᵀ + s_b 1 bᵀ.
     fn pre_activation(&self, x: &DMatrix<T>) -> DMatrix<T> {
         let mut h = DMatrix::<T>::zeros(x.nrows(), self.weights_t.ncols());
-        h.gemm(self.weight_scale, x, &self.weights_t, T::zero());
+        gemm(&mut h, self.weight_scale, x, &self.weights_t, T::zero());
         if let Some(b) = &self.bias {
             for (mut col, bj) in h.column_iter_mut().zip(b.iter()) {
                 col.add_scalar_mut(self.bias_scale * *bj);
@@ -501,12 +583,8 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
     fn forward(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         self.check_x(x)?;
         let mut current = x.clone();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.pre_activation(&current);
-            current = match self.spec.hidden.get(l) {
-                Some((_, act)) => act.elementwise(&h),
-                None => h,
-            };
+        for l in 0..self.layers.len() {
+            current = self.apply_layer(l, &current, false)?.0;
         }
         Ok(current)
     }
@@ -517,20 +595,28 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
 
     fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
         self.check_x(x)?;
-        let trace = self.trace(x);
+        let trace = self.trace(x)?;
         let grads = self.backward(&trace);
-        let tangents = self
-            .layers
-            .iter()
-            .zip(trace.inputs)
-            .zip(grads)
-            .map(|((layer, input), output_grad)| LayerTangent::Dense {
+        let Trace { inputs, output, .. } = trace;
+        let mut inputs = inputs.into_iter();
+        // The hidden layers first (grads leads, so the output layer's input stays).
+        let mut tangents: Vec<_> = grads
+            .into_iter()
+            .zip(&self.layers)
+            .zip(inputs.by_ref())
+            .map(|((output_grad, layer), input)| LayerTangent::Dense {
                 weight_scale: layer.weight_scale,
                 bias_scale: layer.bias.as_ref().map(|_| layer.bias_scale),
                 uses: vec![DenseUse { input, output_grad }],
             })
             .collect();
-        Ok((trace.output, tangents))
+        let readout = self.layers.last().expect("an MLP has an output layer");
+        tangents.push(LayerTangent::Readout {
+            weight_scale: readout.weight_scale,
+            bias_scale: readout.bias.as_ref().map(|_| readout.bias_scale),
+            input: inputs.next().expect("the output layer's input"),
+        });
+        Ok((output, tangents))
     }
 }
 
@@ -565,13 +651,30 @@ mod tests {
         let mut jac = DMatrix::<f64>::zeros(n * k, p);
         let mut offset = 0;
         for t in &tangents {
-            let LayerTangent::Dense {
-                weight_scale,
-                bias_scale,
-                uses,
-            } = t
-            else {
-                panic!("an MLP reports dense layers");
+            // The output layer's gradient is the unit row e_c (k outputs): written out
+            // as a dense use with that gradient.
+            let identity;
+            let (weight_scale, bias_scale, uses) = match t {
+                LayerTangent::Dense {
+                    weight_scale,
+                    bias_scale,
+                    uses,
+                } => (weight_scale, bias_scale, uses.as_slice()),
+                LayerTangent::Readout {
+                    weight_scale,
+                    bias_scale,
+                    input,
+                } => {
+                    let output_grad = DMatrix::from_fn(n, k * k, |_, col| {
+                        f64::from(u8::from(col / k == col % k))
+                    });
+                    identity = [DenseUse {
+                        input: input.clone(),
+                        output_grad,
+                    }];
+                    (weight_scale, bias_scale, identity.as_slice())
+                }
+                _ => panic!("an MLP reports dense layers and a readout"),
             };
             let (n_in, n_out) = (uses[0].input.ncols(), uses[0].output_grad.ncols() / k);
             for u in uses {

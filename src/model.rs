@@ -9,8 +9,8 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_finite, check_inputs, shape};
-use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents};
+use crate::error::{Error, Result, check_finite, check_inputs, first_non_finite, shape};
+use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_finite};
 
 /// A differentiable model whose empirical NTK `ntk` can compute.
 ///
@@ -76,7 +76,7 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// As [`layer_tangents`](NtkModel::layer_tangents).
     fn jacobian(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         let tangents = Tangents::new(self.layer_tangents(x)?, x.nrows(), self.output_dim())?;
-        Ok(tangents.jacobian())
+        tangents.jacobian()
     }
 
     /// The vector–Jacobian product Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ (length P, in the
@@ -104,7 +104,7 @@ pub trait NtkModel<T: Scalar>: Sync {
         }
         check_finite("cotangent", cotangent)?;
         let tangents = Tangents::new(self.layer_tangents(x)?, n, k)?;
-        Ok(tangents.vjp(cotangent))
+        tangents.vjp(cotangent)
     }
 
     /// Each parameter group's share of the empirical NTK between `x1` (N1 × d) and `x2` (N2 × d),
@@ -122,6 +122,21 @@ pub trait NtkModel<T: Scalar>: Sync {
         let t2 = if x1 == x2 { None } else { Some(features(x2)?) };
         let t2 = t2.as_ref().unwrap_or(&t1);
         t1.check_compatible(t2)?;
-        Ok(t1.layer_kernels(t2))
+        let kernels = t1.layer_kernels(t2);
+        let finite = |m: &DMatrix<T>| first_non_finite(m.as_slice()).is_none();
+        if !kernels
+            .iter()
+            .all(|l| finite(&l.weights) && l.bias.as_ref().is_none_or(finite))
+        {
+            t1.check_finite()?;
+            t2.check_finite()?;
+            for kernel in &kernels {
+                check_kernel_finite("layer_kernels", &kernel.weights)?;
+                if let Some(b) = &kernel.bias {
+                    check_kernel_finite("layer_kernels", b)?;
+                }
+            }
+        }
+        Ok(kernels)
     }
 }

@@ -45,21 +45,6 @@ pub(crate) fn for_each_chunk_pair<A: Send, B: Send>(
     }
 }
 
-/// Runs `f` and `g`, in parallel with the `parallel` feature.
-pub(crate) fn join<RF: Send, RG: Send>(
-    f: impl FnOnce() -> RF + Send,
-    g: impl FnOnce() -> RG + Send,
-) -> (RF, RG) {
-    #[cfg(feature = "parallel")]
-    {
-        rayon::join(f, g)
-    }
-    #[cfg(not(feature = "parallel"))]
-    {
-        (f(), g())
-    }
-}
-
 /// `f(b, block)` for every block of `width` consecutive columns of `m` (the last one
 /// may be narrower): disjoint mutable views of the column-major storage, handed to
 /// rayon's `par_chunks_mut` with the `parallel` feature and to `chunks_mut` without.
@@ -89,6 +74,22 @@ pub(crate) fn for_each_column_block<T: nalgebra::Scalar + Send>(
         .chunks_mut(rows * width)
         .enumerate()
         .for_each(block);
+}
+
+/// `a()` and `b()`: in parallel (`rayon::join`) with the `parallel` feature, one after
+/// the other without.
+pub(crate) fn join<RA: Send, RB: Send>(
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    #[cfg(feature = "parallel")]
+    {
+        rayon::join(a, b)
+    }
+    #[cfg(not(feature = "parallel"))]
+    {
+        (a(), b())
+    }
 }
 
 #[cfg(test)]

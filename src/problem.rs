@@ -62,6 +62,47 @@ pub(crate) fn kernel_and_targets<T: Scalar>(
     Ok((theta_train.map(|v| v.to_f64()), y_train.clone()))
 }
 
+/// The relative size below which a kernel's eigenvalues are round-off: N·ε, with ε the
+/// machine epsilon of the scalar type the kernel was given in. Entries accurate to
+/// ε move eigenvalues by up to about N·ε·λ_max, so eigenvalues below N·ε·λ_max cannot be
+/// told from 0: the solvers treat them as 0 (the null space of Θ, where the exact flow
+/// never moves and t = ∞ is the pseudo-inverse limit).
+pub(crate) fn null_space_fraction<T: Scalar>(n: usize) -> f64 {
+    n.max(1) as f64 * T::default_epsilon().to_f64()
+}
+
+/// The relative size beyond which a negative eigenvalue is not round-off:
+/// max(10⁻⁸, N·ε). A kernel with λ_min < −that · max |λ| is not positive
+/// semi-definite. 10⁻⁸ leaves room for kernels accurate to about that (quadrature,
+/// [`SYMMETRY_TOLERANCE`](crate::error::SYMMETRY_TOLERANCE)).
+fn indefinite_fraction<T: Scalar>(n: usize) -> f64 {
+    null_space_fraction::<T>(n).max(1e-8)
+}
+
+/// Checks that the eigenvalues `values` of the symmetric N × N kernel `argument` are
+/// those of a positive semi-definite one, and returns them with the round-off ones
+/// (below N·ε·λ_max, negatives included) set to 0.
+///
+/// # Errors
+/// [`Error::NotPositiveSemidefinite`] if λ_min < −max(10⁻⁸, N·ε)·max |λ|.
+pub(crate) fn psd_spectrum<T: Scalar>(
+    argument: &'static str,
+    values: &nalgebra::DVector<f64>,
+    n: usize,
+) -> Result<nalgebra::DVector<f64>> {
+    let largest_magnitude = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    let smallest = values.iter().copied().fold(f64::INFINITY, f64::min);
+    if smallest < -indefinite_fraction::<T>(n) * largest_magnitude {
+        return Err(Error::NotPositiveSemidefinite {
+            argument,
+            smallest_eigenvalue: smallest,
+            largest_magnitude,
+        });
+    }
+    let floor = null_space_fraction::<T>(n) * largest_magnitude;
+    Ok(values.map(|v| if v < floor { 0.0 } else { v }))
+}
+
 /// Checks initial training outputs `f0_train`: finite, of the shape of the targets.
 pub(crate) fn check_train_outputs<T: Scalar>(
     f0_train: &DMatrix<T>,

@@ -48,8 +48,8 @@
 use nalgebra::{DMatrix, DMatrixViewMut, DVector, Dim, Dyn, MatrixViewMut};
 
 use crate::Scalar;
-use crate::error::{Error, Result, shape};
-use crate::linalg::{columns_transposed, gemm_nt};
+use crate::error::{Error, Result, first_non_finite, first_non_finite_entry, shape};
+use crate::linalg::{columns_transposed, gemm_nt, try_zeros};
 
 /// One use of a dense layer's parameters on a batch of N samples.
 ///
@@ -98,6 +98,21 @@ pub enum LayerTangent<T: Scalar> {
     /// Parameters of any other shape, given by their Jacobian block ∂f/∂θ:
     /// (N·k) × p, row i·k + c holds ∂f_c(x_i)/∂θ.
     Jacobian(DMatrix<T>),
+    /// The dense layer that produces the model's outputs, f = s_w W x + s_b b with W of
+    /// shape k × n_in. Its output gradient is the identity (∂f_c/∂f_a = δ_ca), so only
+    /// its input is given: the same group as a [`LayerTangent::Dense`] with one use
+    /// whose `output_grad` is the N × k² matrix of unit rows, without that matrix (and
+    /// its share of the kernel is s_w² X₁X₂ᵀ + s_b² on every output).
+    ///
+    /// Parameters as for `Dense`: W row-major, then b if `bias_scale` is `Some`.
+    Readout {
+        /// s_w, the factor in front of W x.
+        weight_scale: T,
+        /// s_b, the factor in front of b; `None` without bias parameters.
+        bias_scale: Option<T>,
+        /// X: N × n_in, the layer's input (one row per sample).
+        input: DMatrix<T>,
+    },
 }
 
 /// One parameter group's share of the empirical NTK, averaged over the k outputs.
@@ -199,10 +214,13 @@ enum Shape {
 }
 
 impl Shape {
-    /// Number of (weight, bias) parameters, in this order in the parameter vector.
+    /// Number of (weight, bias) parameters, in this order in the parameter vector
+    /// (saturating; [`Tangents::new`] checks that the total fits).
     fn parameters(self) -> (usize, usize) {
         match self {
-            Shape::Dense { n_in, n_out, bias } => (n_in * n_out, if bias { n_out } else { 0 }),
+            Shape::Dense { n_in, n_out, bias } => {
+                (n_in.saturating_mul(n_out), if bias { n_out } else { 0 })
+            }
             Shape::Bias { n_out } => (0, n_out),
             Shape::Jacobian { parameters } => (parameters, 0),
             Shape::Empty => (0, 0),
@@ -227,11 +245,22 @@ struct Uses<T: Scalar> {
     uses: Vec<DenseUse<T>>,
 }
 
+/// The output layer: its input, its output gradient being the identity.
+#[derive(Clone, Debug)]
+struct Readout<T: Scalar> {
+    weight_scale: T,
+    bias_scale: Option<T>,
+    /// Validated: N × n_in.
+    input: DMatrix<T>,
+}
+
 /// How a group's features are stored.
 #[derive(Clone, Debug)]
 enum Form<T: Scalar> {
     /// A weight (and its bias) through its uses: the Gram form.
     Uses(Uses<T>),
+    /// The output layer, through its input alone.
+    Readout(Readout<T>),
     /// The weight part and the bias part as per-sample gradients.
     PerSample {
         weights: Option<PerSample<T>>,
@@ -271,6 +300,21 @@ fn expect_shape<T: Scalar>(
             expected: format!("{rows} x {cols} ({meaning})"),
             found: shape(m),
         })
+    }
+}
+
+/// Errors unless the features `m` (`part` of parameter group `group`) are finite.
+fn expect_finite<T: Scalar>(group: usize, part: &str, m: &DMatrix<T>) -> Result<()> {
+    match first_non_finite_entry(m) {
+        None => Ok(()),
+        Some((row, col)) => Err(Error::NonFiniteResult {
+            result: "layer_tangents",
+            reason: format!(
+                "parameter group {group}: {part} is {} at row {row}, column {col} (the \
+                     model's gradients overflow, or one of its functions returns NaN)",
+                m[(row, col)]
+            ),
+        }),
     }
 }
 
@@ -347,12 +391,42 @@ impl<T: Scalar> Group<T> {
                     },
                 })
             }
+            LayerTangent::Readout {
+                weight_scale,
+                bias_scale,
+                input,
+            } => {
+                let n_in = input.ncols();
+                expect_shape(
+                    "LayerTangent::Readout",
+                    &input,
+                    (n, n_in),
+                    "N samples x fan-in",
+                )?;
+                Ok(Group {
+                    shape: Shape::Dense {
+                        n_in,
+                        n_out: k,
+                        bias: bias_scale.is_some(),
+                    },
+                    form: Form::Readout(Readout {
+                        weight_scale,
+                        bias_scale,
+                        input,
+                    }),
+                })
+            }
             LayerTangent::Jacobian(j) => {
                 let p = j.ncols();
+                let rows = n.checked_mul(k).ok_or_else(|| Error::ShapeMismatch {
+                    argument: "LayerTangent::Jacobian",
+                    expected: format!("{n} x {k} rows (N·k), more than usize counts"),
+                    found: shape(&j),
+                })?;
                 expect_shape(
                     "LayerTangent::Jacobian",
                     &j,
-                    (n * k, p),
+                    (rows, p),
                     "N·k rows, row i·k + c for output c of sample i",
                 )?;
                 // Row i·k + c of J becomes row i, column block c.
@@ -392,11 +466,70 @@ impl<T: Scalar> Group<T> {
             Form::Uses(u) => Group {
                 shape: self.shape,
                 form: Form::PerSample {
-                    weights: Some(u.weight_per_sample(self.shape)),
+                    // Only for two batches that disagree on the number of uses: allocated
+                    // as any kernel buffer.
+                    weights: u.weight_per_sample(self.shape, |rows, cols| {
+                        Some(DMatrix::zeros(rows, cols))
+                    }),
                     bias: u.bias_per_sample(),
                 },
             },
+            Form::Readout(r) => self.with_uses(r).to_per_sample(),
             Form::PerSample { .. } => self.clone(),
+        }
+    }
+
+    /// The output layer `r` of this group as a dense group with one use, its output
+    /// gradient the N × k² matrix of unit rows e_c.
+    fn with_uses(&self, r: &Readout<T>) -> Self {
+        let Shape::Dense { n_out: k, .. } = self.shape else {
+            unreachable!("a readout is a dense group")
+        };
+        let unit = DMatrix::from_fn(r.input.nrows(), k * k, |_, col| {
+            if col / k == col % k {
+                T::one()
+            } else {
+                T::zero()
+            }
+        });
+        Group {
+            shape: self.shape,
+            form: Form::Uses(Uses {
+                weight_scale: r.weight_scale,
+                bias_scale: r.bias_scale,
+                uses: vec![DenseUse {
+                    input: r.input.clone(),
+                    output_grad: unit,
+                }],
+            }),
+        }
+    }
+
+    /// Errors unless the features of this group (number `group`) are finite, naming the
+    /// part that is not.
+    fn check_finite(&self, group: usize) -> Result<()> {
+        match &self.form {
+            Form::Uses(u) => u.uses.iter().enumerate().try_for_each(|(i, used)| {
+                expect_finite(group, &format!("DenseUse::input of use {i}"), &used.input)?;
+                let part = format!("DenseUse::output_grad of use {i}");
+                expect_finite(group, &part, &used.output_grad)
+            }),
+            Form::Readout(r) => expect_finite(group, "LayerTangent::Readout", &r.input),
+            Form::PerSample { weights, bias } => {
+                let (w, b) = match self.shape {
+                    Shape::Jacobian { .. } => ("LayerTangent::Jacobian", ""),
+                    Shape::Bias { .. } => ("", "LayerTangent::Bias (summed over its uses)"),
+                    _ => (
+                        "the weight's per-sample gradients (DenseUse inputs and gradients)",
+                        "the bias's gradients (DenseUse::output_grad, summed)",
+                    ),
+                };
+                weights
+                    .iter()
+                    .try_for_each(|d| expect_finite(group, w, &d.grads))?;
+                bias.iter()
+                    .try_for_each(|d| expect_finite(group, b, &d.grads))
+            }
         }
     }
 
@@ -413,6 +546,22 @@ impl<T: Scalar> Group<T> {
     ) {
         match (&self.form, &other.form) {
             (Form::Uses(a), Form::Uses(b)) => add_uses(weights, bias, a, b, layout, k, scratch),
+            (Form::Readout(a), Form::Readout(b)) => {
+                let xx = input_gram(&mut scratch.xx, &a.input, &b.input);
+                // Each diagonal output pair once; the average of the k identical ones in
+                // the trace is one of them.
+                let scales = |r: &Readout<T>| (r.weight_scale, r.bias_scale);
+                let coefficients = scale_products(scales(a), scales(b), T::one());
+                add_readout(weights, bias, xx, coefficients, layout, k);
+            }
+            // Another batch gave the same group in another form: contract as uses.
+            (Form::Readout(r), _) => {
+                self.with_uses(r)
+                    .add_kernel(other, weights, bias, layout, k, scratch);
+            }
+            (_, Form::Readout(r)) => {
+                self.add_kernel(&other.with_uses(r), weights, bias, layout, k, scratch);
+            }
             (
                 Form::PerSample {
                     weights: w1,
@@ -446,7 +595,13 @@ impl<T: Scalar> Group<T> {
 impl<T: Scalar> Uses<T> {
     /// D with D\[i, c·p + a·n_in + b\] = Σ_u G_u\[i, c·n_out + a\] X_u\[i, b\], scaled by
     /// s_w: the weight's gradients per sample (W row-major within each output block).
-    fn weight_per_sample(&self, shape: Shape) -> PerSample<T> {
+    /// `allocate(rows, cols)` gives the zero N × k·p matrix to accumulate D in; `None`
+    /// if it cannot.
+    fn weight_per_sample(
+        &self,
+        shape: Shape,
+        allocate: impl FnOnce(usize, usize) -> Option<DMatrix<T>>,
+    ) -> Option<PerSample<T>> {
         let Shape::Dense { n_in, n_out, .. } = shape else {
             unreachable!("uses belong to a dense group")
         };
@@ -456,7 +611,7 @@ impl<T: Scalar> Uses<T> {
             .first()
             .map_or(0, |u| u.output_grad.ncols() / n_out.max(1));
         let p = n_in * n_out;
-        let mut grads = DMatrix::<T>::zeros(n, k * p);
+        let mut grads = allocate(n, k.checked_mul(p)?)?;
         for u in &self.uses {
             let (x, g) = (u.input.as_slice(), u.output_grad.as_slice());
             for (block, column) in grads.as_mut_slice().chunks_exact_mut(n).enumerate() {
@@ -469,10 +624,10 @@ impl<T: Scalar> Uses<T> {
                 }
             }
         }
-        PerSample {
+        Some(PerSample {
             scale: self.weight_scale,
             grads,
-        }
+        })
     }
 
     /// Σ_u G_u scaled by s_b: the bias's gradients per sample.
@@ -486,10 +641,14 @@ impl<T: Scalar> Uses<T> {
         Some(PerSample { scale, grads })
     }
 
-    /// The weight form of [`Group::to_per_sample`], consuming the uses (the bias sum
-    /// reuses the first output gradient's storage).
+    /// The form of [`Group::to_per_sample`], consuming the uses (the bias sum reuses
+    /// the first output gradient's storage); the uses themselves if D cannot be
+    /// allocated.
     fn into_per_sample(self, shape: Shape) -> Form<T> {
-        let weights = self.weight_per_sample(shape);
+        let allocate = |rows, cols| try_zeros(rows, cols, "", String::new).ok();
+        let Some(weights) = self.weight_per_sample(shape, allocate) else {
+            return Form::Uses(self);
+        };
         let bias = self.bias_scale.and_then(|scale| {
             let mut uses = self.uses.into_iter();
             let mut grads = uses.next()?.output_grad;
@@ -502,6 +661,23 @@ impl<T: Scalar> Uses<T> {
             weights: Some(weights),
             bias,
         }
+    }
+}
+
+/// Errors unless the kernel `m` (what `result` computed) is finite. Its tangent
+/// features were checked finite, so a NaN or ∞ here is the kernel overflowing.
+pub(crate) fn check_kernel_finite<T: Scalar>(result: &'static str, m: &DMatrix<T>) -> Result<()> {
+    match first_non_finite_entry(m) {
+        None => Ok(()),
+        Some((row, col)) => Err(Error::NonFiniteResult {
+            result,
+            reason: format!(
+                "entry ({row}, {col}) is {}: the kernel exceeds the range of the scalar \
+                     type, although the model's tangent features are finite (its gradients \
+                     are too large: σ_w, or the inputs)",
+                m[(row, col)]
+            ),
+        }),
     }
 }
 
@@ -538,31 +714,19 @@ fn add_uses<'a, T: Scalar>(
     k: usize,
     scratch: &mut Scratch<T>,
 ) {
-    let norm: T = layout.norm(k);
-    let cw = a.weight_scale * b.weight_scale * norm;
-    let cb = match (a.bias_scale, b.bias_scale) {
-        (Some(s), Some(t)) => s * t * norm,
-        _ => T::zero(),
-    };
+    let scales = |u: &Uses<T>| (u.weight_scale, u.bias_scale);
+    let (cw, cb) = scale_products(scales(a), scales(b), layout.norm(k));
     for u in &a.uses {
         for v in &b.uses {
             let (n1, n2) = (u.input.nrows(), v.input.nrows());
-            let xx = buffer(&mut scratch.xx, (n1, n2));
-            gemm_nt(
-                &mut xx.as_view_mut(),
-                &u.input,
-                0,
-                &v.input,
-                0,
-                u.input.ncols(),
-            );
+            let xx = input_gram(&mut scratch.xx, &u.input, &v.input);
             let gg = buffer(&mut scratch.gg, (n1, n2));
             let (g1, g2) = (&u.output_grad, &v.output_grad);
             match layout {
                 // One GEMM over all k output blocks sums the k diagonal pairs.
                 Layout::Trace => {
                     gemm_nt(&mut gg.as_view_mut(), g1, 0, g2, 0, g1.ncols());
-                    add_products(weights, bias.as_deref_mut(), xx, gg, cw, cb);
+                    add_products_by_column(weights, bias.as_deref_mut(), xx, gg, (cw, cb));
                 }
                 Layout::Full => {
                     let m = g1.ncols() / k;
@@ -570,8 +734,104 @@ fn add_uses<'a, T: Scalar>(
                         gemm_nt(&mut gg.as_view_mut(), g1, pair.c * m, g2, pair.d * m, m);
                         let mut w = pair.entries(weights, k);
                         let mut b = bias.as_deref_mut().map(|b| pair.entries(b, k));
-                        add_products(&mut w, b.as_mut(), xx, gg, cw, cb);
+                        add_products(&mut w, b.as_mut(), xx, gg, (cw, cb));
                     }
+                }
+            }
+        }
+    }
+}
+
+/// (c_w, c_b) = (s_w s̄_w, s_b s̄_b) · `norm` from the (weight, bias) scales of a group
+/// on two batches; c_b = 0 without bias.
+fn scale_products<T: Scalar>(a: (T, Option<T>), b: (T, Option<T>), norm: T) -> (T, T) {
+    let cb = match (a.1, b.1) {
+        (Some(s), Some(t)) => s * t * norm,
+        _ => T::zero(),
+    };
+    (a.0 * b.0 * norm, cb)
+}
+
+/// X₁ X₂ᵀ, in the reused buffer `slot`.
+fn input_gram<'s, T: Scalar>(
+    slot: &'s mut Option<DMatrix<T>>,
+    x1: &DMatrix<T>,
+    x2: &DMatrix<T>,
+) -> &'s DMatrix<T> {
+    let xx = buffer(slot, (x1.nrows(), x2.nrows()));
+    gemm_nt(&mut xx.as_view_mut(), x1, 0, x2, 0, x1.ncols());
+    xx
+}
+
+/// The output layer's kernel from its inputs' Gram matrix `xx`: c_w XX + c_b on every
+/// output (the k diagonal output pairs), added to `weights` and `bias`, or both to
+/// `weights` when `bias` is `None`.
+fn add_readout<'a, T: Scalar>(
+    weights: &mut DMatrixViewMut<'a, T>,
+    mut bias: Option<&mut DMatrixViewMut<'a, T>>,
+    xx: &DMatrix<T>,
+    (cw, cb): (T, T),
+    layout: Layout,
+    k: usize,
+) {
+    match layout {
+        Layout::Trace => add_affine(weights, bias, xx, (cw, cb)),
+        Layout::Full => {
+            for c in 0..k {
+                let pair = OutputPair { c, d: c };
+                let mut w = pair.entries(weights, k);
+                let mut b = bias.as_deref_mut().map(|b| pair.entries(b, k));
+                add_affine(&mut w, b.as_mut(), xx, (cw, cb));
+            }
+        }
+    }
+}
+
+/// weights += c_w XX and bias += c_b, or weights += c_w XX + c_b when `bias` is `None`.
+fn add_affine<T: Scalar, RS: Dim, CS: Dim>(
+    weights: &mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>,
+    bias: Option<&mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>>,
+    xx: &DMatrix<T>,
+    (cw, cb): (T, T),
+) {
+    match bias {
+        None => weights.zip_apply(xx, |w, x| *w += cw * x + cb),
+        Some(bias) => {
+            weights.zip_apply(xx, |w, x| *w += cw * x);
+            bias.add_scalar_mut(cb);
+        }
+    }
+}
+
+/// [`add_products`] on tiles whose columns are contiguous (the averaged layout): column
+/// by column over slices, a loop the compiler vectorises, where the strided version
+/// indexes entry by entry.
+fn add_products_by_column<T: Scalar>(
+    weights: &mut DMatrixViewMut<'_, T>,
+    mut bias: Option<&mut DMatrixViewMut<'_, T>>,
+    xx: &DMatrix<T>,
+    gg: &DMatrix<T>,
+    (cw, cb): (T, T),
+) {
+    let n1 = weights.nrows();
+    for j in 0..weights.ncols() {
+        let x = &xx.as_slice()[j * n1..(j + 1) * n1];
+        let g = &gg.as_slice()[j * n1..(j + 1) * n1];
+        let mut column = weights.column_mut(j);
+        let w = column.as_mut_slice();
+        match bias.as_deref_mut() {
+            None => {
+                for ((w, &x), &g) in w.iter_mut().zip(x).zip(g) {
+                    *w += (cw * x + cb) * g;
+                }
+            }
+            Some(bias) => {
+                for ((w, &x), &g) in w.iter_mut().zip(x).zip(g) {
+                    *w += cw * x * g;
+                }
+                let mut column = bias.column_mut(j);
+                for (b, &g) in column.as_mut_slice().iter_mut().zip(g) {
+                    *b += cb * g;
                 }
             }
         }
@@ -585,8 +845,7 @@ fn add_products<T: Scalar, RS: Dim, CS: Dim>(
     bias: Option<&mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>>,
     xx: &DMatrix<T>,
     gg: &DMatrix<T>,
-    cw: T,
-    cb: T,
+    (cw, cb): (T, T),
 ) {
     match bias {
         None => weights.zip_zip_apply(xx, gg, |w, x, g| *w += (cw * x + cb) * g),
@@ -671,10 +930,21 @@ impl<T: Scalar> Tangents<T> {
                 reason: "a model needs at least one output",
             });
         }
-        let groups = tangents
+        let groups: Vec<Group<T>> = tangents
             .into_iter()
             .map(|t| Group::new(t, samples, outputs))
             .collect::<Result<_>>()?;
+        let total = groups.iter().try_fold(0_usize, |sum, g| {
+            let (w, b) = g.shape.parameters();
+            sum.checked_add(w)?.checked_add(b)
+        });
+        if total.is_none_or(|p| p == usize::MAX) {
+            return Err(Error::ShapeMismatch {
+                argument: "layer_tangents",
+                expected: "fewer parameters than usize counts".into(),
+                found: format!("{} parameter groups of more", groups.len()),
+            });
+        }
         Ok(Tangents {
             samples,
             outputs,
@@ -709,6 +979,34 @@ impl<T: Scalar> Tangents<T> {
             }
         }
         Ok(t)
+    }
+
+    /// Errors unless every feature is finite, naming the group and part that is not.
+    ///
+    /// Not part of [`Tangents::new`]: a NaN or ∞ in a feature always reaches what is
+    /// computed from it (products and sums propagate it, ∞ · 0 being NaN), so the
+    /// kernels, the Jacobian and the VJP check their results, and search the features
+    /// only when a result is not finite, to say which part of the model caused it.
+    pub(crate) fn check_finite(&self) -> Result<()> {
+        self.groups
+            .iter()
+            .enumerate()
+            .try_for_each(|(group, g)| g.check_finite(group))
+    }
+
+    /// `result` (what `what` computed from these features, all finite if `finite`), or
+    /// the error naming the non-finite feature (or, if all are finite, the overflow).
+    fn finite_result<M>(&self, what: &'static str, result: M, finite: bool) -> Result<M> {
+        if finite {
+            return Ok(result);
+        }
+        self.check_finite()?;
+        Err(Error::NonFiniteResult {
+            result: what,
+            reason: "the model's tangent features are finite but the result exceeds the range \
+                     of the scalar type (its gradients are too large)"
+                .into(),
+        })
     }
 
     /// Number of parameters P over all groups.
@@ -751,9 +1049,16 @@ impl<T: Scalar> Tangents<T> {
     }
 
     /// The explicit (N·k) × P Jacobian, row i·k + c holding ∂f_c(x_i)/∂θ.
-    pub(crate) fn jacobian(&self) -> DMatrix<T> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] (`x`) if its N·k·P numbers cannot be allocated.
+    pub(crate) fn jacobian(&self) -> Result<DMatrix<T>> {
         let (n, k) = (self.samples, self.outputs);
-        let mut jac = DMatrix::<T>::zeros(n * k, self.parameter_count());
+        let p = self.parameter_count();
+        let rows = n.saturating_mul(k);
+        let mut jac = try_zeros::<T>(rows, p, "x", || {
+            format!("{n} samples: the Jacobian of {k} outputs and {p} parameters")
+        })?;
         let mut offset = 0;
         for g in &self.groups {
             let (pw, pb) = g.shape.parameters();
@@ -785,6 +1090,23 @@ impl<T: Scalar> Tangents<T> {
                         }
                     }
                 }
+                (Form::Readout(r), Shape::Dense { n_in, .. }) => {
+                    // J[i·k + c, c·n_in + b] = s_w X[i, b], J[i·k + c, p_w + c] = s_b.
+                    for c in 0..k {
+                        for b in 0..n_in {
+                            let mut col = jac.column_mut(offset + c * n_in + b);
+                            for i in 0..n {
+                                col[i * k + c] = r.weight_scale * r.input[(i, b)];
+                            }
+                        }
+                        if let Some(sb) = r.bias_scale {
+                            let mut col = jac.column_mut(offset + pw + c);
+                            for i in 0..n {
+                                col[i * k + c] = sb;
+                            }
+                        }
+                    }
+                }
                 (Form::PerSample { weights, bias }, _) => {
                     if let Some(w) = weights {
                         w.write_jacobian(jac.columns_mut(offset, pw), k);
@@ -793,16 +1115,22 @@ impl<T: Scalar> Tangents<T> {
                         b.write_jacobian(jac.columns_mut(offset + pw, pb), k);
                     }
                 }
-                (Form::Uses(_), _) => unreachable!("uses belong to a dense group"),
+                (Form::Uses(_) | Form::Readout(_), _) => {
+                    unreachable!("uses and readouts belong to dense groups")
+                }
             }
             offset += pw + pb;
         }
-        jac
+        let finite = first_non_finite(jac.as_slice()).is_none();
+        self.finite_result("jacobian", jac, finite)
     }
 
     /// Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ for a cotangent r of shape N × k (checked
     /// by the caller), without forming J.
-    pub(crate) fn vjp(&self, r: &DMatrix<T>) -> DVector<T> {
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteResult`] if it is not finite (naming the feature at fault).
+    pub(crate) fn vjp(&self, r: &DMatrix<T>) -> Result<DVector<T>> {
         let (n, k) = (self.samples, self.outputs);
         debug_assert_eq!(r.shape(), (n, k));
         let mut grad = DVector::<T>::zeros(self.parameter_count());
@@ -841,6 +1169,20 @@ impl<T: Scalar> Tangents<T> {
                         grad.rows_mut(offset + pw, pb).copy_from(&(b * sb));
                     }
                 }
+                (Form::Readout(out), Shape::Dense { n_in, .. }) => {
+                    // W row-major (k × n_in) is Wᵀ column-major: s_w Xᵀ r.
+                    let mut w = DMatrixViewMut::from_slice(
+                        grad.rows_mut(offset, pw).data.into_slice_mut(),
+                        n_in,
+                        k,
+                    );
+                    w.gemm(out.weight_scale, &out.input.transpose(), r, T::zero());
+                    if let Some(sb) = out.bias_scale {
+                        for (c, col) in r.column_iter().enumerate() {
+                            grad[offset + pw + c] = sb * col.sum();
+                        }
+                    }
+                }
                 (Form::PerSample { weights, bias }, _) => {
                     if let Some(w) = weights {
                         w.add_vjp(&mut grad.rows_mut(offset, pw), r);
@@ -849,11 +1191,14 @@ impl<T: Scalar> Tangents<T> {
                         b.add_vjp(&mut grad.rows_mut(offset + pw, pb), r);
                     }
                 }
-                (Form::Uses(_), _) => unreachable!("uses belong to a dense group"),
+                (Form::Uses(_) | Form::Readout(_), _) => {
+                    unreachable!("uses and readouts belong to dense groups")
+                }
             }
             offset += pw + pb;
         }
-        grad
+        let finite = first_non_finite(grad.as_slice()).is_none();
+        self.finite_result("vjp", grad, finite)
     }
 
     /// Adds the kernel between this batch and `other` (checked compatible), summed
@@ -947,7 +1292,7 @@ mod tests {
 
     /// J₁ J₂ᵀ in the full layout; its diagonal output blocks averaged in the trace.
     fn reference(t1: &Tangents<f64>, t2: &Tangents<f64>, layout: Layout) -> DMatrix<f64> {
-        let full = t1.jacobian() * t2.jacobian().transpose();
+        let full = t1.jacobian().unwrap() * t2.jacobian().unwrap().transpose();
         let k = t1.outputs;
         match layout {
             Layout::Full => full,
@@ -985,12 +1330,12 @@ mod tests {
                     assert!(rel(&kernel(&a, &pb, layout), &expected) < 1e-13);
                     assert!(rel(&kernel(&pa, &b, layout), &expected) < 1e-13);
                     // The Jacobian and the VJP do not depend on the form either.
-                    assert!(rel(&pa.jacobian(), &a.jacobian()) < 1e-14);
+                    assert!(rel(&pa.jacobian().unwrap(), &a.jacobian().unwrap()) < 1e-14);
                     let r = matrix(7, k, 4.0);
-                    let (v, pv) = (a.vjp(&r), pa.vjp(&r));
+                    let (v, pv) = (a.vjp(&r).unwrap(), pa.vjp(&r).unwrap());
                     assert!((&v - &pv).norm() < 1e-13 * v.norm());
                     let flat = DVector::from_fn(7 * k, |row, _| r[(row / k, row % k)]);
-                    assert!((a.jacobian().tr_mul(&flat) - &v).norm() < 1e-13 * v.norm());
+                    assert!((a.jacobian().unwrap().tr_mul(&flat) - &v).norm() < 1e-13 * v.norm());
                 }
             }
         }
@@ -1039,7 +1384,7 @@ mod tests {
         assert!(parts[0].weights.iter().all(|&v| v == 0.0));
         assert!(rel(parts[0].bias.as_ref().unwrap(), &expected) < 1e-14);
         assert!(rel(&kernel(&t, &t, Layout::Trace), &expected) < 1e-14);
-        let j = t.jacobian();
+        let j = t.jacobian().unwrap();
         for i in 0..n {
             for c in 0..k {
                 for a in 0..m {
@@ -1047,6 +1392,79 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The output layer given by its input alone is the dense group with one use whose
+    /// output gradient is the N × k² matrix of unit rows: same kernels in both layouts,
+    /// same Jacobian and VJP, and the two forms contract with each other.
+    #[test]
+    fn a_readout_is_a_dense_use_with_unit_gradients() {
+        let (n, n_in, k) = (6, 4, 3);
+        let input = matrix(n, n_in, 0.3);
+        let unit = DMatrix::from_fn(
+            n,
+            k * k,
+            |_, col| if col / k == col % k { 1.0 } else { 0.0 },
+        );
+        let readout = LayerTangent::Readout {
+            weight_scale: 0.6,
+            bias_scale: Some(0.2),
+            input: input.clone(),
+        };
+        let dense = LayerTangent::Dense {
+            weight_scale: 0.6,
+            bias_scale: Some(0.2),
+            uses: vec![DenseUse {
+                input,
+                output_grad: unit,
+            }],
+        };
+        let r = Tangents::new(vec![readout], n, k).unwrap();
+        let d = Tangents::new(vec![dense], n, k).unwrap();
+        assert!(rel(&r.jacobian().unwrap(), &d.jacobian().unwrap()) < 1e-15);
+        let cotangent = matrix(n, k, 2.0);
+        assert!((r.vjp(&cotangent).unwrap() - d.vjp(&cotangent).unwrap()).norm() < 1e-14);
+        for layout in [Layout::Trace, Layout::Full] {
+            let expected = kernel(&d, &d, layout);
+            assert!(rel(&kernel(&r, &r, layout), &expected) < 1e-14);
+            assert!(rel(&kernel(&r, &d, layout), &expected) < 1e-14);
+            assert!(rel(&kernel(&d, &r, layout), &expected) < 1e-14);
+        }
+        let (parts_r, parts_d) = (r.layer_kernels(&r), d.layer_kernels(&d));
+        assert!(rel(&parts_r[0].weights, &parts_d[0].weights) < 1e-14);
+        let (br, bd) = (
+            parts_r[0].bias.as_ref().unwrap(),
+            parts_d[0].bias.as_ref().unwrap(),
+        );
+        assert!(rel(br, bd) < 1e-14);
+    }
+
+    /// A NaN in a feature reaches the Jacobian and the VJP, whose errors then name the
+    /// group and the part it is in.
+    #[test]
+    fn non_finite_features_are_named_where_they_surface() {
+        let mut bad = shared(4, 3, 2, 1, 2, 0.0);
+        if let LayerTangent::Dense { uses, .. } = &mut bad {
+            uses[1].output_grad[(2, 1)] = f64::NAN;
+        }
+        let t = Tangents::new(vec![shared(4, 3, 2, 1, 1, 1.0), bad], 4, 1).unwrap();
+        let named = |r: Result<()>| match r {
+            Err(Error::NonFiniteResult { reason, .. }) => {
+                reason.contains("parameter group 1") && reason.contains("output_grad of use 1")
+            }
+            _ => false,
+        };
+        assert!(named(t.check_finite()));
+        assert!(named(t.jacobian().map(|_| ())));
+        assert!(named(t.vjp(&DMatrix::zeros(4, 1)).map(|_| ())));
+        let mut out = DMatrix::zeros(4, 4);
+        t.add_kernel(
+            &t,
+            &mut out.view_mut((0, 0), (4, 4)),
+            Layout::Trace,
+            &mut Scratch::default(),
+        );
+        assert!(out.row(2).iter().any(|v| v.is_nan()));
     }
 
     #[test]

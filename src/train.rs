@@ -7,10 +7,12 @@
 //! f_s − Y = (I − ηΘ_0)^s (f_0 − Y) with the empirical NTK Θ_0 = J Jᵀ at
 //! initialisation: [`GradientFlow::train_gd`](crate::GradientFlow::train_gd).
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_cols, check_matrix, check_positive, check_rows};
+use crate::error::{
+    Error, Result, check_cols, check_matrix, check_positive, check_rows, first_non_finite,
+};
 use crate::model::NtkModel;
 use crate::tangent::Tangents;
 
@@ -114,11 +116,15 @@ impl<T: Scalar> GradientDescent<T> {
     /// Trains `model` in place on (`x_train`, `y_train`) and records its outputs on
     /// `x_train` and `x_test` (which may have 0 rows) at the chosen steps.
     ///
+    /// On error the model is restored to the parameters it had at the call.
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `x_train` or `x_test` does not have the model's
     /// input dimension or `y_train` is not N × k; [`Error::NonFinite`] on NaN or
-    /// infinite entries; [`Error::InvalidParameter`] (`learning_rate`) if training
-    /// diverges to non-finite outputs (η above the stable 2/λ_max(Θ)).
+    /// infinite entries; [`Error::NonFiniteResult`] if the model's outputs or tangents
+    /// are not finite before any step (nothing to do with the learning rate);
+    /// [`Error::InvalidParameter`] (`learning_rate`) if training diverges to
+    /// non-finite values after some steps (η above the stable 2/λ_max(Θ)).
     pub fn train<M: NtkModel<T> + ?Sized>(
         &self,
         model: &mut M,
@@ -135,7 +141,23 @@ impl<T: Scalar> GradientDescent<T> {
             Some((x_train.nrows(), "one per row of x_train")),
             Some((model.output_dim(), "the model's outputs")),
         )?;
+        let start = model.parameters();
+        let run = self.run(model, x_train, y_train, x_test, start.clone());
+        if run.is_err() {
+            model.set_parameters(&start)?;
+        }
+        run
+    }
 
+    /// The steps of [`train`](Self::train) from the parameters `theta`.
+    fn run<M: NtkModel<T> + ?Sized>(
+        &self,
+        model: &mut M,
+        x_train: &DMatrix<T>,
+        y_train: &DMatrix<T>,
+        x_test: &DMatrix<T>,
+        mut theta: DVector<T>,
+    ) -> Result<Trajectory<T>> {
         let mut run = Trajectory {
             steps: Vec::with_capacity(self.record.len()),
             train_outputs: Vec::with_capacity(self.record.len()),
@@ -143,10 +165,17 @@ impl<T: Scalar> GradientDescent<T> {
             losses: Vec::with_capacity(self.record.len()),
         };
         let mut next = self.record.iter().peekable();
-        let mut theta = model.parameters();
+        let mut loss = T::zero();
         for step in 0..=self.steps {
+            // After a step, values that stop being finite are the divergence of the
+            // training; before any, they are the model's.
+            let last_loss = loss;
+            let diverged = |e: Error| match e {
+                Error::NonFiniteResult { .. } if step > 0 => self.diverged(step, last_loss),
+                e => e,
+            };
             // One forward pass gives both the outputs and the tangents for Jᵀ r.
-            let (f, tangents) = model.forward_with_tangents(x_train)?;
+            let (f, tangents) = model.forward_with_tangents(x_train).map_err(diverged)?;
             check_rows(
                 "forward(x_train)",
                 &f,
@@ -159,37 +188,53 @@ impl<T: Scalar> GradientDescent<T> {
                 y_train.ncols(),
                 "the outputs, as y_train",
             )?;
-            let residual = &f - y_train;
-            if residual.iter().any(|v| !v.is_finite()) {
-                return Err(self.diverged());
+            if let Some(i) = first_non_finite(f.as_slice()) {
+                return Err(diverged(Error::NonFiniteResult {
+                    result: "GradientDescent",
+                    reason: format!(
+                        "the model's outputs on x_train are not finite before any step \
+                         (entry {} of row {}): check the model and its parameters",
+                        i / f.nrows().max(1),
+                        i % f.nrows().max(1)
+                    ),
+                }));
             }
+            let residual = &f - y_train;
+            loss = T::from_f64_lossy(0.5) * residual.norm_squared();
             if next.peek() == Some(&&step) {
                 let _ = next.next();
                 run.steps.push(step);
-                run.losses
-                    .push(T::from_f64_lossy(0.5) * residual.norm_squared());
-                run.test_outputs.push(model.forward(x_test)?);
+                run.losses.push(loss);
+                run.test_outputs
+                    .push(model.forward(x_test).map_err(diverged)?);
                 run.train_outputs.push(f);
             }
             if step == self.steps {
                 break;
             }
-            let grad = Tangents::new(tangents, x_train.nrows(), model.output_dim())?.vjp(&residual);
+            let grad = Tangents::new(tangents, x_train.nrows(), model.output_dim())
+                .and_then(|t| t.vjp(&residual))
+                .map_err(diverged)?;
             theta.axpy(-self.learning_rate, &grad, T::one());
-            if theta.iter().any(|v| !v.is_finite()) {
-                return Err(self.diverged());
+            if first_non_finite(theta.as_slice()).is_some() {
+                return Err(self.diverged(step + 1, loss));
             }
             model.set_parameters(&theta)?;
         }
         Ok(run)
     }
 
-    fn diverged(&self) -> Error {
+    /// The error of a run that diverged at `step`, the loss before it being `loss`.
+    fn diverged(&self, step: usize, loss: T) -> Error {
         Error::InvalidParameter {
             parameter: "learning_rate",
-            value: format!("{}", self.learning_rate),
+            value: format!(
+                "{} (the values overflowed at step {step}, after a loss of {:e})",
+                self.learning_rate,
+                loss.to_f64()
+            ),
             reason: "training diverged to non-finite values; use a learning rate below \
-                     2/λ_max of the empirical NTK",
+                     2/λ_max of the empirical NTK (GradientFlow::max_stable_learning_rate)",
         }
     }
 }

@@ -62,7 +62,9 @@ pub struct WidthStudy {
 /// # Errors
 /// [`Error::InvalidParameter`] if `spec` is invalid, fewer than two distinct widths
 /// are given, a width is 0, or `seeds` is empty; [`Error::ShapeMismatch`] or
-/// [`Error::NonFinite`] for bad inputs `x`.
+/// [`Error::NonFinite`] for bad inputs `x`; [`Error::NonFiniteResult`] for inputs on
+/// which the relative error or its logarithm is undefined (Θ̊ = 0, or a mean error of
+/// 0 or ∞).
 pub fn width_convergence<A: Architecture + ?Sized>(
     architecture: &A,
     x: &DMatrix<f64>,
@@ -102,7 +104,16 @@ pub fn width_convergence<A: Architecture + ?Sized>(
         let limit = InfiniteWidth::described(architecture.describe(Some(width))?)?
             .kernels(x, x)?
             .ntk;
-        let norm = limit.norm().max(f64::MIN_POSITIVE);
+        let norm = limit.norm();
+        if !(norm > 0.0 && norm.is_finite()) {
+            return Err(Error::NonFiniteResult {
+                result: "width_convergence",
+                reason: format!(
+                    "the infinite-width NTK on x has norm {norm:e} at width {width}: relative \
+                     errors are undefined (zero inputs without biases give Θ̊ = 0)"
+                ),
+            });
+        }
         let errors = seeds
             .iter()
             .map(|&seed| {
@@ -126,10 +137,23 @@ pub fn width_convergence<A: Architecture + ?Sized>(
             std,
         });
     }
+    if let Some(p) = points
+        .iter()
+        .find(|p| !(p.mean > 0.0 && p.mean.is_finite()))
+    {
+        return Err(Error::NonFiniteResult {
+            result: "width_convergence",
+            reason: format!(
+                "the mean error at width {} is {:e}: a power law cannot be fitted to it \
+                 (on these inputs the finite networks' NTK equals the limit, or overflows)",
+                p.width, p.mean
+            ),
+        });
+    }
     let (slope, intercept) = fit_line(
         &points
             .iter()
-            .map(|p| ((p.width as f64).ln(), p.mean.max(f64::MIN_POSITIVE).ln()))
+            .map(|p| ((p.width as f64).ln(), p.mean.ln()))
             .collect::<Vec<_>>(),
     );
     Ok(WidthStudy {

@@ -427,23 +427,14 @@ impl<T: Scalar> ProgramNetwork<T> {
                 }
             }
         }
-        let identity = DMatrix::<T>::from_fn(n, k * k, |_, col| {
-            if col / k == col % k {
-                T::one()
-            } else {
-                T::zero()
-            }
-        });
-        out.push(LayerTangent::Dense {
+        // The readout's gradient is the unit row e_c per output: never stored.
+        out.push(LayerTangent::Readout {
             weight_scale: self.readout_scale(),
             bias_scale: self
                 .readout_bias
                 .as_ref()
                 .map(|_| T::from_f64_lossy(self.readout.bias_std)),
-            uses: vec![DenseUse {
-                input: fwd.values[self.readout_var].clone(),
-                output_grad: identity,
-            }],
+            input: fwd.values[self.readout_var].clone(),
         });
         out
     }

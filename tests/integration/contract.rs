@@ -328,6 +328,10 @@ fn group_sizes(tangents: &[LayerTangent<f64>], k: usize) -> Result<Vec<(usize, u
                 (n_out * u.input.ncols(), bias)
             })),
             LayerTangent::Jacobian(j) => Ok((j.ncols(), 0)),
+            // The output layer: W (k × n_in) and b (k).
+            LayerTangent::Readout {
+                bias_scale, input, ..
+            } => Ok((k * input.ncols(), if bias_scale.is_some() { k } else { 0 })),
             // A bias on its own: no weight term, n_out bias parameters.
             LayerTangent::Bias { output_grads, .. } => {
                 Ok((0, output_grads.first().map_or(0, |g| g.ncols() / k.max(1))))

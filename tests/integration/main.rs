@@ -12,6 +12,7 @@ mod custom_model;
 mod empirical;
 mod flow;
 mod infinite;
+mod never_silently_wrong;
 mod parallel;
 mod prec;
 mod program;
