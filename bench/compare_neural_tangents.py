@@ -25,7 +25,11 @@ d = 32, W_std = 1, no bias, one output, f64;
   vmap_axes=0, implementation=STRUCTURED_DERIVATIVES)`, jitted;
 - infinite-width NNGP and NTK, x1 = x2, N in {256, 1024, 4096}: jitted `kernel_fn`;
 - gradient flow, N in {256, 1024, 2048}: a fresh `predict.gradient_descent_mse(k, y,
-  learning_rate=1)` and one prediction at t = 1 (its eigendecomposition included).
+  learning_rate=1)` and one prediction at t = 1 (its eigendecomposition included);
+- a 1-D CNN (`benches/programs.rs`): `serial(Conv(128, (3,), padding='CIRCULAR',
+  W_std=1.4, b_std=0.1), Relu()) x 3, GlobalAvgPool(), Dense(1))` on 16 positions x 3
+  channels: infinite-width NNGP and NTK at N in {128, 256}, and the empirical NTK at
+  N = 128 (structured derivatives), the weights written in the crate's `Program` order.
 """
 
 import json
@@ -51,6 +55,12 @@ INFINITE_N = [256, 1024, 4096]
 FLOW_N = [256, 1024, 2048]
 FLOW_T = 1.0
 REPEATS = 7
+CNN_POSITIONS = 16
+CNN_CHANNELS = 3
+CNN_LAYERS = 3
+CNN_WIDTH = 128
+CNN_INFINITE_N = [128, 256]
+CNN_EMPIRICAL_N = [128]
 
 
 def network():
@@ -59,6 +69,35 @@ def network():
         layers += [stax.Dense(WIDTH, W_std=1.0, b_std=None), stax.Relu()]
     layers += [stax.Dense(1, W_std=1.0, b_std=None)]
     return stax.serial(*layers)
+
+
+def cnn():
+    layers = []
+    for _ in range(CNN_LAYERS):
+        layers += [stax.Conv(CNN_WIDTH, (3,), padding="CIRCULAR", W_std=1.4, b_std=0.1),
+                   stax.Relu()]
+    layers += [stax.GlobalAvgPool(), stax.Dense(1, W_std=1.0, b_std=None)]
+    return stax.serial(*layers)
+
+
+def cnn_inputs(rng, n):
+    return rng.standard_normal((n, CNN_POSITIONS, CNN_CHANNELS))
+
+
+def cnn_flat_params(params):
+    """The crate's `Program` order: per layer W (C_out x 3 C_in, row-major: filter tap
+    k = 0 is position p - 1, then the channels) and b, then the readout V (1 x C)."""
+    flat = []
+    for p in params:
+        if len(p) == 0:
+            continue
+        w = np.asarray(p[0])
+        if w.ndim == 3:  # Conv: (3, C_in, C_out)
+            flat.append(np.transpose(w, (2, 0, 1)).reshape(-1))
+            flat.append(np.asarray(p[1]).reshape(-1))
+        else:  # Dense readout: (C, 1), no bias
+            flat.append(w.T.reshape(-1))
+    return np.concatenate(flat)
 
 
 def median_seconds(fn, repeats=REPEATS):
@@ -139,6 +178,34 @@ def main(out):
             "y": save(out, f"flow_y_{n}", y), "f0": save(out, f"flow_f0_{n}", f0),
             "f_t": save(out, f"flow_ft_{n}", f_t),
             "nt_learning_rate": 1.0, "seconds": secs})
+
+    init_fn, apply_fn, kernel_fn = cnn()
+    _, params = init_fn(jax.random.PRNGKey(1), (-1, CNN_POSITIONS, CNN_CHANNELS))
+    manifest["cnn"] = {
+        "positions": CNN_POSITIONS, "channels": CNN_CHANNELS, "layers": CNN_LAYERS,
+        "width": CNN_WIDTH, "params": save(out, "cnn_params", cnn_flat_params(params)),
+        "infinite": [], "empirical": []}
+    kfn = jax.jit(kernel_fn, static_argnames="get")
+    for n in CNN_INFINITE_N:
+        x = jnp.asarray(cnn_inputs(rng, n))
+        k = kfn(x, None, get=("nngp", "ntk"))
+        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
+        print(f"CNN infinite    N={n:5}: {secs * 1e3:9.2f} ms")
+        manifest["cnn"]["infinite"].append({
+            "n": n, "x": save(out, f"cnn_inf_x_{n}", x.reshape(n, -1)),
+            "nngp": save(out, f"cnn_inf_nngp_{n}", k.nngp),
+            "ntk": save(out, f"cnn_inf_ntk_{n}", k.ntk), "seconds": secs})
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(
+        apply_fn, trace_axes=(), vmap_axes=0,
+        implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
+    for n in CNN_EMPIRICAL_N:
+        x = jnp.asarray(cnn_inputs(rng, n))
+        theta = ntk_fn(x, None, params).reshape(n, n)
+        secs = median_seconds(lambda: ntk_fn(x, None, params))
+        print(f"CNN empirical   N={n:5}: {secs * 1e3:9.2f} ms")
+        manifest["cnn"]["empirical"].append({
+            "n": n, "x": save(out, f"cnn_emp_x_{n}", x.reshape(n, -1)),
+            "ntk": save(out, f"cnn_emp_ntk_{n}", theta), "seconds": secs})
 
     with open(os.path.join(out, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)

@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use ntk::nalgebra::{DMatrix, DVector};
-use ntk::{Activation, GradientFlow, Mlp, MlpSpec, empirical_ntk, infinite_width};
+use ntk::{
+    Activation, GradientFlow, Mlp, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width,
+};
 use serde_json::Value;
 
 mod support;
@@ -125,6 +127,35 @@ fn off_diagonal_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
     d.amax() / b.amax()
 }
 
+/// neural-tangents' `serial(Conv(·, (3,), 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × layers,
+/// GlobalAvgPool, Dense(1))` as a program: one weight and bias per layer, shared over
+/// positions, each position's window (p − 1, p, p + 1) concatenated.
+fn cnn(positions: usize, channels: usize, layers: usize) -> Result<Program, ntk::Error> {
+    let mut p = Program::new(positions * channels);
+    let mut z: Vec<Var> = (0..positions)
+        .map(|q| p.input(q * channels..(q + 1) * channels))
+        .collect::<Result<_, _>>()?;
+    for _ in 0..layers {
+        let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
+        z = (0..positions)
+            .map(|q| {
+                let window = [
+                    z[(q + positions - 1) % positions],
+                    z[q],
+                    z[(q + 1) % positions],
+                ];
+                let c = p.concat(&window)?;
+                let h = p.dense(w, c)?;
+                let h = p.add_bias(h, b)?;
+                p.apply(Activation::Relu, h)
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let pooled = p.mean(&z)?;
+    p.output(pooled, 1.0)?;
+    Ok(p)
+}
+
 struct Row {
     what: String,
     n: usize,
@@ -224,6 +255,42 @@ fn run(args: Args) -> Result {
         bar.inc(1);
     }
     bar.finish_and_clear();
+
+    if let Some(c) = manifest.get("cnn") {
+        let field = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or("cnn field");
+        let program = cnn(field("positions")?, field("channels")?, field("layers")?)?;
+        let mut net = program.init::<f64, _>(
+            field("width")?,
+            &mut <ntk::rand::rngs::StdRng as ntk::rand::SeedableRng>::seed_from_u64(0),
+        )?;
+        net.set_parameters(&load(&dir, &c["params"])?.column(0).into_owned())?;
+        for case in c["infinite"].as_array().ok_or("cnn infinite")? {
+            let x = load(&dir, &case["x"])?;
+            let k = infinite_width(&program, &x, &x)?;
+            let (nngp, ntk) = (load(&dir, &case["nngp"])?, load(&dir, &case["ntk"])?);
+            rows.push(Row {
+                what: "CNN infinite NNGP+NTK".into(),
+                n: x.nrows(),
+                diff: off_diagonal_diff(&k.nngp, &nngp).max(off_diagonal_diff(&k.ntk, &ntk)),
+                diag: Some(rel_diff(&k.nngp, &nngp).max(rel_diff(&k.ntk, &ntk))),
+                ours: median_seconds(|| infinite_width(&program, &x, &x)),
+                theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            });
+        }
+        for case in c["empirical"].as_array().ok_or("cnn empirical")? {
+            let x = load(&dir, &case["x"])?;
+            let reference = load(&dir, &case["ntk"])?;
+            let theta = empirical_ntk(&net, &x, &x)?;
+            rows.push(Row {
+                what: "CNN empirical NTK (width 128)".into(),
+                n: x.nrows(),
+                diff: rel_diff(&theta, &reference),
+                diag: None,
+                ours: median_seconds(|| empirical_ntk(&net, &x, &x)),
+                theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            });
+        }
+    }
 
     println!(
         "neural-tangents {} (jax {}), f64, median of {REPEATS} runs each\n",

@@ -159,6 +159,7 @@ pub mod mlp;
 pub mod model;
 mod parallel;
 mod problem;
+pub mod program;
 mod scalar;
 pub mod tangent;
 pub mod train;
@@ -168,12 +169,13 @@ pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
 pub use flow::{GaussianPrediction, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
-    InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
+    Architecture, InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
     infinite_width_layers, width_convergence,
 };
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::NtkModel;
+pub use program::{Bias, Program, ProgramNetwork, Readout, Var, Weight};
 pub use scalar::Scalar;
 pub use tangent::{DenseUse, LayerKernel, LayerTangent};
 pub use train::{GradientDescent, Trajectory};

@@ -1,7 +1,7 @@
 //! Dense products the kernels are made of, on nalgebra's GEMM (the `matrixmultiply`
 //! kernels for `f32`/`f64`, which take any strides, so transposes need no copy).
 
-use nalgebra::{DMatrix, DMatrixViewMut, Dyn, MatrixView};
+use nalgebra::{DMatrix, DMatrixViewMut, Dyn, Matrix, MatrixView, Storage, StorageMut};
 
 use crate::Scalar;
 use crate::error::{Error, Result};
@@ -30,6 +30,39 @@ pub(crate) fn gemm_nt<T: Scalar>(
 ) {
     let bt = columns_transposed(b, b0, w);
     c.gemm(T::one(), &a.columns(a0, w), &bt, T::zero());
+}
+
+/// Fewest rows for which nalgebra's `gemm` uses the `matrixmultiply` kernels; below
+/// it, it multiplies column by column, which is slow on large (and strided) operands.
+const GEMM_ROWS: usize = 6;
+
+/// y ← α a b + β y through the `matrixmultiply` kernels even when y has fewer than
+/// six rows (a batch of a few samples): the rows are zero-padded to six, so that a
+/// product with a large (possibly transposed, strided) b runs as one GEMM.
+pub(crate) fn gemm<T: Scalar, SY, SA, SB>(
+    y: &mut Matrix<T, Dyn, Dyn, SY>,
+    alpha: T,
+    a: &Matrix<T, Dyn, Dyn, SA>,
+    b: &Matrix<T, Dyn, Dyn, SB>,
+    beta: T,
+) where
+    SY: StorageMut<T, Dyn, Dyn>,
+    SA: Storage<T, Dyn, Dyn>,
+    SB: Storage<T, Dyn, Dyn>,
+{
+    let n = y.nrows();
+    if n >= GEMM_ROWS || n == 0 || a.ncols() < GEMM_ROWS || y.ncols() < GEMM_ROWS {
+        y.gemm(alpha, a, b, beta);
+        return;
+    }
+    let mut padded_a = DMatrix::<T>::zeros(GEMM_ROWS, a.ncols());
+    padded_a.rows_mut(0, n).copy_from(a);
+    let mut padded_y = DMatrix::<T>::zeros(GEMM_ROWS, y.ncols());
+    if beta != T::zero() {
+        padded_y.rows_mut(0, n).copy_from(y);
+    }
+    padded_y.gemm(alpha, &padded_a, b, beta);
+    y.copy_from(&padded_y.rows(0, n));
 }
 
 /// A zero `rows` × `cols` matrix, or [`Error::InvalidParameter`] naming `parameter`
@@ -68,6 +101,23 @@ mod tests {
         let expected = a.columns(3, 6) * b.columns(3, 6).transpose();
         assert!((c - expected).amax() < 1e-14);
         assert_eq!(columns_transposed(&a, 9, 0).shape(), (0, 7));
+    }
+
+    /// The padded product is the product, for every small row count, with β = 0 and 1.
+    #[test]
+    fn gemm_with_few_rows_is_the_product() {
+        let b = DMatrix::from_fn(9, 8, |i, j| (i as f64 + 0.7 * j as f64).cos());
+        let bt = b.transpose();
+        for n in 0..8 {
+            let a = DMatrix::from_fn(n, 9, |i, j| (i as f64 * 0.3 - j as f64).sin());
+            for beta in [0.0, 1.0] {
+                let y0 = DMatrix::from_fn(n, 8, |i, j| (i * j) as f64);
+                let mut y = y0.clone();
+                gemm(&mut y, 2.0, &a, &columns_transposed(&bt, 0, 9), beta);
+                let expected = &a * &b * 2.0 + y0 * beta;
+                assert!((y - expected).amax() < 1e-13, "{n} rows, β = {beta}");
+            }
+        }
     }
 
     #[test]

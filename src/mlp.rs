@@ -24,7 +24,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::Scalar;
 use crate::activation::Activation;
 use crate::error::{Error, Result, check_matrix, check_std, first_non_finite_entry};
-use crate::linalg::{columns_transposed, try_zeros};
+use crate::linalg::{columns_transposed, gemm, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
 
@@ -492,7 +492,8 @@ impl<T: Scalar> Mlp<T> {
             let mut prev = DMatrix::<T>::zeros(n, k * n_prev);
             for c in 0..k {
                 let mut block = prev.columns_mut(c * n_prev, n_prev);
-                block.gemm(
+                gemm(
+                    &mut block,
                     layer.weight_scale,
                     &g.columns(c * n_here, n_here),
                     &w,
@@ -512,7 +513,7 @@ impl<T: Scalar> Dense<T> {
     /// H = s_w X Wᵀ + s_b 1 bᵀ.
     fn pre_activation(&self, x: &DMatrix<T>) -> DMatrix<T> {
         let mut h = DMatrix::<T>::zeros(x.nrows(), self.weights_t.ncols());
-        h.gemm(self.weight_scale, x, &self.weights_t, T::zero());
+        gemm(&mut h, self.weight_scale, x, &self.weights_t, T::zero());
         if let Some(b) = &self.bias {
             for (mut col, bj) in h.column_iter_mut().zip(b.iter()) {
                 col.add_scalar_mut(self.bias_scale * *bj);

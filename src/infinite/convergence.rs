@@ -11,9 +11,8 @@ use rand::rngs::StdRng;
 
 use crate::empirical::empirical_ntk;
 use crate::error::{Error, Result, check_matrix};
-use crate::mlp::{Mlp, MlpSpec};
 
-use super::InfiniteWidth;
+use super::{Architecture, InfiniteWidth};
 
 /// The relative NTK error of one width, over seeds.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,14 +65,14 @@ pub struct WidthStudy {
 /// [`Error::NonFinite`] for bad inputs `x`; [`Error::NonFiniteResult`] for inputs on
 /// which the relative error or its logarithm is undefined (Θ̊ = 0, or a mean error of
 /// 0 or ∞).
-pub fn width_convergence(
-    spec: &MlpSpec,
+pub fn width_convergence<A: Architecture + ?Sized>(
+    architecture: &A,
     x: &DMatrix<f64>,
     widths: &[usize],
     seeds: &[u64],
 ) -> Result<WidthStudy> {
-    spec.validate()?;
-    let inputs = (spec.input_dim(), "the network's input dimension");
+    architecture.describe(None)?;
+    let inputs = (architecture.input_dim(), "the network's input dimension");
     check_matrix("x", x, None, Some(inputs))?;
     if seeds.is_empty() {
         return Err(Error::InvalidParameter {
@@ -102,8 +101,9 @@ pub fn width_convergence(
 
     let mut points = Vec::with_capacity(widths.len());
     for &width in widths {
-        let spec_n = spec.with_hidden_width(width);
-        let limit = InfiniteWidth::new(&spec_n)?.kernels(x, x)?.ntk;
+        let limit = InfiniteWidth::described(architecture.describe(Some(width))?)?
+            .kernels(x, x)?
+            .ntk;
         let norm = limit.norm();
         if !(norm > 0.0 && norm.is_finite()) {
             return Err(Error::NonFiniteResult {
@@ -117,7 +117,8 @@ pub fn width_convergence(
         let errors = seeds
             .iter()
             .map(|&seed| {
-                let net: Mlp<f64> = spec_n.init(&mut StdRng::seed_from_u64(seed))?;
+                let net: A::Network<f64> =
+                    architecture.init_with_width(width, &mut StdRng::seed_from_u64(seed))?;
                 let theta = empirical_ntk(&net, x, x)?;
                 Ok((&theta - &limit).norm() / norm)
             })

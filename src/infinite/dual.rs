@@ -392,13 +392,42 @@ fn arccos_at(a: f64, b: f64, d0: f64, std: f64, rho: f64, q1: f64, q2: f64) -> (
     (std * unit, if std > 0.0 { d } else { zero_norm })
 }
 
-/// [`arccos_moments`] over slices (a loop that vectorises).
-#[inline(never)]
+/// [`arccos_moments`] over slices: a loop that vectorises, compiled for AVX-512 and
+/// AVX2 as well as the baseline and chosen at run time (the same IEEE results on
+/// every path: no fused multiply-adds are introduced). About 2× faster than SSE2
+/// where AVX-512 is available (a circular CNN's kernel at N = 256: 0.50 → 0.24 s CPU).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
 fn arccos_slice(a: f64, b: f64, d0: f64, q1: &[f64], c: &mut [f64], q2: &[f64], cdot: &mut [f64]) {
     let n = c.len();
     let (q1, q2, cdot) = (&q1[..n], &q2[..n], &mut cdot[..n]);
     for i in 0..n {
         (c[i], cdot[i]) = arccos_moments(a, b, d0, q1[i], c[i], q2[i]);
+    }
+}
+
+/// One column of arc-cosine duals fused with the caller's per-entry step (see
+/// [`PairDual::eval_column_then`]), multiversioned like [`arccos_slice`].
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn arccos_column<F: Fn(f64, f64, f64) -> (f64, f64)>(
+    (a, b, d0): (f64, f64, f64),
+    (q, sd, inv_sd): (&[f64], &[f64], &[f64]),
+    (qj, sdj, inv_sdj): (f64, f64, f64),
+    c: &mut [f64],
+    aux: &mut [f64],
+    then: F,
+) {
+    let n = c.len();
+    let (q, sd, inv_sd, aux) = (&q[..n], &sd[..n], &inv_sd[..n], &mut aux[..n]);
+    for i in 0..n {
+        let rho = fastmath::correlation((c[i] * inv_sd[i]) * inv_sdj);
+        let (cc, cd) = arccos_at(a, b, d0, sd[i] * sdj, rho, q[i], qj);
+        (c[i], aux[i]) = then(cc, cd, aux[i]);
     }
 }
 
@@ -465,11 +494,6 @@ impl Variances {
             .map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 })
             .collect();
         Variances { q, sd, inv_sd }
-    }
-
-    /// The variances.
-    pub(crate) fn q(&self) -> &[f64] {
-        &self.q
     }
 }
 
@@ -600,11 +624,14 @@ impl PairDual {
         let (qj, sdj, inv_sdj) = (cols.q[j], cols.sd[j], cols.inv_sd[j]);
         match &self.kind {
             PairKind::Closed(Closed::ArcCos { a, b, d0 }) => {
-                for i in 0..n {
-                    let rho = fastmath::correlation((c[i] * inv_sd[i]) * inv_sdj);
-                    let (cc, cd) = arccos_at(*a, *b, *d0, sd[i] * sdj, rho, q[i], qj);
-                    (c[i], aux[i]) = then(cc, cd, aux[i]);
-                }
+                arccos_column(
+                    (*a, *b, *d0),
+                    (q, sd, inv_sd),
+                    (qj, sdj, inv_sdj),
+                    c,
+                    aux,
+                    then,
+                );
             }
             PairKind::Closed(closed) => {
                 for i in 0..n {

@@ -54,12 +54,6 @@ struct Stats {
     q: Vec<Variances>,
 }
 
-/// One Dense layer's weight and bias terms (f64).
-pub(crate) struct LayerTerms {
-    pub(crate) weights: DMatrix<f64>,
-    pub(crate) bias: Option<DMatrix<f64>>,
-}
-
 impl Plan {
     pub(crate) fn new(spec: &MlpSpec, rule: &Arc<GaussHermite>) -> Plan {
         let standard = spec.parameterization_kind() == Parameterization::Standard;
@@ -272,55 +266,6 @@ impl Plan {
                     });
             }
         }
-    }
-
-    /// Every Dense layer's weight and bias terms (see [`super::InfiniteWidth::layer_kernels`]).
-    pub(crate) fn layer_kernels(
-        &self,
-        x1: &DMatrix<f64>,
-        x2: &DMatrix<f64>,
-    ) -> Result<Vec<LayerTerms>> {
-        let (n1, n2) = (x1.nrows(), x2.nrows());
-        let st1 = self.stats(x1, "x1")?;
-        let st2 = self.stats(x2, "x2")?;
-        // C^l for l = 0..=L (C⁰ = x·x̄/d) and Ċ^l for l = 1..=L.
-        let mut c = vec![(x1 * x2.transpose()) / self.input_dim];
-        let mut cdots = Vec::with_capacity(self.hidden.len());
-        for (l, layer) in self.hidden.iter().enumerate() {
-            let prev = &c[l];
-            let mut next = DMatrix::zeros(n1, n2);
-            let mut cd = DMatrix::zeros(n1, n2);
-            for j in 0..n2 {
-                for i in 0..n1 {
-                    let sigma = self.sw2 * prev[(i, j)] + self.sb2;
-                    (next[(i, j)], cd[(i, j)]) =
-                        layer.dual.eval(st1.q[l].q()[i], sigma, st2.q[l].q()[j]);
-                }
-            }
-            c.push(next);
-            cdots.push(cd);
-        }
-        // Backward: B^{L+1} = 1, B^l = σ_w² Ċ^l ⊙ B^{l+1}.
-        let depth = self.hidden.len() + 1;
-        let mut out = Vec::with_capacity(depth);
-        let mut b = DMatrix::from_element(n1, n2, 1.0);
-        for l in (0..depth).rev() {
-            // Dense layer l + 1 (1-based) reads C^l and has input width n^l.
-            let n_in = if l == 0 {
-                self.input_dim
-            } else {
-                self.hidden[l - 1].width
-            };
-            let weight_coef = if self.standard { n_in } else { self.sw2 };
-            let weights = c[l].component_mul(&b) * weight_coef;
-            let bias = (self.bias_ntk > 0.0).then(|| &b * self.bias_ntk);
-            out.push(LayerTerms { weights, bias });
-            if l > 0 {
-                b = cdots[l - 1].component_mul(&b) * self.sw2;
-            }
-        }
-        out.reverse();
-        Ok(out)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Infinite-width kernels: the NNGP kernel Σ and the limiting NTK Θ̊ of an [`MlpSpec`].
+//! Infinite-width kernels: the NNGP kernel Σ and the limiting NTK Θ̊ of an
+//! [`Architecture`]: an [`MlpSpec`] or any [`Program`].
 //!
 //! As every hidden width grows, a randomly initialised network converges to a Gaussian
 //! process with covariance Σ (the NNGP kernel), and its empirical NTK converges to a
@@ -33,25 +34,45 @@
 //! its bias (n^{l−1} C^{l−1} B^l and B^l in the standard parameterization). See
 //! [`infinite_width_layers`].
 //!
+//! ## Programs
+//!
+//! For a [`Program`] (weights shared across uses, residual sums, pooling,
+//! concatenations) the same functions compute Tensor Programs II's limit: every
+//! second moment reduces to the Gaussian expectations above (and Stein's lemma), and
+//! Θ̊ to tangent moments carried alongside them, compiled once per program into a
+//! straight-line recursion that only visits what the output needs (see
+//! [`InfiniteWidth::layer_kernels`] for the per-parameter split and the module
+//! `program` source for the rules). Σ ⊗ I_k and Θ̊ ⊗ I_k again for k outputs.
+//!
+//! The MLP path keeps its fused recursion (faster on MLPs; `benches/programs.rs`
+//! measures both); an MLP's per-layer split goes through the program recursion, so
+//! there is one general recursion and one fast path.
+//!
 //! The distance between a finite network's NTK and Θ̊ shrinks like n^{−1/2};
-//! [`width_convergence`] measures it.
+//! [`width_convergence`] measures it, for MLPs and programs alike.
 
+mod architecture;
 mod convergence;
 mod dual;
 mod engine;
 mod expectation;
 mod fastmath;
+mod program;
 mod quadrature;
+mod tape;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nalgebra::DMatrix;
 
 use crate::Scalar;
-use crate::error::{Result, check_inputs, select_rows};
+use crate::error::{Error, Result, check_inputs, select_rows};
 use crate::mlp::MlpSpec;
+use crate::program::Program;
 use crate::tangent::LayerKernel;
 
+pub use architecture::Architecture;
+use architecture::Described;
 pub use convergence::{WidthPoint, WidthStudy, width_convergence};
 pub use dual::{GaussianMoments, closed_form, gaussian_moments, quadrature};
 pub use quadrature::GaussHermite;
@@ -66,8 +87,9 @@ pub struct Kernels<T: Scalar = f64> {
     pub ntk: DMatrix<T>,
 }
 
-/// The infinite-width kernels of an [`MlpSpec`], with the quadrature degree to use for
-/// activations without a closed form.
+/// The infinite-width kernels of an [`Architecture`] (an [`MlpSpec`] or a
+/// [`Program`]), with the quadrature degree to use for activations without a closed
+/// form.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
@@ -83,20 +105,28 @@ pub struct Kernels<T: Scalar = f64> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct InfiniteWidth {
-    spec: MlpSpec,
+    described: Described,
     rule: Arc<GaussHermite>,
+    /// A program's compiled recursion, for the kernels and for the group terms,
+    /// compiled on first use and reused by every later call.
+    compiled: [OnceLock<Arc<program::Compiled>>; 2],
 }
 
 impl InfiniteWidth {
-    /// The kernels of `spec`, with [`GaussHermite::DEFAULT_DEGREE`] quadrature nodes.
+    /// The kernels of `architecture`, with [`GaussHermite::DEFAULT_DEGREE`] quadrature
+    /// nodes.
     ///
     /// # Errors
-    /// If the spec is invalid ([`MlpSpec::validate`]).
-    pub fn new(spec: &MlpSpec) -> Result<Self> {
-        spec.validate()?;
+    /// If the architecture is invalid ([`MlpSpec::validate`], [`Program::validate`]).
+    pub fn new<A: Architecture + ?Sized>(architecture: &A) -> Result<Self> {
+        Self::described(architecture.describe(None)?)
+    }
+
+    pub(crate) fn described(described: Described) -> Result<Self> {
         Ok(InfiniteWidth {
-            spec: spec.clone(),
+            described,
             rule: GaussHermite::new(GaussHermite::DEFAULT_DEGREE)?,
+            compiled: Default::default(),
         })
     }
 
@@ -108,23 +138,53 @@ impl InfiniteWidth {
     /// cost per kernel entry that grows like n.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) unless
+    /// [`Error::InvalidParameter`] unless
     /// 1 ≤ `degree` ≤ [`GaussHermite::MAX_DEGREE`].
     pub fn quadrature_degree(mut self, degree: usize) -> Result<Self> {
         self.rule = GaussHermite::new(degree)?;
+        self.compiled = Default::default();
         Ok(self)
     }
 
-    /// The architecture.
+    /// The compiled recursion of `program`, with the group terms when `groups`.
+    fn compiled(&self, program: &Program, groups: bool) -> Result<Arc<program::Compiled>> {
+        let cell = &self.compiled[usize::from(groups)];
+        if let Some(c) = cell.get() {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(program::compile(program, &self.rule, groups)?);
+        Ok(Arc::clone(cell.get_or_init(|| c)))
+    }
+
+    /// The MLP, when the architecture is one.
     #[must_use]
-    pub fn spec(&self) -> &MlpSpec {
-        &self.spec
+    pub fn spec(&self) -> Option<&MlpSpec> {
+        match &self.described {
+            Described::Mlp(spec) => Some(spec),
+            Described::Program(_) => None,
+        }
+    }
+
+    /// The program, when the architecture is one.
+    #[must_use]
+    pub fn program(&self) -> Option<&Program> {
+        match &self.described {
+            Described::Program(p) => Some(p),
+            Described::Mlp(_) => None,
+        }
     }
 
     /// The largest Gauss–Hermite rule used for activations without a closed form.
     #[must_use]
     pub fn rule(&self) -> &GaussHermite {
         &self.rule
+    }
+
+    fn input_dim(&self) -> usize {
+        match &self.described {
+            Described::Mlp(spec) => spec.input_dim(),
+            Described::Program(p) => p.input_dim(),
+        }
     }
 
     /// Σ and Θ̊ between the rows of `x1` (N1 × d) and `x2` (N2 × d).
@@ -138,15 +198,25 @@ impl InfiniteWidth {
     /// kernel overflows f64 (inputs of enormous norm, a huge σ_w or depth; the message
     /// names the row and layer) or `T` (e.g. f32 beyond 3.4e38); or if an activation's
     /// Gaussian expectations are NaN (a custom φ or φ' that returns NaN; the message
-    /// names the activation and layer).
+    /// names the activation and layer); or, for a program,
+    /// if a nonlinearity acts on a vector that is not Gaussian in the limit.
     pub fn kernels<T: Scalar>(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Kernels<T>> {
-        check_inputs(self.spec.input_dim(), x1, x2)?;
-        let plan = engine::Plan::new(&self.spec, &self.rule);
+        check_inputs(self.input_dim(), x1, x2)?;
         let x1f = to_f64(x1);
-        let (nngp, ntk) = if x1 == x2 {
-            plan.kernels(&x1f, None)?
-        } else {
-            plan.kernels(&x1f, Some(&to_f64(x2)))?
+        let x2f = (x1 != x2).then(|| to_f64(x2));
+        let (nngp, ntk) = match &self.described {
+            Described::Mlp(spec) => {
+                engine::Plan::new(spec, &self.rule).kernels(&x1f, x2f.as_ref())?
+            }
+            Described::Program(p) => {
+                let compiled = self.compiled(p, false)?;
+                let mut out = compiled.run(p, &x1f, x2f.as_ref()).into_iter();
+                let nngp = out.next().unwrap_or_default();
+                let ntk = out.next().unwrap_or_default();
+                check_kernel(&nngp, "nngp")?;
+                check_kernel(&ntk, "ntk")?;
+                (nngp, ntk)
+            }
         };
         Ok(Kernels {
             nngp: to_scalar("NNGP", nngp)?,
@@ -154,14 +224,13 @@ impl InfiniteWidth {
         })
     }
 
-    /// The limit of each Dense layer's share of the NTK, first layer to output layer:
-    /// the infinite-width counterpart of
-    /// [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels). Layer l's weight
-    /// term is σ_w² C^{l−1} B^l and its bias term σ_b² B^l (`None` when σ_b = 0), with
-    /// B^l = Π_{m ≥ l} σ_w² Ċ^m; they sum to Θ̊.
-    ///
-    /// This keeps C^l and Ċ^l for every layer (memory 2 (L+1) N1 N2), so it is meant
-    /// for inspection rather than for the largest batches.
+    /// The limit of each parameter group's share of the NTK: the infinite-width
+    /// counterpart of [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels),
+    /// group for group. For an MLP, Dense layer l's weight term is σ_w² C^{l−1} B^l and
+    /// its bias term σ_b² B^l (`None` when σ_b = 0), with B^l = Π_{m ≥ l} σ_w² Ċ^m; for
+    /// a program, each weight W gives σ_W² Σ_{u,v} M(z_u, z̄_v) D(h_u, h̄_v), each bias
+    /// σ_b² Σ_{u,v} D(h_u, h̄_v) (as a bias term), and the readout comes last (see
+    /// [`crate::infinite`]). They sum to Θ̊.
     ///
     /// # Errors
     /// As [`InfiniteWidth::kernels`].
@@ -170,21 +239,69 @@ impl InfiniteWidth {
         x1: &DMatrix<T>,
         x2: &DMatrix<T>,
     ) -> Result<Vec<LayerKernel<T>>> {
-        check_inputs(self.spec.input_dim(), x1, x2)?;
-        let plan = engine::Plan::new(&self.spec, &self.rule);
-        let layers = plan.layer_kernels(&to_f64(x1), &to_f64(x2))?;
+        check_inputs(self.input_dim(), x1, x2)?;
+        let x1f = to_f64(x1);
+        let x2f = (x1 != x2).then(|| to_f64(x2));
+        let (program, mlp_bias) = match &self.described {
+            Described::Mlp(spec) => (Program::with_widths_of(spec)?, Some(spec.has_bias())),
+            Described::Program(p) => (p.clone(), None),
+        };
+        let compiled = self.compiled(&program, true)?;
+        let mut out = compiled
+            .run(&program, &x1f, x2f.as_ref())
+            .into_iter()
+            .skip(2);
+        let mut groups = Vec::with_capacity(compiled.layout().len());
+        for &has_bias in compiled.layout() {
+            let weights = out.next().unwrap_or_default();
+            let bias = if has_bias { out.next() } else { None };
+            check_kernel(&weights, "layer kernel")?;
+            if let Some(b) = &bias {
+                check_kernel(b, "layer kernel")?;
+            }
+            groups.push((weights, bias));
+        }
+        let layers = match mlp_bias {
+            // An MLP's program declares W¹, b¹, W², b², … and ends with the readout
+            // (W^{L+1}, b^{L+1}): a layer is a weight with the bias that follows it.
+            Some(true) => {
+                let readout = groups.pop();
+                let mut layers: Vec<_> = groups
+                    .chunks_exact(2)
+                    .map(|pair| (pair[0].0.clone(), pair[1].1.clone()))
+                    .collect();
+                layers.extend(readout);
+                layers
+            }
+            _ => groups,
+        };
         layers
             .into_iter()
-            .map(|l| {
+            .map(|(weights, bias)| {
                 Ok(LayerKernel {
-                    weights: to_scalar("layer weight term", l.weights)?,
-                    bias: l
-                        .bias
-                        .map(|b| to_scalar("layer bias term", b))
-                        .transpose()?,
+                    weights: to_scalar("layer weight term", weights)?,
+                    bias: bias.map(|b| to_scalar("layer bias term", b)).transpose()?,
                 })
             })
             .collect()
+    }
+}
+
+/// Errors unless every entry of a computed kernel is finite.
+fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
+    match k.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(p) => Err(Error::InvalidParameter {
+            parameter: what,
+            value: format!(
+                "entry ({}, {}) = {}",
+                p % k.nrows().max(1),
+                p / k.nrows().max(1),
+                k[p]
+            ),
+            reason: "the infinite-width kernel overflows f64 here (inputs or standard \
+                     deviations too large for the depth)",
+        }),
     }
 }
 
@@ -222,12 +339,12 @@ impl InfiniteWidth {
 /// # Errors
 /// If the spec is invalid, or `x1` or `x2` does not have d columns, has NaN or
 /// infinite entries, or has entries so large that the kernel overflows.
-pub fn infinite_width<T: Scalar>(
-    spec: &MlpSpec,
+pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<Kernels<T>> {
-    InfiniteWidth::new(spec)?.kernels(x1, x2)
+    InfiniteWidth::new(architecture)?.kernels(x1, x2)
 }
 
 /// The block of [`infinite_width`] with rows `rows` (samples of `x1`) and columns
@@ -251,10 +368,10 @@ pub fn infinite_width<T: Scalar>(
 /// ```
 ///
 /// # Errors
-/// As [`infinite_width`], and [`Error::InvalidParameter`](crate::Error::InvalidParameter)
+/// As [`infinite_width`], and [`Error::InvalidParameter`]
 /// if a range is reversed or reaches past the last sample.
-pub fn infinite_width_block<T: Scalar>(
-    spec: &MlpSpec,
+pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
     rows: std::ops::Range<usize>,
@@ -262,7 +379,7 @@ pub fn infinite_width_block<T: Scalar>(
 ) -> Result<Kernels<T>> {
     let a = select_rows("rows", x1, rows)?;
     let b = select_rows("cols", x2, cols)?;
-    infinite_width(spec, &a, &b)
+    infinite_width(architecture, &a, &b)
 }
 
 /// The per-layer decomposition of Θ̊ (see [`InfiniteWidth::layer_kernels`]): one
@@ -285,12 +402,12 @@ pub fn infinite_width_block<T: Scalar>(
 ///
 /// # Errors
 /// As [`infinite_width`].
-pub fn infinite_width_layers<T: Scalar>(
-    spec: &MlpSpec,
+pub fn infinite_width_layers<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<Vec<LayerKernel<T>>> {
-    InfiniteWidth::new(spec)?.layer_kernels(x1, x2)
+    InfiniteWidth::new(architecture)?.layer_kernels(x1, x2)
 }
 
 /// `m` as a `DMatrix<T>`, or an error naming the first entry that `T` cannot hold.

@@ -15,5 +15,7 @@ mod infinite;
 mod never_silently_wrong;
 mod parallel;
 mod prec;
+mod program;
 mod shared_weights;
 mod train;
+mod transformer;

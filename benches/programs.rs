@@ -1,0 +1,231 @@
+//! Programs: a 1-D CNN's kernels, how an RNN's cost grows with its length, and what the
+//! generality of the program engine costs on an MLP.
+//!
+//! `programs/cnn_infinite/N`: neural-tangents' `serial(Conv(·, (3,), 'CIRCULAR', W_std 1.4,
+//! b_std 0.1), Relu)×3, GlobalAvgPool, Dense(1)` on 16 positions × 3 channels, x1 = x2,
+//! f64. neural-tangents 0.6.5 (jit, this machine) takes 0.35 s at N = 128 and 1.14 s at
+//! N = 256. Baseline: the MLP with the same number of ReLU dual evaluations per entry.
+//! `programs/cnn_empirical/128`: its empirical NTK at width 128, N = 128, against the
+//! explicit J Jᵀ (neural-tangents' structured derivatives: 0.82 s).
+//! `programs/rnn_last/T` and `programs/rnn_mean/T`: an erf RNN over T tokens of
+//! dimension 3, N = 64, read out at the last state (cost linear in T) or through the
+//! mean of the states (quadratic).
+//! `programs/mlp/1024`: `Program::from(&spec)` against the fused MLP engine on the
+//! infinite-width benchmark's MLP.
+//! `programs/transformer/T`: Tensor Programs II's one-layer ReLU Transformer (tied 1/n
+//! attention, LayerNorm, an MLP block, mean pooling) on N = 128 sequences of T tokens
+//! of dimension 3. Cost model: per pair of sequences O(T²) Gaussian expectations and
+//! O(T³) for the attention products (C^y = (A+I) C^k (Ā+I)ᵀ, never a dense (NT)×(NT)
+//! product), so T = 16 should take about 8× T = 8. Baseline: the Gram matrix of all
+//! N·T tokens, the input work every method needs.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use ntk::nalgebra::DMatrix;
+use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::{Activation, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width};
+
+fn inputs(n: usize, d: usize) -> DMatrix<f64> {
+    DMatrix::from_fn(n, d, |i, j| ((i * 31 + j * 17) as f64 * 0.37).sin())
+}
+
+/// The benchmark CNN: three circular 3-tap ReLU convolutions, global average pooling.
+fn cnn(positions: usize, channels: usize) -> Program {
+    let mut p = Program::new(positions * channels);
+    let mut z: Vec<Var> = (0..positions)
+        .map(|q| p.input(q * channels..(q + 1) * channels).expect("columns"))
+        .collect();
+    for _ in 0..3 {
+        let w = p.weight(1.4).expect("σ");
+        let b = p.bias(0.1).expect("σ");
+        z = (0..positions)
+            .map(|q| {
+                let window = [
+                    z[(q + positions - 1) % positions],
+                    z[q],
+                    z[(q + 1) % positions],
+                ];
+                let c = p.concat(&window).expect("window");
+                let h = p.dense(w, c).expect("dense");
+                let h = p.add_bias(h, b).expect("bias");
+                p.apply(Activation::Relu, h).expect("relu")
+            })
+            .collect();
+    }
+    let pooled = p.mean(&z).expect("pool");
+    p.output(pooled, 1.0).expect("readout");
+    p
+}
+
+/// An erf RNN over `steps` tokens of dimension 3.
+fn rnn(steps: usize, mean_pool: bool) -> Program {
+    let d = 3;
+    let mut p = Program::new(steps * d);
+    let (u, w, b) = (
+        p.weight(2f64.sqrt()).expect("σ"),
+        p.weight(1.0).expect("σ"),
+        p.bias(0.2f64.sqrt()).expect("σ"),
+    );
+    let mut states: Vec<Var> = Vec::new();
+    for t in 0..steps {
+        let x = p.input(t * d..(t + 1) * d).expect("token");
+        let mut h = p.dense(u, x).expect("dense");
+        if let Some(&s) = states.last() {
+            let r = p.dense(w, s).expect("dense");
+            h = p.add(&[h, r]).expect("add");
+        }
+        let h = p.add_bias(h, b).expect("bias");
+        states.push(p.apply(Activation::Erf, h).expect("erf"));
+    }
+    let out = if mean_pool {
+        p.mean(&states).expect("mean")
+    } else {
+        *states.last().expect("a state")
+    };
+    p.output(out, 1.0).expect("readout");
+    p
+}
+
+fn cnn_infinite(c: &mut Criterion) {
+    let p = cnn(16, 3);
+    // Per entry the CNN evaluates 3 layers × 16² position pairs of the ReLU dual; an
+    // MLP of depth 3·16² = 768 does the same number with the fused engine.
+    let mut baseline = MlpSpec::new(48);
+    for _ in 0..768 {
+        baseline = baseline.hidden(1, Activation::Relu);
+    }
+    let baseline = baseline.weight_std(1.4).bias_std(0.1);
+    let mut group = c.benchmark_group("programs");
+    group.sample_size(10);
+    for n in [128, 256] {
+        let x = inputs(n, 48);
+        group.bench_with_input(BenchmarkId::new("cnn_infinite", n), &x, |b, x| {
+            b.iter(|| infinite_width(&p, black_box(x), black_box(x)).expect("kernels"));
+        });
+        group.bench_with_input(BenchmarkId::new("baseline_mlp768", n), &x, |b, x| {
+            b.iter(|| infinite_width(&baseline, black_box(x), black_box(x)).expect("kernels"));
+        });
+    }
+    group.finish();
+}
+
+fn cnn_empirical(c: &mut Criterion) {
+    let p = cnn(16, 3);
+    let net = p
+        .init::<f64, _>(128, &mut StdRng::seed_from_u64(0))
+        .expect("network");
+    let x = inputs(128, 48);
+    let mut group = c.benchmark_group("programs");
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("cnn_empirical", 128), |b| {
+        b.iter(|| empirical_ntk(&net, black_box(&x), black_box(&x)).expect("kernel"));
+    });
+    group.bench_function(BenchmarkId::new("baseline_jacobian", 128), |b| {
+        b.iter(|| {
+            let j = net.jacobian(black_box(&x)).expect("jacobian");
+            &j * j.transpose()
+        });
+    });
+    group.finish();
+}
+
+fn rnn_length(c: &mut Criterion) {
+    let n = 64;
+    let mut group = c.benchmark_group("programs");
+    group.sample_size(10);
+    for steps in [16, 64] {
+        let x = inputs(n, 3 * steps);
+        for (name, mean) in [("rnn_last", false), ("rnn_mean", true)] {
+            let p = rnn(steps, mean);
+            group.bench_with_input(BenchmarkId::new(name, steps), &x, |b, x| {
+                b.iter(|| infinite_width(&p, black_box(x), black_box(x)).expect("kernels"));
+            });
+        }
+    }
+    group.finish();
+}
+
+fn mlp(c: &mut Criterion) {
+    let spec = MlpSpec::new(32)
+        .hidden(512, Activation::Relu)
+        .hidden(512, Activation::Relu)
+        .hidden(512, Activation::Relu)
+        .weight_std(1.4)
+        .bias_std(0.1);
+    let p = Program::from(&spec);
+    let x = inputs(1024, 32);
+    let mut group = c.benchmark_group("programs");
+    group.sample_size(10);
+    group.bench_function(BenchmarkId::new("mlp_program", 1024), |b| {
+        b.iter(|| infinite_width(&p, black_box(&x), black_box(&x)).expect("kernels"));
+    });
+    group.bench_function(BenchmarkId::new("mlp_fused", 1024), |b| {
+        b.iter(|| infinite_width(&spec, black_box(&x), black_box(&x)).expect("kernels"));
+    });
+    group.finish();
+}
+
+/// Tensor Programs II's one-layer Transformer over `tokens` tokens of dimension 3.
+fn transformer(tokens: usize) -> Program {
+    let d = 3;
+    let mut p = Program::new(tokens * d);
+    let (u, w1, w2) = (
+        p.weight(1.0).expect("σ"),
+        p.weight(1.0).expect("σ"),
+        p.weight(1.0).expect("σ"),
+    );
+    let keys: Vec<Var> = (0..tokens)
+        .map(|t| {
+            let x = p.input(t * d..(t + 1) * d).expect("token");
+            p.dense(u, x).expect("dense")
+        })
+        .collect();
+    let attended = p.attention(&keys, &keys, &keys).expect("attention");
+    let mut outs = Vec::new();
+    for (y, k) in attended.into_iter().zip(&keys) {
+        let y = p.add(&[y, *k]).expect("add");
+        let z = p.layer_norm(y).expect("layer norm");
+        let g = p.dense(w1, z).expect("dense");
+        let a = p.apply(Activation::Relu, g).expect("relu");
+        let h = p.dense(w2, a).expect("dense");
+        let s = p.add(&[h, z]).expect("add");
+        outs.push(p.layer_norm(s).expect("layer norm"));
+    }
+    let pooled = p.mean(&outs).expect("mean");
+    p.output(pooled, 1.0).expect("readout");
+    p
+}
+
+fn transformer_length(c: &mut Criterion) {
+    let n = 128;
+    let mut group = c.benchmark_group("programs");
+    group.sample_size(10);
+    for tokens in [8, 16] {
+        let p = transformer(tokens);
+        let x = inputs(n, 3 * tokens);
+        group.bench_with_input(BenchmarkId::new("transformer", tokens), &x, |b, x| {
+            b.iter(|| infinite_width(&p, black_box(x), black_box(x)).expect("kernels"));
+        });
+        let all_tokens =
+            DMatrix::from_fn(n * tokens, 3, |r, j| x[(r / tokens, (r % tokens) * 3 + j)]);
+        group.bench_with_input(
+            BenchmarkId::new("baseline_token_gram", tokens),
+            &all_tokens,
+            |b, t| {
+                b.iter(|| black_box(t) * black_box(t).transpose());
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    cnn_infinite,
+    cnn_empirical,
+    rnn_length,
+    mlp,
+    transformer_length
+);
+criterion_main!(benches);

@@ -1,0 +1,362 @@
+//! Tensor Programs II, Figure 1: the NTK of any architecture converges like n^{−1/2}.
+//!
+//! For four networks described as [`Program`]s, measures the relative Frobenius
+//! distance ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F between the empirical NTK of width-n networks (one per
+//! seed) and the program's infinite-width NTK, for n = 2^6 … 2^12, prints a table per
+//! architecture with the fitted log-log slope, and writes a log-log plot with an
+//! n^{−1/2} reference line to `docs/tensor_programs.svg`. The networks, in the NTK
+//! parameterization, on inputs drawn once from a fixed seed (N(0, 1) entries; rows are
+//! samples, a sequence is its tokens in order):
+//!
+//! - **RNN** (the paper's): s_t = erf(W s_{t−1} + U x_t + b), s_0 = 0, over 5 tokens of
+//!   dimension 3, f = vᵀ mean_t s_t / √n; σ_W = 1, σ_U = √2, σ_b = √0.2, σ_v = 1;
+//!   two sequences, as in the paper.
+//! - **Transformer** (the paper's one-layer one, ReLU, every σ = 1, no biases): over 5
+//!   tokens of dimension 3, k_t = U x_t, y = attention(k, k, k) (tied queries, keys and
+//!   values, 1/n logits), z_t = LN(y_t + k_t), o_t = LN(W₂ relu(W₁ z_t) + z_t),
+//!   f = readout(mean_t o_t); two sequences.
+//! - **Residual MLP**: h₀ = W₀ x + b₀ on x of dimension 3, then two blocks
+//!   h_l = h_{l−1} + W_l relu(h_{l−1}) + b_l, f = readout(relu(h₂)); ReLU, σ_W = 1,
+//!   σ_b = 0.1, σ_v = 1; eight inputs.
+//! - **CNN**: 8 positions × 3 channels, two circular 3-tap ReLU convolutions (one
+//!   weight per layer on the concatenation of neighbouring positions, σ_W = √2,
+//!   σ_b = 0.1), global average pooling, readout σ_v = 1; eight inputs.
+//!
+//! (With two inputs the error of the residual MLP is dominated by one kernel entry and
+//! varies more from seed to seed; eight make its curve smoother.)
+//!
+//! Θ̊ is computed once per architecture (in the NTK parameterization it does not depend
+//! on n); each network is drawn with `StdRng::seed_from_u64(seed)`, seeds 0, 1, … (what
+//! [`ntk::width_convergence`] does, here one network at a time so that the progress bar
+//! moves).
+//!
+//! ```sh
+//! cargo run --release --example tensor_programs                        # a few minutes
+//! cargo run --release --example tensor_programs -- --max-width 8192    # the paper's range
+//! cargo run --release --example tensor_programs -- --help
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use ntk::nalgebra::DMatrix;
+use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::{Activation, Program, Var, empirical_ntk, infinite_width};
+use plotters::prelude::{BLACK, BLUE, GREEN, MAGENTA, RED, SeriesLabelPosition};
+use rand_distr::{Distribution, StandardNormal};
+
+mod support;
+use support::plot::{Chart, Scale, Series};
+
+/// Tensor Programs II, Figure 1: the relative Frobenius error of the empirical NTK of
+/// an RNN, a Transformer, a residual MLP and a CNN against their infinite-width NTK,
+/// over widths 64 … --max-width and several seeds, with fitted log-log slopes
+/// (theory: -1/2).
+#[derive(Parser)]
+struct Args {
+    /// The largest width (a power of two, at least 128): widths 64, 128, …, max-width.
+    /// The paper goes to 8192 (about four times the default run's time, and a few GB).
+    #[arg(long, default_value_t = 4096, value_parser = power_of_two)]
+    max_width: usize,
+    /// Random initialisations per width.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
+    /// Where to write the log-log plot (SVG).
+    #[arg(long, default_value = "docs/tensor_programs.svg")]
+    plot: PathBuf,
+}
+
+fn power_of_two(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("expected a whole number, got {s:?}"))?;
+    if n.is_power_of_two() && (128..=1 << 16).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "the largest width must be a power of two from 128 to 65536, got {n}"
+        ))
+    }
+}
+
+/// One curve of the figure.
+struct Architecture {
+    name: &'static str,
+    program: Program,
+    /// The inputs, rows are samples (a sequence is its tokens in order).
+    x: DMatrix<f64>,
+    /// What Tensor Programs II's Figure 1 reports.
+    paper: Option<&'static str>,
+}
+
+/// The relative error at one width, over seeds.
+struct Point {
+    width: usize,
+    mean: f64,
+    std: f64,
+}
+
+fn main() -> ExitCode {
+    support::report(run(Args::parse()))
+}
+
+fn run(args: Args) -> support::Result {
+    let started = Instant::now();
+    let widths: Vec<usize> = (6..=args.max_width.trailing_zeros())
+        .map(|k| 1 << k)
+        .collect();
+    let architectures = architectures()?;
+
+    // Per architecture, the limit once; then one network per width and seed.
+    let mut limits = Vec::new();
+    for a in &architectures {
+        let limit = infinite_width(&a.program, &a.x, &a.x)
+            .map_err(|e| format!("the infinite-width NTK of the {}: {e}", a.name))?
+            .ntk;
+        limits.push(limit);
+    }
+    let jobs = (architectures.len() * widths.len()) as u64 * args.seeds;
+    let bar = support::progress(jobs, "networks");
+    let mut curves = Vec::new();
+    for (a, limit) in architectures.iter().zip(&limits) {
+        let timer = Instant::now();
+        let mut points = Vec::new();
+        for &width in &widths {
+            bar.set_message(format!("{}, width {width}", a.name));
+            let errors = (0..args.seeds)
+                .map(|seed| {
+                    let net = a
+                        .program
+                        .init::<f64, _>(width, &mut StdRng::seed_from_u64(seed))?;
+                    let theta = empirical_ntk(&net, &a.x, &a.x)?;
+                    bar.inc(1);
+                    Ok((&theta - limit).norm() / limit.norm())
+                })
+                .collect::<Result<Vec<f64>, ntk::Error>>()?;
+            points.push(mean_and_std(width, &errors));
+        }
+        let slope = support::log_slope(
+            &points.iter().map(|p| p.width as f64).collect::<Vec<_>>(),
+            &points.iter().map(|p| p.mean).collect::<Vec<_>>(),
+        );
+        let seconds = timer.elapsed().as_secs_f64();
+        bar.suspend(|| print_curve(a, &points, slope, args.seeds, seconds));
+        curves.push((a, points, slope));
+    }
+    bar.finish_and_clear();
+
+    if let Some(dir) = args.plot.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+    }
+    plot(&args.plot, &curves, args.seeds)?;
+    println!("plot written to {}", args.plot.display());
+    println!(
+        "{} networks in {:.0} s",
+        jobs,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn mean_and_std(width: usize, errors: &[f64]) -> Point {
+    let k = errors.len() as f64;
+    let mean = errors.iter().sum::<f64>() / k;
+    let std = if errors.len() > 1 {
+        (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (k - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Point { width, mean, std }
+}
+
+fn print_curve(a: &Architecture, points: &[Point], slope: f64, seeds: u64, seconds: f64) {
+    println!("{} ({seeds} seeds, {seconds:.0} s)", a.name);
+    println!("{:>8}  {:>10}  {:>10}", "width", "mean error", "std");
+    for p in points {
+        println!("{:>8}  {:>10.4}  {:>10.4}", p.width, p.mean, p.std);
+    }
+    match a.paper {
+        Some(paper) => println!("fitted slope {slope:.3} (theory -0.5; the paper: {paper})\n"),
+        None => println!("fitted slope {slope:.3} (theory -0.5)\n"),
+    }
+}
+
+/// The four networks of the figure and their inputs.
+fn architectures() -> ntk::Result<Vec<Architecture>> {
+    Ok(vec![
+        Architecture {
+            name: "RNN",
+            program: rnn(5, 3)?,
+            x: inputs(2, 5 * 3, 1),
+            paper: Some("0.220 at width 64, 0.0195 at 8192, slope -0.50"),
+        },
+        Architecture {
+            name: "Transformer",
+            program: transformer(5, 3)?,
+            x: inputs(2, 5 * 3, 2),
+            paper: Some("0.118 at width 64, 0.0118 at 8192, slope -0.52"),
+        },
+        Architecture {
+            name: "residual MLP",
+            program: residual_mlp(3, 2)?,
+            x: inputs(8, 3, 3),
+            paper: None,
+        },
+        Architecture {
+            name: "CNN",
+            program: cnn(8, 3, 2)?,
+            x: inputs(8, 8 * 3, 4),
+            paper: None,
+        },
+    ])
+}
+
+/// `rows` × `cols` standard normal entries from a fixed seed.
+fn inputs(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
+    let mut rng = StdRng::seed_from_u64(2020 + seed);
+    DMatrix::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng))
+}
+
+/// The paper's RNN: s_t = erf(W s_{t−1} + U x_t + b), s_0 = 0; σ_W² = 1, σ_U² = 2,
+/// σ_b² = 0.2, read out (σ_v² = 1) from the mean of the states.
+fn rnn(steps: usize, token_dim: usize) -> ntk::Result<Program> {
+    let mut p = Program::new(steps * token_dim);
+    let (u, w, b) = (
+        p.weight(2f64.sqrt())?,
+        p.weight(1.0)?,
+        p.bias(0.2f64.sqrt())?,
+    );
+    let mut states: Vec<Var> = Vec::new();
+    for t in 0..steps {
+        let x_t = p.input(t * token_dim..(t + 1) * token_dim)?;
+        let mut h = p.dense(u, x_t)?;
+        if let Some(&s) = states.last() {
+            let recurrent = p.dense(w, s)?; // the same W at every step
+            h = p.add(&[h, recurrent])?;
+        }
+        let h = p.add_bias(h, b)?;
+        states.push(p.apply(Activation::Erf, h)?);
+    }
+    let pooled = p.mean(&states)?;
+    p.output(pooled, 1.0)?;
+    Ok(p)
+}
+
+/// The paper's one-layer Transformer, ReLU, every σ = 1: k_t = U x_t,
+/// y = attention(k, k, k), z_t = LN(y_t + k_t), o_t = LN(W₂ relu(W₁ z_t) + z_t),
+/// f = readout(mean_t o_t).
+fn transformer(tokens: usize, token_dim: usize) -> ntk::Result<Program> {
+    let mut p = Program::new(tokens * token_dim);
+    let (u, w1, w2) = (p.weight(1.0)?, p.weight(1.0)?, p.weight(1.0)?);
+    let keys = (0..tokens)
+        .map(|t| {
+            let x_t = p.input(t * token_dim..(t + 1) * token_dim)?;
+            p.dense(u, x_t)
+        })
+        .collect::<ntk::Result<Vec<Var>>>()?;
+    let attended = p.attention(&keys, &keys, &keys)?;
+    let mut outs = Vec::new();
+    for (y, k) in attended.into_iter().zip(&keys) {
+        let y = p.add(&[y, *k])?;
+        let z = p.layer_norm(y)?;
+        let g = p.dense(w1, z)?;
+        let a = p.apply(Activation::Relu, g)?;
+        let h = p.dense(w2, a)?;
+        let s = p.add(&[h, z])?;
+        outs.push(p.layer_norm(s)?);
+    }
+    let pooled = p.mean(&outs)?;
+    p.output(pooled, 1.0)?;
+    Ok(p)
+}
+
+/// h₀ = W₀ x + b₀, then `blocks` residual blocks h ← h + W relu(h) + b, and a readout of
+/// relu(h); σ_W = 1, σ_b = 0.1, σ_v = 1.
+fn residual_mlp(input_dim: usize, blocks: usize) -> ntk::Result<Program> {
+    let mut p = Program::new(input_dim);
+    let x = p.input(0..input_dim)?;
+    let (w0, b0) = (p.weight(1.0)?, p.bias(0.1)?);
+    let h = p.dense(w0, x)?;
+    let mut h = p.add_bias(h, b0)?;
+    for _ in 0..blocks {
+        let (w, b) = (p.weight(1.0)?, p.bias(0.1)?);
+        let a = p.apply(Activation::Relu, h)?;
+        let r = p.dense(w, a)?;
+        let r = p.add_bias(r, b)?;
+        h = p.add(&[h, r])?;
+    }
+    let out = p.apply(Activation::Relu, h)?;
+    p.output(out, 1.0)?;
+    Ok(p)
+}
+
+/// `layers` circular 3-tap ReLU convolutions over `positions` positions of `channels`
+/// channels (σ_W = √2, σ_b = 0.1; one weight per layer, used at every position on the
+/// concatenation of the neighbouring positions), global average pooling, readout σ_v = 1.
+fn cnn(positions: usize, channels: usize, layers: usize) -> ntk::Result<Program> {
+    let mut p = Program::new(positions * channels);
+    let mut z = (0..positions)
+        .map(|q| p.input(q * channels..(q + 1) * channels))
+        .collect::<ntk::Result<Vec<Var>>>()?;
+    for _ in 0..layers {
+        let (w, b) = (p.weight(2f64.sqrt())?, p.bias(0.1)?);
+        z = (0..positions)
+            .map(|q| {
+                let window = [
+                    z[(q + positions - 1) % positions],
+                    z[q],
+                    z[(q + 1) % positions],
+                ];
+                let c = p.concat(&window)?;
+                let h = p.dense(w, c)?;
+                let h = p.add_bias(h, b)?;
+                p.apply(Activation::Relu, h)
+            })
+            .collect::<ntk::Result<Vec<Var>>>()?;
+    }
+    let pooled = p.mean(&z)?;
+    p.output(pooled, 1.0)?;
+    Ok(p)
+}
+
+fn plot(path: &Path, curves: &[(&Architecture, Vec<Point>, f64)], seeds: u64) -> support::Result {
+    let mut chart = Chart::new(
+        "Tensor Programs II, Fig. 1: empirical NTK vs its infinite-width limit",
+        "width n",
+        "mean ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F over seeds (± standard error)",
+    )
+    .scales(Scale::Log2, Scale::Log)
+    .legend(SeriesLabelPosition::LowerLeft);
+    for ((a, points, slope), color) in curves.iter().zip([RED, BLUE, GREEN, MAGENTA]) {
+        // ± one standard error of the mean, std/√seeds.
+        let bars = points.iter().map(|p| {
+            let se = p.std / (seeds as f64).sqrt();
+            (p.width as f64, p.mean - se, p.mean + se)
+        });
+        chart = chart.series(
+            Series::line(
+                format!("{} (slope {slope:.2})", a.name),
+                points.iter().map(|p| (p.width as f64, p.mean)).collect(),
+                color,
+            )
+            .markers()
+            .error_bars(bars.collect()),
+        );
+    }
+    // The n^{−1/2} reference through the geometric mean of the curves at the first width.
+    let first: Vec<&Point> = curves.iter().filter_map(|c| c.1.first()).collect();
+    if let (Some(p0), Some(last)) = (first.first(), curves[0].1.last()) {
+        let level = (first.iter().map(|p| p.mean.ln()).sum::<f64>() / first.len() as f64).exp();
+        let c = level * (p0.width as f64).sqrt();
+        let line = [p0.width, last.width].map(|w| (w as f64, c / (w as f64).sqrt()));
+        chart = chart.series(
+            Series::line("reference n^(-1/2)", line.to_vec(), BLACK)
+                .width(1)
+                .dashed(),
+        );
+    }
+    chart.save(path, (900, 600))
+}

@@ -1,0 +1,733 @@
+//! The numeric side, emitted as tape instructions: second moments M, tangent moments
+//! T, gradient moments D, and the per-sample scalars (LayerNorm scales, attention
+//! weights) their combinations carry.
+
+use crate::error::{Error, Result};
+use crate::program::{Group, Op, Width};
+
+use super::forms::{Atom, Base, Form, Gauss, Mono, ONE, SampleScalar, coef};
+use super::{Compiler, GroupTerms, Key, Mode, Side, not_gaussian};
+use crate::infinite::tape::{Tape, Term, Val};
+
+/// A term c·a·b of a sum whose two factors carry the monomials m(x) and m'(x̄).
+type Scaled = (f64, Mono, Mono, Val, Option<Val>);
+
+/// When both combinations of a pair have at least this many terms, the pair is
+/// expanded one side at a time: M(a, Σ_j c_j m_j b_j) = Σ_j c_j m_j(x̄) M(a, b_j), with
+/// M(a, b_j) memoised. Attention's outputs share their value atoms, so this turns the
+/// T² terms of each of the T² token pairs into T² shared halves of T terms each:
+/// O(T³) per sample pair, the cost of the matrix products C^y = (A+I) C^k (Ā+I)ᵀ.
+const FACTOR: usize = 3;
+
+impl Compiler<'_> {
+    /// Σ_j c_j m_j(x̄) half(b_j) over the terms of the second combination: a pair of
+    /// long combinations expanded one side at a time (see [`FACTOR`]).
+    fn one_side_at_a_time<K: Copy>(
+        &mut self,
+        terms: &[((K, Mono), super::forms::Coef)],
+        mode: Mode,
+        mut half: impl FnMut(&mut Self, K) -> Result<Val>,
+    ) -> Result<Val> {
+        let mut items = Vec::with_capacity(terms.len());
+        for &((y, my), cy) in terms {
+            let v = half(self, y)?;
+            items.push((coef(cy), ONE, my, v, None));
+        }
+        self.scaled_sum(mode, items)
+    }
+
+    // ---------------------------------------------------------------- tangents
+
+    /// T(a, b̄) = lim Σ_θ ∂a_α/∂θ ∂b̄_α/∂θ of two forms of equal width (the tangent
+    /// moment; input columns have none): the forward-mode counterpart of the
+    /// gradient moments, T(h_u, h̄_v) = c_W M(z_u, z̄_v) + σ_W² T(z_u, z̄_v) for uses of
+    /// one weight, T(φ(g), ψ(h̄)) = E[φ'(g) ψ'(h̄)] T(g, h̄), per-sample coefficients
+    /// carried along (the derivatives of LayerNorm scales and attention weights vanish
+    /// in the limit). It is the adjoint of the backward recursion (the same sums over
+    /// the same paths), so Θ̊ = c_v M(out) + σ_v² T(out) + c_b' equals the sum of the
+    /// group terms.
+    pub(super) fn tangent_of_forms(&mut self, a: &Form, b: &Form) -> Result<Val> {
+        match (a, b) {
+            (Form::Blocks(x), Form::Blocks(y)) => {
+                let k = x.len();
+                let mut terms = Vec::with_capacity(k);
+                for (&p, &q) in x.iter().zip(y) {
+                    let t = self.tangent(p, q)?;
+                    terms.push((1.0 / k as f64, t, None));
+                }
+                Ok(self.poly(Mode::Cross, 0.0, terms))
+            }
+            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(not_gaussian(why)),
+            _ => Ok(Val::Zero),
+        }
+    }
+
+    /// T of two atom combinations.
+    fn tangent(&mut self, a: u32, b: u32) -> Result<Val> {
+        let key = (Key::Tangent(a, b), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let ta = self.hlin.get(a);
+        let tb = self.hlin.get(b);
+        if ta.len() >= FACTOR && tb.len() >= FACTOR {
+            let v = self.one_side_at_a_time(&tb, Mode::Cross, |c, y| {
+                let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                c.tangent(a, single)
+            })?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
+        let mut items: Vec<Scaled> = Vec::new();
+        for &((x, mx), cx) in ta.iter() {
+            for &((y, my), cy) in tb.iter() {
+                let c = coef(cx) * coef(cy);
+                // Tangents first, then the duals: the recursion then emits each
+                // layer's moments just before the tangents that read them.
+                match (x, y) {
+                    (Atom::Gauss(g), Atom::Gauss(h)) => {
+                        let v = self.tangent_base(g, h)?;
+                        items.push((c, mx, my, v, None));
+                    }
+                    (Atom::Phi(p), Atom::Phi(q)) => {
+                        let (g, h) = (self.phi.get(p).1, self.phi.get(q).1);
+                        let t = self.tangent_lin(g, h)?;
+                        let f = self.dual(p, q, Mode::Cross)?.1;
+                        items.push((c, mx, my, f, Some(t)));
+                    }
+                    (Atom::Phi(p), Atom::Gauss(h)) => {
+                        let g = self.phi.get(p).1;
+                        let h = self.single(h);
+                        let t = self.tangent_lin(g, h)?;
+                        let f = self.mean_derivative(p, Side::Row, Mode::Cross)?;
+                        items.push((c, mx, my, f, Some(t)));
+                    }
+                    (Atom::Gauss(g), Atom::Phi(q)) => {
+                        let h = self.phi.get(q).1;
+                        let g = self.single(g);
+                        let t = self.tangent_lin(g, h)?;
+                        let f = self.mean_derivative(q, Side::Col, Mode::Cross)?;
+                        items.push((c, mx, my, f, Some(t)));
+                    }
+                }
+            }
+        }
+        let v = self.scaled_sum(Mode::Cross, items)?;
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// T of two Gaussian combinations.
+    fn tangent_lin(&mut self, g: u32, h: u32) -> Result<Val> {
+        let key = (Key::TangentLin(g, h), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let tg = self.glin.get(g);
+        let th = self.glin.get(h);
+        if tg.len() >= FACTOR && th.len() >= FACTOR {
+            let v = self.one_side_at_a_time(&th, Mode::Cross, |c, y| {
+                let single = c.single(y);
+                c.tangent_lin(g, single)
+            })?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
+        let mut items = Vec::new();
+        for &((x, mx), cx) in tg.iter() {
+            for &((y, my), cy) in th.iter() {
+                let v = self.tangent_base(x, y)?;
+                items.push((coef(cx) * coef(cy), mx, my, v, None));
+            }
+        }
+        let v = self.scaled_sum(Mode::Cross, items)?;
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// T of two Gaussian bases: a weight's own derivative c_W M(z_u, z̄_v) plus what
+    /// flows through its inputs, σ_W² T(z_u, z̄_v); a bias's c_b.
+    fn tangent_base(&mut self, g: u32, h: u32) -> Result<Val> {
+        let key = (Key::TangentBase(g, h), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let v = match (*self.gauss.get(g), *self.gauss.get(h)) {
+            (Gauss::Dense(u), Gauss::Dense(v)) => {
+                let (
+                    Op::Dense {
+                        weight: w1,
+                        input: a,
+                    },
+                    Op::Dense {
+                        weight: w2,
+                        input: b,
+                    },
+                ) = (&self.program.nodes[u].op, &self.program.nodes[v].op)
+                else {
+                    unreachable!("dense atoms come from dense variables")
+                };
+                if w1 == w2 {
+                    let decl = &self.program.weights[*w1];
+                    let s2 = decl.std * decl.std;
+                    let coef_w = decl.ntk_coef.unwrap_or(s2);
+                    let (a, b) = (*a, *b);
+                    let (fa, fb) = (self.form(a)?.clone(), self.form(b)?.clone());
+                    let t = self.tangent_of_forms(&fa, &fb)?;
+                    let m = self.fan_in_moment(u, v, Mode::Cross)?;
+                    self.poly(Mode::Cross, 0.0, vec![(coef_w, m, None), (s2, t, None)])
+                } else {
+                    Val::Zero
+                }
+            }
+            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) if b1 == b2 && k1 == k2 => {
+                let decl = &self.program.biases[b1];
+                Val::Const(decl.ntk_coef.unwrap_or(decl.std * decl.std))
+            }
+            _ => Val::Zero,
+        };
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    // ---------------------------------------------------------------- gradients
+
+    /// One group's weight and bias terms from the gradient moments.
+    pub(super) fn group_terms(&mut self, group: Group) -> Result<GroupTerms> {
+        let program = self.program;
+        Ok(match group {
+            Group::Weight(w) => {
+                let decl = &program.weights[w];
+                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
+                let mut terms = Vec::new();
+                for &u in &decl.uses {
+                    for &v in &decl.uses {
+                        let d = self.grad_of_nodes(u, v, 0)?;
+                        if d == Val::Zero {
+                            continue;
+                        }
+                        let m = self.fan_in_moment(u, v, Mode::Cross)?;
+                        terms.push((s2, m, Some(d)));
+                    }
+                }
+                GroupTerms {
+                    weights: self.poly(Mode::Cross, 0.0, terms),
+                    bias: None,
+                }
+            }
+            Group::Bias(b) => {
+                let decl = &program.biases[b];
+                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
+                let blocks = match decl.width {
+                    Some(Width::Hidden(k)) => k,
+                    _ => 1,
+                };
+                let mut terms = Vec::new();
+                for &u in &decl.uses {
+                    for &v in &decl.uses {
+                        for k in 0..blocks {
+                            let d = self.grad_of_nodes(u, v, k)?;
+                            if d != Val::Zero {
+                                terms.push((s2, d, None));
+                            }
+                        }
+                    }
+                }
+                GroupTerms {
+                    weights: Val::Zero,
+                    bias: Some(self.poly(Mode::Cross, 0.0, terms)),
+                }
+            }
+        })
+    }
+
+    /// D of block `k` of variables u (batch 1) and v (batch 2).
+    fn grad_of_nodes(&mut self, u: usize, v: usize, k: usize) -> Result<Val> {
+        let (Some(&a), Some(&b)) = (self.grads[u].get(k), self.grads[v].get(k)) else {
+            return Ok(Val::Zero);
+        };
+        self.grad_moment(a, b)
+    }
+
+    /// D(a, b̄) = Σ c c' m(x) m'(x̄) E[f f̄'] Cov(B, B̄') of two backward combinations.
+    fn grad_moment(&mut self, a: u32, b: u32) -> Result<Val> {
+        let key = (Key::Grad(a, b), Mode::Cross);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let ta = self.blin.get(a);
+        let tb = self.blin.get(b);
+        if ta.len() >= FACTOR && tb.len() >= FACTOR {
+            let v = self.one_side_at_a_time(&tb, Mode::Cross, |c, y| {
+                let single = c.blin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                c.grad_moment(a, single)
+            })?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
+        let mut items = Vec::new();
+        for &((x, mx), cx) in ta.iter() {
+            for &((y, my), cy) in tb.iter() {
+                let cov = self.base_cov(x.base, y.base)?;
+                if cov == Val::Zero {
+                    continue;
+                }
+                let f = self.factor_moment(x.factor, y.factor)?;
+                items.push((coef(cx) * coef(cy), mx, my, f, Some(cov)));
+            }
+        }
+        let v = self.scaled_sum(Mode::Cross, items)?;
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// Cov of two backward bases.
+    fn base_cov(&mut self, x: Base, y: Base) -> Result<Val> {
+        match (x, y) {
+            (Base::Readout(k), Base::Readout(l)) if k == l => {
+                let (out, readout) = self.program.readout_of()?;
+                let blocks = match self.program.nodes[out].width {
+                    Width::Hidden(kk) => kk,
+                    Width::Input(_) => 1,
+                };
+                Ok(Val::Const(
+                    readout.weight_std_value().powi(2) / blocks as f64,
+                ))
+            }
+            (
+                Base::Transposed {
+                    weight: w1,
+                    node: u,
+                    block: k,
+                },
+                Base::Transposed {
+                    weight: w2,
+                    node: v,
+                    block: l,
+                },
+            ) if w1 == w2 && k == l => {
+                let decl = &self.program.weights[w1];
+                let blocks = match decl.fan_in {
+                    Some(Width::Hidden(kk)) => kk,
+                    _ => 1,
+                };
+                let s = decl.std * decl.std / blocks as f64;
+                let d = self.grad_of_nodes(u, v, 0)?;
+                Ok(self.poly(Mode::Cross, 0.0, vec![(s, d, None)]))
+            }
+            _ => Ok(Val::Zero),
+        }
+    }
+
+    /// E[f(x) f̄'(x̄)] for backward factors: 1, E φ'(g), or the Ċ of the dual.
+    fn factor_moment(&mut self, a: Option<u32>, b: Option<u32>) -> Result<Val> {
+        Ok(match (a, b) {
+            (None, None) => Val::Const(1.0),
+            (Some(p), None) => self.mean_derivative(p, Side::Row, Mode::Cross)?,
+            (None, Some(p)) => self.mean_derivative(p, Side::Col, Mode::Cross)?,
+            (Some(p), Some(q)) => self.dual(p, q, Mode::Cross)?.1,
+        })
+    }
+
+    // ---------------------------------------------------------------- forward moments
+
+    /// M(z_u, z̄_v) of the inputs of two dense uses: (1/K) Σ_k E[z_k z̄_k] or z·z̄/d.
+    pub(super) fn fan_in_moment(&mut self, u: usize, v: usize, mode: Mode) -> Result<Val> {
+        let input = |n: usize| match self.program.nodes[n].op {
+            Op::Dense { input, .. } => input,
+            _ => unreachable!("weight uses are dense variables"),
+        };
+        let (a, b) = (input(u), input(v));
+        let (fa, fb) = (self.form(a)?.clone(), self.form(b)?.clone());
+        self.moment_of_forms(&fa, &fb, mode, a)
+    }
+
+    /// M of two forms of equal width (`var` names the first in messages).
+    pub(super) fn moment_of_forms(
+        &mut self,
+        a: &Form,
+        b: &Form,
+        mode: Mode,
+        var: usize,
+    ) -> Result<Val> {
+        match (a, b) {
+            (Form::Fixed(x), Form::Fixed(y)) => Ok(self.gram(*x, *y, mode)),
+            (Form::Blocks(x), Form::Blocks(y)) => {
+                let k = x.len();
+                let mut terms = Vec::with_capacity(k);
+                for (&p, &q) in x.iter().zip(y) {
+                    let m = self.moment(p, q, mode)?;
+                    terms.push((1.0 / k as f64, m, None));
+                }
+                Ok(self.poly(mode, 0.0, terms))
+            }
+            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(not_gaussian(why)),
+            _ => Err(Error::InvalidParameter {
+                parameter: "program",
+                value: format!("variable {var}"),
+                reason: "a weight sees input columns at one use and hidden vectors at another",
+            }),
+        }
+    }
+
+    /// z_a · z̄_b / d for fixed variables.
+    fn gram(&mut self, a: usize, b: usize, mode: Mode) -> Val {
+        let (a, b) = if mode == Mode::Diag && b < a {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        let key = (Key::Gram(a, b), mode);
+        if let Some(&v) = self.memo.get(&key) {
+            return v;
+        }
+        let index = |fixed: &mut Vec<usize>, x: usize| {
+            fixed.iter().position(|&f| f == x).unwrap_or_else(|| {
+                fixed.push(x);
+                fixed.len() - 1
+            })
+        };
+        let (fa, fb) = (index(&mut self.fixed, a), index(&mut self.fixed, b));
+        let v = self.tape(mode).push_gram(fa, fb);
+        self.memo.insert(key, v);
+        v
+    }
+
+    /// The Gaussian combination of one base.
+    fn single(&mut self, g: u32) -> u32 {
+        self.glin.id(vec![((g, ONE), 1.0_f64.to_bits())])
+    }
+
+    /// E[a(x) b̄(x̄)] for two atom combinations.
+    fn moment(&mut self, a: u32, b: u32, mode: Mode) -> Result<Val> {
+        let (a, b) = if mode == Mode::Diag && b < a {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        let key = (Key::Moment(a, b), mode);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let ta = self.hlin.get(a);
+        let tb = self.hlin.get(b);
+        if ta.len() >= FACTOR && tb.len() >= FACTOR {
+            let v = self.one_side_at_a_time(&tb, mode, |c, y| {
+                let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+                c.moment(a, single, mode)
+            })?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
+        let mut items = Vec::new();
+        for &((x, mx), cx) in ta.iter() {
+            for &((y, my), cy) in tb.iter() {
+                let c = coef(cx) * coef(cy);
+                match (x, y) {
+                    (Atom::Gauss(g), Atom::Gauss(h)) => {
+                        let v = self.base_gauss_cov(g, h, mode)?;
+                        items.push((c, mx, my, v, None));
+                    }
+                    (Atom::Phi(p), Atom::Phi(q)) => {
+                        let v = self.dual(p, q, mode)?.0;
+                        items.push((c, mx, my, v, None));
+                    }
+                    (Atom::Phi(p), Atom::Gauss(h)) => {
+                        // Stein: E φ(g) h̄ = Cov(g, h̄) E φ'(g).
+                        let g = self.phi.get(p).1;
+                        let h = self.single(h);
+                        let cov = self.cov(g, h, mode)?;
+                        let md = self.mean_derivative(p, Side::Row, mode)?;
+                        items.push((c, mx, my, cov, Some(md)));
+                    }
+                    (Atom::Gauss(g), Atom::Phi(q)) => {
+                        let h = self.phi.get(q).1;
+                        let g = self.single(g);
+                        let cov = self.cov(g, h, mode)?;
+                        let md = self.mean_derivative(q, Side::Col, mode)?;
+                        items.push((c, mx, my, cov, Some(md)));
+                    }
+                }
+            }
+        }
+        let v = self.scaled_sum(mode, items)?;
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// Cov of two Gaussian bases.
+    fn base_gauss_cov(&mut self, g: u32, h: u32, mode: Mode) -> Result<Val> {
+        let (g, h) = if mode == Mode::Diag && h < g {
+            (h, g)
+        } else {
+            (g, h)
+        };
+        let key = (Key::CovBase(g, h), mode);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let v = match (*self.gauss.get(g), *self.gauss.get(h)) {
+            (Gauss::Dense(u), Gauss::Dense(v)) => {
+                let (Op::Dense { weight: w1, .. }, Op::Dense { weight: w2, .. }) =
+                    (&self.program.nodes[u].op, &self.program.nodes[v].op)
+                else {
+                    unreachable!("dense atoms come from dense variables")
+                };
+                if w1 == w2 {
+                    let s2 = self.program.weights[*w1].std.powi(2);
+                    let m = self.fan_in_moment(u, v, mode)?;
+                    self.poly(mode, 0.0, vec![(s2, m, None)])
+                } else {
+                    Val::Zero
+                }
+            }
+            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) if b1 == b2 && k1 == k2 => {
+                Val::Const(self.program.biases[b1].std.powi(2))
+            }
+            _ => Val::Zero,
+        };
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// Cov of two Gaussian combinations.
+    fn cov(&mut self, g: u32, h: u32, mode: Mode) -> Result<Val> {
+        let (g, h) = if mode == Mode::Diag && h < g {
+            (h, g)
+        } else {
+            (g, h)
+        };
+        let key = (Key::CovLin(g, h), mode);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let tg = self.glin.get(g);
+        let th = self.glin.get(h);
+        if tg.len() >= FACTOR && th.len() >= FACTOR {
+            let v = self.one_side_at_a_time(&th, mode, |c, y| {
+                let single = c.single(y);
+                c.cov(g, single, mode)
+            })?;
+            self.memo.insert(key, v);
+            return Ok(v);
+        }
+        let mut items = Vec::new();
+        for &((x, mx), cx) in tg.iter() {
+            for &((y, my), cy) in th.iter() {
+                let v = self.base_gauss_cov(x, y, mode)?;
+                items.push((coef(cx) * coef(cy), mx, my, v, None));
+            }
+        }
+        let v = self.scaled_sum(mode, items)?;
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// The variance of a Gaussian combination at the sample of `side`.
+    fn variance(&mut self, g: u32, side: Side, mode: Mode) -> Result<Val> {
+        let v = self.cov(g, g, Mode::Diag)?;
+        Ok(self.on_side(v, side, mode))
+    }
+
+    /// A per-sample value as seen from `mode`.
+    fn on_side(&mut self, v: Val, side: Side, mode: Mode) -> Val {
+        match (mode, v) {
+            (Mode::Cross, Val::Diag(s)) => {
+                self.diag.export(s);
+                match side {
+                    Side::Row => Val::Row(s),
+                    Side::Col => Val::Col(s),
+                }
+            }
+            _ => v,
+        }
+    }
+
+    /// E φ'(g) for the φ-atom `p`, at the sample of `side`.
+    fn mean_derivative(&mut self, p: u32, side: Side, mode: Mode) -> Result<Val> {
+        let key = (Key::MeanDerivative(p), Mode::Diag);
+        let v = if let Some(&v) = self.memo.get(&key) {
+            v
+        } else {
+            let (act, g) = *self.phi.get(p);
+            let q = self.variance(g, Side::Row, Mode::Diag)?;
+            let activation = &self.activations[act as usize];
+            let v = match q.constant() {
+                Some(q) => Val::Const(super::mean_derivative(activation, q, &self.rule)),
+                None => {
+                    self.diag
+                        .push(crate::infinite::tape::Inst::MeanDerivative { act, q, out: 0 })
+                }
+            };
+            self.memo.insert(key, v);
+            v
+        };
+        Ok(self.on_side(v, side, mode))
+    }
+
+    /// (E φ(g) ψ(h̄), E φ'(g) ψ'(h̄)) for φ-atoms p = (φ, g) and q = (ψ, h).
+    pub(super) fn dual(&mut self, p: u32, q: u32, mode: Mode) -> Result<(Val, Val)> {
+        let (p, q) = if mode == Mode::Diag && q < p {
+            (q, p)
+        } else {
+            (p, q)
+        };
+        if let Some(&v) = self.duals.get(&(p, q, mode)) {
+            return Ok(v);
+        }
+        let (a, g) = *self.phi.get(p);
+        let (b, h) = *self.phi.get(q);
+        let pair = match self.pair_ids.get(&(a, b)) {
+            Some(&id) => id,
+            None => {
+                self.pairs.push(super::PairDual::new(
+                    &self.activations[a as usize],
+                    &self.activations[b as usize],
+                    &self.rule,
+                ));
+                let id = (self.pairs.len() - 1) as u32;
+                self.pair_ids.insert((a, b), id);
+                id
+            }
+        };
+        let q1 = self.variance(g, Side::Row, mode)?;
+        let q2 = self.variance(h, Side::Col, mode)?;
+        let c = self.cov(g, h, mode)?;
+        let v = match (q1.constant(), c.constant(), q2.constant()) {
+            (Some(q1), Some(c), Some(q2)) => {
+                let (m, d) = self.pairs[pair as usize].eval(q1, c, q2);
+                (Val::constant_or_zero(m), Val::constant_or_zero(d))
+            }
+            _ => self.tape(mode).push_dual(pair, q1, c, q2),
+        };
+        self.duals.insert((p, q, mode), v);
+        Ok(v)
+    }
+
+    // ---------------------------------------------------------------- per-sample scalars
+
+    /// Σ c·m(x)·m'(x̄)·a·b over `items`, the terms of equal monomial pairs summed first.
+    fn scaled_sum(&mut self, mode: Mode, items: Vec<Scaled>) -> Result<Val> {
+        let mut order: Vec<(Mono, Mono)> = Vec::new();
+        let mut groups: rustc_hash::FxHashMap<(Mono, Mono), Vec<Term>> = Default::default();
+        for (c, ma, mb, a, b) in items {
+            let terms = groups.entry((ma, mb)).or_insert_with(|| {
+                order.push((ma, mb));
+                Vec::new()
+            });
+            terms.push((c, a, b));
+        }
+        let mut outer = Vec::with_capacity(order.len());
+        for key in order {
+            let terms = groups.remove(&key).unwrap_or_default();
+            let inner = self.poly(mode, 0.0, terms);
+            let scaled = self.scaled(inner, key.0, key.1, mode)?;
+            outer.push((1.0, scaled, None));
+        }
+        Ok(self.poly(mode, 0.0, outer))
+    }
+
+    /// v·m(x)·m'(x̄).
+    fn scaled(&mut self, v: Val, ma: Mono, mb: Mono, mode: Mode) -> Result<Val> {
+        let mut v = v;
+        if v == Val::Zero {
+            return Ok(v);
+        }
+        for (m, side) in [(ma, Side::Row), (mb, Side::Col)] {
+            if m != ONE {
+                let factor = self.monomial(m, side, mode)?;
+                v = self.poly(mode, 0.0, vec![(1.0, v, Some(factor))]);
+            }
+        }
+        Ok(v)
+    }
+
+    /// The value of a monomial at the sample of `side`.
+    fn monomial(&mut self, m: Mono, side: Side, mode: Mode) -> Result<Val> {
+        let key = (Key::Monomial(m), Mode::Diag);
+        let v = if let Some(&v) = self.memo.get(&key) {
+            v
+        } else {
+            let factors = self.monos.get(m);
+            let mut v = Val::Const(1.0);
+            for &s in factors.iter() {
+                let x = self.sample_scalar(s)?;
+                v = self.poly(Mode::Diag, 0.0, vec![(1.0, v, Some(x))]);
+            }
+            self.memo.insert(key, v);
+            v
+        };
+        Ok(self.on_side(v, side, mode))
+    }
+
+    /// A per-sample scalar (diagonal tape).
+    fn sample_scalar(&mut self, s: u32) -> Result<Val> {
+        let key = (Key::Scalar(s), Mode::Diag);
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
+        }
+        let v = match *self.scalars.get(s) {
+            SampleScalar::InvStd(g) => match self.cov(g, g, Mode::Diag)? {
+                Val::Const(q) if q > 0.0 => Val::Const(1.0 / q.sqrt()),
+                Val::Zero | Val::Const(_) => {
+                    return Err(Error::InvalidParameter {
+                        parameter: "program",
+                        value: "layer_norm".into(),
+                        reason: "LayerNorm of a vector that vanishes in the limit",
+                    });
+                }
+                q => self.diag.push_inv_sqrt(q),
+            },
+            SampleScalar::Attention { block, query, .. } => {
+                // All keys of this query at once: softmax over E[q·k_s] (the 1/n logits).
+                let decl = &self.program.attentions[block];
+                let qv = decl.queries[query];
+                let qf = self.form(qv)?.clone();
+                let mut logits = Vec::with_capacity(decl.keys.len());
+                for &k in &decl.keys {
+                    let kf = self.form(k)?.clone();
+                    logits.push(self.moment_of_forms(&qf, &kf, Mode::Diag, qv)?);
+                }
+                let weights = match logits
+                    .iter()
+                    .map(|v| v.constant())
+                    .collect::<Option<Vec<f64>>>()
+                {
+                    Some(l) => softmax(&l).into_iter().map(Val::constant_or_zero).collect(),
+                    None => self.diag.push_softmax(logits),
+                };
+                for (key, w) in weights.into_iter().enumerate() {
+                    let id = self
+                        .scalars
+                        .id(SampleScalar::Attention { block, query, key });
+                    self.memo.insert((Key::Scalar(id), Mode::Diag), w);
+                }
+                return Ok(self.memo[&key]);
+            }
+        };
+        self.memo.insert(key, v);
+        Ok(v)
+    }
+
+    // ---------------------------------------------------------------- emission
+
+    fn tape(&mut self, mode: Mode) -> &mut Tape {
+        match mode {
+            Mode::Diag => &mut self.diag,
+            Mode::Cross => &mut self.cross,
+        }
+    }
+
+    /// `constant + Σ c·a·b`, folded (see [`Tape::poly`]).
+    pub(super) fn poly(&mut self, mode: Mode, constant: f64, terms: Vec<Term>) -> Val {
+        self.tape(mode).poly(constant, terms)
+    }
+}
+
+/// softmax(l) = e^{l − max} / Σ e^{l − max}.
+pub(super) fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / total).collect()
+}

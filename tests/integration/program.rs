@@ -1,0 +1,484 @@
+//! Programs: networks with shared weights described as computation graphs. Their
+//! finite networks against finite differences and the MLP they describe; their
+//! infinite-width kernels against neural-tangents (residual MLP, CNN), an independent
+//! RNN recursion (`tests/data/programs.json`), Tensor Programs II's closed value, the
+//! MLP engine, and the n^{−1/2} convergence of finite networks.
+
+use ntk::nalgebra::DMatrix;
+use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::{
+    Activation, InfiniteWidth, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width,
+    infinite_width_layers, width_convergence,
+};
+use serde_json::Value;
+
+use crate::common::{self, rel_err};
+use crate::contract;
+use crate::prec;
+
+/// The reference data of `tests/data/programs.json` (see tests/data/README.md).
+fn reference() -> Value {
+    serde_json::from_str(include_str!("../data/programs.json")).expect("programs.json parses")
+}
+
+fn case<'a>(data: &'a Value, name: &str) -> &'a Value {
+    data["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name)
+        .expect("case present")
+}
+
+/// An RNN over `steps` tokens of `token_dim` entries: s_t = φ(W s_{t−1} + U x_t + b),
+/// s_0 = 0, read out at the last state or through the mean of the states.
+pub fn rnn(
+    steps: usize,
+    token_dim: usize,
+    activation: Activation,
+    (sigma_w, sigma_u, sigma_b, sigma_v): (f64, f64, f64, f64),
+    mean_pool: bool,
+) -> Program {
+    let mut p = Program::new(steps * token_dim);
+    let u = p.weight(sigma_u).unwrap();
+    let w = p.weight(sigma_w).unwrap();
+    let b = (sigma_b > 0.0).then(|| p.bias(sigma_b).unwrap());
+    let mut states: Vec<Var> = Vec::new();
+    for t in 0..steps {
+        let x = p.input(t * token_dim..(t + 1) * token_dim).unwrap();
+        let mut h = p.dense(u, x).unwrap();
+        if let Some(&s) = states.last() {
+            let r = p.dense(w, s).unwrap();
+            h = p.add(&[h, r]).unwrap();
+        }
+        if let Some(b) = b {
+            h = p.add_bias(h, b).unwrap();
+        }
+        states.push(p.apply(activation.clone(), h).unwrap());
+    }
+    let out = if mean_pool {
+        p.mean(&states).unwrap()
+    } else {
+        *states.last().unwrap()
+    };
+    p.output(out, sigma_v).unwrap();
+    p
+}
+
+/// A 1-D CNN: `layers` circular 3-tap convolutions (one weight and bias per layer,
+/// shared over positions) with φ, then global average pooling (or flattening) and a
+/// readout.
+pub fn cnn(
+    positions: usize,
+    channels: usize,
+    layers: usize,
+    activation: Activation,
+    (sigma_w, sigma_b, sigma_v): (f64, f64, f64),
+    flatten: bool,
+) -> Program {
+    let mut p = Program::new(positions * channels);
+    let mut z: Vec<Var> = (0..positions)
+        .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
+        .collect();
+    for _ in 0..layers {
+        let w = p.weight(sigma_w).unwrap();
+        let b = (sigma_b > 0.0).then(|| p.bias(sigma_b).unwrap());
+        z = (0..positions)
+            .map(|q| {
+                let window = [
+                    z[(q + positions - 1) % positions],
+                    z[q],
+                    z[(q + 1) % positions],
+                ];
+                let c = p.concat(&window).unwrap();
+                let mut h = p.dense(w, c).unwrap();
+                if let Some(b) = b {
+                    h = p.add_bias(h, b).unwrap();
+                }
+                p.apply(activation.clone(), h).unwrap()
+            })
+            .collect();
+    }
+    let pooled = if flatten {
+        p.concat(&z).unwrap()
+    } else {
+        p.mean(&z).unwrap()
+    };
+    p.output(pooled, sigma_v).unwrap();
+    p
+}
+
+/// neural-tangents' `serial(Dense(n, 1, b), FanOut(2), parallel(serial(φ, Dense(n, 1, b)),
+/// Identity()), FanInSum(), φ, Dense(1, σ_v))`: one residual block.
+pub fn resnet(input_dim: usize, activation: Activation, sigma_b: f64, sigma_v: f64) -> Program {
+    let mut p = Program::new(input_dim);
+    let x = p.input(0..input_dim).unwrap();
+    let (w0, b0, w1, b1) = (
+        p.weight(1.0).unwrap(),
+        p.bias(sigma_b).unwrap(),
+        p.weight(1.0).unwrap(),
+        p.bias(sigma_b).unwrap(),
+    );
+    let h = p.dense(w0, x).unwrap();
+    let h = p.add_bias(h, b0).unwrap();
+    let r = p.apply(activation.clone(), h).unwrap();
+    let r = p.dense(w1, r).unwrap();
+    let r = p.add_bias(r, b1).unwrap();
+    let s = p.add(&[h, r]).unwrap();
+    let out = p.apply(activation, s).unwrap();
+    p.output(out, sigma_v).unwrap();
+    p
+}
+
+/// Asserts that `program`'s kernels match the reference case (x vs x and x2 vs x).
+fn assert_matches_reference(program: &Program, c: &Value, tol: f64) {
+    let x = common::matrix(&c["x"]);
+    let x2 = common::matrix(&c["x2"]);
+    let k = infinite_width(program, &x, &x).expect("kernels");
+    let cross = infinite_width(program, &x2, &x).expect("cross kernels");
+    for (got, key) in [
+        (&k.nngp, "nngp"),
+        (&k.ntk, "ntk"),
+        (&cross.nngp, "nngp_x2_x"),
+        (&cross.ntk, "ntk_x2_x"),
+    ] {
+        let want = common::matrix(&c[key]);
+        let err = rel_err(got, &want);
+        assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
+    }
+}
+
+#[test]
+fn residual_mlp_matches_neural_tangents() {
+    let data = reference();
+    let c = case(&data, "resnet_relu1");
+    let a = &c["architecture"];
+    let p = resnet(
+        a["input_dim"].as_u64().unwrap() as usize,
+        Activation::Relu,
+        a["bias_std"].as_f64().unwrap(),
+        a["readout_std"].as_f64().unwrap(),
+    );
+    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+}
+
+#[test]
+fn circular_cnn_with_pooling_matches_neural_tangents() {
+    let data = reference();
+    let c = case(&data, "cnn_erf_pool");
+    let a = &c["architecture"];
+    let p = cnn(
+        a["positions"].as_u64().unwrap() as usize,
+        a["channels"].as_u64().unwrap() as usize,
+        a["layers"].as_u64().unwrap() as usize,
+        Activation::Erf,
+        (
+            a["weight_std"].as_f64().unwrap(),
+            a["bias_std"].as_f64().unwrap(),
+            a["readout_std"].as_f64().unwrap(),
+        ),
+        false,
+    );
+    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+}
+
+#[test]
+fn last_state_rnn_matches_independent_recursion() {
+    let data = reference();
+    let c = case(&data, "rnn_relu_last");
+    let a = &c["architecture"];
+    let p = rnn(
+        a["steps"].as_u64().unwrap() as usize,
+        a["token_dim"].as_u64().unwrap() as usize,
+        Activation::Relu,
+        (
+            a["hidden_std"].as_f64().unwrap(),
+            a["input_std"].as_f64().unwrap(),
+            a["bias_std"].as_f64().unwrap(),
+            a["readout_std"].as_f64().unwrap(),
+        ),
+        false,
+    );
+    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+}
+
+/// Tensor Programs II: a 2-hidden-layer ReLU MLP with σ_w = σ_b = σ_v = 1 has
+/// Θ̊(x, x) = (3/4)‖x‖²/d + 7/4.
+#[test]
+fn two_layer_relu_mlp_has_the_papers_unit_value() {
+    let d = 3;
+    let mut p = Program::new(d);
+    let mut z = p.input(0..d).unwrap();
+    for _ in 0..2 {
+        let (w, b) = (p.weight(1.0).unwrap(), p.bias(1.0).unwrap());
+        let h = p.dense(w, z).unwrap();
+        let h = p.add_bias(h, b).unwrap();
+        z = p.apply(Activation::Relu, h).unwrap();
+    }
+    p.output(z, 1.0).unwrap();
+    let x = common::inputs(5, d, 3);
+    let k = infinite_width(&p, &x, &x).unwrap();
+    for i in 0..5 {
+        let q = x.row(i).norm_squared() / d as f64;
+        let expected = 0.75 * q + 1.75;
+        assert!(
+            (k.ntk[(i, i)] - expected).abs() < 1e-14 * expected,
+            "row {i}"
+        );
+    }
+}
+
+/// The program of an MLP has the MLP's kernels, on equal and on different batches, with
+/// and without biases, one and several outputs, closed forms and quadrature.
+#[test]
+fn the_program_of_an_mlp_has_its_kernels() {
+    let specs = [
+        MlpSpec::new(3).hidden(64, Activation::Relu),
+        MlpSpec::new(3)
+            .hidden(64, Activation::Erf)
+            .hidden(32, Activation::Relu)
+            .weight_std(1.3)
+            .bias_std(0.2)
+            .outputs(2),
+        MlpSpec::new(3)
+            .hidden(16, Activation::Tanh)
+            .hidden(16, Activation::Gelu)
+            .hidden(16, Activation::LeakyRelu(0.2))
+            .bias_std(0.5),
+    ];
+    let x1 = common::inputs(7, 3, 11);
+    let x2 = common::inputs(5, 3, 12);
+    for spec in &specs {
+        let p = Program::from(spec);
+        for (a, b) in [(&x1, &x1), (&x1, &x2)] {
+            let want = infinite_width(spec, a, b).unwrap();
+            let got = infinite_width(&p, a, b).unwrap();
+            assert!(rel_err(&got.nngp, &want.nngp) < 1e-14, "{spec:?} nngp");
+            assert!(rel_err(&got.ntk, &want.ntk) < 1e-14, "{spec:?} ntk");
+        }
+    }
+}
+
+/// The program's network of an MLP draws the MLP's parameters in the same order: the
+/// same function, the same empirical NTK.
+#[test]
+fn the_program_network_of_an_mlp_is_the_mlp() {
+    let spec = MlpSpec::new(3)
+        .hidden(24, Activation::Tanh)
+        .hidden(24, Activation::Relu)
+        .bias_std(0.3)
+        .outputs(2);
+    let p = Program::from(&spec);
+    let mlp = spec.init::<f64, _>(&mut StdRng::seed_from_u64(4)).unwrap();
+    let net = p.init::<f64, _>(24, &mut StdRng::seed_from_u64(4)).unwrap();
+    assert_eq!(net.parameters(), mlp.parameters());
+    let x = common::inputs(6, 3, 2);
+    assert!(rel_err(&net.forward(&x).unwrap(), &mlp.forward(&x).unwrap()) < prec::EXACT_F64);
+    let a = empirical_ntk(&net, &x, &x).unwrap();
+    let b = empirical_ntk(&mlp, &x, &x).unwrap();
+    assert!(rel_err(&a, &b) < prec::EXACT_F64);
+}
+
+/// Programs with shared weights used by the contract's checks: an RNN (mean-pooled),
+/// a CNN (flattened), a residual block, a weight used twice on the same input with a
+/// shared bias and a two-output readout with a bias, and a Transformer.
+fn shared_weight_programs() -> Vec<Program> {
+    let mut twice = Program::new(4);
+    let x = twice.input(0..4).unwrap();
+    let (w, b) = (twice.weight(1.1).unwrap(), twice.bias(0.4).unwrap());
+    let h = twice.dense(w, x).unwrap();
+    let h1 = twice.add_bias(h, b).unwrap();
+    let z = twice.apply(Activation::Sin, h1).unwrap();
+    let h2 = twice.dense(w, x).unwrap(); // the same W on the same input, again
+    let h2 = twice.add_bias(h2, b).unwrap();
+    let s = twice.add(&[z, h2]).unwrap();
+    twice
+        .readout(s, ntk::Readout::new(0.9).bias_std(0.2).outputs(2))
+        .unwrap();
+    // Closed-form activations, so that the limits' checks are exact to round-off.
+    vec![
+        rnn(3, 2, Activation::Erf, (1.0, 1.5, 0.5, 1.0), true),
+        cnn(4, 2, 2, Activation::Erf, (1.2, 0.3, 1.0), true),
+        resnet(3, Activation::Gelu, 0.2, 1.0),
+        twice,
+        crate::transformer::transformer(3, 2, Activation::Gelu, (1.0, 1.2, 1.0)),
+    ]
+}
+
+/// Finite networks of programs through the kernel contract: finite differences
+/// through shared weights (Jacobian, vjp, kernel), groups, blocks, batches.
+#[test]
+fn program_networks_satisfy_the_kernel_contract() {
+    for (i, program) in shared_weight_programs().iter().enumerate() {
+        let net = program
+            .init::<f64, _>(5, &mut StdRng::seed_from_u64(i as u64))
+            .unwrap();
+        let batches = contract::Batches::random(program.input_dim(), 20 + i as u64);
+        contract::check_ntk_model(&net, &batches).unwrap_or_else(|v| panic!("program {i}: {v}"));
+    }
+}
+
+/// Infinite-width kernels of programs (Σ, Θ̊ and every group's term) through the
+/// contract's kernel-function checks: transposition, PSD, equal-size batches against
+/// the stacked batch, subsets, the x1 = x2 path against the general one.
+#[test]
+fn program_limits_satisfy_the_kernel_contract() {
+    let mut programs = shared_weight_programs();
+    programs.push(cnn(4, 2, 2, Activation::Relu, (1.4, 0.1, 1.0), false));
+    for (i, p) in programs.iter().enumerate() {
+        // One configuration: the program is compiled once and its tapes reused.
+        let limit = InfiniteWidth::new(p).unwrap();
+        let kernels = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<contract::Named> {
+            let k = limit.kernels(a, b)?;
+            let mut all = vec![("nngp".to_string(), k.nngp), ("ntk".to_string(), k.ntk)];
+            for (g, group) in limit.layer_kernels(a, b)?.into_iter().enumerate() {
+                all.push((format!("group {g} weights"), group.weights));
+                if let Some(bias) = group.bias {
+                    all.push((format!("group {g} bias"), bias));
+                }
+            }
+            Ok(all)
+        };
+        let batches =
+            contract::Batches::with_large_rows(p.input_dim(), 60 + i as u64, contract::LARGE_ROWS);
+        contract::check_kernel_fn(&batches, 1, prec::EXACT_F64, kernels)
+            .unwrap_or_else(|v| panic!("program {i}: {v}"));
+    }
+}
+
+/// The limit per parameter group sums to Θ̊, and each group of a wide network is near
+/// its limit.
+#[test]
+fn group_kernels_sum_to_the_limit_and_approach_it() {
+    let p = rnn(3, 2, Activation::Erf, (1.0, 1.4, 0.3, 1.0), true);
+    let x = common::inputs(4, 6, 5);
+    let limit = infinite_width(&p, &x, &x).unwrap();
+    let groups = infinite_width_layers(&p, &x, &x).unwrap();
+    let sum = groups
+        .iter()
+        .fold(DMatrix::zeros(4, 4), |acc, l| acc + l.total());
+    assert!(rel_err(&sum, &limit.ntk) < prec::EXACT_F64);
+    let net = p
+        .init::<f64, _>(1024, &mut StdRng::seed_from_u64(9))
+        .unwrap();
+    let finite = net.layer_kernels(&x, &x).unwrap();
+    assert_eq!(finite.len(), groups.len());
+    for (g, (a, b)) in finite.iter().zip(&groups).enumerate() {
+        let err = rel_err(&a.total(), &b.total());
+        assert!(err < 0.15, "group {g}: {err}");
+    }
+}
+
+/// Empirical NTKs of programs converge to Θ̊ at rate n^{−1/2}.
+#[test]
+fn finite_programs_converge_at_rate_one_over_root_width() {
+    for p in [
+        rnn(
+            4,
+            2,
+            Activation::Erf,
+            (1.0, 2f64.sqrt(), 0.2f64.sqrt(), 1.0),
+            true,
+        ),
+        cnn(3, 2, 1, Activation::Relu, (1.4, 0.1, 1.0), false),
+    ] {
+        let x = common::inputs(3, p.input_dim(), 1);
+        let study = width_convergence(&p, &x, &[64, 256, 1024], &[1, 2, 3, 4]).unwrap();
+        assert!(
+            (study.slope + 0.5).abs() < 0.15,
+            "slope {} (points {:?})",
+            study.slope,
+            study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// φ of a non-Gaussian vector has no infinite-width reduction: an error naming the
+/// variable, while the finite network works.
+#[test]
+fn nonlinearity_of_a_non_gaussian_vector_is_an_error_in_the_limit_only() {
+    let mut p = Program::new(2);
+    let x = p.input(0..2).unwrap();
+    let w = p.weight(1.0).unwrap();
+    let h = p.dense(w, x).unwrap();
+    let z = p.apply(Activation::Tanh, h).unwrap();
+    let zz = p.apply(Activation::Relu, z).unwrap();
+    p.output(zz, 1.0).unwrap();
+    let x = common::inputs(3, 2, 0);
+    let err = infinite_width(&p, &x, &x).unwrap_err();
+    assert!(
+        format!("{err}").contains(&format!("variable {}", zz.index())),
+        "{err}"
+    );
+    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    assert!(empirical_ntk(&net, &x, &x).is_ok());
+}
+
+/// Incomplete programs and bad arguments are errors.
+#[test]
+fn incomplete_programs_are_errors() {
+    let mut p = Program::new(2);
+    let x = p.input(0..2).unwrap();
+    let x2 = common::inputs(3, 2, 0);
+    assert!(infinite_width(&p, &x2, &x2).is_err(), "no output");
+    assert!(p.init::<f64, _>(4, &mut StdRng::seed_from_u64(0)).is_err());
+    p.output(x, 1.0).unwrap();
+    assert!(
+        p.init::<f64, _>(0, &mut StdRng::seed_from_u64(0)).is_err(),
+        "width 0"
+    );
+    let wrong = common::inputs(3, 3, 0);
+    assert!(infinite_width(&p, &wrong, &wrong).is_err());
+    // A linear model of the input: Σ = σ_v² x·x̄/d.
+    let k = infinite_width(&p, &x2, &x2).unwrap();
+    let expected = &x2 * x2.transpose() / 2.0;
+    assert!(rel_err(&k.nngp, &expected) < prec::EXACT_F64);
+    assert!(InfiniteWidth::new(&p).unwrap().program().is_some());
+}
+
+/// Θ̊ two ways: forward (tangent moments, `infinite_width`) and backward (gradient
+/// moments per group, `infinite_width_layers`) are adjoint recursions over the same
+/// paths, so they agree to round-off on every architecture.
+#[test]
+fn forward_and_backward_limits_agree() {
+    let mut mixed = Program::new(4);
+    let x = mixed.input(0..4).unwrap();
+    let (w, v, b) = (
+        mixed.weight(1.3).unwrap(),
+        mixed.weight(0.8).unwrap(),
+        mixed.bias(0.4).unwrap(),
+    );
+    let g1 = mixed.dense(w, x).unwrap();
+    let g2 = mixed.dense(w, x).unwrap();
+    let g2 = mixed.add_bias(g2, b).unwrap();
+    let a = mixed.apply(Activation::Tanh, g1).unwrap();
+    let e = mixed.apply(Activation::Erf, g2).unwrap();
+    let s = mixed.add(&[a, e, g1]).unwrap();
+    let h = mixed.dense(v, s).unwrap();
+    let z = mixed.apply(Activation::Relu, h).unwrap();
+    let out = mixed.concat(&[z, s]).unwrap();
+    mixed.output(out, 1.1).unwrap();
+    let programs = [
+        rnn(4, 2, Activation::Relu, (1.0, 1.5, 0.5, 1.0), true),
+        rnn(3, 2, Activation::Erf, (1.2, 1.0, 0.0, 1.0), false),
+        cnn(4, 2, 2, Activation::Relu, (1.4, 0.1, 1.0), true),
+        cnn(3, 2, 2, Activation::Gelu, (1.0, 0.2, 1.0), false),
+        resnet(3, Activation::Relu, 0.2, 1.0),
+        mixed,
+    ];
+    for (i, p) in programs.iter().enumerate() {
+        let x1 = common::inputs(4, p.input_dim(), 30 + i as u64);
+        let x2 = common::inputs(3, p.input_dim(), 40 + i as u64);
+        for (a, b) in [(&x1, &x1), (&x1, &x2)] {
+            let forward = infinite_width(p, a, b).unwrap().ntk;
+            let backward = infinite_width_layers(p, a, b)
+                .unwrap()
+                .iter()
+                .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, l| {
+                    acc + l.total()
+                });
+            let err = rel_err(&backward, &forward);
+            assert!(err < 1e-13, "program {i}: {err:e}");
+        }
+    }
+}
