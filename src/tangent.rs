@@ -1169,12 +1169,10 @@ impl<T: Scalar> Tangents<T> {
                     for used in &u.uses {
                         // M_u = Σ_c diag(r_c) G_{u,c}.
                         let mut m = DMatrix::<T>::zeros(n, n_out);
-                        for c in 0..k {
+                        for (c, rc) in r.column_iter().enumerate() {
                             let g = used.output_grad.columns(c * n_out, n_out);
-                            for (a, mut col) in m.column_iter_mut().enumerate() {
-                                for i in 0..n {
-                                    col[i] += r[(i, c)] * g[(i, a)];
-                                }
+                            for (mut col, gc) in m.column_iter_mut().zip(g.column_iter()) {
+                                col.zip_zip_apply(&gc, &rc, |m, g, r| *m += r * g);
                             }
                         }
                         // W row-major is Wᵀ column-major: accumulate s_w X_uᵀ M_u
