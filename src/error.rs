@@ -166,6 +166,29 @@ pub(crate) fn check_finite<T: crate::Scalar>(
     }
 }
 
+/// Errors unless `params` is a finite vector of `count` entries (the argument of
+/// [`crate::NtkModel::set_parameters`]).
+pub(crate) fn check_parameter_vector<T: crate::Scalar>(
+    params: &nalgebra::DVector<T>,
+    count: usize,
+) -> Result<()> {
+    if params.len() != count {
+        return Err(Error::ShapeMismatch {
+            argument: "params",
+            expected: format!("{count} entries (the parameter count)"),
+            found: format!("{} entries", params.len()),
+        });
+    }
+    match first_non_finite(params.as_slice()) {
+        None => Ok(()),
+        Some(row) => Err(Error::NonFinite {
+            argument: "params",
+            row,
+            col: 0,
+        }),
+    }
+}
+
 /// Errors unless `m` has `expected` columns; `what` says what the columns are.
 pub(crate) fn check_cols<T: nalgebra::Scalar>(
     argument: &'static str,

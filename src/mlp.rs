@@ -548,20 +548,7 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
     }
 
     fn set_parameters(&mut self, params: &DVector<T>) -> Result<()> {
-        if params.len() != self.parameter_count() {
-            return Err(Error::ShapeMismatch {
-                argument: "params",
-                expected: format!("{} entries (the parameter count)", self.parameter_count()),
-                found: format!("{} entries", params.len()),
-            });
-        }
-        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                argument: "params",
-                row: i,
-                col: 0,
-            });
-        }
+        crate::error::check_parameter_vector(params, self.parameter_count())?;
         let mut offset = 0;
         for layer in &mut self.layers {
             let len = layer.weights_t.len();

@@ -478,7 +478,7 @@ fn gelu_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     (phi, derivative)
 }
 
-/// Per-sample variances q with √q and 1/√q (0 for q = 0), for [`PairDual::eval_column`].
+/// Per-sample variances q with √q and 1/√q (0 for q = 0), for [`PairDual::eval_column_then`].
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Variances {
     q: Vec<f64>,
@@ -578,13 +578,8 @@ impl PairDual {
         }
     }
 
-    /// Column `j` of a kernel: `c[i]` holds Cov(u_{first+i}, v_j) on entry (rows
-    /// `first..first + c.len()` of `rows`) and C on exit, `cdot` receives Ċ; v_j has
-    /// variance `cols.q()[j]`. As [`PairDual::eval_slice`] with q1 = rows, q2 = the column's,
-    /// but on precomputed square roots: the ReLU family then needs no square root or
-    /// division per entry (a three-layer ReLU kernel at N = 1024: 47 ms, against 62 ms
-    /// through `eval_slice`).
-    #[allow(dead_code)] // The engine fuses its update through `eval_column_then`.
+    /// [`PairDual::eval_column_then`] without a step: (C, Ċ) of column `j` (tests).
+    #[cfg(test)]
     pub(crate) fn eval_column(
         &self,
         rows: &Variances,
@@ -597,10 +592,14 @@ impl PairDual {
         self.eval_column_then(rows, first, c, cols, j, cdot, |c, d, _| (c, d));
     }
 
-    /// [`PairDual::eval_column`] fused with a caller's per-entry step: for each row,
-    /// `(c[i], aux[i]) = then(C, Ċ, aux[i])`, in the same pass (the kernel recursion
-    /// updates Σ and Θ here; a separate pass over the column costs ~15% on ReLU
-    /// kernels).
+    /// Column `j` of a kernel: `c[i]` holds Cov(u_{first+i}, v_j) on entry (rows
+    /// `first..first + c.len()` of `rows`); v_j has variance `cols.q()[j]`. For each
+    /// row, `(c[i], aux[i]) = then(C, Ċ, aux[i])` in the same pass (the kernel
+    /// recursion updates Σ and Θ here; a separate pass over the column costs ~15% on
+    /// ReLU kernels). As [`PairDual::eval_slice`] with q1 = rows, q2 = the column's, but
+    /// on precomputed square roots: the ReLU family then needs no square root or
+    /// division per entry (a three-layer ReLU kernel at N = 1024: 47 ms, against 62 ms
+    /// through `eval_slice`).
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn eval_column_then(
@@ -651,7 +650,6 @@ impl PairDual {
     /// Entry-wise over equal-length slices: `c` holds covariances on entry and C on exit,
     /// `cdot` receives Ċ. The ReLU family runs the branch-free arccos, so the loop
     /// vectorises.
-    #[allow(dead_code)] // For the tensor-program engine, which is being written.
     pub(crate) fn eval_slice(&self, q1: &[f64], c: &mut [f64], q2: &[f64], cdot: &mut [f64]) {
         let n = c.len();
         assert!(
@@ -722,7 +720,6 @@ fn numeric_mean_derivative(activation: &Activation, q: f64, rules: &Rules) -> f6
 
 /// E φ'(u) for u ~ N(0, q) (φ'(0) at q = 0), as accurate as the pair moments: in
 /// closed form where φ has one, else by the same numerical integration.
-#[allow(dead_code)] // For the tensor-program engine, which is being written.
 pub(crate) fn mean_derivative(act: &Activation, q: f64, rule: &GaussHermite) -> f64 {
     match Closed::of(act) {
         Some(closed) => closed.mean_derivative(q),

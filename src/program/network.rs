@@ -558,21 +558,7 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
     }
 
     fn set_parameters(&mut self, params: &DVector<T>) -> Result<()> {
-        let count = self.parameter_count();
-        if params.len() != count {
-            return Err(Error::ShapeMismatch {
-                argument: "params",
-                expected: format!("{count} entries (the parameter count)"),
-                found: format!("{} entries", params.len()),
-            });
-        }
-        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                argument: "params",
-                row: i,
-                col: 0,
-            });
-        }
+        crate::error::check_parameter_vector(params, self.parameter_count())?;
         let mut offset = 0;
         let mut take = |dst: &mut [T]| {
             dst.copy_from_slice(&params.as_slice()[offset..offset + dst.len()]);

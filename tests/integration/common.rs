@@ -159,3 +159,14 @@ pub fn mlp_pre_activations(net: &ntk::Mlp<f64>, x: &DMatrix<f64>) -> Vec<DMatrix
     }
     out
 }
+
+/// The theorem's rate: the relative deviation of the empirical NTK from the limit
+/// falls as n^{−1/2}, so the study's log-log slope is −1/2 within `tolerance`.
+pub fn assert_root_width_rate(study: &ntk::WidthStudy, tolerance: f64) {
+    assert!(
+        (study.slope + 0.5).abs() < tolerance,
+        "slope {} not within {tolerance} of -1/2 (means {:?})",
+        study.slope,
+        study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
+    );
+}

@@ -599,11 +599,7 @@ fn empirical_ntk_converges_at_rate_one_over_sqrt_width() {
             println!("width {:5}: mean {:.4} ± {:.4}", p.width, p.mean, p.std);
         }
         println!("slope {:.3}", study.slope);
-        assert!(
-            (-0.7..=-0.3).contains(&study.slope),
-            "slope {} outside [-0.7, -0.3]",
-            study.slope
-        );
+        common::assert_root_width_rate(&study, 0.2);
     }
 }
 

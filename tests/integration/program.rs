@@ -384,12 +384,7 @@ fn finite_programs_converge_at_rate_one_over_root_width() {
     ] {
         let x = common::inputs(3, p.input_dim(), 1);
         let study = width_convergence(&p, &x, &[64, 256, 1024], &[1, 2, 3, 4]).unwrap();
-        assert!(
-            (study.slope + 0.5).abs() < 0.15,
-            "slope {} (points {:?})",
-            study.slope,
-            study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
-        );
+        common::assert_root_width_rate(&study, 0.15);
     }
 }
 

@@ -223,12 +223,7 @@ fn finite_transformers_converge_at_rate_one_over_root_width() {
     let p = transformer(3, 2, Activation::Relu, (1.0, 1.0, 1.0));
     let x = common::inputs(3, 6, 5);
     let study = width_convergence(&p, &x, &[64, 256, 1024], &[1, 2, 3, 4]).unwrap();
-    assert!(
-        (study.slope + 0.5).abs() < 0.15,
-        "slope {} (points {:?})",
-        study.slope,
-        study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
-    );
+    common::assert_root_width_rate(&study, 0.15);
 }
 
 /// LayerNorm of a vector that is not Gaussian in the limit (a nonlinearity's output,

@@ -20,20 +20,41 @@ type Scaled = (f64, Mono, Mono, Val, Option<Val>);
 const FACTOR: usize = 3;
 
 impl Compiler<'_> {
-    /// Σ_j c_j m_j(x̄) half(b_j) over the terms of the second combination: a pair of
-    /// long combinations expanded one side at a time (see [`FACTOR`]).
-    fn one_side_at_a_time<K: Copy>(
+    /// B(a, b̄) = Σ_{x ∈ a, y ∈ b} c_x c_y m_x(x) m_y(x̄) β(x, y) of two linear
+    /// combinations, memoised under `key`; `pair(x, y)` gives β as a product of one or
+    /// two tape values (`None`: the pair contributes nothing). When both combinations
+    /// are long (see [`FACTOR`]) the sum is expanded one side at a time,
+    /// B(a, b̄) = Σ_y c_y m_y(x̄) `column(y)` with `column(y)` = B(a, ȳ) memoised.
+    fn bilinear<K: Copy>(
         &mut self,
-        terms: &[((K, Mono), super::forms::Coef)],
-        mode: Mode,
-        mut half: impl FnMut(&mut Self, K) -> Result<Val>,
+        key: (Key, Mode),
+        a: &[((K, Mono), super::forms::Coef)],
+        b: &[((K, Mono), super::forms::Coef)],
+        mut column: impl FnMut(&mut Self, K) -> Result<Val>,
+        mut pair: impl FnMut(&mut Self, K, K) -> Result<Option<(Val, Option<Val>)>>,
     ) -> Result<Val> {
-        let mut items = Vec::with_capacity(terms.len());
-        for &((y, my), cy) in terms {
-            let v = half(self, y)?;
-            items.push((coef(cy), ONE, my, v, None));
+        if let Some(&v) = self.memo.get(&key) {
+            return Ok(v);
         }
-        self.scaled_sum(mode, items)
+        let mode = key.1;
+        let mut items: Vec<Scaled> = Vec::new();
+        if a.len() >= FACTOR && b.len() >= FACTOR {
+            for &((y, my), cy) in b {
+                let v = column(self, y)?;
+                items.push((coef(cy), ONE, my, v, None));
+            }
+        } else {
+            for &((x, mx), cx) in a {
+                for &((y, my), cy) in b {
+                    if let Some((v, w)) = pair(self, x, y)? {
+                        items.push((coef(cx) * coef(cy), mx, my, v, w));
+                    }
+                }
+            }
+        }
+        let v = self.scaled_sum(mode, items)?;
+        self.memo.insert(key, v);
+        Ok(v)
     }
 
     // ---------------------------------------------------------------- tangents
@@ -64,85 +85,55 @@ impl Compiler<'_> {
 
     /// T of two atom combinations.
     fn tangent(&mut self, a: u32, b: u32) -> Result<Val> {
-        let key = (Key::Tangent(a, b), Mode::Cross);
-        if let Some(&v) = self.memo.get(&key) {
-            return Ok(v);
-        }
-        let ta = self.hlin.get(a);
-        let tb = self.hlin.get(b);
-        if ta.len() >= FACTOR && tb.len() >= FACTOR {
-            let v = self.one_side_at_a_time(&tb, Mode::Cross, |c, y| {
-                let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
-                c.tangent(a, single)
-            })?;
-            self.memo.insert(key, v);
-            return Ok(v);
-        }
-        let mut items: Vec<Scaled> = Vec::new();
-        for &((x, mx), cx) in ta.iter() {
-            for &((y, my), cy) in tb.iter() {
-                let c = coef(cx) * coef(cy);
-                // Tangents first, then the duals: the recursion then emits each
-                // layer's moments just before the tangents that read them.
-                match (x, y) {
-                    (Atom::Gauss(g), Atom::Gauss(h)) => {
-                        let v = self.tangent_base(g, h)?;
-                        items.push((c, mx, my, v, None));
-                    }
+        let (ta, tb) = (self.hlin.get(a), self.hlin.get(b));
+        let column = |c: &mut Self, y| {
+            let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+            c.tangent(a, single)
+        };
+        // Tangents first, then the duals: the recursion then emits each layer's
+        // moments just before the tangents that read them.
+        self.bilinear(
+            (Key::Tangent(a, b), Mode::Cross),
+            &ta,
+            &tb,
+            column,
+            |c, x, y| {
+                Ok(Some(match (x, y) {
+                    (Atom::Gauss(g), Atom::Gauss(h)) => (c.tangent_base(g, h)?, None),
                     (Atom::Phi(p), Atom::Phi(q)) => {
-                        let (g, h) = (self.phi.get(p).1, self.phi.get(q).1);
-                        let t = self.tangent_lin(g, h)?;
-                        let f = self.dual(p, q, Mode::Cross)?.1;
-                        items.push((c, mx, my, f, Some(t)));
+                        let (g, h) = (c.phi.get(p).1, c.phi.get(q).1);
+                        let t = c.tangent_lin(g, h)?;
+                        (c.dual(p, q, Mode::Cross)?.1, Some(t))
                     }
                     (Atom::Phi(p), Atom::Gauss(h)) => {
-                        let g = self.phi.get(p).1;
-                        let h = self.single(h);
-                        let t = self.tangent_lin(g, h)?;
-                        let f = self.mean_derivative(p, Side::Row, Mode::Cross)?;
-                        items.push((c, mx, my, f, Some(t)));
+                        let (g, h) = (c.phi.get(p).1, c.single(h));
+                        let t = c.tangent_lin(g, h)?;
+                        (c.mean_derivative(p, Side::Row, Mode::Cross)?, Some(t))
                     }
                     (Atom::Gauss(g), Atom::Phi(q)) => {
-                        let h = self.phi.get(q).1;
-                        let g = self.single(g);
-                        let t = self.tangent_lin(g, h)?;
-                        let f = self.mean_derivative(q, Side::Col, Mode::Cross)?;
-                        items.push((c, mx, my, f, Some(t)));
+                        let (g, h) = (c.single(g), c.phi.get(q).1);
+                        let t = c.tangent_lin(g, h)?;
+                        (c.mean_derivative(q, Side::Col, Mode::Cross)?, Some(t))
                     }
-                }
-            }
-        }
-        let v = self.scaled_sum(Mode::Cross, items)?;
-        self.memo.insert(key, v);
-        Ok(v)
+                }))
+            },
+        )
     }
 
     /// T of two Gaussian combinations.
     fn tangent_lin(&mut self, g: u32, h: u32) -> Result<Val> {
-        let key = (Key::TangentLin(g, h), Mode::Cross);
-        if let Some(&v) = self.memo.get(&key) {
-            return Ok(v);
-        }
-        let tg = self.glin.get(g);
-        let th = self.glin.get(h);
-        if tg.len() >= FACTOR && th.len() >= FACTOR {
-            let v = self.one_side_at_a_time(&th, Mode::Cross, |c, y| {
-                let single = c.single(y);
-                c.tangent_lin(g, single)
-            })?;
-            self.memo.insert(key, v);
-            return Ok(v);
-        }
-        let mut items = Vec::new();
-        for &((x, mx), cx) in tg.iter() {
-            for &((y, my), cy) in th.iter() {
-                let v = self.tangent_base(x, y)?;
-                items.push((coef(cx) * coef(cy), mx, my, v, None));
-            }
-        }
-        let v = self.scaled_sum(Mode::Cross, items)?;
-        self.memo.insert(key, v);
-        Ok(v)
+        let (tg, th) = (self.glin.get(g), self.glin.get(h));
+        let column = |c: &mut Self, y| {
+            let single = c.single(y);
+            c.tangent_lin(g, single)
+        };
+        self.bilinear(
+            (Key::TangentLin(g, h), Mode::Cross),
+            &tg,
+            &th,
+            column,
+            |c, x, y| Ok(Some((c.tangent_base(x, y)?, None))),
+        )
     }
 
     /// T of two Gaussian bases: a weight's own derivative c_W M(z_u, z̄_v) plus what
@@ -251,34 +242,24 @@ impl Compiler<'_> {
 
     /// D(a, b̄) = Σ c c' m(x) m'(x̄) E[f f̄'] Cov(B, B̄') of two backward combinations.
     fn grad_moment(&mut self, a: u32, b: u32) -> Result<Val> {
-        let key = (Key::Grad(a, b), Mode::Cross);
-        if let Some(&v) = self.memo.get(&key) {
-            return Ok(v);
-        }
-        let ta = self.blin.get(a);
-        let tb = self.blin.get(b);
-        if ta.len() >= FACTOR && tb.len() >= FACTOR {
-            let v = self.one_side_at_a_time(&tb, Mode::Cross, |c, y| {
-                let single = c.blin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
-                c.grad_moment(a, single)
-            })?;
-            self.memo.insert(key, v);
-            return Ok(v);
-        }
-        let mut items = Vec::new();
-        for &((x, mx), cx) in ta.iter() {
-            for &((y, my), cy) in tb.iter() {
-                let cov = self.base_cov(x.base, y.base)?;
+        let (ta, tb) = (self.blin.get(a), self.blin.get(b));
+        let column = |c: &mut Self, y| {
+            let single = c.blin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+            c.grad_moment(a, single)
+        };
+        self.bilinear(
+            (Key::Grad(a, b), Mode::Cross),
+            &ta,
+            &tb,
+            column,
+            |c, x, y| {
+                let cov = c.base_cov(x.base, y.base)?;
                 if cov == Val::Zero {
-                    continue;
+                    return Ok(None);
                 }
-                let f = self.factor_moment(x.factor, y.factor)?;
-                items.push((coef(cx) * coef(cy), mx, my, f, Some(cov)));
-            }
-        }
-        let v = self.scaled_sum(Mode::Cross, items)?;
-        self.memo.insert(key, v);
-        Ok(v)
+                Ok(Some((c.factor_moment(x.factor, y.factor)?, Some(cov))))
+            },
+        )
     }
 
     /// Cov of two backward bases.
@@ -405,54 +386,28 @@ impl Compiler<'_> {
         } else {
             (a, b)
         };
-        let key = (Key::Moment(a, b), mode);
-        if let Some(&v) = self.memo.get(&key) {
-            return Ok(v);
-        }
-        let ta = self.hlin.get(a);
-        let tb = self.hlin.get(b);
-        if ta.len() >= FACTOR && tb.len() >= FACTOR {
-            let v = self.one_side_at_a_time(&tb, mode, |c, y| {
-                let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
-                c.moment(a, single, mode)
-            })?;
-            self.memo.insert(key, v);
-            return Ok(v);
-        }
-        let mut items = Vec::new();
-        for &((x, mx), cx) in ta.iter() {
-            for &((y, my), cy) in tb.iter() {
-                let c = coef(cx) * coef(cy);
-                match (x, y) {
-                    (Atom::Gauss(g), Atom::Gauss(h)) => {
-                        let v = self.base_gauss_cov(g, h, mode)?;
-                        items.push((c, mx, my, v, None));
-                    }
-                    (Atom::Phi(p), Atom::Phi(q)) => {
-                        let v = self.dual(p, q, mode)?.0;
-                        items.push((c, mx, my, v, None));
-                    }
-                    (Atom::Phi(p), Atom::Gauss(h)) => {
-                        // Stein: E φ(g) h̄ = Cov(g, h̄) E φ'(g).
-                        let g = self.phi.get(p).1;
-                        let h = self.single(h);
-                        let cov = self.cov(g, h, mode)?;
-                        let md = self.mean_derivative(p, Side::Row, mode)?;
-                        items.push((c, mx, my, cov, Some(md)));
-                    }
-                    (Atom::Gauss(g), Atom::Phi(q)) => {
-                        let h = self.phi.get(q).1;
-                        let g = self.single(g);
-                        let cov = self.cov(g, h, mode)?;
-                        let md = self.mean_derivative(q, Side::Col, mode)?;
-                        items.push((c, mx, my, cov, Some(md)));
-                    }
+        let (ta, tb) = (self.hlin.get(a), self.hlin.get(b));
+        let column = |c: &mut Self, y| {
+            let single = c.hlin.id(vec![((y, ONE), 1.0_f64.to_bits())]);
+            c.moment(a, single, mode)
+        };
+        self.bilinear((Key::Moment(a, b), mode), &ta, &tb, column, |c, x, y| {
+            Ok(Some(match (x, y) {
+                (Atom::Gauss(g), Atom::Gauss(h)) => (c.base_gauss_cov(g, h, mode)?, None),
+                (Atom::Phi(p), Atom::Phi(q)) => (c.dual(p, q, mode)?.0, None),
+                (Atom::Phi(p), Atom::Gauss(h)) => {
+                    // Stein: E φ(g) h̄ = Cov(g, h̄) E φ'(g).
+                    let (g, h) = (c.phi.get(p).1, c.single(h));
+                    let cov = c.cov(g, h, mode)?;
+                    (cov, Some(c.mean_derivative(p, Side::Row, mode)?))
                 }
-            }
-        }
-        let v = self.scaled_sum(mode, items)?;
-        self.memo.insert(key, v);
-        Ok(v)
+                (Atom::Gauss(g), Atom::Phi(q)) => {
+                    let (g, h) = (c.single(g), c.phi.get(q).1);
+                    let cov = c.cov(g, h, mode)?;
+                    (cov, Some(c.mean_derivative(q, Side::Col, mode)?))
+                }
+            }))
+        })
     }
 
     /// Cov of two Gaussian bases.
@@ -497,30 +452,14 @@ impl Compiler<'_> {
         } else {
             (g, h)
         };
-        let key = (Key::CovLin(g, h), mode);
-        if let Some(&v) = self.memo.get(&key) {
-            return Ok(v);
-        }
-        let tg = self.glin.get(g);
-        let th = self.glin.get(h);
-        if tg.len() >= FACTOR && th.len() >= FACTOR {
-            let v = self.one_side_at_a_time(&th, mode, |c, y| {
-                let single = c.single(y);
-                c.cov(g, single, mode)
-            })?;
-            self.memo.insert(key, v);
-            return Ok(v);
-        }
-        let mut items = Vec::new();
-        for &((x, mx), cx) in tg.iter() {
-            for &((y, my), cy) in th.iter() {
-                let v = self.base_gauss_cov(x, y, mode)?;
-                items.push((coef(cx) * coef(cy), mx, my, v, None));
-            }
-        }
-        let v = self.scaled_sum(mode, items)?;
-        self.memo.insert(key, v);
-        Ok(v)
+        let (tg, th) = (self.glin.get(g), self.glin.get(h));
+        let column = |c: &mut Self, y| {
+            let single = c.single(y);
+            c.cov(g, single, mode)
+        };
+        self.bilinear((Key::CovLin(g, h), mode), &tg, &th, column, |c, x, y| {
+            Ok(Some((c.base_gauss_cov(x, y, mode)?, None)))
+        })
     }
 
     /// The variance of a Gaussian combination at the sample of `side`.
