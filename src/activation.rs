@@ -127,6 +127,10 @@ impl fmt::Display for Activation {
     }
 }
 
+/// Entries per parallel work item of [`Activation::elementwise`] (large batches of wide
+/// layers are split across threads; a transcendental φ costs ~10 ns an entry).
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
 /// $1/\sqrt{2π}$.
 pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
@@ -287,13 +291,33 @@ impl Activation {
         &self,
         h: &DMatrix<T>,
     ) -> (DMatrix<T>, DMatrix<T>) {
-        (h.map(|v| self.phi(v)), h.map(|v| self.derivative(v)))
+        let (mut phi, mut derivative) = (h.clone(), h.clone());
+        crate::parallel::for_each_chunk_pair(
+            phi.as_mut_slice(),
+            ELEMENTWISE_CHUNK,
+            derivative.as_mut_slice(),
+            ELEMENTWISE_CHUNK,
+            |_, phi, derivative| {
+                for (p, d) in phi.iter_mut().zip(derivative) {
+                    let x = *p;
+                    *p = self.phi(x);
+                    *d = self.derivative(x);
+                }
+            },
+        );
+        (phi, derivative)
     }
 
     /// $φ$ of every entry of `h`.
     #[must_use]
     pub fn elementwise<T: Scalar>(&self, h: &DMatrix<T>) -> DMatrix<T> {
-        h.map(|v| self.phi(v))
+        let mut phi = h.clone();
+        crate::parallel::for_each_chunk(phi.as_mut_slice(), ELEMENTWISE_CHUNK, |phi| {
+            for p in phi.iter_mut() {
+                *p = self.phi(*p);
+            }
+        });
+        phi
     }
 
     /// Every built-in activation (with `LeakyRelu(0.1)`), for tests and sweeps.

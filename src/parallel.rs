@@ -18,6 +18,22 @@ pub(crate) fn map<I: Sync, R: Send>(items: &[I], f: impl Fn(&I) -> R + Sync + Se
     }
 }
 
+/// `f(chunk)` for every chunk of `chunk` consecutive elements of `a` (the last one
+/// possibly shorter), in parallel with the `parallel` feature.
+pub(crate) fn for_each_chunk<A: Send>(
+    a: &mut [A],
+    chunk: usize,
+    f: impl Fn(&mut [A]) + Sync + Send,
+) {
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        a.par_chunks_mut(chunk).for_each(f);
+    }
+    #[cfg(not(feature = "parallel"))]
+    a.chunks_mut(chunk).for_each(f);
+}
+
 /// `f(k, a_k, b_k)` for the k-th pair of disjoint chunks of `a` and `b` (`chunk`
 /// elements of `a`, `chunk_b` of `b`, the last ones possibly shorter), in parallel
 /// with the `parallel` feature: each chunk is written by exactly one call.
