@@ -111,8 +111,8 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
 /// ```
 ///
 /// # Errors
-/// As [`empirical_ntk`], and [`Error::InvalidParameter`](crate::Error::InvalidParameter) if a range is reversed or
-/// reaches past the last sample.
+/// As [`empirical_ntk`], and [`Error::InvalidParameter`] if a range is reversed or reaches
+/// past the last sample.
 pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
     model: &M,
     x1: &DMatrix<T>,
