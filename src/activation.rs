@@ -128,7 +128,7 @@ impl fmt::Display for Activation {
 }
 
 /// Entries per parallel work item of [`Activation::elementwise`] (large batches of wide
-/// layers are split across threads; a transcendental φ costs ~10 ns an entry).
+/// layers are split across threads; a transcendental $φ$ costs ~10 ns an entry).
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// $1/\sqrt{2π}$.

@@ -56,9 +56,9 @@ const COVARIANCE_SLACK: f64 = 1e-10;
 /// The Gaussian expectations of an activation at one pair of inputs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GaussianMoments {
-    /// C = E φ(u) φ(v).
+    /// $C = E φ(u) φ(v)$.
     pub phi_phi: f64,
-    /// Ċ = E φ'(u) φ'(v).
+    /// $\dot C = E φ\'(u) φ\'(v)$.
     pub dphi_dphi: f64,
 }
 
@@ -68,10 +68,10 @@ impl From<(f64, f64)> for GaussianMoments {
     }
 }
 
-/// C and Ċ in closed form, or `None` for activations without one (Tanh, Sigmoid,
+/// $C$ and $\dot C$ in closed form, or `None` for activations without one (Tanh, Sigmoid,
 /// Softplus, custom).
 ///
-/// (u, v) ~ N(0, [[`var1`, `cov`], [`cov`, `var2`]]).
+/// $(u, v) ∼ N(0, [[q_1, c], [c, q_2]])$ with $q_1$ = `var1`, $c$ = `cov` and $q_2$ = `var2`.
 ///
 /// ```
 /// use ntk::Activation;
@@ -87,7 +87,7 @@ impl From<(f64, f64)> for GaussianMoments {
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] if a variance is negative, any argument is not finite,
-/// or |`cov`| exceeds √(`var1` `var2`) by more than round-off (a relative 1e-10).
+/// or $|c|$ exceeds $\sqrt{q_1 q_2}$ by more than round-off (a relative $10^{−10}$).
 pub fn closed_form(
     activation: &Activation,
     var1: f64,
@@ -99,9 +99,9 @@ pub fn closed_form(
     Ok(Closed::of(activation).map(|d| d.eval(var1, cov, var2).into()))
 }
 
-/// C and Ċ by the fixed 2-D tensor Gauss–Hermite rule `rule`, for any activation.
+/// $C$ and $\dot C$ by the fixed 2-D tensor Gauss–Hermite rule `rule`, for any activation.
 ///
-/// Exact for polynomial φ of degree < n; accurate for smooth φ only while the
+/// Exact for polynomial $φ$ of degree $< n$; accurate for smooth $φ$ only while the
 /// variances are small (see the table at [`GaussHermite::DEFAULT_DEGREE`]); on kinks
 /// (ReLU) it converges slowly. [`gaussian_moments`] is accurate at any variance.
 ///
@@ -131,8 +131,8 @@ pub fn quadrature(
     Ok(tensor_quadrature(activation, var1, cov, var2, rule).into())
 }
 
-/// C and Ċ as the kernel recursion computes them: in closed form where there is one,
-/// otherwise numerically, accurate to about 1e-12 relative at any variance (see the
+/// $C$ and $\dot C$ as the kernel recursion computes them: in closed form where there is one,
+/// otherwise numerically, accurate to about $10^{−12}$ relative at any variance (see the
 /// table at [`GaussHermite::DEFAULT_DEGREE`]).
 ///
 /// ```
@@ -147,7 +147,7 @@ pub fn quadrature(
 /// ```
 ///
 /// # Errors
-/// As [`closed_form`], and [`Error::InvalidParameter`] if a custom φ or φ' is not
+/// As [`closed_form`], and [`Error::InvalidParameter`] if a custom $φ$ or $φ\'$ is not
 /// finite where the integration evaluates it.
 pub fn gaussian_moments(
     activation: &Activation,
