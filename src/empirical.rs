@@ -33,8 +33,8 @@ const BLOCK_ROWS: usize = 128;
 /// Fewest rows per block (unless $N$ is smaller).
 const MIN_BLOCK_ROWS: usize = 32;
 
-/// The empirical NTK $Θ(x_1, x_2) = ⟨∇_θ f(x_1), ∇_θ f(x_2)⟩$, averaged over the $k$ outputs:
-/// $N_1 × N_2$, entry $(i, j) = (1/k) Σ_c ∇_θ f_c(x_{1,i}) · ∇_θ f_c(x_{2,j})$.
+/// The empirical NTK $Θ(x_1, x_2) = ⟨∇\_θ f(x_1), ∇\_θ f(x_2)⟩$, averaged over the $k$ outputs:
+/// $N_1 × N_2$, entry $(i, j) = (1/k) Σ_c ∇\_θ f_c(x_{1,i}) · ∇\_θ f_c(x_{2,j})$.
 ///
 /// Rows of `x1` ($N_1 × d$) and `x2` ($N_2 × d$) are samples. For $k = 1$ this is the NTK;
 /// for $k > 1$ it is neural-tangents' default (`trace_axes=(-1,)` averaged), the
@@ -70,7 +70,7 @@ pub fn empirical_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
 }
 
 /// The full empirical NTK with output blocks: $(N_1·k) × (N_2·k)$, entry
-/// $(i·k + c, j·k + c\') = ∇_θ f_c(x_{1,i}) · ∇_θ f_{c\'}(x_{2,j})$.
+/// $(i·k + c, j·k + c\') = ∇\_θ f_c(x_{1,i}) · ∇\_θ f_{c\'}(x_{2,j})$.
 ///
 /// This is neural-tangents' `empirical_ntk_fn(..., trace_axes=())` with its
 /// $(N_1, N_2, k, k)$ array laid out sample-major. For $k = 1$ it equals [`empirical_ntk`].
