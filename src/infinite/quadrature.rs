@@ -186,9 +186,9 @@ pub(crate) fn check_degree(degree: usize) -> Result<()> {
     }
 }
 
-/// The orthonormal probabilists' Hermite polynomials p_{n−1}(x), p_n(x) and
-/// Σ_{k<n} p_k(x)², by the three-term recurrence
-/// p_{k+1} = (x p_k − √k p_{k−1}) / √(k+1).
+/// The orthonormal probabilists' Hermite polynomials $p_{n−1}(x)$, $p_n(x)$ and
+/// $Σ_{k < n} p_k(x)^2$, by the three-term recurrence
+/// $p_{k+1} = (x p_k − \sqrt k p_{k−1}) / \sqrt{k+1}$.
 fn hermite(n: usize, x: f64) -> (f64, f64, f64) {
     let (mut prev, mut cur) = (0.0, 1.0);
     let mut sum_sq = 0.0;
