@@ -1,7 +1,7 @@
-//! Pointwise nonlinearities φ and their derivatives φ'.
+//! Pointwise nonlinearities $φ$ and their derivatives $φ\'$.
 //!
-//! The network applies φ after every hidden Dense layer; the backward pass uses φ'.
-//! Gaussian expectations E φ(u)φ(v) and E φ'(u)φ'(v), needed for the
+//! The network applies $φ$ after every hidden Dense layer; the backward pass uses $φ\'$.
+//! Gaussian expectations $E φ(u)φ(v)$ and $E φ\'(u)φ\'(v)$, needed for the
 //! infinite-width kernels, live in [`crate::infinite`].
 
 use std::f64::consts::{FRAC_2_SQRT_PI, SQRT_2};
@@ -16,21 +16,21 @@ use crate::error::{Error, Result};
 /// A scalar function `f64 -> f64` shared between threads (for [`Activation::custom`]).
 pub type ScalarFn = Arc<dyn Fn(f64) -> f64 + Send + Sync>;
 
-/// A pointwise activation function φ.
+/// A pointwise activation function $φ$.
 ///
-/// | variant | φ(x) | φ'(x) |
+/// | variant | $φ(x)$ | $φ\'(x)$ |
 /// |---|---|---|
-/// | `Identity` | x | 1 |
-/// | `Relu` | max(x, 0) | 1 if x > 0 else 0 |
-/// | `LeakyRelu(α)` | x if x > 0 else αx | 1 if x > 0 else α |
-/// | `Abs` | \|x\| | sign(x) (0 at 0) |
-/// | `Erf` | erf(x) | (2/√π) e^{−x²} |
-/// | `Tanh` | tanh(x) | 1 − tanh²(x) |
-/// | `Sin` | sin(x) | cos(x) |
-/// | `Gelu` | x Φ(x), Φ the standard normal CDF (exact, not the tanh approximation) | Φ(x) + x e^{−x²/2}/√(2π) |
-/// | `Sigmoid` | 1/(1 + e^{−x}) | σ(x)(1 − σ(x)) |
-/// | `Softplus` | ln(1 + eˣ) | 1/(1 + e^{−x}) |
-/// | `Custom` | user's φ | user's φ' |
+/// | `Identity` | $x$ | $1$ |
+/// | `Relu` | $\max(x, 0)$ | $1$ if $x > 0$ else $0$ |
+/// | `LeakyRelu(α)` | $x$ if $x > 0$ else $αx$ | $1$ if $x > 0$ else $α$ |
+/// | `Abs` | $\|x\|$ | $\mathrm{sign}(x)$ ($0$ at $0$) |
+/// | `Erf` | $\mathrm{erf}(x)$ | $(2/\sqrt{π}) e^{−x²}$ |
+/// | `Tanh` | $\tanh(x)$ | $1 − \tanh²(x)$ |
+/// | `Sin` | $\sin(x)$ | $\cos(x)$ |
+/// | `Gelu` | $x Φ(x)$, $Φ$ the standard normal CDF (exact, not the tanh approximation) | $Φ(x) + x e^{−x²/2}/\sqrt{2π}$ |
+/// | `Sigmoid` | $1/(1 + e^{−x})$ | $σ(x)(1 − σ(x))$ |
+/// | `Softplus` | $\ln(1 + eˣ)$ | $1/(1 + e^{−x})$ |
+/// | `Custom` | user's $φ$ | user's $φ\'$ |
 ///
 /// These match neural-tangents' `stax.Relu()`, `stax.LeakyRelu(α)`, `stax.Abs()`,
 /// `stax.Erf()`, `stax.Sin()`, `stax.Gelu(approximate=False)` and friends with their
@@ -38,31 +38,31 @@ pub type ScalarFn = Arc<dyn Fn(f64) -> f64 + Send + Sync>;
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum Activation {
-    /// φ(x) = x.
+    /// $φ(x) = x$.
     Identity,
-    /// φ(x) = max(x, 0).
+    /// $φ(x) = \max(x, 0)$.
     Relu,
-    /// φ(x) = x for x > 0, αx otherwise.
+    /// $φ(x) = x$ for $x > 0$, $αx$ otherwise.
     LeakyRelu(f64),
-    /// φ(x) = |x|.
+    /// $φ(x) = |x|$.
     Abs,
-    /// φ(x) = erf(x).
+    /// $φ(x) = \mathrm{erf}(x)$.
     Erf,
-    /// φ(x) = tanh(x).
+    /// $φ(x) = \tanh(x)$.
     Tanh,
-    /// φ(x) = sin(x).
+    /// $φ(x) = \sin(x)$.
     Sin,
-    /// φ(x) = x Φ(x) (exact GELU).
+    /// $φ(x) = x Φ(x)$ (exact GELU).
     Gelu,
-    /// φ(x) = 1/(1 + e^{−x}).
+    /// $φ(x) = 1/(1 + e^{−x})$.
     Sigmoid,
-    /// φ(x) = ln(1 + eˣ).
+    /// $φ(x) = \ln(1 + eˣ)$.
     Softplus,
-    /// A user-supplied φ with its derivative φ'; build it with [`Activation::custom`].
+    /// A user-supplied $φ$ with its derivative $φ\'$; build it with [`Activation::custom`].
     Custom(CustomActivation),
 }
 
-/// A user-defined activation: a name, φ and φ' (evaluated in `f64`).
+/// A user-defined activation: a name, $φ$ and $φ\'$ (evaluated in `f64`).
 #[derive(Clone)]
 pub struct CustomActivation {
     name: String,
@@ -76,18 +76,18 @@ impl CustomActivation {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// φ(x).
+    /// $φ(x)$.
     #[must_use]
     pub fn phi(&self, x: f64) -> f64 {
         (self.phi)(x)
     }
-    /// φ'(x).
+    /// $φ\'(x)$.
     #[must_use]
     pub fn derivative(&self, x: f64) -> f64 {
         (self.derivative)(x)
     }
 
-    /// Whether `other` shares this activation's φ and φ' closures (clones of one
+    /// Whether `other` shares this activation's $φ$ and $φ\'$ closures (clones of one
     /// [`Activation::custom`]): then it is the same function.
     pub(crate) fn same_functions(&self, other: &CustomActivation) -> bool {
         Arc::ptr_eq(&self.phi, &other.phi) && Arc::ptr_eq(&self.derivative, &other.derivative)
@@ -128,14 +128,14 @@ impl fmt::Display for Activation {
 }
 
 /// Entries per parallel work item of [`Activation::elementwise`] (large batches of wide
-/// layers are split across threads; a transcendental φ costs ~10 ns an entry).
+/// layers are split across threads; a transcendental $φ$ costs ~10 ns an entry).
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
-/// 1/√(2π).
+/// $1/\sqrt{2π}$.
 pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 impl Activation {
-    /// A custom activation from φ and its derivative φ' (both `f64 -> f64`).
+    /// A custom activation from $φ$ and its derivative $φ\'$ (both `f64 -> f64`).
     ///
     /// The network evaluates them in `f64` and rounds to the model's scalar;
     /// the infinite-width kernels integrate them by Gauss–Hermite quadrature.
@@ -159,7 +159,7 @@ impl Activation {
     }
 
     /// Checks the activation's own parameters: the slope of `LeakyRelu` must be finite,
-    /// and a custom φ and φ' finite on a grid of step 1/8 over \[−10, 10\], where the
+    /// and a custom $φ$ and $φ\'$ finite on a grid of step $1/8$ over $\[−10, 10\]$, where the
     /// pre-activations of standardised inputs live. Beyond it, the network and the
     /// kernels check the values they meet and name the activation if one is not finite.
     ///
@@ -189,13 +189,13 @@ impl Activation {
         }
     }
 
-    /// Whether φ and φ' are finite wherever x is (every built-in activation; a custom
+    /// Whether $φ$ and $φ\'$ are finite wherever $x$ is (every built-in activation; a custom
     /// one is checked where it is used).
     pub(crate) fn finite_on_finite_inputs(&self) -> bool {
         !matches!(self, Activation::Custom(_))
     }
 
-    /// φ(x).
+    /// $φ(x)$.
     #[must_use]
     #[inline]
     pub fn phi<T: Scalar>(&self, x: T) -> T {
@@ -234,7 +234,7 @@ impl Activation {
         }
     }
 
-    /// φ'(x).
+    /// $φ\'(x)$.
     #[must_use]
     #[inline]
     pub fn derivative<T: Scalar>(&self, x: T) -> T {
@@ -285,7 +285,7 @@ impl Activation {
         }
     }
 
-    /// φ and φ' of every entry of `h`: `(φ(h), φ'(h))`.
+    /// $φ$ and $φ\'$ of every entry of `h`: `(φ(h), φ'(h))`.
     #[must_use]
     pub fn elementwise_with_derivative<T: Scalar>(
         &self,
@@ -308,7 +308,7 @@ impl Activation {
         (phi, derivative)
     }
 
-    /// φ of every entry of `h`.
+    /// $φ$ of every entry of `h`.
     #[must_use]
     pub fn elementwise<T: Scalar>(&self, h: &DMatrix<T>) -> DMatrix<T> {
         let mut phi = h.clone();
@@ -338,7 +338,7 @@ impl Activation {
     }
 }
 
-/// The logistic function, evaluated without overflow for large |x|.
+/// The logistic function, evaluated without overflow for large $|x|$.
 #[inline]
 fn sigmoid<T: Scalar>(x: T) -> T {
     let one = T::one();

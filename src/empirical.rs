@@ -4,15 +4,15 @@
 //! For each parameter group ([`LayerTangent`](crate::LayerTangent)) the kernel between
 //! batches 1 and 2 is
 //!
-//! Θ_l = s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) + s_b² Σ_{u,v} G₁_u G₂_vᵀ,
+//! $$Θ_l = s_w² Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ) + s_b² Σ_{u,v} G_{1,u} G_{2,v}ᵀ,$$
 //!
-//! and Θ = Σ_l Θ_l (the [`tangent`](crate::tangent) module has the math, and when a
+//! and $Θ = Σ_l Θ_l$ (the [`tangent`](crate::tangent) module has the math, and when a
 //! weight with many uses is contracted through its per-sample gradients instead). The
 //! samples are split into row blocks; tangent features are computed per block (one
-//! forward and backward pass each, in parallel), and each tile (I, J) of Θ is
-//! contracted from the features of blocks I and J. When x1 = x2 only the tiles with
-//! I ≤ J are computed and the rest mirrored. Peak memory is the output plus the
-//! features: O(N · k · Σ widths) for an MLP with k outputs, never the N × P Jacobian.
+//! forward and backward pass each, in parallel), and each tile $(I, J)$ of $Θ$ is
+//! contracted from the features of blocks $I$ and $J$. When $x_1 = x_2$ only the tiles with
+//! $I ≤ J$ are computed and the rest mirrored. Peak memory is the output plus the
+//! features: $O(N · k · Σ \text{widths})$ for an MLP with $k$ outputs, never the $N × P$ Jacobian.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,20 +26,20 @@ use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
 use crate::{Scalar, parallel};
 
 /// Most rows per block: large enough for efficient GEMMs, small enough that the
-/// blocks on the diagonal (computed whole when x1 = x2) waste little and the work
-/// splits across threads. Measured best on the benchmark MLP (3 × 512, d = 32):
-/// 128 at N = 1024, 64 at N = 256, 32 at N = 64, hence N/4 within these bounds.
+/// blocks on the diagonal (computed whole when $x_1 = x_2$) waste little and the work
+/// splits across threads. Measured best on the benchmark MLP ($3 × 512$, $d = 32$):
+/// 128 at $N = 1024$, 64 at $N = 256$, 32 at $N = 64$, hence $N/4$ within these bounds.
 const BLOCK_ROWS: usize = 128;
-/// Fewest rows per block (unless N is smaller).
+/// Fewest rows per block (unless $N$ is smaller).
 const MIN_BLOCK_ROWS: usize = 32;
 
-/// The empirical NTK Θ(x1, x2) = ⟨∇θ f(x1), ∇θ f(x2)⟩, averaged over the k outputs:
-/// N1 × N2, entry (i, j) = (1/k) Σ_c ∇θ f_c(x1_i) · ∇θ f_c(x2_j).
+/// The empirical NTK $Θ(x_1, x_2) = ⟨∇\_θ f(x_1), ∇\_θ f(x_2)⟩$, averaged over the $k$ outputs:
+/// $N_1 × N_2$, entry $(i, j) = (1/k) Σ_c ∇\_θ f_c(x_{1,i}) · ∇\_θ f_c(x_{2,j})$.
 ///
-/// Rows of `x1` (N1 × d) and `x2` (N2 × d) are samples. For k = 1 this is the NTK;
-/// for k > 1 it is neural-tangents' default (`trace_axes=(-1,)` averaged), the
-/// kernel Θ of the Θ ⊗ I limit. It equals the sum of
-/// [`NtkModel::layer_kernels`] and the contraction J₁ J₂ᵀ of the Jacobians, but is
+/// Rows of `x1` ($N_1 × d$) and `x2` ($N_2 × d$) are samples. For $k = 1$ this is the NTK;
+/// for $k > 1$ it is neural-tangents' default (`trace_axes=(-1,)` averaged), the
+/// kernel $Θ$ of the $Θ ⊗ I$ limit. It equals the sum of
+/// [`NtkModel::layer_kernels`] and the contraction $J₁ J₂ᵀ$ of the Jacobians, but is
 /// computed from per-layer Gram matrices without forming either.
 ///
 /// ```
@@ -69,11 +69,11 @@ pub fn empirical_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     blocked_ntk(model, x1, x2, Layout::Trace)
 }
 
-/// The full empirical NTK with output blocks: (N1·k) × (N2·k), entry
-/// (i·k + c, j·k + c') = ∇θ f_c(x1_i) · ∇θ f_c'(x2_j).
+/// The full empirical NTK with output blocks: $(N_1·k) × (N_2·k)$, entry
+/// $(i·k + c, j·k + c\') = ∇\_θ f_c(x_{1,i}) · ∇\_θ f_{c\'}(x_{2,j})$.
 ///
 /// This is neural-tangents' `empirical_ntk_fn(..., trace_axes=())` with its
-/// (N1, N2, k, k) array laid out sample-major. For k = 1 it equals [`empirical_ntk`].
+/// $(N_1, N_2, k, k)$ array laid out sample-major. For $k = 1$ it equals [`empirical_ntk`].
 ///
 /// # Errors
 /// As [`empirical_ntk`].
@@ -86,9 +86,9 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
 }
 
 /// The block of [`empirical_ntk`] with rows `rows` (samples of `x1`) and columns
-/// `cols` (samples of `x2`): Θ(x1\[rows\], x2\[cols\]).
+/// `cols` (samples of `x2`): $Θ(x_1\[\text{rows}\], x_2\[\text{cols}\])$.
 ///
-/// Every entry of Θ depends only on its two samples, so a kernel too large for one
+/// Every entry of $Θ$ depends only on its two samples, so a kernel too large for one
 /// machine can be computed block by block, by any scheduler (threads, or the tasks
 /// of a cluster job array), and assembled or streamed to disk. Each call runs its
 /// own forward and backward passes on the rows it needs.
@@ -111,8 +111,8 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
 /// ```
 ///
 /// # Errors
-/// As [`empirical_ntk`], and [`Error::InvalidParameter`](crate::Error::InvalidParameter) if a range is reversed or
-/// reaches past the last sample.
+/// As [`empirical_ntk`], and [`Error::InvalidParameter`] if a range is reversed or reaches
+/// past the last sample.
 pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
     model: &M,
     x1: &DMatrix<T>,
@@ -125,7 +125,7 @@ pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
     blocked_ntk(model, &a, &b, Layout::Trace)
 }
 
-/// Θ between `x1` and `x2` in `layout`, row block by row block.
+/// $Θ$ between `x1` and `x2` in `layout`, row block by row block.
 fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     model: &M,
     x1: &DMatrix<T>,
@@ -238,7 +238,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
 }
 
 /// Fills the tiles of one column block (rows from `offset` on in the whole output;
-/// tile k, k₀ ≤ k < k₀ + starts.len(), starts at row `starts[k − k₀]`, its rows in
+/// tile $k$, $k₀ ≤ k < k₀ +$ `starts.len()`, starts at row `starts[k − k₀]`, its rows in
 /// increasing order) with `fill(k, view from the tile's first row)`, splitting the block
 /// by rows into disjoint views so that the tiles run in parallel: work units as fine as
 /// one tile, with every output entry written by one task.
@@ -267,11 +267,11 @@ fn fill_tiles<T: Scalar>(
     }
 }
 
-/// The row blocks i whose tiles (i, j) column block j computes when x1 = x2, of `blocks`
-/// blocks: its diagonal tile and the pairs at circular distance 1 ..= B/2 behind it,
-/// (j − 1, j), (j − 2, j), … (wrapping around: those are below the diagonal). Every
-/// unordered pair of blocks is computed once (at distance B/2, by the block j ≥ B/2),
-/// and every column block gets about (B + 1)/2 tiles, so the tasks are balanced; the
+/// The row blocks $i$ whose tiles $(i, j)$ column block $j$ computes when $x_1 = x_2$, of `blocks`
+/// blocks: its diagonal tile and the pairs at circular distance $1$ ..= $B/2$ behind it,
+/// $(j − 1, j), (j − 2, j), …$ (wrapping around: those are below the diagonal). Every
+/// unordered pair of blocks is computed once (at distance $B/2$, by the block $j ≥ B/2$),
+/// and every column block gets about $(B + 1)/2$ tiles, so the tasks are balanced; the
 /// other tiles are transposes.
 fn symmetric_tiles(blocks: usize, j: usize) -> Vec<usize> {
     let half = blocks / 2;
@@ -281,7 +281,7 @@ fn symmetric_tiles(blocks: usize, j: usize) -> Vec<usize> {
         .collect()
 }
 
-/// `0..n` cut into consecutive ranges of about n/4 rows, within
+/// `0..n` cut into consecutive ranges of about $n/4$ rows, within
 /// [`MIN_BLOCK_ROWS`]..=[`BLOCK_ROWS`], all of the same length but the last.
 fn row_blocks(n: usize) -> Vec<Range<usize>> {
     let count = n.div_ceil((n / 4).clamp(MIN_BLOCK_ROWS, BLOCK_ROWS)).max(1);

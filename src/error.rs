@@ -30,7 +30,7 @@ pub enum Error {
         /// Column of the first offending entry.
         col: usize,
     },
-    /// A hyperparameter is out of its domain (negative std, zero width, η ≤ 0, …).
+    /// A hyperparameter is out of its domain (negative std, zero width, $η ≤ 0$, …).
     InvalidParameter {
         /// The parameter, e.g. `"weight_std"`.
         parameter: &'static str,
@@ -43,7 +43,7 @@ pub enum Error {
     NotSymmetric {
         /// The argument, e.g. `"theta"`.
         argument: &'static str,
-        /// max_{i,j} |K_ij − K_ji| / √|K_ii K_jj| (∞ where the asymmetric pair has a
+        /// $\max_{i,j} |K_{ij} − K_{ji}| / \sqrt{|K_{ii} K_{jj}|}$ ($∞$ where the asymmetric pair has a
         /// zero diagonal entry).
         relative_asymmetry: f64,
     },
@@ -53,12 +53,12 @@ pub enum Error {
         argument: &'static str,
         /// Its smallest eigenvalue.
         smallest_eigenvalue: f64,
-        /// Its largest eigenvalue magnitude max |λ|, the scale of the first.
+        /// Its largest eigenvalue magnitude $\max |λ|$, the scale of the first.
         largest_magnitude: f64,
     },
     /// A result would be NaN or infinite: the computation overflows the scalar type for
     /// these arguments, or a user-supplied function (a custom activation, a model's
-    /// tangents) returned NaN or ∞.
+    /// tangents) returned NaN or $∞$.
     NonFiniteResult {
         /// What was being computed, e.g. `"empirical_ntk"`.
         result: &'static str,
@@ -124,7 +124,7 @@ pub(crate) fn shape<T: nalgebra::Scalar>(m: &nalgebra::DMatrix<T>) -> String {
 }
 
 /// The index of the first NaN or infinite entry of `data`, if any. One vectorised pass
-/// (x − x is 0 for finite x and NaN otherwise, summed in independent lanes) says
+/// ($x − x$ is $0$ for finite $x$ and NaN otherwise, summed in independent lanes) says
 /// whether there is one; only then is it looked for.
 pub(crate) fn first_non_finite<T: crate::Scalar>(data: &[T]) -> Option<usize> {
     const LANES: usize = 8;
@@ -290,14 +290,14 @@ pub(crate) fn check_rows<T: nalgebra::Scalar>(
     }
 }
 
-/// Largest relative asymmetry |K_ij − K_ji| / √|K_ii K_jj| accepted for a symmetric
+/// Largest relative asymmetry $|K_{ij} − K_{ji}| / \sqrt{|K_{ii} K_{jj}|}$ accepted for a symmetric
 /// kernel.
 pub(crate) const SYMMETRY_TOLERANCE: f64 = 1e-8;
 
 /// Errors unless `k` is square, finite and symmetric: every pair within
-/// [`SYMMETRY_TOLERANCE`] of the scale of its own entries, |K_ij − K_ji| ≤
-/// tolerance · √|K_ii K_jj| (for a positive semi-definite kernel
-/// |K_ij| ≤ √(K_ii K_jj), so an asymmetry cannot hide under a large diagonal entry
+/// [`SYMMETRY_TOLERANCE`] of the scale of its own entries,
+/// $|K_{ij} − K_{ji}| ≤ \text{tolerance} · \sqrt{|K_{ii} K_{jj}|}$ (for a positive semi-definite kernel
+/// $|K_{ij}| ≤ \sqrt{K_{ii} K_{jj}}$, so an asymmetry cannot hide under a large diagonal entry
 /// elsewhere).
 pub(crate) fn check_symmetric_kernel<T: crate::Scalar>(
     argument: &'static str,

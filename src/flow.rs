@@ -1,53 +1,53 @@
 //! Gradient-flow dynamics of a model linearised around its initialisation.
 //!
-//! Under gradient flow on the loss L = ½ Σ_i ‖f(x_i) − y_i‖² with learning rate η, a
-//! model whose tangent kernel stays at Θ (a linearised network; a wide one, by Jacot et
-//! al. 2018 and Lee et al. 2019) obeys df_t/dt = −η Θ (f_t − Y) on the N training
+//! Under gradient flow on the loss $L = \tfrac12 Σ_i \lVert f(x_i) − y_i \rVert^2$ with learning rate $η$, a
+//! model whose tangent kernel stays at $Θ$ (a linearised network; a wide one, by Jacot et
+//! al. 2018 and Lee et al. 2019) obeys $df_t/dt = −η Θ (f_t − Y)$ on the $N$ training
 //! points, so
 //!
-//! f_t(X) = Y + e^{−ηtΘ} (f_0(X) − Y),
+//! $$f_t(X) = Y + e^{−ηtΘ} (f_0(X) − Y),$$
 //!
-//! and on test points x (kernel Θ(x, X), M × N)
+//! and on test points $x$ (kernel $Θ(x, X)$, $M × N$)
 //!
-//! f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − e^{−ηtΘ}) (Y − f_0(X)).
+//! $$f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − e^{−ηtΘ}) (Y − f_0(X)).$$
 //!
-//! With Θ = V Λ Vᵀ (computed once, in [`GradientFlow::new`]), e^{−ηtΘ} = V e^{−ηtΛ} Vᵀ
-//! and Θ⁻¹(I − e^{−ηtΘ}) = V diag((1 − e^{−ηtλ_i})/λ_i) Vᵀ, where
-//! (1 − e^{−ηtλ})/λ = −expm1(−ηtλ)/λ is evaluated without cancellation and tends to
-//! ηt as λ → 0 (so Θ need not be invertible). Each prediction then costs O(N²k) (test:
-//! O(N²k + MNk)).
+//! With $Θ = V Λ Vᵀ$ (computed once, in [`GradientFlow::new`]), $e^{−ηtΘ} = V e^{−ηtΛ} Vᵀ$
+//! and $Θ⁻¹(I − e^{−ηtΘ}) = V \mathrm{diag}((1 − e^{−ηtλ_i})/λ_i) Vᵀ$, where
+//! $(1 − e^{−ηtλ})/λ = −\mathrm{expm1}(−ηtλ)/λ$ is evaluated without cancellation and tends to
+//! $ηt$ as $λ → 0$ (so $Θ$ need not be invertible). Each prediction then costs $O(N²k)$ (test:
+//! $O(N²k + MNk)$).
 //!
 //! # The null space
 //!
 //! A kernel with repeated (or linearly dependent) training inputs is singular, and in
 //! floating point its zero eigenvalues come out as round-off of either sign. The exact
-//! flow never moves the component of f_0 − Y in Θ's null space, so at t = ∞ the
-//! training outputs keep it and the test outputs use the pseudo-inverse Θ⁺. Every
-//! solver here therefore treats eigenvalues below **N·ε·λ_max** as exactly 0 (ε the
-//! machine epsilon of the scalar type: entries accurate to ε move eigenvalues by up to
-//! about N·ε·λ_max, so smaller ones cannot be told from 0), and rejects a kernel whose
-//! smallest eigenvalue is below −max(10⁻⁸, N·ε)·max |λ| as not positive semi-definite
+//! flow never moves the component of $f_0 − Y$ in $Θ$'s null space, so at $t = ∞$ the
+//! training outputs keep it and the test outputs use the pseudo-inverse $Θ⁺$. Every
+//! solver here therefore treats eigenvalues below **$N·ε·λ_{max}$** as exactly 0 ($ε$ the
+//! machine epsilon of the scalar type: entries accurate to $ε$ move eigenvalues by up to
+//! about $N·ε·λ_{max}$, so smaller ones cannot be told from 0), and rejects a kernel whose
+//! smallest eigenvalue is below $−\max(10⁻⁸, N·ε)·\max |λ|$ as not positive semi-definite
 //! ([`Error::NotPositiveSemidefinite`]).
 //!
-//! Discrete gradient descent with step η gives f_s − Y = (I − ηΘ)^s (f_0 − Y) after s
-//! steps, and f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − (I − ηΘ)^s)(Y − f_0(X)); it is stable
-//! iff η < 2/λ_max ([`GradientFlow::max_stable_learning_rate`]).
+//! Discrete gradient descent with step $η$ gives $f_s − Y = (I − ηΘ)^s (f_0 − Y)$ after $s$
+//! steps, and $f_s(x) = f_0(x) + Θ(x, X) Θ⁻¹ (I − (I − ηΘ)^s)(Y − f_0(X))$; it is stable
+//! iff $η < 2/λ_{max}$ ([`GradientFlow::max_stable_learning_rate`]).
 //!
 //! # Time units
 //!
-//! The loss here is the **sum** ½ Σ ‖f − y‖². neural-tangents'
+//! The loss here is the **sum** $\tfrac12 Σ \lVert f − y \rVert^2$. neural-tangents'
 //! `predict.gradient_descent_mse(k, y, learning_rate)` uses the mean over the
-//! `y.size` target entries, so its time t_nt corresponds to ours through
-//! η t = learning_rate · t_nt / y.size: pass `eta = learning_rate / y.len()` here and
-//! the same t.
+//! `y.size` target entries, so its time $t_{nt}$ corresponds to ours through
+//! $η t$ = `learning_rate` · $t_{nt}$ / `y.size`: pass `eta = learning_rate / y.len()` here and
+//! the same $t$.
 //!
 //! # More outputs
 //!
-//! With k > 1 outputs, Y is N × k and Θ acts on each column (the Θ ⊗ I limit, and
+//! With $k > 1$ outputs, $Y$ is $N × k$ and $Θ$ acts on each column (the $Θ ⊗ I$ limit, and
 //! what [`empirical_ntk`](crate::empirical_ntk) returns). For the exact linearisation
-//! of a finite network with k > 1, pass the (N·k) × (N·k)
-//! [`empirical_ntk_full`](crate::empirical_ntk_full) and Y reshaped to (N·k) × 1, row
-//! i·k + c holding y_c(x_i).
+//! of a finite network with $k > 1$, pass the $(N·k) × (N·k)$
+//! [`empirical_ntk_full`](crate::empirical_ntk_full) and $Y$ reshaped to $(N·k) × 1$, row
+//! $i·k + c$ holding $y_c(x_i)$.
 
 use nalgebra::{DMatrix, DVector};
 
@@ -62,7 +62,7 @@ use crate::problem::{
 };
 
 /// Where along the dynamics a prediction is made: after a time of gradient flow, or
-/// after a number of gradient-descent steps with step η.
+/// after a number of gradient-descent steps with step $η$.
 ///
 /// [`GradientFlow::train_at`], [`test_at`](GradientFlow::test_at) and
 /// [`loss_at`](GradientFlow::loss_at) take a slice of them and share one projection
@@ -86,9 +86,9 @@ use crate::problem::{
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Horizon<T> {
-    /// Gradient flow for a time t ≥ 0 (`+∞` allowed: the limit): e^{−ηtΘ}.
+    /// Gradient flow for a time $t ≥ 0$ (`+∞` allowed: the limit): $e^{−ηtΘ}$.
     Time(T),
-    /// s steps of gradient descent: (I − ηΘ)^s.
+    /// $s$ steps of gradient descent: $(I − ηΘ)^s$.
     Steps(usize),
 }
 
@@ -105,7 +105,7 @@ impl<T: Scalar> Horizon<T> {
         steps.iter().map(|&s| Horizon::Steps(s)).collect()
     }
 
-    /// Errors unless a time is ≥ 0 (`+∞` allowed, NaN not).
+    /// Errors unless a time is $≥ 0$ (`+∞` allowed, NaN not).
     fn check(self) -> Result<Self> {
         if let Horizon::Time(t) = self {
             check_time("t", t.to_f64())?;
@@ -115,7 +115,7 @@ impl<T: Scalar> Horizon<T> {
 }
 
 /// The closed-form gradient-flow (and gradient-descent) dynamics of a linearised model
-/// on the MSE loss ½ Σ_i ‖f(x_i) − y_i‖², from the eigendecomposition of its kernel.
+/// on the MSE loss $\tfrac12 Σ_i \lVert f(x_i) − y_i \rVert^2$, from the eigendecomposition of its kernel.
 ///
 /// See the [module documentation](crate::flow) for the formulas and the time units
 /// (neural-tangents' time: `eta = learning_rate / y.len()`). [`train`](Self::train),
@@ -154,17 +154,17 @@ pub struct GradientFlow<T: Scalar> {
 }
 
 impl<T: Scalar> GradientFlow<T> {
-    /// Prepares the dynamics on the N × N training kernel `theta_train` with targets
-    /// `y_train` (N × k) and learning rate `eta`: one symmetric eigendecomposition,
-    /// O(N³).
+    /// Prepares the dynamics on the $N × N$ training kernel `theta_train` with targets
+    /// `y_train` ($N × k$) and learning rate `eta`: one symmetric eigendecomposition,
+    /// $O(N³)$.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `theta_train` is not square or `y_train` does not
-    /// have N rows; [`Error::NonFinite`] on NaN or infinite entries;
-    /// [`Error::NotSymmetric`] if some |Θ_ij − Θ_ji| > 10⁻⁸ √|Θ_ii Θ_jj|;
-    /// [`Error::NotPositiveSemidefinite`] if λ_min(Θ) < −max(10⁻⁸, N·ε)·max |λ|
+    /// have $N$ rows; [`Error::NonFinite`] on NaN or infinite entries;
+    /// [`Error::NotSymmetric`] if some $|Θ_{ij} − Θ_{ji}| > 10⁻⁸ \sqrt{|Θ_{ii} Θ_{jj}|}$;
+    /// [`Error::NotPositiveSemidefinite`] if $λ_{min}(Θ) < −\max(10⁻⁸, N·ε)·\max |λ|$
     /// (see [the null space](crate::flow#the-null-space));
-    /// [`Error::InvalidParameter`] unless `eta` is finite and > 0;
+    /// [`Error::InvalidParameter`] unless `eta` is finite and $> 0$;
     /// [`Error::Factorization`] if the eigensolver does not converge.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
         let problem = TrainingProblem::new(theta_train, y_train, eta)?;
@@ -179,33 +179,33 @@ impl<T: Scalar> GradientFlow<T> {
         })
     }
 
-    /// The learning rate η.
+    /// The learning rate $η$.
     #[must_use]
     pub fn eta(&self) -> T {
         self.eta
     }
 
-    /// The targets Y (N × k).
+    /// The targets $Y$ ($N × k$).
     #[must_use]
     pub fn targets(&self) -> &DMatrix<T> {
         &self.targets
     }
 
-    /// The eigenvalues λ_1 ≥ … ≥ λ_N ≥ 0 of Θ, those below N·ε·λ_max set to 0 (see
+    /// The eigenvalues $λ_1 ≥ … ≥ λ_N ≥ 0$ of $Θ$, those below $N·ε·λ_{max}$ set to 0 (see
     /// [the null space](crate::flow#the-null-space)).
     #[must_use]
     pub fn eigenvalues(&self) -> &DVector<T> {
         &self.eigenvalues
     }
 
-    /// The orthonormal eigenvectors of Θ, column i for [`eigenvalues`](Self::eigenvalues)`[i]`.
+    /// The orthonormal eigenvectors of $Θ$, column $i$ for [`eigenvalues`](Self::eigenvalues)`[i]`.
     #[must_use]
     pub fn eigenvectors(&self) -> &DMatrix<T> {
         &self.eigenvectors
     }
 
-    /// The largest stable gradient-descent step, 2/λ_max: with η < 2/λ_max every
-    /// factor |1 − ηλ_i| of (I − ηΘ)^s is below 1. Infinite when Θ = 0.
+    /// The largest stable gradient-descent step, $2/λ_{max}$: with $η < 2/λ_{max}$ every
+    /// factor $|1 − ηλ_i|$ of $(I − ηΘ)^s$ is below 1. Infinite when $Θ = 0$.
     ///
     /// In neural-tangents' units (mean loss) this is `2 * y.len() / λ_max`.
     #[must_use]
@@ -214,32 +214,32 @@ impl<T: Scalar> GradientFlow<T> {
         T::from_f64_lossy(2.0) / top
     }
 
-    /// f_t(X) = Y + e^{−ηtΘ}(f_0(X) − Y): the training outputs at time `t`, N × k.
+    /// $f_t(X) = Y + e^{−ηtΘ}(f_0(X) − Y)$: the training outputs at time `t`, $N × k$.
     ///
-    /// `t = +∞` gives the limit (Y on the range of Θ; directions with λ = 0 keep
+    /// `t = +∞` gives the limit ($Y$ on the range of $Θ$; directions with $λ = 0$ keep
     /// their initial residual).
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
-    /// or [`Error::NonFinite`] if `f0_train` is not a finite N × k matrix;
+    /// or [`Error::NonFinite`] if `f0_train` is not a finite $N × k$ matrix;
     /// [`Error::NonFiniteResult`] if the outputs exceed the scalar type's range.
     pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         Ok(self.train_at(&[Horizon::Time(t)], f0_train)?.remove(0))
     }
 
-    /// After `steps` steps of gradient descent with step η:
-    /// f_s(X) = Y + (I − ηΘ)^s (f_0(X) − Y), N × k.
+    /// After `steps` steps of gradient descent with step $η$:
+    /// $f_s(X) = Y + (I − ηΘ)^s (f_0(X) − Y)$, $N × k$.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
-    /// N × k matrix; [`Error::NonFiniteResult`] if the outputs overflow: above the
-    /// stable rate 2/λ_max the residual grows like |1 − ηλ_max|^s.
+    /// $N × k$ matrix; [`Error::NonFiniteResult`] if the outputs overflow: above the
+    /// stable rate $2/λ_{max}$ the residual grows like $|1 − ηλ_{max}|^s$.
     pub fn train_gd(&self, steps: usize, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         Ok(self.train_at(&[Horizon::Steps(steps)], f0_train)?.remove(0))
     }
 
-    /// The training outputs f(X) (N × k) at every horizon in `horizons`:
-    /// Y + e^{−ηtΘ}(f_0(X) − Y) after time t, Y + (I − ηΘ)^s (f_0(X) − Y) after s
+    /// The training outputs $f(X)$ ($N × k$) at every horizon in `horizons`:
+    /// $Y + e^{−ηtΘ}(f_0(X) − Y)$ after time $t$, $Y + (I − ηΘ)^s (f_0(X) − Y)$ after $s$
     /// steps. One projection and one GEMM for all of them.
     ///
     /// # Errors
@@ -260,16 +260,16 @@ impl<T: Scalar> GradientFlow<T> {
             .collect()
     }
 
-    /// f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X)): the outputs at time
-    /// `t` on M test points, M × k. `theta_test_train` is Θ(x, X), M × N.
+    /// $f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X))$: the outputs at time
+    /// `t` on $M$ test points, $M × k$. `theta_test_train` is $Θ(x, X)$, $M × N$.
     ///
     /// At `t = +∞` this is kernel regression with the pseudo-inverse of the clipped
     /// spectrum; [`KernelRegression`] does it without the eigendecomposition.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
-    /// if `f0_train` is not N × k, `f0_test` not M × k or `theta_test_train` not
-    /// M × N; [`Error::NonFinite`] on NaN or infinite entries;
+    /// if `f0_train` is not $N × k$, `f0_test` not $M × k$ or `theta_test_train` not
+    /// $M × N$; [`Error::NonFinite`] on NaN or infinite entries;
     /// [`Error::NonFiniteResult`] if the outputs exceed the scalar type's range.
     pub fn test(
         &self,
@@ -284,10 +284,10 @@ impl<T: Scalar> GradientFlow<T> {
             .remove(0))
     }
 
-    /// The outputs on M test points (M × k) at every horizon in `horizons`:
-    /// f_0(x) + Θ(x, X) Θ⁻¹(I − D)(Y − f_0(X)) with D = e^{−ηtΘ} after time t and
-    /// D = (I − ηΘ)^s after s steps, where Θ⁻¹(I − (I − ηΘ)^s) = η Σ_{j<s} (I − ηΘ)^j
-    /// has eigenvalues (1 − (1 − ηλ)^s)/λ → ηs as λ → 0.
+    /// The outputs on $M$ test points ($M × k$) at every horizon in `horizons`:
+    /// $f_0(x) + Θ(x, X) Θ⁻¹(I − D)(Y − f_0(X))$ with $D = e^{−ηtΘ}$ after time $t$ and
+    /// $D = (I − ηΘ)^s$ after $s$ steps, where $Θ⁻¹(I − (I − ηΘ)^s) = η Σ_{j<s} (I − ηΘ)^j$
+    /// has eigenvalues $(1 − (1 − ηλ)^s)/λ → ηs$ as $λ → 0$.
     ///
     /// # Errors
     /// As [`test`](Self::test), for any of the horizons.
@@ -311,9 +311,9 @@ impl<T: Scalar> GradientFlow<T> {
             .collect()
     }
 
-    /// The training loss ½ ‖f(X) − Y‖²_F = ½ Σ_i d_i² ‖v_iᵀ(f_0 − Y)‖² at every
-    /// horizon in `horizons` (d_i = e^{−ηtλ_i} or (1 − ηλ_i)^s): one O(N²k)
-    /// projection, then O(Nk) per horizon.
+    /// The training loss $\tfrac12 \lVert f(X) − Y \rVert_F^2 = \tfrac12 Σ_i d_i² \lVert v_iᵀ(f_0 − Y) \rVert^2$ at every
+    /// horizon in `horizons` ($d_i = e^{−ηtλ_i}$ or $(1 − ηλ_i)^s$): one $O(N²k)$
+    /// projection, then $O(Nk)$ per horizon.
     ///
     /// # Errors
     /// As [`train_at`](Self::train_at).
@@ -334,12 +334,12 @@ impl<T: Scalar> GradientFlow<T> {
             .collect()
     }
 
-    /// The residual at `horizon` in the eigenbasis of Θ: row i is
-    /// v_iᵀ(f(X) − Y) = d_i v_iᵀ(f_0(X) − Y), N × k, for the eigenvalue
-    /// [`eigenvalues`](Self::eigenvalues)`[i]` (largest first), with d_i = e^{−ηtλ_i}
-    /// or (1 − ηλ_i)^s.
+    /// The residual at `horizon` in the eigenbasis of $Θ$: row $i$ is
+    /// $v_iᵀ(f(X) − Y) = d_i v_iᵀ(f_0(X) − Y)$, $N × k$, for the eigenvalue
+    /// [`eigenvalues`](Self::eigenvalues)`[i]` (largest first), with $d_i = e^{−ηtλ_i}$
+    /// or $(1 − ηλ_i)^s$.
     ///
-    /// Directions with large λ are learned first (after t ≈ 1/(ηλ)); small-λ
+    /// Directions with large $λ$ are learned first (after $t ≈ 1/(ηλ)$); small-$λ$
     /// directions stay unlearned for a long time: the spectral bias of kernel
     /// gradient descent, made visible.
     ///
@@ -359,7 +359,7 @@ impl<T: Scalar> GradientFlow<T> {
     }
 
     /// `prediction` at `horizon`, or the error that says why it is not finite: gradient
-    /// descent above the stable rate, whose residual grows like |1 − ηλ_max|^s.
+    /// descent above the stable rate, whose residual grows like $|1 − ηλ_{max}|^s$.
     fn finite(&self, horizon: Horizon<T>, prediction: DMatrix<T>) -> Result<DMatrix<T>> {
         if first_non_finite(prediction.as_slice()).is_none() {
             return Ok(prediction);
@@ -387,23 +387,23 @@ impl<T: Scalar> GradientFlow<T> {
         })
     }
 
-    /// Number of training points N.
+    /// Number of training points $N$.
     fn n(&self) -> usize {
         self.targets.nrows()
     }
 
-    /// Number of outputs k.
+    /// Number of outputs $k$.
     fn k(&self) -> usize {
         self.targets.ncols()
     }
 
-    /// Vᵀ(f_0 − Y), N × k.
+    /// $Vᵀ(f_0 − Y)$, $N × k$.
     fn project(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         check_train_outputs(f0_train, &self.targets)?;
         Ok(self.eigenvectors.tr_mul(&(f0_train - &self.targets)))
     }
 
-    /// The factor of the residual along eigenvalue λ: e^{−ηtλ} or (1 − ηλ)^s.
+    /// The factor of the residual along eigenvalue $λ$: $e^{−ηtλ}$ or $(1 − ηλ)^s$.
     fn decay(&self, h: Horizon<T>, lambda: T) -> T {
         match h {
             Horizon::Time(t) => flow_decay(self.eta * t, lambda),
@@ -411,8 +411,8 @@ impl<T: Scalar> GradientFlow<T> {
         }
     }
 
-    /// The eigenvalue of Θ⁻¹(I − decay): (1 − e^{−ηtλ})/λ or (1 − (1 − ηλ)^s)/λ,
-    /// continuous at λ = 0 (ηt, ηs); 0 at λ = 0 for t = ∞ (pseudo-inverse).
+    /// The eigenvalue of $Θ⁻¹(I − \text{decay})$: $(1 − e^{−ηtλ})/λ$ or $(1 − (1 − ηλ)^s)/λ$,
+    /// continuous at $λ = 0$ ($ηt$, $ηs$); $0$ at $λ = 0$ for $t = ∞$ (pseudo-inverse).
     fn integral(&self, h: Horizon<T>, lambda: T) -> T {
         let eta = self.eta;
         match h {
@@ -430,7 +430,7 @@ impl<T: Scalar> GradientFlow<T> {
         }
     }
 
-    /// V [g(h, λ) ⊙ C for each horizon h], N × (k · horizons), in one GEMM.
+    /// $V [g(h, λ) ⊙ C \text{ for each horizon } h]$, $N × (k · \text{horizons})$, in one GEMM.
     fn expand(
         &self,
         horizons: &[Horizon<T>],
@@ -456,7 +456,7 @@ fn checked<T: Scalar>(horizons: &[Horizon<T>]) -> Result<Vec<Horizon<T>>> {
     horizons.iter().map(|h| h.check()).collect()
 }
 
-/// q^s for any real q, without overflow of the exponent type.
+/// $q^s$ for any real $q$, without overflow of the exponent type.
 fn power<T: Scalar>(q: T, s: usize) -> T {
     let magnitude = q.abs().powf(T::from_f64_lossy(s as f64));
     if q < T::zero() && s % 2 == 1 {
@@ -466,13 +466,13 @@ fn power<T: Scalar>(q: T, s: usize) -> T {
     }
 }
 
-/// Kernel regression, the t → ∞ limit of gradient flow, through a Cholesky solve (no
-/// eigendecomposition), with an optional ridge ρ (`diag_reg`):
+/// Kernel regression, the $t → ∞$ limit of gradient flow, through a Cholesky solve (no
+/// eigendecomposition), with an optional ridge $ρ$ (`diag_reg`):
 ///
-/// f_∞(x) = f_0(x) + Θ(x, X) (Θ + ρI)⁻¹ (Y − f_0(X)),
+/// $$f_∞(x) = f_0(x) + Θ(x, X) (Θ + ρI)⁻¹ (Y − f_0(X)),$$
 ///
-/// and on the training points f_0(X) + Θ(Θ + ρI)⁻¹(Y − f_0(X)) = Y − ρ (Θ + ρI)⁻¹(Y − f_0(X))
-/// (= Y without ridge).
+/// and on the training points $f_0(X) + Θ(Θ + ρI)⁻¹(Y − f_0(X)) = Y − ρ (Θ + ρI)⁻¹(Y − f_0(X))$
+/// ($= Y$ without ridge).
 ///
 /// `diag_reg` is absolute. neural-tangents' `diag_reg` is by default relative to the
 /// mean diagonal (`diag_reg_absolute_scale=False`): pass `diag_reg · trace(Θ)/N` to
@@ -505,16 +505,16 @@ pub struct KernelRegression<T: Scalar> {
 }
 
 impl<T: Scalar> KernelRegression<T> {
-    /// Factors Θ + ρI (ρ = `diag_reg` ≥ 0) for the targets `y_train` (N × k).
+    /// Factors $Θ + ρI$ ($ρ$ = `diag_reg` $≥ 0$) for the targets `y_train` ($N × k$).
     ///
     /// # Errors
     /// As [`GradientFlow::new`] for `theta_train` and `y_train` (except the eigenvalue
-    /// check); [`Error::InvalidParameter`] unless `diag_reg` is finite and ≥ 0;
-    /// [`Error::Factorization`] if Θ + ρI is not positive definite to working
-    /// precision: the factorization fails, or a pivot is below N·ε of the largest
+    /// check); [`Error::InvalidParameter`] unless `diag_reg` is finite and $≥ 0$;
+    /// [`Error::Factorization`] if $Θ + ρI$ is not positive definite to working
+    /// precision: the factorization fails, or a pivot is below $N·ε$ of the largest
     /// diagonal entry (singular: repeated training inputs, say; see
     /// [the null space](crate::flow#the-null-space)). The message suggests a
-    /// `diag_reg`, or [`GradientFlow`] at t = ∞ for the pseudo-inverse limit.
+    /// `diag_reg`, or [`GradientFlow`] at $t = ∞$ for the pseudo-inverse limit.
     pub fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, diag_reg: T) -> Result<Self> {
         let (theta, targets) = kernel_and_targets(theta_train, y_train)?;
         let n = targets.nrows();
@@ -567,24 +567,24 @@ impl<T: Scalar> KernelRegression<T> {
         })
     }
 
-    /// The ridge ρ.
+    /// The ridge $ρ$.
     #[must_use]
     pub fn diag_reg(&self) -> T {
         self.diag_reg
     }
 
-    /// (Θ + ρI)⁻¹ (Y − f_0(X)), the dual coefficients, N × k.
+    /// $(Θ + ρI)⁻¹ (Y − f_0(X))$, the dual coefficients, $N × k$.
     fn dual(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<f64>> {
         check_train_outputs(f0_train, &self.targets)?;
         let r = (&self.targets - f0_train).map(|v| v.to_f64());
         Ok(self.cholesky.solve(&r))
     }
 
-    /// The training outputs at t = ∞: Y − ρ(Θ + ρI)⁻¹(Y − f_0(X)), N × k.
+    /// The training outputs at $t = ∞$: $Y − ρ(Θ + ρI)⁻¹(Y − f_0(X))$, $N × k$.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
-    /// N × k matrix.
+    /// $N × k$ matrix.
     pub fn train(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         let w = self.dual(f0_train)?;
         let rho = self.diag_reg.to_f64();
@@ -595,11 +595,11 @@ impl<T: Scalar> KernelRegression<T> {
         ))
     }
 
-    /// The test outputs at t = ∞: f_0(x) + Θ(x, X)(Θ + ρI)⁻¹(Y − f_0(X)), M × k.
+    /// The test outputs at $t = ∞$: $f_0(x) + Θ(x, X)(Θ + ρI)⁻¹(Y − f_0(X))$, $M × k$.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if `f0_train` is not N × k, `f0_test` not M × k or
-    /// `theta_test_train` not M × N; [`Error::NonFinite`] on NaN or infinite entries.
+    /// [`Error::ShapeMismatch`] if `f0_train` is not $N × k$, `f0_test` not $M × k$ or
+    /// `theta_test_train` not $M × N$; [`Error::NonFinite`] on NaN or infinite entries.
     pub fn test(
         &self,
         f0_train: &DMatrix<T>,
@@ -612,13 +612,13 @@ impl<T: Scalar> KernelRegression<T> {
     }
 }
 
-/// A Gaussian over outputs: mean M × k and one M × M covariance shared by the k
+/// A Gaussian over outputs: mean $M × k$ and one $M × M$ covariance shared by the $k$
 /// (independent) outputs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GaussianPrediction<T: Scalar> {
-    /// The mean, M × k.
+    /// The mean, $M × k$.
     pub mean: DMatrix<T>,
-    /// The covariance between the M points, M × M (the same for every output).
+    /// The covariance between the $M$ points, $M × M$ (the same for every output).
     pub covariance: DMatrix<T>,
 }
 
@@ -626,16 +626,16 @@ pub struct GaussianPrediction<T: Scalar> {
 /// averaged over random initialisations (Lee et al. 2019, §2.3; neural-tangents'
 /// `predict.gradient_descent_mse_ensemble`, `get='ntk'`).
 ///
-/// At initialisation f_0 is a centred Gaussian process with the NNGP kernel K; the
-/// flow with NTK Θ is linear in f_0, so at time t the outputs are Gaussian with, on
-/// test points (Θ_* = Θ(x, X), K_* = K(x, X), K_** = K(x, x),
-/// A_t = Θ⁻¹(I − e^{−ηtΘ})),
+/// At initialisation $f_0$ is a centred Gaussian process with the NNGP kernel $K$; the
+/// flow with NTK $Θ$ is linear in $f_0$, so at time $t$ the outputs are Gaussian with, on
+/// test points ($Θ_\* = Θ(x, X)$, $K_\* = K(x, X)$, $K_{\*\*} = K(x, x)$,
+/// $A_t = Θ⁻¹(I − e^{−ηtΘ})$),
 ///
-/// mean = Θ_* A_t Y,
+/// $$\text{mean} = Θ_\* A_t Y,$$
 ///
-/// cov = K_** − Θ_* A_t K_*ᵀ − K_* A_t Θ_*ᵀ + Θ_* A_t K A_t Θ_*ᵀ,
+/// $$\text{cov} = K_{\*\*} − Θ_\* A_t K_\*ᵀ − K_\* A_t Θ_\*ᵀ + Θ_\* A_t K A_t Θ_\*ᵀ,$$
 ///
-/// and on the training points mean = (I − e^{−ηtΘ}) Y, cov = e^{−ηtΘ} K e^{−ηtΘ}.
+/// and on the training points $\text{mean} = (I − e^{−ηtΘ}) Y$, $\text{cov} = e^{−ηtΘ} K e^{−ηtΘ}$.
 /// The kernels are matrices, so any source works: the infinite-width kernels, or
 /// Monte Carlo estimates. Time units as for [`GradientFlow`].
 ///
@@ -685,13 +685,13 @@ pub struct InfiniteEnsemble<T: Scalar> {
 }
 
 impl<T: Scalar> InfiniteEnsemble<T> {
-    /// Prepares the ensemble from the train-train NTK Θ and NNGP K (N × N), targets
-    /// `y_train` (N × k) and learning rate `eta` (one eigendecomposition of Θ, and the
-    /// eigenvalues of K to check that it is a covariance).
+    /// Prepares the ensemble from the train-train NTK $Θ$ and NNGP $K$ ($N × N$), targets
+    /// `y_train` ($N × k$) and learning rate `eta` (one eigendecomposition of $Θ$, and the
+    /// eigenvalues of $K$ to check that it is a covariance).
     ///
     /// # Errors
     /// As [`GradientFlow::new`]; the same checks (symmetric, positive semi-definite)
-    /// apply to `nngp_train`, which must also be N × N.
+    /// apply to `nngp_train`, which must also be $N × N$.
     pub fn new(
         ntk_train: &DMatrix<T>,
         nngp_train: &DMatrix<T>,
@@ -721,7 +721,7 @@ impl<T: Scalar> InfiniteEnsemble<T> {
         &self.flow
     }
 
-    /// V diag(g(λ)) Vᵀ for the horizon `h`.
+    /// $V \mathrm{diag}(g(λ)) Vᵀ$ for the horizon `h`.
     fn spectral(
         &self,
         h: Horizon<T>,
@@ -737,7 +737,7 @@ impl<T: Scalar> InfiniteEnsemble<T> {
     }
 
     /// Mean and covariance on the training points at time `t`:
-    /// (I − e^{−ηtΘ})Y and e^{−ηtΘ} K e^{−ηtΘ}.
+    /// $(I − e^{−ηtΘ})Y$ and $e^{−ηtΘ} K e^{−ηtΘ}$.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN.
@@ -750,21 +750,21 @@ impl<T: Scalar> InfiniteEnsemble<T> {
         Ok(GaussianPrediction { mean, covariance })
     }
 
-    /// The mean on M test points at time `t`, Θ_* A_t Y (M × k), from
-    /// `ntk_test_train` = Θ(x, X) (M × N). O(N²k + MNk).
+    /// The mean on $M$ test points at time `t`, $Θ_\* A_t Y$ ($M × k$), from
+    /// `ntk_test_train` = $Θ(x, X)$ ($M × N$). $O(N²k + MNk)$.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]
-    /// or [`Error::NonFinite`] if `ntk_test_train` is not a finite M × N matrix.
+    /// or [`Error::NonFinite`] if `ntk_test_train` is not a finite $M × N$ matrix.
     pub fn test_mean(&self, t: T, ntk_test_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         let zeros = DMatrix::zeros(ntk_test_train.nrows(), self.flow.k());
         let f0 = DMatrix::zeros(self.flow.n(), self.flow.k());
         self.flow.test(t, &f0, &zeros, ntk_test_train)
     }
 
-    /// Mean and covariance on M test points at time `t`, from the NTK `ntk_test_train`
-    /// = Θ(x, X) (M × N) and the NNGP kernels `nngp_test_train` = K(x, X) (M × N) and
-    /// `nngp_test_test` = K(x, x) (M × M). O(MN² + M²N).
+    /// Mean and covariance on $M$ test points at time `t`, from the NTK `ntk_test_train`
+    /// = $Θ(x, X)$ ($M × N$) and the NNGP kernels `nngp_test_train` = $K(x, X)$ ($M × N$) and
+    /// `nngp_test_test` = $K(x, x)$ ($M × M$). $O(MN² + M²N)$.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative or NaN; [`Error::ShapeMismatch`]

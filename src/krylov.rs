@@ -1,21 +1,21 @@
 //! Gradient flow at a single time without the eigendecomposition: Lanczos (Krylov
-//! subspace) approximations of e^{−ηtΘ} r and Θ⁻¹(I − e^{−ηtΘ}) r.
+//! subspace) approximations of $e^{−ηtΘ} r$ and $Θ⁻¹(I − e^{−ηtΘ}) r$.
 //!
-//! For a residual r, m steps of the Lanczos process on Θ started at q₁ = r/‖r‖ give an
-//! orthonormal basis Q_m of the Krylov space span{r, Θr, …, Θ^{m−1}r} and the
-//! tridiagonal T_m = Q_mᵀ Θ Q_m, and for a function g
+//! For a residual $r$, $m$ steps of the Lanczos process on $Θ$ started at $q₁ = r/\lVert r \rVert$ give an
+//! orthonormal basis $Q_m$ of the Krylov space $\mathrm{span}\\{r, Θr, …, Θ^{m−1}r\\}$ and the
+//! tridiagonal $T_m = Q_mᵀ Θ Q_m$, and for a function $g$
 //!
-//! g(Θ) r ≈ ‖r‖ Q_m g(T_m) e₁,
+//! $$g(Θ) r ≈ \lVert r \rVert Q_m g(T_m) e₁,$$
 //!
-//! exact when Θ has at most m distinct eigenvalues on r, and otherwise converging
-//! roughly like the best polynomial approximation of g of degree m − 1 on Θ's spectrum
-//! (Saad 1992; Hochbruck & Lubich 1997). For g(λ) = e^{−ηtλ} that needs about
-//! √(ηt λ_max) steps; g(λ) = (1 − e^{−ηtλ})/λ (test points) behaves like a conjugate
-//! gradient solve for large t. Each step costs one product with Θ, O(N²), so a
-//! prediction costs O(mN²) instead of the O(N³) eigendecomposition: worth it for one
-//! or a few times on a large kernel. The basis is fully reorthogonalised (O(Nm²)), and
-//! convergence is checked in the coefficient space (‖g(T_m)e₁ − g(T_{m−1})e₁‖, equal
-//! to the change of the prediction since Q_m is orthonormal).
+//! exact when $Θ$ has at most $m$ distinct eigenvalues on $r$, and otherwise converging
+//! roughly like the best polynomial approximation of $g$ of degree $m − 1$ on $Θ$'s spectrum
+//! (Saad 1992; Hochbruck & Lubich 1997). For $g(λ) = e^{−ηtλ}$ that needs about
+//! $\sqrt{ηt λ_{max}}$ steps; $g(λ) = (1 − e^{−ηtλ})/λ$ (test points) behaves like a conjugate
+//! gradient solve for large $t$. Each step costs one product with $Θ$, $O(N²)$, so a
+//! prediction costs $O(mN²)$ instead of the $O(N³)$ eigendecomposition: worth it for one
+//! or a few times on a large kernel. The basis is fully reorthogonalised ($O(Nm²)$), and
+//! convergence is checked in the coefficient space ($\lVert g(T_m)e₁ − g(T_{m−1})e₁ \rVert$, equal
+//! to the change of the prediction since $Q_m$ is orthonormal).
 
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
@@ -27,8 +27,8 @@ use crate::problem::{
 };
 
 /// Gradient-flow predictions at a single time by the Lanczos method, without
-/// eigendecomposing Θ: the same results as [`GradientFlow::train`] and
-/// [`GradientFlow::test`] to the tolerance, at O(mN²) per call (m Lanczos steps).
+/// eigendecomposing $Θ$: the same results as [`GradientFlow::train`] and
+/// [`GradientFlow::test`] to the tolerance, at $O(mN²)$ per call ($m$ Lanczos steps).
 ///
 /// [`GradientFlow::train`]: crate::GradientFlow::train
 /// [`GradientFlow::test`]: crate::GradientFlow::test
@@ -58,13 +58,13 @@ pub struct KrylovFlow<T: Scalar> {
 }
 
 impl<T: Scalar> KrylovFlow<T> {
-    /// Prepares predictions on the N × N kernel `theta_train` with targets `y_train`
-    /// (N × k) and learning rate `eta` (time units as [`GradientFlow`](crate::GradientFlow)).
-    /// No factorization: O(N²) for the checks. Defaults: relative tolerance 1e-10, at
-    /// most min(N, 500) Lanczos steps.
+    /// Prepares predictions on the $N × N$ kernel `theta_train` with targets `y_train`
+    /// ($N × k$) and learning rate `eta` (time units as [`GradientFlow`](crate::GradientFlow)).
+    /// No factorization: $O(N²)$ for the checks. Defaults: relative tolerance 1e-10, at
+    /// most $\min(N, 500)$ Lanczos steps.
     ///
     /// Without a factorization, positive semi-definiteness is checked where the
-    /// predictions meet Θ's spectrum: on the Lanczos matrices' eigenvalues (see
+    /// predictions meet $Θ$'s spectrum: on the Lanczos matrices' eigenvalues (see
     /// [`train`](Self::train)).
     ///
     /// # Errors
@@ -83,7 +83,7 @@ impl<T: Scalar> KrylovFlow<T> {
     /// Sets the relative tolerance on each predicted column (default 1e-10).
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] unless 0 < `tolerance` < 1.
+    /// [`Error::InvalidParameter`] unless $0 <$ `tolerance` $< 1$.
     pub fn tolerance(mut self, tolerance: f64) -> Result<Self> {
         if !(tolerance > 0.0 && tolerance < 1.0) {
             return Err(Error::InvalidParameter {
@@ -96,7 +96,7 @@ impl<T: Scalar> KrylovFlow<T> {
         Ok(self)
     }
 
-    /// Sets the largest Krylov dimension (default min(N, 500)).
+    /// Sets the largest Krylov dimension (default $\min(N, 500)$).
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `max_dimension` is 0.
@@ -112,18 +112,18 @@ impl<T: Scalar> KrylovFlow<T> {
         Ok(self)
     }
 
-    /// f_t(X) = Y + e^{−ηtΘ}(f_0(X) − Y), N × k.
+    /// $f_t(X) = Y + e^{−ηtΘ}(f_0(X) − Y)$, $N × k$.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `t` is negative, NaN or infinite (use
-    /// [`KernelRegression`](crate::KernelRegression) for t = ∞);
+    /// [`KernelRegression`](crate::KernelRegression) for $t = ∞$);
     /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] if `f0_train` is not a finite
-    /// N × k matrix; [`Error::Factorization`] if the tolerance is not reached within
+    /// $N × k$ matrix; [`Error::Factorization`] if the tolerance is not reached within
     /// the maximum dimension; [`Error::NotPositiveSemidefinite`] (`theta_train`) if a
-    /// Lanczos matrix has an eigenvalue below −max(10⁻⁸, N·ε)·max |λ| (its
-    /// eigenvalues lie in Θ's spectrum, and the extreme ones converge first, so a
-    /// clearly indefinite Θ is found unless the residual has no component along its
-    /// negative directions). Eigenvalues below N·ε·λ_max count as 0, as in
+    /// Lanczos matrix has an eigenvalue below $−\max(10⁻⁸, N·ε)·\max |λ|$ (its
+    /// eigenvalues lie in $Θ$'s spectrum, and the extreme ones converge first, so a
+    /// clearly indefinite $Θ$ is found unless the residual has no component along its
+    /// negative directions). Eigenvalues below $N·ε·λ_{max}$ count as 0, as in
     /// [`GradientFlow`](crate::GradientFlow).
     pub fn train(&self, t: T, f0_train: &DMatrix<T>) -> Result<DMatrix<T>> {
         let eta_t = self.eta_t(t)?;
@@ -135,11 +135,11 @@ impl<T: Scalar> KrylovFlow<T> {
         }))
     }
 
-    /// f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X)), M × k.
+    /// $f_t(x) = f_0(x) + Θ(x, X) Θ⁻¹(I − e^{−ηtΘ})(Y − f_0(X))$, $M × k$.
     ///
     /// # Errors
     /// As [`train`](Self::train), and [`Error::ShapeMismatch`] if `f0_test` is not
-    /// M × k or `theta_test_train` not M × N, [`Error::NonFinite`] on their NaN or
+    /// $M × k$ or `theta_test_train` not $M × N$, [`Error::NonFinite`] on their NaN or
     /// infinite entries.
     pub fn test(
         &self,
@@ -158,7 +158,7 @@ impl<T: Scalar> KrylovFlow<T> {
         }))
     }
 
-    /// η t, after checking t.
+    /// $η t$, after checking $t$.
     fn eta_t(&self, t: T) -> Result<f64> {
         let t = t.to_f64();
         check_time("t", t)?;
@@ -172,7 +172,7 @@ impl<T: Scalar> KrylovFlow<T> {
         Ok(self.problem.eta.to_f64() * t)
     }
 
-    /// f_0 − Y in f64, after checking f_0.
+    /// $f_0 − Y$ in f64, after checking $f_0$.
     fn residual(&self, f0_train: &DMatrix<T>) -> Result<DMatrix<f64>> {
         let targets = &self.problem.targets;
         check_train_outputs(f0_train, targets)?;
@@ -183,7 +183,7 @@ impl<T: Scalar> KrylovFlow<T> {
         ))
     }
 
-    /// g(Θ) r, column by column, by Lanczos.
+    /// $g(Θ) r$, column by column, by Lanczos.
     fn function_times(&self, g: impl Fn(f64) -> f64, r: &DMatrix<f64>) -> Result<DMatrix<f64>> {
         let mut out = DMatrix::zeros(r.nrows(), r.ncols());
         for c in 0..r.ncols() {
@@ -252,11 +252,11 @@ impl<T: Scalar> KrylovFlow<T> {
     }
 }
 
-/// g(T) e₁ for the symmetric tridiagonal T with diagonal `alpha` and off-diagonal
-/// `beta` (length alpha.len() − 1, or more: extra entries are ignored). T's
-/// eigenvalues (Ritz values, inside Θ's spectrum, the extreme ones converging first)
-/// are checked and cleaned as Θ's would be: a clearly negative one means Θ (N × N) is
-/// not positive semi-definite, and those below N·ε·λ_max count as 0.
+/// $g(T) e₁$ for the symmetric tridiagonal $T$ with diagonal `alpha` and off-diagonal
+/// `beta` (length alpha.len() − 1, or more: extra entries are ignored). $T$'s
+/// eigenvalues (Ritz values, inside $Θ$'s spectrum, the extreme ones converging first)
+/// are checked and cleaned as $Θ$'s would be: a clearly negative one means $Θ$ ($N × N$) is
+/// not positive semi-definite, and those below $N·ε·λ_{max}$ count as 0.
 fn small_function<T: Scalar>(
     alpha: &[f64],
     beta: &[f64],

@@ -4,7 +4,7 @@
 //! $L = \tfrac12 Σ_i \lVert f(x_i) − y_i \rVert^2$ moves as
 //! $df_t/dt = −η Θ_t (f_t − y)$, where
 //!
-//! $$Θ(x, x̄) = ⟨∇_θ f(x), ∇_θ f(x̄)⟩$$
+//! $$Θ(x, x̄) = ⟨∇\_θ f(x), ∇\_θ f(x̄)⟩$$
 //!
 //! is the **neural tangent kernel** (Jacot, Gabriel & Hongler 2018). This crate computes
 //! the three objects wide networks are studied through: the empirical NTK of a finite

@@ -1,21 +1,21 @@
 //! Fully connected networks: [`MlpSpec`] describes one, [`Mlp`] is one.
 //!
-//! With inputs as rows, layer l = 1..L computes
+//! With inputs as rows, layer $l = 1..L$ computes
 //!
-//! H^l = s_w X^{l−1} W^{lᵀ} + s_b 1 b^{lᵀ},  X^l = φ_l(H^l),
+//! $$H^l = s_w X^{l−1} W^{lᵀ} + s_b 1 b^{lᵀ}, \qquad X^l = φ_l(H^l),$$
 //!
-//! X⁰ = x, and the network's output is H^L (the last layer is linear).
+//! $X⁰ = x$, and the network's output is $H^L$ (the last layer is linear).
 //! The scales depend on the [`Parameterization`]:
 //!
-//! | | s_w | s_b | W, b drawn from |
+//! | | $s_w$ | $s_b$ | $W, b$ drawn from |
 //! |---|---|---|---|
-//! | NTK (default) | σ_w/√n^{l−1} | σ_b | N(0, 1) |
-//! | Standard | 1 | 1 | W ~ N(0, σ_w²/n^{l−1}), b ~ N(0, σ_b²) |
+//! | NTK (default) | $σ_w/\sqrt{n^{l−1}}$ | $σ_b$ | $N(0, 1)$ |
+//! | Standard | $1$ | $1$ | $W ∼ N(0, σ_w²/n^{l−1})$, $b ∼ N(0, σ_b²)$ |
 //!
 //! These are neural-tangents' `stax.Dense(n, W_std=σ_w, b_std=σ_b, parameterization=…)`.
 //! Both give the same distribution of networks at initialisation; their NTKs differ,
 //! since the gradient with respect to a stored parameter carries its scale. With
-//! σ_b = 0 the layers have no bias parameters.
+//! $σ_b = 0$ the layers have no bias parameters.
 
 use nalgebra::{DMatrix, DVector};
 use rand::Rng;
@@ -32,10 +32,10 @@ use crate::tangent::{DenseUse, LayerTangent};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Parameterization {
-    /// h = (σ_w/√n_in) W x + σ_b b with W, b ~ N(0, 1) (Jacot et al. 2018; neural-tangents' default).
+    /// $h = (σ_w/\sqrt{n_{in}}) W x + σ_b b$ with $W, b ∼ N(0, 1)$ (Jacot et al. 2018; neural-tangents' default).
     #[default]
     Ntk,
-    /// h = W x + b with W ~ N(0, σ_w²/n_in), b ~ N(0, σ_b²): the NTK grows with width.
+    /// $h = W x + b$ with $W ∼ N(0, σ_w²/n_{in})$, $b ∼ N(0, σ_b²)$: the NTK grows with width.
     Standard,
 }
 
@@ -63,7 +63,7 @@ pub struct MlpSpec {
 
 impl MlpSpec {
     /// A network with input dimension `input_dim`, no hidden layers, one output,
-    /// σ_w = 1, σ_b = 0 (no biases), NTK parameterization.
+    /// $σ_w = 1$, $σ_b = 0$ (no biases), NTK parameterization.
     #[must_use]
     pub fn new(input_dim: usize) -> Self {
         MlpSpec {
@@ -83,21 +83,21 @@ impl MlpSpec {
         self
     }
 
-    /// Sets the output dimension k (default 1).
+    /// Sets the output dimension $k$ (default 1).
     #[must_use]
     pub fn outputs(mut self, k: usize) -> Self {
         self.outputs = k;
         self
     }
 
-    /// Sets σ_w for every layer (default 1).
+    /// Sets $σ_w$ for every layer (default 1).
     #[must_use]
     pub fn weight_std(mut self, sigma_w: f64) -> Self {
         self.weight_std = sigma_w;
         self
     }
 
-    /// Sets σ_b for every layer (default 0: no bias parameters).
+    /// Sets $σ_b$ for every layer (default 0: no bias parameters).
     #[must_use]
     pub fn bias_std(mut self, sigma_b: f64) -> Self {
         self.bias_std = sigma_b;
@@ -111,13 +111,13 @@ impl MlpSpec {
         self
     }
 
-    /// Input dimension d.
+    /// Input dimension $d$.
     #[must_use]
     pub fn input_dim(&self) -> usize {
         self.input_dim
     }
 
-    /// Output dimension k.
+    /// Output dimension $k$.
     #[must_use]
     pub fn output_dim(&self) -> usize {
         self.outputs
@@ -129,13 +129,13 @@ impl MlpSpec {
         &self.hidden
     }
 
-    /// σ_w, set by [`weight_std`](Self::weight_std).
+    /// $σ_w$, set by [`weight_std`](Self::weight_std).
     #[must_use]
     pub fn sigma_w(&self) -> f64 {
         self.weight_std
     }
 
-    /// σ_b, set by [`bias_std`](Self::bias_std).
+    /// $σ_b$, set by [`bias_std`](Self::bias_std).
     #[must_use]
     pub fn sigma_b(&self) -> f64 {
         self.bias_std
@@ -147,13 +147,13 @@ impl MlpSpec {
         self.parameterization
     }
 
-    /// Whether the layers carry bias parameters (σ_b > 0).
+    /// Whether the layers carry bias parameters ($σ_b > 0$).
     #[must_use]
     pub fn has_bias(&self) -> bool {
         self.bias_std > 0.0
     }
 
-    /// Layer widths n⁰ = d, n¹, …, n^L = k.
+    /// Layer widths $n⁰ = d, n¹, …, n^L = k$.
     #[must_use]
     pub fn widths(&self) -> Vec<usize> {
         std::iter::once(self.input_dim)
@@ -172,14 +172,14 @@ impl MlpSpec {
         s
     }
 
-    /// Number of parameters P = Σ_l n^l (n^{l−1} + \[σ_b > 0\]); `usize::MAX` for a
+    /// Number of parameters $P = Σ_l n^l (n^{l−1} + \[σ_b > 0\])$; `usize::MAX` for a
     /// spec too large to count, which [`validate`](Self::validate) rejects.
     #[must_use]
     pub fn parameter_count(&self) -> usize {
         self.checked_parameter_count().unwrap_or(usize::MAX)
     }
 
-    /// P, or `None` if it overflows `usize`.
+    /// $P$, or `None` if it overflows `usize`.
     fn checked_parameter_count(&self) -> Option<usize> {
         let bias = usize::from(self.has_bias());
         self.widths().windows(2).try_fold(0_usize, |sum, p| {
@@ -191,7 +191,7 @@ impl MlpSpec {
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for a zero input dimension, width or output
-    /// dimension, more parameters than `usize` counts, a negative or non-finite σ, or
+    /// dimension, more parameters than `usize` counts, a negative or non-finite $σ$, or
     /// an invalid activation.
     pub fn validate(&self) -> Result<()> {
         let positive = |parameter: &'static str, v: usize| {
@@ -239,9 +239,9 @@ impl MlpSpec {
         check_std("bias_std", self.bias_std)
     }
 
-    /// Draws a network: W, b ~ N(0, 1) (NTK parameterization) or
-    /// W ~ N(0, σ_w²/n_in), b ~ N(0, σ_b²) (standard), layer by layer, W row-major
-    /// then b, from `rng`.
+    /// Draws a network: $W, b ∼ N(0, 1)$ (NTK parameterization) or
+    /// $W ∼ N(0, σ_w²/n_{in})$, $b ∼ N(0, σ_b²)$ (standard), layer by layer, $W$ row-major
+    /// then $b$, from `rng`.
     ///
     /// # Errors
     /// If the spec is invalid ([`MlpSpec::validate`]); [`Error::InvalidParameter`]
@@ -273,7 +273,7 @@ impl MlpSpec {
     }
 }
 
-/// One Dense layer. Stores Wᵀ (n_in × n_out), whose column-major storage is W row-major.
+/// One Dense layer. Stores $Wᵀ$ ($n_{in} × n_{out}$), whose column-major storage is $W$ row-major.
 #[derive(Clone, Debug, PartialEq)]
 struct Dense<T: Scalar> {
     weights_t: DMatrix<T>,
@@ -285,7 +285,7 @@ struct Dense<T: Scalar> {
 /// A fully connected network with parameters, generic over `f32`/`f64`.
 ///
 /// Build one with [`MlpSpec::init`]. Parameters are laid out layer by layer,
-/// W^l row-major (n^l × n^{l−1}) then b^l (n^l, when σ_b > 0).
+/// $W^l$ row-major ($n^l × n^{l−1}$) then $b^l$ ($n^l$, when $σ_b > 0$).
 #[derive(Clone, Debug)]
 pub struct Mlp<T: Scalar> {
     spec: MlpSpec,
@@ -294,11 +294,11 @@ pub struct Mlp<T: Scalar> {
 
 /// What the forward pass keeps for the backward pass.
 struct Trace<T: Scalar> {
-    /// X^{l−1}, the input of each layer.
+    /// $X^{l−1}$, the input of each layer.
     inputs: Vec<DMatrix<T>>,
-    /// φ_l'(H^l) for each hidden layer.
+    /// $φ_l\'(H^l)$ for each hidden layer.
     derivatives: Vec<DMatrix<T>>,
-    /// H^L.
+    /// $H^L$.
     output: DMatrix<T>,
 }
 
@@ -352,13 +352,13 @@ impl<T: Scalar> Mlp<T> {
         &self.spec
     }
 
-    /// Number of Dense layers L (hidden layers + the output layer).
+    /// Number of Dense layers $L$ (hidden layers + the output layer).
     #[must_use]
     pub fn depth(&self) -> usize {
         self.layers.len()
     }
 
-    /// W^l for l = 0..L (n^l × n^{l−1}), as stored.
+    /// $W^l$ for $l = 0..L$ ($n^l × n^{l−1}$), as stored.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `layer >= depth()`.
@@ -366,7 +366,7 @@ impl<T: Scalar> Mlp<T> {
         self.layer(layer).map(|d| d.weights_t.transpose())
     }
 
-    /// b^l for l = 0..L, as stored; `None` without biases.
+    /// $b^l$ for $l = 0..L$, as stored; `None` without biases.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `layer >= depth()`.
@@ -389,8 +389,8 @@ impl<T: Scalar> Mlp<T> {
         check_matrix("x", x, None, Some(inputs))
     }
 
-    /// Dense layer `l` applied to `input`: H^l = s_w X W^{lᵀ} + s_b 1 b^{lᵀ} and, for a
-    /// hidden layer, φ(H^l) and (if `with_derivative`) φ'(H^l). Checked: the error
+    /// Dense layer `l` applied to `input`: $H^l = s_w X W^{lᵀ} + s_b 1 b^{lᵀ}$ and, for a
+    /// hidden layer, $φ(H^l)$ and (if `with_derivative`) $φ\'(H^l)$. Checked: the error
     /// names the layer, and the activation, where a value stops being finite.
     fn apply_layer(
         &self,
@@ -459,10 +459,10 @@ impl<T: Scalar> Mlp<T> {
         })
     }
 
-    /// The output gradients G^l = ∂f/∂H^l (N × k·n^l, output c in column block c) of
-    /// the hidden layers, first to last. The output layer's is the identity, ∂f_c/∂H^L
-    /// = e_c, so the last hidden layer's is G^{L−1}_c = s_w W^L\[c, :\] ⊙ φ'(H^{L−1}),
-    /// and then G^{l−1} = (G^l s_w W^l) ⊙ φ'(H^{l−1}).
+    /// The output gradients $G^l = ∂f/∂H^l$ ($N × k·n^l$, output $c$ in column block $c$) of
+    /// the hidden layers, first to last. The output layer's is the identity,
+    /// $∂f_c/∂H^L = e_c$, so the last hidden layer's is $G^{L−1}_c = s_w W^L\[c, :\] ⊙ φ\'(H^{L−1})$,
+    /// and then $G^{l−1} = (G^l s_w W^l) ⊙ φ\'(H^{l−1})$.
     fn backward(&self, trace: &Trace<T>) -> Vec<DMatrix<T>> {
         let n = trace.output.nrows();
         let k = self.spec.outputs;
@@ -510,7 +510,7 @@ impl<T: Scalar> Mlp<T> {
 }
 
 impl<T: Scalar> Dense<T> {
-    /// H = s_w X Wᵀ + s_b 1 bᵀ.
+    /// $H = s_w X Wᵀ + s_b 1 bᵀ$.
     fn pre_activation(&self, x: &DMatrix<T>) -> DMatrix<T> {
         let mut h = DMatrix::<T>::zeros(x.nrows(), self.weights_t.ncols());
         gemm(&mut h, self.weight_scale, x, &self.weights_t, T::zero());

@@ -22,15 +22,15 @@ use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_f
 /// Parameter order: group by group, in the order `layer_tangents` lists them; within a
 /// dense group, W row-major then b (see [`LayerTangent::Dense`]).
 ///
-/// Rows of every input matrix are samples; outputs are N × k.
+/// Rows of every input matrix are samples; outputs are $N × k$.
 pub trait NtkModel<T: Scalar>: Sync {
-    /// Input dimension d (columns of x).
+    /// Input dimension $d$ (columns of $x$).
     fn input_dim(&self) -> usize;
 
-    /// Output dimension k (columns of f(x)).
+    /// Output dimension $k$ (columns of $f(x)$).
     fn output_dim(&self) -> usize;
 
-    /// Number of parameters P.
+    /// Number of parameters $P$.
     fn parameter_count(&self) -> usize;
 
     /// All parameters, in the documented order.
@@ -43,7 +43,7 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// [`Error::NonFinite`] on NaN or infinite entries.
     fn set_parameters(&mut self, params: &DVector<T>) -> Result<()>;
 
-    /// f(x): N × k.
+    /// $f(x)$: $N × k$.
     ///
     /// # Errors
     /// On inputs of the wrong width or with non-finite entries.
@@ -56,7 +56,7 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// On inputs of the wrong width or with non-finite entries.
     fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>>;
 
-    /// f(x) (N × k) and the tangent features of the same batch, from one forward
+    /// $f(x)$ ($N × k$) and the tangent features of the same batch, from one forward
     /// pass where the model can share it (the default runs
     /// [`forward`](NtkModel::forward) and [`layer_tangents`](NtkModel::layer_tangents)).
     /// Training uses it: the outputs give the residual, the tangents its gradient.
@@ -67,9 +67,9 @@ pub trait NtkModel<T: Scalar>: Sync {
         Ok((self.forward(x)?, self.layer_tangents(x)?))
     }
 
-    /// The Jacobian ∂f/∂θ: (N·k) × P, row i·k + c holds ∂f_c(x_i)/∂θ.
+    /// The Jacobian $∂f/∂θ$: $(N·k) × P$, row $i·k + c$ holds $∂f_c(x_i)/∂θ$.
     ///
-    /// This materialises N·k·P numbers: it is the explicit reference, not the way
+    /// This materialises $N·k·P$ numbers: it is the explicit reference, not the way
     /// kernels are computed.
     ///
     /// # Errors
@@ -79,19 +79,19 @@ pub trait NtkModel<T: Scalar>: Sync {
         tangents.jacobian()
     }
 
-    /// The vector–Jacobian product Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ (length P, in the
-    /// parameter order), for a cotangent `cotangent` = r of shape N × k.
+    /// The vector–Jacobian product $Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ$ (length $P$, in the
+    /// parameter order), for a cotangent `cotangent` = $r$ of shape $N × k$.
     ///
-    /// With r = f(X) − Y this is the gradient of the loss ½ ‖f(X) − Y‖²_F, what
+    /// With $r = f(X) − Y$ this is the gradient of the loss $\tfrac12 \lVert f(X) − Y \rVert_F^2$, what
     /// gradient descent needs. It is computed from
-    /// [`layer_tangents`](NtkModel::layer_tangents) without forming J: a dense group
-    /// contributes s_w Σ_u X_uᵀ M_u to W (n_in × n_out, i.e. W row-major) and s_b
-    /// Σ_u 1ᵀ M_u to b, where M_u = Σ_c diag(r_c) G_{u,c} (N × n_out), and a Jacobian
-    /// group its Jᵀ vec(r) (rows i·k + c).
+    /// [`layer_tangents`](NtkModel::layer_tangents) without forming $J$: a dense group
+    /// contributes $s_w Σ_u X_uᵀ M_u$ to $W$ ($n_{in} × n_{out}$, i.e. $W$ row-major) and
+    /// $s_b Σ_u 1ᵀ M_u$ to $b$, where $M_u = Σ_c \mathrm{diag}(r_c) G_{u,c}$ ($N × n_{out}$), and a Jacobian
+    /// group its $Jᵀ \mathrm{vec}(r)$ (rows $i·k + c$).
     ///
     /// # Errors
     /// As [`layer_tangents`](NtkModel::layer_tangents);
-    /// [`Error::ShapeMismatch`] if `cotangent` is not N × k, [`Error::NonFinite`] if
+    /// [`Error::ShapeMismatch`] if `cotangent` is not $N × k$, [`Error::NonFinite`] if
     /// it has NaN or infinite entries.
     fn vjp(&self, x: &DMatrix<T>, cotangent: &DMatrix<T>) -> Result<DVector<T>> {
         let (n, k) = (x.nrows(), self.output_dim());
@@ -107,11 +107,11 @@ pub trait NtkModel<T: Scalar>: Sync {
         tangents.vjp(cotangent)
     }
 
-    /// Each parameter group's share of the empirical NTK between `x1` (N1 × d) and `x2` (N2 × d),
+    /// Each parameter group's share of the empirical NTK between `x1` ($N_1 × d$) and `x2` ($N_2 × d$),
     /// averaged over outputs; they sum to [`empirical_ntk`](crate::empirical_ntk).
     ///
     /// # Errors
-    /// If `x1` or `x2` does not have d columns or has non-finite entries.
+    /// If `x1` or `x2` does not have $d$ columns or has non-finite entries.
     fn layer_kernels(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Vec<LayerKernel<T>>> {
         check_inputs(self.input_dim(), x1, x2)?;
         let k = self.output_dim();

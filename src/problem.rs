@@ -1,9 +1,9 @@
 //! The training problem of the linearised dynamics, checked once for every solver
 //! ([`GradientFlow`](crate::GradientFlow), [`KrylovFlow`](crate::KrylovFlow),
-//! [`KernelRegression`](crate::KernelRegression)): the kernel Θ on the N training
-//! points, the targets Y (N × k) and the learning rate η; the checks of what predictions
+//! [`KernelRegression`](crate::KernelRegression)): the kernel $Θ$ on the $N$ training
+//! points, the targets $Y$ ($N × k$) and the learning rate $η$; the checks of what predictions
 //! take; and the two
-//! spectral functions of gradient flow that every solver applies to Θ.
+//! spectral functions of gradient flow that every solver applies to $Θ$.
 
 use nalgebra::DMatrix;
 
@@ -12,15 +12,15 @@ use crate::error::{
     Error, Result, check_finite, check_matrix, check_positive, check_symmetric_kernel, shape,
 };
 
-/// A checked training problem of the flows: Θ (N × N, finite, symmetric), Y (N × k,
-/// finite) and the learning rate η (finite, > 0).
+/// A checked training problem of the flows: $Θ$ ($N × N$, finite, symmetric), $Y$ ($N × k$,
+/// finite) and the learning rate $η$ (finite, $> 0$).
 #[derive(Clone, Debug)]
 pub(crate) struct TrainingProblem<T: Scalar> {
-    /// Θ in f64, where the factorizations and the Lanczos process run.
+    /// $Θ$ in f64, where the factorizations and the Lanczos process run.
     pub(crate) theta: DMatrix<f64>,
-    /// Y, N × k.
+    /// $Y$, $N × k$.
     pub(crate) targets: DMatrix<T>,
-    /// η.
+    /// $η$.
     pub(crate) eta: T,
 }
 
@@ -29,7 +29,7 @@ impl<T: Scalar> TrainingProblem<T> {
     ///
     /// # Errors
     /// As [`kernel_and_targets`]; [`Error::InvalidParameter`] unless `eta` is finite
-    /// and > 0.
+    /// and $> 0$.
     pub(crate) fn new(theta_train: &DMatrix<T>, y_train: &DMatrix<T>, eta: T) -> Result<Self> {
         let (theta, targets) = kernel_and_targets(theta_train, y_train)?;
         check_positive("eta", eta.to_f64())?;
@@ -42,7 +42,7 @@ impl<T: Scalar> TrainingProblem<T> {
 }
 
 /// Checks `theta_train` (square, finite, symmetric) and `y_train` (finite, one row per
-/// training point): Θ in f64 and Y.
+/// training point): $Θ$ in f64 and $Y$.
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`], [`Error::NonFinite`] or [`Error::NotSymmetric`] naming
@@ -62,29 +62,29 @@ pub(crate) fn kernel_and_targets<T: Scalar>(
     Ok((theta_train.map(|v| v.to_f64()), y_train.clone()))
 }
 
-/// The relative size below which a kernel's eigenvalues are round-off: N·ε, with ε the
+/// The relative size below which a kernel's eigenvalues are round-off: $N·ε$, with $ε$ the
 /// machine epsilon of the scalar type the kernel was given in. Entries accurate to
-/// ε move eigenvalues by up to about N·ε·λ_max, so eigenvalues below N·ε·λ_max cannot be
-/// told from 0: the solvers treat them as 0 (the null space of Θ, where the exact flow
-/// never moves and t = ∞ is the pseudo-inverse limit).
+/// $ε$ move eigenvalues by up to about $N·ε·λ_{max}$, so eigenvalues below $N·ε·λ_{max}$ cannot be
+/// told from 0: the solvers treat them as 0 (the null space of $Θ$, where the exact flow
+/// never moves and $t = ∞$ is the pseudo-inverse limit).
 pub(crate) fn null_space_fraction<T: Scalar>(n: usize) -> f64 {
     n.max(1) as f64 * T::default_epsilon().to_f64()
 }
 
 /// The relative size beyond which a negative eigenvalue is not round-off:
-/// max(10⁻⁸, N·ε). A kernel with λ_min < −that · max |λ| is not positive
-/// semi-definite. 10⁻⁸ leaves room for kernels accurate to about that (quadrature,
+/// $\max(10⁻⁸, N·ε)$. A kernel with $λ_{min} < −\text{that} · \max |λ|$ is not positive
+/// semi-definite. $10⁻⁸$ leaves room for kernels accurate to about that (quadrature,
 /// [`SYMMETRY_TOLERANCE`](crate::error::SYMMETRY_TOLERANCE)).
 fn indefinite_fraction<T: Scalar>(n: usize) -> f64 {
     null_space_fraction::<T>(n).max(1e-8)
 }
 
-/// Checks that the eigenvalues `values` of the symmetric N × N kernel `argument` are
+/// Checks that the eigenvalues `values` of the symmetric $N × N$ kernel `argument` are
 /// those of a positive semi-definite one, and returns them with the round-off ones
-/// (below N·ε·λ_max, negatives included) set to 0.
+/// (below $N·ε·λ_{max}$, negatives included) set to 0.
 ///
 /// # Errors
-/// [`Error::NotPositiveSemidefinite`] if λ_min < −max(10⁻⁸, N·ε)·max |λ|.
+/// [`Error::NotPositiveSemidefinite`] if $λ_{min} < −\max(10⁻⁸, N·ε)·\max |λ|$.
 pub(crate) fn psd_spectrum<T: Scalar>(
     argument: &'static str,
     values: &nalgebra::DVector<f64>,
@@ -118,8 +118,8 @@ pub(crate) fn check_train_outputs<T: Scalar>(
     check_finite("f0_train", f0_train)
 }
 
-/// Checks the inputs of a prediction on M test points against targets Y (N × k):
-/// `f0_test` M × k and `theta_test_train` M × N, both finite.
+/// Checks the inputs of a prediction on $M$ test points against targets $Y$ ($N × k$):
+/// `f0_test` $M × k$ and `theta_test_train` $M × N$, both finite.
 pub(crate) fn check_test_inputs<T: Scalar>(
     f0_test: &DMatrix<T>,
     theta_test_train: &DMatrix<T>,
@@ -140,8 +140,8 @@ pub(crate) fn check_test_inputs<T: Scalar>(
     )
 }
 
-/// e^{−ηtλ}, the factor of the residual along an eigenvalue λ ≥ 0 after gradient flow
-/// for time t (`eta_t` = ηt): 1 at λ = 0, also for t = ∞.
+/// $e^{−ηtλ}$, the factor of the residual along an eigenvalue $λ ≥ 0$ after gradient flow
+/// for time $t$ (`eta_t` = $ηt$): $1$ at $λ = 0$, also for $t = ∞$.
 pub(crate) fn flow_decay<T: Scalar>(eta_t: T, lambda: T) -> T {
     if lambda == T::zero() {
         T::one()
@@ -150,8 +150,8 @@ pub(crate) fn flow_decay<T: Scalar>(eta_t: T, lambda: T) -> T {
     }
 }
 
-/// (1 − e^{−ηtλ})/λ = −expm1(−ηtλ)/λ, the eigenvalue of Θ⁻¹(I − e^{−ηtΘ}) along λ ≥ 0
-/// (`eta_t` = ηt), without cancellation: ηt at λ = 0, and 0 there for t = ∞ (the
+/// $(1 − e^{−ηtλ})/λ = −\mathrm{expm1}(−ηtλ)/λ$, the eigenvalue of $Θ⁻¹(I − e^{−ηtΘ})$ along $λ ≥ 0$
+/// (`eta_t` = $ηt$), without cancellation: $ηt$ at $λ = 0$, and $0$ there for $t = ∞$ (the
 /// pseudo-inverse: directions without curvature never move).
 pub(crate) fn flow_integral<T: Scalar>(eta_t: T, lambda: T) -> T {
     if lambda != T::zero() {

@@ -15,7 +15,7 @@ pub trait Scalar:
     fn from_f64_lossy(x: f64) -> Self;
     /// `self` converted to `f64` (exact).
     fn to_f64(self) -> f64;
-    /// The error function erf(x) = 2/√π ∫₀ˣ e^{−t²} dt.
+    /// The error function $\mathrm{erf}(x) = 2/\sqrt{π} ∫₀ˣ e^{−t²} dt$.
     fn erf(self) -> Self;
 }
 

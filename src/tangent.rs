@@ -2,46 +2,46 @@
 //! one validated form that its Jacobian, its vector–Jacobian products and its kernels
 //! are computed from.
 //!
-//! The empirical NTK of a model f with parameters θ is
+//! The empirical NTK of a model $f$ with parameters $θ$ is
 //!
-//! Θ(x, x̄) = ⟨∇θ f(x), ∇θ f(x̄)⟩ = Σ_p ∂f(x)/∂θ_p · ∂f(x̄)/∂θ_p.
+//! $$Θ(x, x̄) = ⟨∇\_θ f(x), ∇\_θ f(x̄)⟩ = Σ_p ∂f(x)/∂θ_p · ∂f(x̄)/∂θ_p.$$
 //!
-//! For a dense layer h = s_w W x + s_b b used once, with G = ∂f/∂h (one row per
-//! sample), the chain rule gives ∂f/∂W = s_w Gᵀ x and ∂f/∂b = s_b G, so its share of Θ
-//! is s_w² (x · x̄)(g · ḡ) + s_b² (g · ḡ), and over a batch
-//! s_w² (X₁ X₂ᵀ) ⊙ (G₁ G₂ᵀ) + s_b² G₁ G₂ᵀ: two Gram matrices and a Hadamard product,
-//! never the N × P Jacobian. A weight used at several places (shared across the steps
+//! For a dense layer $h = s_w W x + s_b b$ used once, with $G = ∂f/∂h$ (one row per
+//! sample), the chain rule gives $∂f/∂W = s_w Gᵀ x$ and $∂f/∂b = s_b G$, so its share of $Θ$
+//! is $s_w^2 (x · x̄)(g · \bar g) + s_b^2 (g · \bar g)$, and over a batch
+//! $s_w^2 (X_1 X_2ᵀ) ⊙ (G_1 G_2ᵀ) + s_b^2 G_1 G_2ᵀ$: two Gram matrices and a Hadamard product,
+//! never the $N × P$ Jacobian. A weight used at several places (shared across the steps
 //! of a recurrent net, the positions of a convolution, or inside a residual block) has
-//! ∂f/∂W = s_w Σ_u G_uᵀ X_u, so its share is the double sum over uses
-//! s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ); a bias added at several places has
-//! ∂f/∂b = s_b Σ_u G_u and the share s_b² (Σ_u G₁_u)(Σ_v G₂_v)ᵀ.
+//! $∂f/∂W = s_w Σ_u G_uᵀ X_u$, so its share is the double sum over uses
+//! $s_w^2 Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ)$; a bias added at several places has
+//! $∂f/∂b = s_b Σ_u G_u$ and the share $s_b^2 (Σ_u G_{1,u})(Σ_v G_{2,v})ᵀ$.
 //!
 //! A model lists its parameter groups as [`LayerTangent`]s: a weight matrix with the
-//! inputs X_u and output gradients G_u of each of its uses, and optionally a bias at
+//! inputs $X_u$ and output gradients $G_u$ of each of its uses, and optionally a bias at
 //! the same places ([`LayerTangent::Dense`]); a bias on its own, at one or more
 //! places ([`LayerTangent::Bias`]); or parameters of any other shape through their
 //! Jacobian block ([`LayerTangent::Jacobian`]). The crate validates them once (every
-//! shape against the batch's N samples and k outputs) and computes the Jacobian, the
+//! shape against the batch's $N$ samples and $k$ outputs) and computes the Jacobian, the
 //! vector–Jacobian product and the kernels from that one validated form.
 //!
 //! # A shared weight, two ways
 //!
-//! A weight W (n_out × n_in) used U times enters a kernel in one of two ways:
-//! - through its uses: U² Gram pairs (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ), i.e.
-//!   U² (n_in + q·n_out) multiply-adds per kernel entry, where q = k when the k outputs
-//!   are averaged ([`empirical_ntk`](crate::empirical_ntk)) and q = k² when every pair
+//! A weight $W$ ($n_{out} × n_{in}$) used $U$ times enters a kernel in one of two ways:
+//! - through its uses: $U^2$ Gram pairs $(X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ)$, i.e.
+//!   $U^2 (n_{in} + q·n_{out})$ multiply-adds per kernel entry, where $q = k$ when the $k$ outputs
+//!   are averaged ([`empirical_ntk`](crate::empirical_ntk)) and $q = k^2$ when every pair
 //!   of outputs is kept ([`empirical_ntk_full`](crate::empirical_ntk_full)); a bias at
-//!   the same places comes at no extra GEMM, since Σ_{u,v} G₁_u G₂_vᵀ is formed anyway;
-//! - through its per-sample gradients D_i = s_w Σ_u G_u\[i\]ᵀ X_u\[i\] (k·n_out·n_in
-//!   numbers per sample, formed in O(N·U·k·n_out·n_in)): q·n_out·n_in multiply-adds per
-//!   kernel entry, plus q·n_out for a bias (its gradients pre-summed, Σ_u G_u).
+//!   the same places comes at no extra GEMM, since $Σ_{u,v} G_{1,u} G_{2,v}ᵀ$ is formed anyway;
+//! - through its per-sample gradients $D_i = s_w Σ_u G_u\[i\]ᵀ X_u\[i\]$ ($k·n_{out}·n_{in}$
+//!   numbers per sample, formed in $O(N·U·k·n_{out}·n_{in})$): $q·n_{out}·n_{in}$ multiply-adds per
+//!   kernel entry, plus $q·n_{out}$ for a bias (its gradients pre-summed, $Σ_u G_u$).
 //!
 //! The uses are the default: they need no conversion and no extra memory. The kernels
 //! switch a weight to its per-sample gradients when that at least halves the work,
-//! 2·q·n_out·(n_in + \[bias\]) ≤ U²·(n_in + q·n_out). An MLP layer (U = 1) therefore
-//! always keeps its uses; a convolution filter used at 16 positions with n_in = 384
-//! (3 taps × 128 channels), n_out = 128 and k = 1 switches (49 152 against 131 072).
-//! When they are chosen, the per-sample gradients hold at most U/2 times as many
+//! $2·q·n_{out}·(n_{in} + \[\text{bias}\]) ≤ U^2·(n_{in} + q·n_{out})$. An MLP layer ($U = 1$) therefore
+//! always keeps its uses; a convolution filter used at 16 positions with $n_{in} = 384$
+//! (3 taps × 128 channels), $n_{out} = 128$ and $k = 1$ switches (49 152 against 131 072).
+//! When they are chosen, the per-sample gradients hold at most $U/2$ times as many
 //! numbers as the uses they replace. A bias without a weight
 //! ([`LayerTangent::Bias`]) is always pre-summed.
 
@@ -51,16 +51,16 @@ use crate::Scalar;
 use crate::error::{Error, Result, first_non_finite, first_non_finite_entry, shape};
 use crate::linalg::{columns_transposed, gemm_nt, try_zeros};
 
-/// One use of a dense layer's parameters on a batch of N samples.
+/// One use of a dense layer's parameters on a batch of $N$ samples.
 ///
-/// The layer computes h = s_w W x + s_b b with W of shape n_out × n_in.
+/// The layer computes $h = s_w W x + s_b b$ with $W$ of shape $n_{out} × n_{in}$.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseUse<T: Scalar> {
-    /// X: N × n_in, the input the layer received at this use (one row per sample).
+    /// $X$: $N × n_{in}$, the input the layer received at this use (one row per sample).
     pub input: DMatrix<T>,
-    /// G: N × (k·n_out), the gradient of the model's outputs with respect to the
-    /// layer's pre-activation h at this use. Column block c (columns
-    /// c·n_out .. (c+1)·n_out) holds ∂f_c/∂h for output c = 0..k.
+    /// $G$: $N × (k·n_{out})$, the gradient of the model's outputs with respect to the
+    /// layer's pre-activation $h$ at this use. Column block $c$ (columns
+    /// $c·n_{out}$ up to $(c+1)·n_{out}$) holds $∂f_c/∂h$ for output $c$, $0 ≤ c < k$.
     pub output_grad: DMatrix<T>,
 }
 
@@ -69,60 +69,60 @@ pub struct DenseUse<T: Scalar> {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum LayerTangent<T: Scalar> {
-    /// A dense layer h = s_w W x + s_b b (W: n_out × n_in), possibly used several times
+    /// A dense layer $h = s_w W x + s_b b$ ($W$: $n_{out} × n_{in}$), possibly used several times
     /// (a shared weight; the bias, if any, is added at every use).
     ///
-    /// Its parameters are laid out as W row-major (W\[a, b\] at a·n_in + b), then b
+    /// Its parameters are laid out as $W$ row-major ($W\[a, b\]$ at $a·n_{in} + b$), then $b$
     /// if `bias_scale` is `Some`. Without uses the group has no parameters.
     Dense {
-        /// s_w, the factor in front of W x (σ_w/√n_in in the NTK parameterization).
+        /// $s_w$, the factor in front of $W x$ ($σ_w/\sqrt{n_{in}}$ in the NTK parameterization).
         weight_scale: T,
-        /// s_b, the factor in front of b; `None` when the layer has no bias parameters.
+        /// $s_b$, the factor in front of $b$; `None` when the layer has no bias parameters.
         bias_scale: Option<T>,
-        /// Every use of W (and b) in the forward pass.
+        /// Every use of $W$ (and $b$) in the forward pass.
         uses: Vec<DenseUse<T>>,
     },
-    /// A bias vector b (n_out entries) added as s_b b at one or more places, without a
+    /// A bias vector $b$ ($n_{out}$ entries) added as $s_b b$ at one or more places, without a
     /// weight matrix of its own (a recurrent net's bias added at every step, a bias
-    /// added after a sum of several dense outputs): ∂f/∂b = s_b Σ_u G_uᵀ 1.
+    /// added after a sum of several dense outputs): $∂f/∂b = s_b Σ_u G_uᵀ 1$.
     ///
-    /// Its parameters are b. Without uses the group has no parameters.
+    /// Its parameters are $b$. Without uses the group has no parameters.
     Bias {
-        /// s_b, the factor in front of b.
+        /// $s_b$, the factor in front of $b$.
         scale: T,
-        /// G_u: N × (k·n_out) for every place u where b is added, the gradient of the
-        /// outputs with respect to the vector b is added to; output c in column block
-        /// c, as for [`DenseUse::output_grad`].
+        /// $G_u$: $N × (k·n_{out})$ for every place $u$ where $b$ is added, the gradient of the
+        /// outputs with respect to the vector $b$ is added to; output $c$ in column block
+        /// $c$, as for [`DenseUse::output_grad`].
         output_grads: Vec<DMatrix<T>>,
     },
-    /// Parameters of any other shape, given by their Jacobian block ∂f/∂θ:
-    /// (N·k) × p, row i·k + c holds ∂f_c(x_i)/∂θ.
+    /// Parameters of any other shape, given by their Jacobian block $∂f/∂θ$:
+    /// $(N·k) × p$, row $i·k + c$ holds $∂f_c(x_i)/∂θ$.
     Jacobian(DMatrix<T>),
-    /// The dense layer that produces the model's outputs, f = s_w W x + s_b b with W of
-    /// shape k × n_in. Its output gradient is the identity (∂f_c/∂f_a = δ_ca), so only
+    /// The dense layer that produces the model's outputs, $f = s_w W x + s_b b$ with $W$ of
+    /// shape $k × n_{in}$. Its output gradient is the identity ($∂f_c/∂f_a = δ_{ca}$), so only
     /// its input is given: the same group as a [`LayerTangent::Dense`] with one use
-    /// whose `output_grad` is the N × k² matrix of unit rows, without that matrix (and
-    /// its share of the kernel is s_w² X₁X₂ᵀ + s_b² on every output).
+    /// whose `output_grad` is the $N × k^2$ matrix of unit rows, without that matrix (and
+    /// its share of the kernel is $s_w^2 X_1 X_2ᵀ + s_b^2$ on every output).
     ///
-    /// Parameters as for `Dense`: W row-major, then b if `bias_scale` is `Some`.
+    /// Parameters as for `Dense`: $W$ row-major, then $b$ if `bias_scale` is `Some`.
     Readout {
-        /// s_w, the factor in front of W x.
+        /// $s_w$, the factor in front of $W x$.
         weight_scale: T,
-        /// s_b, the factor in front of b; `None` without bias parameters.
+        /// $s_b$, the factor in front of $b$; `None` without bias parameters.
         bias_scale: Option<T>,
-        /// X: N × n_in, the layer's input (one row per sample).
+        /// $X$: $N × n_{in}$, the layer's input (one row per sample).
         input: DMatrix<T>,
     },
 }
 
-/// One parameter group's share of the empirical NTK, averaged over the k outputs.
+/// One parameter group's share of the empirical NTK, averaged over the $k$ outputs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerKernel<T: Scalar> {
-    /// The weight term s_w² Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) / k, N1 × N2
-    /// (for a [`LayerTangent::Jacobian`] group, its J₁ J₂ᵀ / k; zero for a
+    /// The weight term $s_w^2 Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ) / k$, $N_1 × N_2$
+    /// (for a [`LayerTangent::Jacobian`] group, its $J_1 J_2ᵀ / k$; zero for a
     /// [`LayerTangent::Bias`] group).
     pub weights: DMatrix<T>,
-    /// The bias term s_b² Σ_{u,v} G₁_u G₂_vᵀ / k, N1 × N2; `None` without bias parameters.
+    /// The bias term $s_b^2 Σ_{u,v} G_{1,u} G_{2,v}ᵀ / k$, $N_1 × N_2$; `None` without bias parameters.
     pub bias: Option<DMatrix<T>>,
 }
 
@@ -137,17 +137,17 @@ impl<T: Scalar> LayerKernel<T> {
     }
 }
 
-/// How the k outputs appear in a kernel.
+/// How the $k$ outputs appear in a kernel.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Layout {
-    /// Averaged over the k outputs: N1 × N2.
+    /// Averaged over the $k$ outputs: $N_1 × N_2$.
     Trace,
-    /// All output pairs: (N1·k) × (N2·k), row i·k + c for output c of sample i.
+    /// All output pairs: $(N_1·k) × (N_2·k)$, row $i·k + c$ for output $c$ of sample $i$.
     Full,
 }
 
 impl Layout {
-    /// Kernel rows (and columns) per sample: 1 or k.
+    /// Kernel rows (and columns) per sample: 1 or $k$.
     pub(crate) fn per_sample(self, k: usize) -> usize {
         match self {
             Layout::Trace => 1,
@@ -155,12 +155,12 @@ impl Layout {
         }
     }
 
-    /// Output pairs contracted per pair of samples: the k diagonal ones, or all k².
+    /// Output pairs contracted per pair of samples: the $k$ diagonal ones, or all $k^2$.
     fn output_pairs(self, k: usize) -> usize {
         k * self.per_sample(k)
     }
 
-    /// The factor in front of every term: 1/k for the average over outputs, else 1.
+    /// The factor in front of every term: $1/k$ for the average over outputs, else 1.
     fn norm<T: Scalar>(self, k: usize) -> T {
         match self {
             Layout::Trace => T::one() / T::from_f64_lossy(k as f64),
@@ -169,8 +169,8 @@ impl Layout {
     }
 }
 
-/// One pair of outputs (c, d) in the full layout: the kernel entries
-/// (i·k + c, j·k + d), from column block c of the first batch's gradients and block d
+/// One pair of outputs $(c, d)$ in the full layout: the kernel entries
+/// $(i·k + c, j·k + d)$, from column block $c$ of the first batch's gradients and block $d$
 /// of the second's.
 #[derive(Clone, Copy, Debug)]
 struct OutputPair {
@@ -179,12 +179,12 @@ struct OutputPair {
 }
 
 impl OutputPair {
-    /// All k² pairs.
+    /// All $k^2$ pairs.
     fn all(k: usize) -> impl Iterator<Item = OutputPair> {
         (0..k).flat_map(move |c| (0..k).map(move |d| OutputPair { c, d }))
     }
 
-    /// The entries of this pair in a kernel tile with k rows and columns per sample.
+    /// The entries of this pair in a kernel tile with $k$ rows and columns per sample.
     fn entries<'b, T: Scalar>(
         self,
         tile: &'b mut DMatrixViewMut<'_, T>,
@@ -199,15 +199,15 @@ impl OutputPair {
 /// batches' groups contract only if their shapes agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
-    /// W (n_out × n_in), and b (n_out) if `bias`.
+    /// $W$ ($n_{out} × n_{in}$), and $b$ ($n_{out}$) if `bias`.
     Dense {
         n_in: usize,
         n_out: usize,
         bias: bool,
     },
-    /// b (n_out) alone.
+    /// $b$ ($n_{out}$) alone.
     Bias { n_out: usize },
-    /// p parameters of any shape.
+    /// $p$ parameters of any shape.
     Jacobian { parameters: usize },
     /// A group without uses: no parameters.
     Empty,
@@ -228,8 +228,8 @@ impl Shape {
     }
 }
 
-/// Gradients given per sample: ∂f_c(x_i)/∂θ_a = scale · grads\[(i, c·p + a)\] for the p
-/// parameters θ of a part of a group (N × k·p).
+/// Gradients given per sample: $∂f_c(x_i)/∂θ_a$ = `scale` · `grads[(i, c·p + a)]` for the $p$
+/// parameters $θ$ of a part of a group ($N × k·p$).
 #[derive(Clone, Debug)]
 struct PerSample<T: Scalar> {
     scale: T,
@@ -241,7 +241,7 @@ struct PerSample<T: Scalar> {
 struct Uses<T: Scalar> {
     weight_scale: T,
     bias_scale: Option<T>,
-    /// Validated: every input N × n_in, every output gradient N × (k·n_out).
+    /// Validated: every input $N × n_{in}$, every output gradient $N × (k·n_{out})$.
     uses: Vec<DenseUse<T>>,
 }
 
@@ -250,7 +250,7 @@ struct Uses<T: Scalar> {
 struct Readout<T: Scalar> {
     weight_scale: T,
     bias_scale: Option<T>,
-    /// Validated: N × n_in.
+    /// Validated: $N × n_{in}$.
     input: DMatrix<T>,
 }
 
@@ -275,7 +275,7 @@ struct Group<T: Scalar> {
     form: Form<T>,
 }
 
-/// Tangent features validated against a batch of N samples and a model with k
+/// Tangent features validated against a batch of $N$ samples and a model with $k$
 /// outputs: the form the Jacobian, the vector–Jacobian product and the kernels are
 /// computed from.
 #[derive(Clone, Debug)]
@@ -480,7 +480,7 @@ impl<T: Scalar> Group<T> {
     }
 
     /// The output layer `r` of this group as a dense group with one use, its output
-    /// gradient the N × k² matrix of unit rows e_c.
+    /// gradient the $N × k^2$ matrix of unit rows $e_c$.
     fn with_uses(&self, r: &Readout<T>) -> Self {
         let Shape::Dense { n_out: k, .. } = self.shape else {
             unreachable!("a readout is a dense group")
@@ -593,9 +593,9 @@ impl<T: Scalar> Group<T> {
 }
 
 impl<T: Scalar> Uses<T> {
-    /// D with D\[i, c·p + a·n_in + b\] = Σ_u G_u\[i, c·n_out + a\] X_u\[i, b\], scaled by
-    /// s_w: the weight's gradients per sample (W row-major within each output block).
-    /// `allocate(rows, cols)` gives the zero N × k·p matrix to accumulate D in; `None`
+    /// $D$ with $D\[i, c·p + a·n_{in} + b\] = Σ_u G_u\[i, c·n_{out} + a\] X_u\[i, b\]$, scaled by
+    /// $s_w$: the weight's gradients per sample ($W$ row-major within each output block).
+    /// `allocate(rows, cols)` gives the zero $N × k·p$ matrix to accumulate $D$ in; `None`
     /// if it cannot.
     fn weight_per_sample(
         &self,
@@ -624,7 +624,7 @@ impl<T: Scalar> Uses<T> {
         })
     }
 
-    /// Σ_u G_u scaled by s_b: the bias's gradients per sample.
+    /// $Σ_u G_u$ scaled by $s_b$: the bias's gradients per sample.
     fn bias_per_sample(&self) -> Option<PerSample<T>> {
         let scale = self.bias_scale?;
         let mut uses = self.uses.iter();
@@ -636,7 +636,7 @@ impl<T: Scalar> Uses<T> {
     }
 
     /// The form of [`Group::to_per_sample`], consuming the uses (the bias sum reuses
-    /// the first output gradient's storage); the uses themselves if D cannot be
+    /// the first output gradient's storage); the uses themselves if $D$ cannot be
     /// allocated.
     fn into_per_sample(self, shape: Shape) -> Form<T> {
         let allocate = |rows, cols| try_zeros(rows, cols, "", String::new).ok();
@@ -675,7 +675,7 @@ pub(crate) fn check_kernel_finite<T: Scalar>(result: &'static str, m: &DMatrix<T
     }
 }
 
-/// Reused products of one tile: X₁ X₂ᵀ and G₁ G₂ᵀ.
+/// Reused products of one tile: $X_1 X_2ᵀ$ and $G_1 G_2ᵀ$.
 pub(crate) struct Scratch<T: Scalar> {
     xx: Option<DMatrix<T>>,
     gg: Option<DMatrix<T>>,
@@ -687,7 +687,7 @@ impl<T: Scalar> Default for Scratch<T> {
     }
 }
 
-/// A buffer of shape `shape`, reused when it already has it (GEMMs with β = 0
+/// A buffer of shape `shape`, reused when it already has it (GEMMs with $β = 0$
 /// overwrite it without reading).
 fn buffer<T: Scalar>(slot: &mut Option<DMatrix<T>>, shape: (usize, usize)) -> &mut DMatrix<T> {
     if slot.as_ref().is_none_or(|m| m.shape() != shape) {
@@ -696,9 +696,9 @@ fn buffer<T: Scalar>(slot: &mut Option<DMatrix<T>>, shape: (usize, usize)) -> &m
     slot.as_mut().expect("just set")
 }
 
-/// The weight term c_w Σ_{u,v} (X₁_u X₂_vᵀ) ⊙ (G₁_u G₂_vᵀ) added to `weights`, and the
-/// bias term c_b Σ_{u,v} G₁_u G₂_vᵀ to `bias`, or to `weights` too when `bias` is
-/// `None` (one pass: (c_w X₁X₂ᵀ + c_b) ⊙ G₁G₂ᵀ).
+/// The weight term $c_w Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ)$ added to `weights`, and the
+/// bias term $c_b Σ_{u,v} G_{1,u} G_{2,v}ᵀ$ to `bias`, or to `weights` too when `bias` is
+/// `None` (one pass: $(c_w X_1X_2ᵀ + c_b) ⊙ G_1G_2ᵀ$).
 fn add_uses<'a, T: Scalar>(
     weights: &mut DMatrixViewMut<'a, T>,
     mut bias: Option<&mut DMatrixViewMut<'a, T>>,
@@ -736,8 +736,8 @@ fn add_uses<'a, T: Scalar>(
     }
 }
 
-/// (c_w, c_b) = (s_w s̄_w, s_b s̄_b) · `norm` from the (weight, bias) scales of a group
-/// on two batches; c_b = 0 without bias.
+/// $(c_w, c_b) = (s_w \bar s_w, s_b \bar s_b) ·$ `norm` from the (weight, bias) scales of a group
+/// on two batches; $c_b = 0$ without bias.
 fn scale_products<T: Scalar>(a: (T, Option<T>), b: (T, Option<T>), norm: T) -> (T, T) {
     let cb = match (a.1, b.1) {
         (Some(s), Some(t)) => s * t * norm,
@@ -746,7 +746,7 @@ fn scale_products<T: Scalar>(a: (T, Option<T>), b: (T, Option<T>), norm: T) -> (
     (a.0 * b.0 * norm, cb)
 }
 
-/// X₁ X₂ᵀ, in the reused buffer `slot`.
+/// $X_1 X_2ᵀ$, in the reused buffer `slot`.
 fn input_gram<'s, T: Scalar>(
     slot: &'s mut Option<DMatrix<T>>,
     x1: &DMatrix<T>,
@@ -757,8 +757,8 @@ fn input_gram<'s, T: Scalar>(
     xx
 }
 
-/// The output layer's kernel from its inputs' Gram matrix `xx`: c_w XX + c_b on every
-/// output (the k diagonal output pairs), added to `weights` and `bias`, or both to
+/// The output layer's kernel from its inputs' Gram matrix `xx`: $c_w XX + c_b$ on every
+/// output (the $k$ diagonal output pairs), added to `weights` and `bias`, or both to
 /// `weights` when `bias` is `None`.
 fn add_readout<'a, T: Scalar>(
     weights: &mut DMatrixViewMut<'a, T>,
@@ -781,7 +781,7 @@ fn add_readout<'a, T: Scalar>(
     }
 }
 
-/// weights += c_w XX and bias += c_b, or weights += c_w XX + c_b when `bias` is `None`.
+/// `weights` += $c_w XX$ and `bias` += $c_b$, or `weights` += $c_w XX + c_b$ when `bias` is `None`.
 fn add_affine<T: Scalar, RS: Dim, CS: Dim>(
     weights: &mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>,
     bias: Option<&mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>>,
@@ -832,7 +832,7 @@ fn add_products_by_column<T: Scalar>(
     }
 }
 
-/// weights += c_w XX ⊙ GG and bias += c_b GG, or weights += (c_w XX + c_b) ⊙ GG when
+/// `weights` += $c_w XX ⊙ GG$ and `bias` += $c_b GG$, or `weights` += $(c_w XX + c_b) ⊙ GG$ when
 /// `bias` is `None`.
 fn add_products<T: Scalar, RS: Dim, CS: Dim>(
     weights: &mut MatrixViewMut<'_, T, Dyn, Dyn, RS, CS>,
@@ -850,9 +850,9 @@ fn add_products<T: Scalar, RS: Dim, CS: Dim>(
     }
 }
 
-/// D\[i, c·p + a·n_in + b\] += Σ_u G_u\[i, c·n_out + a\] X_u\[i, b\] for the uses'
-/// (G_u, X_u) given as column-major slices of N rows; D is N × k·p, p = n_in·n_out.
-/// Column by column of D, all uses at once, so that D is written in one pass (its
+/// $D\[i, c·p + a·n_{in} + b\]$ += $Σ_u G_u\[i, c·n_{out} + a\] X_u\[i, b\]$ for the uses'
+/// $(G_u, X_u)$ given as column-major slices of $N$ rows; $D$ is $N × k·p$, $p = n_{in}·n_{out}$.
+/// Column by column of $D$, all uses at once, so that $D$ is written in one pass (its
 /// columns are many; the uses' columns are few and stay in cache). Multiversioned
 /// (AVX-512, AVX2, baseline; the same IEEE results).
 #[multiversion::multiversion(targets(
@@ -882,8 +882,8 @@ fn weight_gradients<T: Scalar>(
     }
 }
 
-/// c D₁ D₂ᵀ added to `out` for the per-sample gradients of one part on two batches,
-/// c = s₁ s₂ (divided by k for the average over outputs).
+/// $c D_1 D_2ᵀ$ added to `out` for the per-sample gradients of one part on two batches,
+/// $c = s_1 s_2$ (divided by $k$ for the average over outputs).
 fn add_per_sample<T: Scalar>(
     out: &mut DMatrixViewMut<'_, T>,
     d1: &PerSample<T>,
@@ -912,7 +912,7 @@ fn add_per_sample<T: Scalar>(
 }
 
 impl<T: Scalar> PerSample<T> {
-    /// Writes its Jacobian columns: J\[i·k + c, a\] = s D\[i, c·p + a\].
+    /// Writes its Jacobian columns: $J\[i·k + c, a\] = s D\[i, c·p + a\]$.
     fn write_jacobian(&self, mut jac: nalgebra::DMatrixViewMut<'_, T>, k: usize) {
         let p = jac.ncols();
         for (a, mut col) in jac.column_iter_mut().enumerate() {
@@ -922,7 +922,7 @@ impl<T: Scalar> PerSample<T> {
         }
     }
 
-    /// Adds Jᵀ r for its parameters: s Σ_c D_cᵀ r_c.
+    /// Adds $Jᵀ r$ for its parameters: $s Σ_c D_cᵀ r_c$.
     fn add_vjp(&self, out: &mut nalgebra::DVectorViewMut<'_, T>, r: &DMatrix<T>) {
         let p = out.len();
         for c in 0..r.ncols() {
@@ -1035,7 +1035,7 @@ impl<T: Scalar> Tangents<T> {
         })
     }
 
-    /// Number of parameters P over all groups.
+    /// Number of parameters $P$ over all groups.
     pub(crate) fn parameter_count(&self) -> usize {
         self.groups
             .iter()
@@ -1074,10 +1074,10 @@ impl<T: Scalar> Tangents<T> {
         Ok(())
     }
 
-    /// The explicit (N·k) × P Jacobian, row i·k + c holding ∂f_c(x_i)/∂θ.
+    /// The explicit $(N·k) × P$ Jacobian, row $i·k + c$ holding $∂f_c(x_i)/∂θ$.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] (`x`) if its N·k·P numbers cannot be allocated.
+    /// [`Error::InvalidParameter`] (`x`) if its $N·k·P$ numbers cannot be allocated.
     pub(crate) fn jacobian(&self) -> Result<DMatrix<T>> {
         let (n, k) = (self.samples, self.outputs);
         let p = self.parameter_count();
@@ -1151,8 +1151,8 @@ impl<T: Scalar> Tangents<T> {
         self.finite_result("jacobian", jac, finite)
     }
 
-    /// Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ for a cotangent r of shape N × k (checked
-    /// by the caller), without forming J.
+    /// $Jᵀ r = Σ_{i,c} r_{i,c} ∂f_c(x_i)/∂θ$ for a cotangent $r$ of shape $N × k$ (checked
+    /// by the caller), without forming $J$.
     ///
     /// # Errors
     /// [`Error::NonFiniteResult`] if it is not finite (naming the feature at fault).
@@ -1226,7 +1226,7 @@ impl<T: Scalar> Tangents<T> {
     }
 
     /// Adds the kernel between this batch and `other` (checked compatible), summed
-    /// over all groups, to `out`: N1 × N2 ([`Layout::Trace`]) or (N1·k) × (N2·k).
+    /// over all groups, to `out`: $N_1 × N_2$ ([`Layout::Trace`]) or $(N_1·k) × (N_2·k)$.
     pub(crate) fn add_kernel(
         &self,
         other: &Tangents<T>,

@@ -1,10 +1,10 @@
 //! Full-batch gradient descent on the MSE loss, by backpropagation: the real training
 //! that [`GradientFlow`](crate::GradientFlow) predicts for wide networks.
 //!
-//! Each step computes the residual r = f(X) − Y, the gradient of
-//! L = ½ ‖f(X) − Y‖²_F through [`NtkModel::vjp`] (∇θ L = Jᵀ r) and updates
-//! θ ← θ − η ∇θ L. Linearised around θ_0, s such steps give
-//! f_s − Y = (I − ηΘ_0)^s (f_0 − Y) with the empirical NTK Θ_0 = J Jᵀ at
+//! Each step computes the residual $r = f(X) − Y$, the gradient of
+//! $L = \tfrac12 \lVert f(X) − Y \rVert_F^2$ through [`NtkModel::vjp`] ($∇\_θ L = Jᵀ r$) and updates
+//! $θ ← θ − η ∇\_θ L$. Linearised around $θ_0$, $s$ such steps give
+//! $f_s − Y = (I − ηΘ_0)^s (f_0 − Y)$ with the empirical NTK $Θ_0 = J Jᵀ$ at
 //! initialisation: [`GradientFlow::train_gd`](crate::GradientFlow::train_gd).
 
 use nalgebra::{DMatrix, DVector};
@@ -48,20 +48,20 @@ pub struct GradientDescent<T: Scalar> {
 pub struct Trajectory<T: Scalar> {
     /// The recorded step counts, increasing (0 = initialisation).
     pub steps: Vec<usize>,
-    /// f(X_train) at each recorded step, N × k.
+    /// $f(X_{train})$ at each recorded step, $N × k$.
     pub train_outputs: Vec<DMatrix<T>>,
-    /// f(X_test) at each recorded step, M × k.
+    /// $f(X_{test})$ at each recorded step, $M × k$.
     pub test_outputs: Vec<DMatrix<T>>,
-    /// The loss ½ ‖f(X_train) − Y‖²_F at each recorded step.
+    /// The loss $\tfrac12 \lVert f(X_{train}) − Y \rVert_F^2$ at each recorded step.
     pub losses: Vec<T>,
 }
 
 impl<T: Scalar> GradientDescent<T> {
     /// `steps` steps with learning rate `learning_rate` on the sum loss
-    /// ½ Σ_i ‖f(x_i) − y_i‖², recording the start and the end.
+    /// $\tfrac12 Σ_i \lVert f(x_i) − y_i \rVert^2$, recording the start and the end.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] unless `learning_rate` is finite and > 0.
+    /// [`Error::InvalidParameter`] unless `learning_rate` is finite and $> 0$.
     pub fn new(learning_rate: T, steps: usize) -> Result<Self> {
         check_positive("learning_rate", learning_rate.to_f64())?;
         Ok(GradientDescent {
@@ -107,7 +107,7 @@ impl<T: Scalar> GradientDescent<T> {
         Ok(self)
     }
 
-    /// The learning rate η.
+    /// The learning rate $η$.
     #[must_use]
     pub fn learning_rate(&self) -> T {
         self.learning_rate
@@ -120,11 +120,11 @@ impl<T: Scalar> GradientDescent<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `x_train` or `x_test` does not have the model's
-    /// input dimension or `y_train` is not N × k; [`Error::NonFinite`] on NaN or
+    /// input dimension or `y_train` is not $N × k$; [`Error::NonFinite`] on NaN or
     /// infinite entries; [`Error::NonFiniteResult`] if the model's outputs or tangents
     /// are not finite before any step (nothing to do with the learning rate);
     /// [`Error::InvalidParameter`] (`learning_rate`) if training diverges to
-    /// non-finite values after some steps (η above the stable 2/λ_max(Θ)).
+    /// non-finite values after some steps ($η$ above the stable $2/λ_{max}(Θ)$).
     pub fn train<M: NtkModel<T> + ?Sized>(
         &self,
         model: &mut M,

@@ -15,10 +15,10 @@ pub trait Architecture: sealed::Sealed {
     /// The finite network of the architecture.
     type Network<T: Scalar>: NtkModel<T> + Clone;
 
-    /// Input dimension d.
+    /// Input dimension $d$.
     fn input_dim(&self) -> usize;
 
-    /// Output dimension k.
+    /// Output dimension $k$.
     fn output_dim(&self) -> usize;
 
     /// A network whose hidden layers all have width `width`, parameters drawn from `rng`.

@@ -1,9 +1,9 @@
 //! How fast a finite network's NTK approaches the infinite-width limit.
 //!
-//! At initialisation the empirical NTK Θ_n of a width-n network fluctuates around Θ̊
-//! with standard deviation O(n^{−1/2}) (Yang 2020, Tensor Programs II, Figure 1), so
-//! the relative Frobenius error ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F averaged over seeds falls like
-//! n^{−1/2}: a slope of −1/2 on a log-log plot.
+//! At initialisation the empirical NTK $Θ_n$ of a width-$n$ network fluctuates around $Θ̊$
+//! with standard deviation $O(n^{−1/2})$ (Yang 2020, Tensor Programs II, Figure 1), so
+//! the relative Frobenius error $\lVert Θ_n − Θ̊ \rVert_F / \lVert Θ̊ \rVert_F$ averaged over
+//! seeds falls like $n^{−1/2}$: a slope of $−1/2$ on a log-log plot.
 
 use nalgebra::DMatrix;
 use rand::SeedableRng;
@@ -17,9 +17,9 @@ use super::{Architecture, InfiniteWidth};
 /// The relative NTK error of one width, over seeds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WidthPoint {
-    /// The hidden width n (every hidden layer).
+    /// The hidden width $n$ (every hidden layer).
     pub width: usize,
-    /// ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F for each seed, in the order of the seeds.
+    /// $\lVert Θ_n − Θ̊ \rVert_F / \lVert Θ̊ \rVert_F$ for each seed, in the order of the seeds.
     pub errors: Vec<f64>,
     /// Mean of `errors`.
     pub mean: f64,
@@ -32,18 +32,18 @@ pub struct WidthPoint {
 pub struct WidthStudy {
     /// One point per width, in the order given.
     pub points: Vec<WidthPoint>,
-    /// The least-squares slope of ln(mean error) against ln(width): about −1/2.
+    /// The least-squares slope of $\ln(\text{mean error})$ against $\ln(\text{width})$: about $−1/2$.
     pub slope: f64,
-    /// The fit's intercept: mean error ≈ e^{intercept} · width^{slope}.
+    /// The fit's intercept: mean error $≈ e^{\text{intercept}} · \text{width}^{\text{slope}}$.
     pub intercept: f64,
 }
 
-/// Measures ‖Θ_n − Θ̊‖_F / ‖Θ̊‖_F for networks of each hidden width in `widths`
-/// (every hidden layer of `spec` set to that width), one network per seed
-/// (`StdRng::seed_from_u64(seed)`), on the inputs `x` (N × d), and fits the log-log
+/// Measures $\lVert Θ_n − Θ̊ \rVert_F / \lVert Θ̊ \rVert_F$ for networks of each hidden width
+/// in `widths` (every hidden layer of `spec` set to that width), one network per seed
+/// (`StdRng::seed_from_u64(seed)`), on the inputs `x` ($N × d$), and fits the log-log
 /// slope of the mean error against the width.
 ///
-/// Θ̊ is [`infinite_width`](crate::infinite_width)'s NTK, computed once per width
+/// $Θ̊$ is [`infinite_width`](crate::infinite_width)'s NTK, computed once per width
 /// (it depends on the width only in the standard parameterization).
 ///
 /// ```
@@ -63,8 +63,8 @@ pub struct WidthStudy {
 /// [`Error::InvalidParameter`] if `spec` is invalid, fewer than two distinct widths
 /// are given, a width is 0, or `seeds` is empty; [`Error::ShapeMismatch`] or
 /// [`Error::NonFinite`] for bad inputs `x`; [`Error::NonFiniteResult`] for inputs on
-/// which the relative error or its logarithm is undefined (Θ̊ = 0, or a mean error of
-/// 0 or ∞).
+/// which the relative error or its logarithm is undefined ($Θ̊ = 0$, or a mean error of
+/// $0$ or $∞$).
 pub fn width_convergence<A: Architecture + ?Sized>(
     architecture: &A,
     x: &DMatrix<f64>,
@@ -163,7 +163,7 @@ pub fn width_convergence<A: Architecture + ?Sized>(
     })
 }
 
-/// Least-squares line y = slope·x + intercept through `(x, y)` points.
+/// Least-squares line $y = \text{slope}·x + \text{intercept}$ through `(x, y)` points.
 fn fit_line(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
     let mx = points.iter().map(|p| p.0).sum::<f64>() / n;

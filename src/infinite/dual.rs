@@ -1,40 +1,42 @@
-//! Gaussian expectations of activations: the "dual" of φ that the kernel recursion
+//! Gaussian expectations of activations: the "dual" of $φ$ that the kernel recursion
 //! applies at every hidden layer.
 //!
-//! For (u, v) ~ N(0, [[q₁, c], [c, q₂]]) the recursion needs
+//! For $(u, v) ∼ N(0, [[q_1, c], [c, q_2]])$ the recursion needs
 //!
-//! C = E φ(u) ψ(v)  and  Ċ = E φ'(u) ψ'(v)
+//! $$C = E φ(u) ψ(v) \quad \text{and} \quad \dot C = E φ\'(u) ψ\'(v)$$
 //!
-//! (ψ = φ in an MLP). With σᵢ = √qᵢ, ρ = c/(σ₁σ₂) (clamped to [−1, 1], snapped to ±1
-//! within four ulps) and θ = arccos ρ, the closed forms for ψ = φ are:
+//! ($ψ = φ$ in an MLP). With $σ_i = \sqrt{q_i}$, $ρ = c/(σ_1σ_2)$ (clamped to $[−1, 1]$, snapped to $±1$
+//! within four ulps) and $θ = \arccos ρ$, the closed forms for $ψ = φ$ are:
 //!
-//! | φ | C | Ċ |
+//! | $φ$ | $C$ | $\dot C$ |
 //! |---|---|---|
-//! | a·min(x,0) + b·max(x,0) | σ₁σ₂/(2π) [(a²+b²)(sin θ + (π−θ) ρ) − 2ab (sin θ − θ ρ)] | [(a²+b²)(π−θ) + 2ab θ]/(2π) |
-//! | erf | (2/π) atan2(2c, √Δ) | (4/π)/√Δ |
-//! | x | c | 1 |
-//! | sin | ½(e^{−m₋/2} − e^{−m₊/2}) | ½(e^{−m₋/2} + e^{−m₊/2}) |
-//! | x Φ(x) | c/4 + (c A + G/D)/(2π) | 1/4 + A/(2π) + c (2k − M/(s₁s₂D²))/(2π D) |
+//! | $a·\min(x,0) + b·\max(x,0)$ | $σ_1σ_2/(2π) [(a^2+b^2)(\sin θ + (π−θ) ρ) − 2ab (\sin θ − θ ρ)]$ | $[(a^2+b^2)(π−θ) + 2ab θ]/(2π)$ |
+//! | $\operatorname{erf}$ | $(2/π) \operatorname{atan2}(2c, \sqrt{Δ})$ | $(4/π)/\sqrt{Δ}$ |
+//! | $x$ | $c$ | $1$ |
+//! | $\sin$ | $\tfrac12(e^{−m_−/2} − e^{−m_+/2})$ | $\tfrac12(e^{−m_−/2} + e^{−m_+/2})$ |
+//! | $x Φ(x)$ | $c/4 + (c A + G/D)/(2π)$ | $1/4 + A/(2π) + c (2k − M/(s_1s_2D^2))/(2π D)$ |
 //!
-//! ReLU is (a, b) = (0, 1), LeakyReLU(α) is (α, 1), Abs is (−1, 1) (the arc-cosine
+//! ReLU is $(a, b) = (0, 1)$, LeakyReLU($α$) is $(α, 1)$, Abs is $(−1, 1)$ (the arc-cosine
 //! kernels of Cho & Saul 2009). Every difference of nearly equal numbers is written
-//! out of these forms through g = q₁q₂ − c² = (σ₁σ₂)²(1 − ρ)(1 + ρ) ≥ 0:
-//! Erf's Δ = (1+2q₁)(1+2q₂) − 4c² = 1 + 2q₁ + 2q₂ + 4g (and
-//! (2/π) arcsin(2c/√((1+2q₁)(1+2q₂))) is the atan2 above); Sin's m∓ = Var(u ∓ v) = (σ₁ − σ₂)² + 2σ₁σ₂(1 ∓ ρ). For GELU,
-//! with sᵢ = 1 + qᵢ: D = √(s₁s₂ − c²) = √(1 + q₁ + q₂ + g), A = arcsin(c/√(s₁s₂)) =
-//! atan2(c, D), k = 1/s₁ + 1/s₂, G = g + k c², M = s₁q₁ + s₂q₂ + s₁s₂ + g(s₁ + s₂)
-//! (so that 2k − M/(s₁s₂D²) = 2k − 1 + G/D², the form of the derivation, without its
-//! cancellation); it follows from x Φ(x) = x P(z ≤ x) with an independent z ~ N(0, 1)
-//! and Gaussian integration by parts, and Ċ = ∂C/∂c (Price's theorem).
+//! out of these forms through $g = q_1q_2 − c^2 = (σ_1σ_2)^2(1 − ρ)(1 + ρ) ≥ 0$:
+//! Erf's $Δ = (1+2q_1)(1+2q_2) − 4c^2 = 1 + 2q_1 + 2q_2 + 4g$ (and
+//! $(2/π) \arcsin(2c/\sqrt{(1+2q_1)(1+2q_2)})$ is the atan2 above); Sin's
+//! $m_∓ = \operatorname{Var}(u ∓ v) = (σ_1 − σ_2)^2 + 2σ_1σ_2(1 ∓ ρ)$. For GELU, with
+//! $s_i = 1 + q_i$: $D = \sqrt{s_1s_2 − c^2} = \sqrt{1 + q_1 + q_2 + g}$,
+//! $A = \arcsin(c/\sqrt{s_1s_2}) = \operatorname{atan2}(c, D)$, $k = 1/s_1 + 1/s_2$,
+//! $G = g + k c^2$, $M = s_1q_1 + s_2q_2 + s_1s_2 + g(s_1 + s_2)$
+//! (so that $2k − M/(s_1s_2D^2) = 2k − 1 + G/D^2$, the form of the derivation, without its
+//! cancellation); it follows from $x Φ(x) = x P(z ≤ x)$ with an independent $z ∼ N(0, 1)$
+//! and Gaussian integration by parts, and $\dot C = ∂C/∂c$ (Price's theorem).
 //!
-//! If one of φ, ψ is the identity, Stein's lemma gives E u ψ(v) = c E ψ'(v) and
-//! E 1·ψ'(v) = E ψ'(v) ([`mean_derivative`]). Every other pair (Tanh, Sigmoid,
+//! If one of $φ$, $ψ$ is the identity, Stein's lemma gives $E u ψ(v) = c E ψ\'(v)$ and
+//! $E 1·ψ\'(v) = E ψ\'(v)$ ([`mean_derivative`]). Every other pair (Tanh, Sigmoid,
 //! Softplus, custom, or two different activations) is integrated numerically, accurate
 //! at any variance (see [`super::expectation`] and the table at
 //! [`GaussHermite::DEFAULT_DEGREE`]).
 //!
-//! At zero variance (a zero-norm input without bias) u ≡ 0 and the expectations use
-//! φ(0), φ'(0) as the network does.
+//! At zero variance (a zero-norm input without bias) $u ≡ 0$ and the expectations use
+//! $φ(0)$, $φ\'(0)$ as the network does.
 
 use std::f64::consts::{FRAC_1_PI, FRAC_2_SQRT_PI, PI};
 use std::sync::Arc;
@@ -49,16 +51,16 @@ use super::quadrature::GaussHermite;
 /// 1/(2π).
 const INV_2PI: f64 = 0.5 * FRAC_1_PI;
 
-/// Relative slack on the Cauchy–Schwarz bound |c| ≤ √(q₁q₂) for covariances computed
+/// Relative slack on the Cauchy–Schwarz bound $|c| ≤ \sqrt{q_1q_2}$ for covariances computed
 /// in floating point.
 const COVARIANCE_SLACK: f64 = 1e-10;
 
 /// The Gaussian expectations of an activation at one pair of inputs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GaussianMoments {
-    /// C = E φ(u) φ(v).
+    /// $C = E φ(u) φ(v)$.
     pub phi_phi: f64,
-    /// Ċ = E φ'(u) φ'(v).
+    /// $\dot C = E φ\'(u) φ\'(v)$.
     pub dphi_dphi: f64,
 }
 
@@ -68,10 +70,10 @@ impl From<(f64, f64)> for GaussianMoments {
     }
 }
 
-/// C and Ċ in closed form, or `None` for activations without one (Tanh, Sigmoid,
+/// $C$ and $\dot C$ in closed form, or `None` for activations without one (Tanh, Sigmoid,
 /// Softplus, custom).
 ///
-/// (u, v) ~ N(0, [[`var1`, `cov`], [`cov`, `var2`]]).
+/// $(u, v) ∼ N(0, [[q_1, c], [c, q_2]])$ with $q_1$ = `var1`, $c$ = `cov` and $q_2$ = `var2`.
 ///
 /// ```
 /// use ntk::Activation;
@@ -87,7 +89,7 @@ impl From<(f64, f64)> for GaussianMoments {
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] if a variance is negative, any argument is not finite,
-/// or |`cov`| exceeds √(`var1` `var2`) by more than round-off (a relative 1e-10).
+/// or $|c|$ exceeds $\sqrt{q_1 q_2}$ by more than round-off (a relative $10^{−10}$).
 pub fn closed_form(
     activation: &Activation,
     var1: f64,
@@ -99,9 +101,9 @@ pub fn closed_form(
     Ok(Closed::of(activation).map(|d| d.eval(var1, cov, var2).into()))
 }
 
-/// C and Ċ by the fixed 2-D tensor Gauss–Hermite rule `rule`, for any activation.
+/// $C$ and $\dot C$ by the fixed 2-D tensor Gauss–Hermite rule `rule`, for any activation.
 ///
-/// Exact for polynomial φ of degree < n; accurate for smooth φ only while the
+/// Exact for polynomial $φ$ of degree $< n$; accurate for smooth $φ$ only while the
 /// variances are small (see the table at [`GaussHermite::DEFAULT_DEGREE`]); on kinks
 /// (ReLU) it converges slowly. [`gaussian_moments`] is accurate at any variance.
 ///
@@ -131,8 +133,8 @@ pub fn quadrature(
     Ok(tensor_quadrature(activation, var1, cov, var2, rule).into())
 }
 
-/// C and Ċ as the kernel recursion computes them: in closed form where there is one,
-/// otherwise numerically, accurate to about 1e-12 relative at any variance (see the
+/// $C$ and $\dot C$ as the kernel recursion computes them: in closed form where there is one,
+/// otherwise numerically, accurate to about $10^{−12}$ relative at any variance (see the
 /// table at [`GaussHermite::DEFAULT_DEGREE`]).
 ///
 /// ```
@@ -147,7 +149,7 @@ pub fn quadrature(
 /// ```
 ///
 /// # Errors
-/// As [`closed_form`], and [`Error::InvalidParameter`] if a custom φ or φ' is not
+/// As [`closed_form`], and [`Error::InvalidParameter`] if a custom $φ$ or $φ\'$ is not
 /// finite where the integration evaluates it.
 pub fn gaussian_moments(
     activation: &Activation,
@@ -196,8 +198,8 @@ fn check_covariance(var1: f64, cov: f64, var2: f64) -> Result<()> {
     Ok(())
 }
 
-/// Σ_{i,j} w_i w_j (φ(u_ij) φ(v_ij), φ'(u_ij) φ'(v_ij)) over the pruned tensor rule in
-/// the Cholesky coordinates (u, v) = (a z₁, l z₁ + m z₂).
+/// $Σ_{i,j} w_i w_j (φ(u_{ij}) φ(v_{ij}), φ\'(u_{ij}) φ\'(v_{ij}))$ over the pruned tensor rule in
+/// the Cholesky coordinates $(u, v) = (a z_1, l z_1 + m z_2)$.
 fn tensor_quadrature(
     activation: &Activation,
     var1: f64,
@@ -236,7 +238,7 @@ fn tensor_quadrature(
     (c, cd)
 }
 
-/// (φ(x), φ'(x)), sharing the work where φ' is a function of φ.
+/// $(φ(x), φ\'(x))$, sharing the work where $φ\'$ is a function of $φ$.
 #[inline]
 fn phi_and_derivative(activation: &Activation, x: f64) -> (f64, f64) {
     match activation {
@@ -252,9 +254,9 @@ fn phi_and_derivative(activation: &Activation, x: f64) -> (f64, f64) {
     }
 }
 
-/// How φ varies, as the numerical integration assumes: analytic within π/2 of the real
+/// How $φ$ varies, as the numerical integration assumes: analytic within $π/2$ of the real
 /// line for Tanh (its poles at ±iπ/2), π for Sigmoid and Softplus; 0 for the kinked
-/// ReLU family (never integrated by Gauss–Hermite); 1 for a custom φ and the entire but
+/// ReLU family (never integrated by Gauss–Hermite); 1 for a custom $φ$ and the entire but
 /// fast-varying Erf, Sin and GELU; Sin oscillates everywhere, so no composite panel
 /// is wider than 1.
 fn smoothness(activation: &Activation) -> Smoothness {
@@ -277,7 +279,7 @@ fn smoothness(activation: &Activation) -> Smoothness {
 }
 
 /// Whether `a` and `b` are the same function: the same variant with the same
-/// parameter, or custom activations sharing their φ and φ' closures.
+/// parameter, or custom activations sharing their $φ$ and $φ\'$ closures.
 pub(crate) fn same_activation(a: &Activation, b: &Activation) -> bool {
     match (a, b) {
         (Activation::LeakyRelu(x), Activation::LeakyRelu(y)) => x.to_bits() == y.to_bits(),
@@ -287,10 +289,10 @@ pub(crate) fn same_activation(a: &Activation, b: &Activation) -> bool {
     }
 }
 
-/// The closed-form duals (ψ = φ).
+/// The closed-form duals ($ψ = φ$).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Closed {
-    /// φ = a·min(x, 0) + b·max(x, 0); `d0` = φ'(0) as the network evaluates it.
+    /// $φ = a·\min(x, 0) + b·\max(x, 0)$; `d0` = $φ\'(0)$ as the network evaluates it.
     ArcCos {
         a: f64,
         b: f64,
@@ -334,7 +336,7 @@ impl Closed {
         }
     }
 
-    /// E φ'(u) for u ~ N(0, q).
+    /// $E φ\'(u)$ for $u ∼ N(0, q)$.
     fn mean_derivative(self, q: f64) -> f64 {
         match self {
             Closed::ArcCos { a, b, d0 } => arccos_side(a, b, d0, q),
@@ -347,18 +349,19 @@ impl Closed {
     }
 }
 
-/// σ₁σ₂ = √q₁·√q₂ (never √(q₁q₂), which under- or overflows where σ₁σ₂ does not)
-/// and ρ = c/σ₁σ₂, clamped and snapped ([`fastmath::correlation`]). The division is
-/// unconditional so that loops over it vectorise: a zero σ₁σ₂ comes with c = 0, hence
-/// ρ = 0, and below 2e-308 (where the kernels underflow anyway) ρ is only approximate.
+/// $σ_1σ_2 = \sqrt{q_1}·\sqrt{q_2}$ (never $\sqrt{q_1q_2}$, which under- or overflows where
+/// $σ_1σ_2$ does not) and $ρ = c/σ_1σ_2$, clamped and snapped ([`fastmath::correlation`]).
+/// The division is unconditional so that loops over it vectorise: a zero $σ_1σ_2$ comes with
+/// $c = 0$, hence $ρ = 0$, and below 2e-308 (where the kernels underflow anyway) $ρ$ is only
+/// approximate.
 #[inline(always)]
 fn std_and_correlation(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     let std = q1.sqrt() * q2.sqrt();
     (std, fastmath::correlation(c / std.max(f64::MIN_POSITIVE)))
 }
 
-/// The arc-cosine kernels at correlation ρ: (C/(σ₁σ₂), Ċ) for
-/// φ = a·min(x, 0) + b·max(x, 0).
+/// The arc-cosine kernels at correlation $ρ$: $(C/(σ_1σ_2), \dot C)$ for
+/// $φ = a·\min(x, 0) + b·\max(x, 0)$.
 #[inline(always)]
 fn arccos_unit(a: f64, b: f64, rho: f64) -> (f64, f64) {
     let (k1, k2) = (a * a + b * b, 2.0 * a * b);
@@ -369,14 +372,14 @@ fn arccos_unit(a: f64, b: f64, rho: f64) -> (f64, f64) {
     (c, cdot)
 }
 
-/// E φ'(u) of the arc-cosine family for u ~ N(0, q): (a + b)/2, or φ'(0) at q = 0.
+/// $E φ\'(u)$ of the arc-cosine family for $u ∼ N(0, q)$: $(a + b)/2$, or $φ\'(0)$ at $q = 0$.
 #[inline(always)]
 fn arccos_side(a: f64, b: f64, d0: f64, q: f64) -> f64 {
     if q > 0.0 { 0.5 * (a + b) } else { d0 }
 }
 
-/// The arc-cosine family's (C, Ċ): C = σ₁σ₂ × the unit kernel; with a zero variance
-/// that side is φ'(0) surely, so Ċ = E φ'(u) E φ'(v). Straight-line code (the
+/// The arc-cosine family's $(C, \dot C)$: $C = σ_1σ_2 ×$ the unit kernel; with a zero variance
+/// that side is $φ\'(0)$ surely, so $\dot C = E φ\'(u) E φ\'(v)$. Straight-line code (the
 /// branch-free arccos, selects) so that loops over it vectorise.
 #[inline(always)]
 fn arccos_moments(a: f64, b: f64, d0: f64, q1: f64, c: f64, q2: f64) -> (f64, f64) {
@@ -384,7 +387,7 @@ fn arccos_moments(a: f64, b: f64, d0: f64, q1: f64, c: f64, q2: f64) -> (f64, f6
     arccos_at(a, b, d0, std, rho, q1, q2)
 }
 
-/// [`arccos_moments`] from σ₁σ₂ and ρ.
+/// [`arccos_moments`] from $σ_1σ_2$ and $ρ$.
 #[inline(always)]
 fn arccos_at(a: f64, b: f64, d0: f64, std: f64, rho: f64, q1: f64, q2: f64) -> (f64, f64) {
     let (unit, d) = arccos_unit(a, b, rho);
@@ -431,9 +434,9 @@ fn arccos_column<F: Fn(f64, f64, f64) -> (f64, f64)>(
     }
 }
 
-/// (c, √g) with c = ρσ₁σ₂ (the covariance clamped to Cauchy–Schwarz) and
-/// √g = √(q₁q₂ − c²) = σ₁σ₂ √((1 − ρ)(1 + ρ)), without the cancellation of the
-/// difference (and without forming q₁q₂, which overflows first).
+/// $(c, \sqrt g)$ with $c = ρσ_1σ_2$ (the covariance clamped to Cauchy–Schwarz) and
+/// $\sqrt g = \sqrt{q_1q_2 − c^2} = σ_1σ_2 \sqrt{(1 − ρ)(1 + ρ)}$, without the cancellation of the
+/// difference (and without forming $q_1q_2$, which overflows first).
 #[inline(always)]
 fn covariance_gap_root(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     let (std, rho) = std_and_correlation(q1, c, q2);
@@ -463,7 +466,7 @@ fn sin_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
 
 /// GELU's (C, Ċ), every term formed as a ratio of comparable numbers so that nothing
 /// overflows before C does: G/D = r(r/D) + (kc)(c/D) and
-/// M/(s₁s₂D²) = (q₁/s₂ + q₂/s₁ + 1)/D² + k (r/D)², with r = √g.
+/// $M/(s_1s_2D^2) = (q_1/s_2 + q_2/s_1 + 1)/D^2 + k (r/D)^2$, with $r = \sqrt g$.
 #[inline(always)]
 fn gelu_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     let (c, r) = covariance_gap_root(q1, c, q2);
@@ -478,7 +481,8 @@ fn gelu_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     (phi, derivative)
 }
 
-/// Per-sample variances q with √q and 1/√q (0 for q = 0), for [`PairDual::eval_column_then`].
+/// Per-sample variances $q$ with $\sqrt q$ and $1/\sqrt q$ (0 for $q = 0$), for
+/// [`PairDual::eval_column_then`].
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Variances {
     q: Vec<f64>,
@@ -497,7 +501,7 @@ impl Variances {
     }
 }
 
-/// E φ(u) ψ(v) and E φ'(u) ψ'(v) for (u, v) ~ N(0, [[q1, c], [c, q2]]), φ and ψ
+/// $E φ(u) ψ(v)$ and $E φ\'(u) ψ\'(v)$ for $(u, v) ∼ N(0, [[q_1, c], [c, q_2]])$, $φ$ and $ψ$
 /// possibly different: the "dual" of a pair of activations, chosen once and evaluated
 /// at many covariances.
 #[derive(Clone, Debug)]
@@ -507,10 +511,10 @@ pub(crate) struct PairDual {
 
 #[derive(Clone, Debug)]
 enum PairKind {
-    /// ψ = φ with a closed form.
+    /// $ψ = φ$ with a closed form.
     Closed(Closed),
-    /// One side is the identity, the `other` not: E u ψ(v) = c E ψ'(v), E ψ'(v), with
-    /// ψ = `other` on the second side (`identity_first`) or the first.
+    /// One side is the identity, the `other` not: $E u ψ(v) = c E ψ\'(v)$, $E ψ\'(v)$, with
+    /// $ψ$ = `other` on the second side (`identity_first`) or the first.
     Stein {
         other: Activation,
         closed: Option<Closed>,
@@ -526,8 +530,8 @@ enum PairKind {
 }
 
 impl PairDual {
-    /// Closed form when φ and ψ are the same activation with one (or one of them is
-    /// Identity: Stein's lemma, E u ψ(v) = c E ψ'(v), E 1·ψ'(v) = E ψ'(v)), accurate
+    /// Closed form when $φ$ and $ψ$ are the same activation with one (or one of them is
+    /// Identity: Stein's lemma, $E u ψ(v) = c E ψ\'(v)$, $E 1·ψ\'(v) = E ψ\'(v)$), accurate
     /// numerical integration otherwise, using `rule` (and smaller Gauss–Hermite rules)
     /// where the variances are small enough for it and composite Gauss–Legendre
     /// elsewhere.
@@ -555,8 +559,8 @@ impl PairDual {
         PairDual { kind }
     }
 
-    /// (C, Ċ) = (E φ(u) ψ(v), E φ'(u) ψ'(v)) at u's variance `q1`, the covariance `c`
-    /// and v's variance `q2` (|c| ≤ √(q1 q2); the correlation is clamped to [−1, 1]).
+    /// $(C, \dot C) = (E φ(u) ψ(v), E φ\'(u) ψ\'(v))$ at $u$'s variance `q1`, the covariance `c`
+    /// and $v$'s variance `q2` ($|c| ≤ \sqrt{q_1 q_2}$; the correlation is clamped to $[−1, 1]$).
     #[inline]
     pub(crate) fn eval(&self, q1: f64, c: f64, q2: f64) -> (f64, f64) {
         match &self.kind {
@@ -578,7 +582,7 @@ impl PairDual {
         }
     }
 
-    /// [`PairDual::eval_column_then`] without a step: (C, Ċ) of column `j` (tests).
+    /// [`PairDual::eval_column_then`] without a step: $(C, \dot C)$ of column `j` (tests).
     #[cfg(test)]
     pub(crate) fn eval_column(
         &self,
@@ -592,10 +596,10 @@ impl PairDual {
         self.eval_column_then(rows, first, c, cols, j, cdot, |c, d, _| (c, d));
     }
 
-    /// Column `j` of a kernel: `c[i]` holds Cov(u_{first+i}, v_j) on entry (rows
-    /// `first..first + c.len()` of `rows`); v_j has variance `cols.q()[j]`. For each
-    /// row, `(c[i], aux[i]) = then(C, Ċ, aux[i])` in the same pass (the kernel
-    /// recursion updates Σ and Θ here; a separate pass over the column costs ~15% on
+    /// Column `j` of a kernel: `c[i]` holds $\operatorname{Cov}(u_{\text{first}+i}, v_j)$ on
+    /// entry (rows `first..first + c.len()` of `rows`); $v_j$ has variance `cols.q()[j]`.
+    /// For each row, `(c[i], aux[i]) = then(C, Ċ, aux[i])` in the same pass (the kernel
+    /// recursion updates $Σ$ and $Θ$ here; a separate pass over the column costs ~15% on
     /// ReLU kernels). As [`PairDual::eval_slice`] with q1 = rows, q2 = the column's, but
     /// on precomputed square roots: the ReLU family then needs no square root or
     /// division per entry (a three-layer ReLU kernel at N = 1024: 47 ms, against 62 ms
@@ -707,7 +711,7 @@ fn numeric_pair(
     }
 }
 
-/// E φ'(u), u ~ N(0, q), numerically.
+/// $E φ\'(u)$, $u ∼ N(0, q)$, numerically.
 fn numeric_mean_derivative(activation: &Activation, q: f64, rules: &Rules) -> f64 {
     mean_moments(
         |x| phi_and_derivative(activation, x),
@@ -718,8 +722,8 @@ fn numeric_mean_derivative(activation: &Activation, q: f64, rules: &Rules) -> f6
     .1
 }
 
-/// E φ'(u) for u ~ N(0, q) (φ'(0) at q = 0), as accurate as the pair moments: in
-/// closed form where φ has one, else by the same numerical integration.
+/// $E φ\'(u)$ for $u ∼ N(0, q)$ ($φ\'(0)$ at $q = 0$), as accurate as the pair moments: in
+/// closed form where $φ$ has one, else by the same numerical integration.
 pub(crate) fn mean_derivative(act: &Activation, q: f64, rule: &GaussHermite) -> f64 {
     match Closed::of(act) {
         Some(closed) => closed.mean_derivative(q),

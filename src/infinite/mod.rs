@@ -1,37 +1,37 @@
-//! Infinite-width kernels: the NNGP kernel Σ and the limiting NTK Θ̊ of an
+//! Infinite-width kernels: the NNGP kernel $Σ$ and the limiting NTK $Θ̊$ of an
 //! [`Architecture`]: an [`MlpSpec`] or any [`Program`].
 //!
 //! As every hidden width grows, a randomly initialised network converges to a Gaussian
-//! process with covariance Σ (the NNGP kernel), and its empirical NTK converges to a
-//! deterministic kernel Θ̊ (Jacot et al. 2018; Yang 2020). For an MLP both follow a
-//! layer recursion. With C⁰ = x·x̄/n⁰ and, at hidden layer l with activation φ_l and
-//! (u, v) ~ N(0, [[Σ^l(x,x), Σ^l(x,x̄)], [Σ^l(x,x̄), Σ^l(x̄,x̄)]]),
+//! process with covariance $Σ$ (the NNGP kernel), and its empirical NTK converges to a
+//! deterministic kernel $Θ̊$ (Jacot et al. 2018; Yang 2020). For an MLP both follow a
+//! layer recursion. With $C^0 = x·x̄/n^0$ and, at hidden layer $l$ with activation $φ_l$ and
+//! $(u, v) ∼ N(0, [[Σ^l(x,x), Σ^l(x,x̄)], [Σ^l(x,x̄), Σ^l(x̄,x̄)]])$,
 //!
-//! C^l = E φ_l(u) φ_l(v),  Ċ^l = E φ_l'(u) φ_l'(v),
+//! $$C^l = E φ_l(u) φ_l(v), \qquad \dot C^l = E φ_l\'(u) φ_l\'(v),$$
 //!
-//! each Dense layer l = 1, …, L+1 (the last one is the output) gives, in the NTK
+//! each Dense layer $l = 1, …, L+1$ (the last one is the output) gives, in the NTK
 //! parameterization (neural-tangents' `stax.Dense(..., parameterization='ntk')`),
 //!
-//! Σ^l = σ_w² C^{l−1} + σ_b²,  Θ^l = Σ^l + σ_w² Ċ^{l−1} Θ^{l−1},  Θ¹ = Σ¹,
+//! $$Σ^l = σ_w^2 C^{l−1} + σ_b^2, \qquad Θ^l = Σ^l + σ_w^2 \dot C^{l−1} Θ^{l−1}, \qquad Θ^1 = Σ^1,$$
 //!
-//! and in the standard parameterization, where the NTK depends on the widths n^{l−1},
+//! and in the standard parameterization, where the NTK depends on the widths $n^{l−1}$,
 //!
-//! Σ^l = σ_w² C^{l−1} + σ_b²,  Θ^l = n^{l−1} C^{l−1} + 1_{σ_b > 0} + σ_w² Ċ^{l−1} Θ^{l−1}
+//! $$Σ^l = σ_w^2 C^{l−1} + σ_b^2, \qquad Θ^l = n^{l−1} C^{l−1} + 1_{σ_b > 0} + σ_w^2 \dot C^{l−1} Θ^{l−1}$$
 //!
-//! (the bias term 1 is there when the layers have bias parameters, σ_b > 0; this is
-//! neural-tangents' `parameterization='standard'`, whose `b_std=None` is our σ_b = 0).
+//! (the bias term $1$ is there when the layers have bias parameters, $σ_b > 0$; this is
+//! neural-tangents' `parameterization='standard'`, whose `b_std=None` is our $σ_b = 0$).
 //!
-//! The network's kernels are Σ = Σ^{L+1} and Θ̊ = Θ^{L+1}; with k outputs they are
-//! Σ ⊗ I_k and Θ̊ ⊗ I_k, and this module returns the N1 × N2 factors. C and Ċ come in
+//! The network's kernels are $Σ = Σ^{L+1}$ and $Θ̊ = Θ^{L+1}$; with $k$ outputs they are
+//! $Σ ⊗ I_k$ and $Θ̊ ⊗ I_k$, and this module returns the $N_1 × N_2$ factors. $C$ and $\dot C$ come in
 //! closed form for ReLU, LeakyReLU, Abs, Erf, Identity, Sin and GELU, and from
 //! numerical integration accurate at any variance for every other activation (see
 //! [`closed_form`], [`gaussian_moments`] and [`GaussHermite`]).
 //!
-//! Unrolling the recursion splits Θ̊ into the limits of each layer's share of the
+//! Unrolling the recursion splits $Θ̊$ into the limits of each layer's share of the
 //! empirical NTK (what [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels)
-//! returns for a finite network): with B^l = Π_{m=l}^{L} σ_w² Ċ^m (B^{L+1} = 1),
-//! Dense layer l contributes σ_w² C^{l−1} B^l through its weights and σ_b² B^l through
-//! its bias (n^{l−1} C^{l−1} B^l and B^l in the standard parameterization). See
+//! returns for a finite network): with $B^l = Π_{m=l}^{L} σ_w^2 \dot C^m$ ($B^{L+1} = 1$),
+//! Dense layer $l$ contributes $σ_w^2 C^{l−1} B^l$ through its weights and $σ_b^2 B^l$ through
+//! its bias ($n^{l−1} C^{l−1} B^l$ and $B^l$ in the standard parameterization). See
 //! [`infinite_width_layers`].
 //!
 //! ## Programs
@@ -39,16 +39,16 @@
 //! For a [`Program`] (weights shared across uses, residual sums, pooling,
 //! concatenations) the same functions compute Tensor Programs II's limit: every
 //! second moment reduces to the Gaussian expectations above (and Stein's lemma), and
-//! Θ̊ to tangent moments carried alongside them, compiled once per program into a
+//! $Θ̊$ to tangent moments carried alongside them, compiled once per program into a
 //! straight-line recursion that only visits what the output needs (see
 //! [`InfiniteWidth::layer_kernels`] for the per-parameter split and the module
-//! `program` source for the rules). Σ ⊗ I_k and Θ̊ ⊗ I_k again for k outputs.
+//! `program` source for the rules). $Σ ⊗ I_k$ and $Θ̊ ⊗ I_k$ again for $k$ outputs.
 //!
 //! The MLP path keeps its fused recursion (faster on MLPs; `benches/programs.rs`
 //! measures both); an MLP's per-layer split goes through the program recursion, so
 //! there is one general recursion and one fast path.
 //!
-//! The distance between a finite network's NTK and Θ̊ shrinks like n^{−1/2};
+//! The distance between a finite network's NTK and $Θ̊$ shrinks like $n^{−1/2}$;
 //! [`width_convergence`] measures it, for MLPs and programs alike.
 
 mod architecture;
@@ -77,13 +77,13 @@ pub use convergence::{WidthPoint, WidthStudy, width_convergence};
 pub use dual::{GaussianMoments, closed_form, gaussian_moments, quadrature};
 pub use quadrature::GaussHermite;
 
-/// The infinite-width kernels between two batches: N1 × N2 each.
+/// The infinite-width kernels between two batches: $N_1 × N_2$ each.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernels<T: Scalar = f64> {
-    /// The NNGP kernel Σ(x1_i, x2_j): the covariance of the network's outputs at
+    /// The NNGP kernel $Σ(x_{1,i}, x_{2,j})$: the covariance of the network's outputs at
     /// initialisation, per output.
     pub nngp: DMatrix<T>,
-    /// The limiting NTK Θ̊(x1_i, x2_j), per output.
+    /// The limiting NTK $Θ̊(x_{1,i}, x_{2,j})$, per output.
     pub ntk: DMatrix<T>,
 }
 
@@ -130,16 +130,16 @@ impl InfiniteWidth {
         })
     }
 
-    /// Uses Gauss–Hermite rules of at most n points (per dimension) for activations
+    /// Uses Gauss–Hermite rules of at most $n$ points (per dimension) for activations
     /// without a closed form, where the pre-activation variance is small enough for
     /// them to be accurate, and composite Gauss–Legendre elsewhere (see
     /// [`GaussHermite::DEFAULT_DEGREE`]). The accuracy is the same at every degree; a
-    /// larger n uses Gauss–Hermite at larger variances (the cheaper rule there) at a
-    /// cost per kernel entry that grows like n.
+    /// larger $n$ uses Gauss–Hermite at larger variances (the cheaper rule there) at a
+    /// cost per kernel entry that grows like $n$.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] unless
-    /// 1 ≤ `degree` ≤ [`GaussHermite::MAX_DEGREE`].
+    /// $1 ≤$ `degree` $≤$ [`GaussHermite::MAX_DEGREE`].
     pub fn quadrature_degree(mut self, degree: usize) -> Result<Self> {
         self.rule = GaussHermite::new(degree)?;
         self.compiled = Default::default();
@@ -187,17 +187,17 @@ impl InfiniteWidth {
         }
     }
 
-    /// Σ and Θ̊ between the rows of `x1` (N1 × d) and `x2` (N2 × d).
+    /// $Σ$ and $Θ̊$ between the rows of `x1` ($N_1 × d$) and `x2` ($N_2 × d$).
     ///
     /// Computed in f64 and rounded to `T`: f32 users get the f64 kernels to f32's
     /// precision. When `x1 == x2` only the upper triangle is computed and the rest
     /// mirrored.
     ///
     /// # Errors
-    /// If `x1` or `x2` does not have d columns or has NaN or infinite entries; if the
-    /// kernel overflows f64 (inputs of enormous norm, a huge σ_w or depth; the message
+    /// If `x1` or `x2` does not have $d$ columns or has NaN or infinite entries; if the
+    /// kernel overflows f64 (inputs of enormous norm, a huge $σ_w$ or depth; the message
     /// names the row and layer) or `T` (e.g. f32 beyond 3.4e38); or if an activation's
-    /// Gaussian expectations are NaN (a custom φ or φ' that returns NaN; the message
+    /// Gaussian expectations are NaN (a custom $φ$ or $φ\'$ that returns NaN; the message
     /// names the activation and layer); or, for a program,
     /// if a nonlinearity acts on a vector that is not Gaussian in the limit.
     pub fn kernels<T: Scalar>(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Kernels<T>> {
@@ -226,11 +226,11 @@ impl InfiniteWidth {
 
     /// The limit of each parameter group's share of the NTK: the infinite-width
     /// counterpart of [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels),
-    /// group for group. For an MLP, Dense layer l's weight term is σ_w² C^{l−1} B^l and
-    /// its bias term σ_b² B^l (`None` when σ_b = 0), with B^l = Π_{m ≥ l} σ_w² Ċ^m; for
-    /// a program, each weight W gives σ_W² Σ_{u,v} M(z_u, z̄_v) D(h_u, h̄_v), each bias
-    /// σ_b² Σ_{u,v} D(h_u, h̄_v) (as a bias term), and the readout comes last (see
-    /// [`crate::infinite`]). They sum to Θ̊.
+    /// group for group. For an MLP, Dense layer $l$'s weight term is $σ_w^2 C^{l−1} B^l$ and
+    /// its bias term $σ_b^2 B^l$ (`None` when $σ_b = 0$), with $B^l = Π_{m ≥ l} σ_w^2 \dot C^m$; for
+    /// a program, each weight $W$ gives $σ_W^2 Σ_{u,v} M(z_u, z̄_v) D(h_u, h̄_v)$, each bias
+    /// $σ_b^2 Σ_{u,v} D(h_u, h̄_v)$ (as a bias term), and the readout comes last (see
+    /// [`crate::infinite`]). They sum to $Θ̊$.
     ///
     /// # Errors
     /// As [`InfiniteWidth::kernels`].
@@ -305,19 +305,19 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
     }
 }
 
-/// The NNGP kernel Σ and the infinite-width NTK Θ̊ of `spec` between the rows of `x1`
-/// (N1 × d) and `x2` (N2 × d): N1 × N2 each (per output; the full kernels are ⊗ I_k).
+/// The NNGP kernel $Σ$ and the infinite-width NTK $Θ̊$ of `spec` between the rows of `x1`
+/// ($N_1 × d$) and `x2` ($N_2 × d$): $N_1 × N_2$ each (per output; the full kernels are $⊗ I_k$).
 ///
 /// This is neural-tangents' analytic `kernel_fn(x1, x2, ('nngp', 'ntk'))` for
 /// `stax.serial(Dense, φ, …, Dense)`. Activations without a closed form use
 /// [`GaussHermite::DEFAULT_DEGREE`] quadrature nodes; choose another degree with
 /// [`InfiniteWidth::quadrature_degree`].
 ///
-/// Accuracy: closed-form layers are exact to round-off (≤ 6e-16 relative against
+/// Accuracy: closed-form layers are exact to round-off ($≤ 6·10^{−16}$ relative against
 /// neural-tangents), in forms that stay accurate from tiny to huge input norms.
-/// Activations without a closed form (Tanh, Sigmoid, Softplus, custom φ) are
-/// integrated to about 1e-13 relative at any pre-activation variance (see the table at
-/// [`GaussHermite::DEFAULT_DEGREE`]), for φ smooth away from 0 on the scale of |x|, as
+/// Activations without a closed form (Tanh, Sigmoid, Softplus, custom $φ$) are
+/// integrated to about $10^{−13}$ relative at any pre-activation variance (see the table at
+/// [`GaussHermite::DEFAULT_DEGREE`]), for $φ$ smooth away from 0 on the scale of $|x|$, as
 /// every common activation is.
 ///
 /// ```
@@ -337,7 +337,7 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
 /// ```
 ///
 /// # Errors
-/// If the spec is invalid, or `x1` or `x2` does not have d columns, has NaN or
+/// If the spec is invalid, or `x1` or `x2` does not have $d$ columns, has NaN or
 /// infinite entries, or has entries so large that the kernel overflows.
 pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
     architecture: &A,
@@ -348,7 +348,7 @@ pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
 }
 
 /// The block of [`infinite_width`] with rows `rows` (samples of `x1`) and columns
-/// `cols` (samples of `x2`): Σ and Θ̊ between x1\[rows\] and x2\[cols\].
+/// `cols` (samples of `x2`): $Σ$ and $Θ̊$ between $x_1\[\text{rows}\]$ and $x_2\[\text{cols}\]$.
 ///
 /// As with [`empirical_ntk_block`](crate::empirical_ntk_block), every entry depends
 /// only on its two samples, so a large kernel can be computed tile by tile by any
@@ -382,7 +382,7 @@ pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
     infinite_width(architecture, &a, &b)
 }
 
-/// The per-layer decomposition of Θ̊ (see [`InfiniteWidth::layer_kernels`]): one
+/// The per-layer decomposition of $Θ̊$ (see [`InfiniteWidth::layer_kernels`]): one
 /// [`LayerKernel`] per Dense layer, summing to [`infinite_width`]'s `ntk`.
 ///
 /// ```
@@ -437,7 +437,7 @@ fn to_f64<T: Scalar>(m: &DMatrix<T>) -> DMatrix<f64> {
     m.map(|v| v.to_f64())
 }
 
-/// `m` rounded to `T` (a copy when `T` is `f64`: O(N²) beside the O(N²L) recursion).
+/// `m` rounded to `T` (a copy when `T` is `f64`: $O(N^2)$ beside the $O(N^2 L)$ recursion).
 fn from_f64<T: Scalar>(m: &DMatrix<f64>) -> DMatrix<T> {
     m.map(T::from_f64_lossy)
 }

@@ -1,12 +1,12 @@
 //! Gauss–Hermite quadrature for Gaussian expectations, by Golub–Welsch.
 //!
-//! For z ~ N(0, 1), E f(z) ≈ Σ_i w_i f(z_i), exact for polynomials of degree < 2n.
-//! The nodes z_i are the eigenvalues of the n × n symmetric tridiagonal Jacobi matrix of
-//! the probabilists' Hermite polynomials (zero diagonal, off-diagonal √1, …, √(n−1));
+//! For $z ∼ N(0, 1)$, $E f(z) ≈ Σ_i w_i f(z_i)$, exact for polynomials of degree $< 2n$.
+//! The nodes $z_i$ are the eigenvalues of the $n × n$ symmetric tridiagonal Jacobi matrix of
+//! the probabilists' Hermite polynomials (zero diagonal, off-diagonal $\sqrt 1, …, \sqrt{n−1}$);
 //! the weights are the squared first components of its unit eigenvectors (Golub &
 //! Welsch 1969). Each node is then polished by one Newton step on the orthonormal
-//! Hermite polynomial p_n, and the weight recomputed by the Christoffel formula
-//! w_i = 1 / Σ_{k<n} p_k(z_i)², which keeps full *relative* accuracy for the tiny
+//! Hermite polynomial $p_n$, and the weight recomputed by the Christoffel formula
+//! $w_i = 1 / Σ_{k < n} p_k(z_i)^2$, which keeps full *relative* accuracy for the tiny
 //! weights in the tails (the eigenvector components only have absolute accuracy).
 //!
 //! Rules are computed once per degree and cached for the life of the process.
@@ -18,12 +18,12 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
 
-/// Product weights w_i w_j below this are dropped from 2-D rules: their nodes lie beyond
-/// |z| ≈ 9.5, where the Gaussian density is below 1e-20 and any integrand of polynomial
+/// Product weights $w_i w_j$ below this are dropped from 2-D rules: their nodes lie beyond
+/// $|z| ≈ 9.5$, where the Gaussian density is below $10^{−20}$ and any integrand of polynomial
 /// growth contributes less than round-off.
 pub(crate) const PRUNE: f64 = 1e-22;
 
-/// An n-point Gauss–Hermite rule for the standard normal: E f(z) ≈ Σ w_i f(z_i).
+/// An $n$-point Gauss–Hermite rule for the standard normal: $E f(z) ≈ Σ w_i f(z_i)$.
 ///
 /// ```
 /// use ntk::infinite::GaussHermite;
@@ -39,9 +39,9 @@ pub(crate) const PRUNE: f64 = 1e-22;
 pub struct GaussHermite {
     nodes: Vec<f64>,
     weights: Vec<f64>,
-    /// For node i, the range of j with w_i w_j ≥ [`PRUNE`] (weights are unimodal in j).
+    /// For node $i$, the range of $j$ with $w_i w_j ≥$ [`PRUNE`] (weights are unimodal in $j$).
     pair_ranges: Vec<(usize, usize)>,
-    /// The range of nodes with weight ≥ [`PRUNE`] (the 1-D rule's effective nodes).
+    /// The range of nodes with weight $≥$ [`PRUNE`] (the 1-D rule's effective nodes).
     core: (usize, usize),
 }
 
@@ -50,39 +50,39 @@ impl GaussHermite {
     /// otherwise ([`InfiniteWidth::quadrature_degree`](crate::InfiniteWidth::quadrature_degree)).
     ///
     /// For an activation without a closed form the kernels integrate
-    /// E φ(u) φ(v) = E_u [φ(u) E_w φ(κu + s w)] (conditioning on the variable with the
+    /// $E φ(u) φ(v) = E_u \[φ(u) E_w φ(κu + s w)\]$ (conditioning on the variable with the
     /// larger variance), each 1-D expectation by the smallest Gauss–Hermite rule of
     /// 24, 32, 48, 64, 96, 128, 192 nodes (up to this degree) that is accurate at its
-    /// standard deviation σ, and otherwise by composite 12-point Gauss–Legendre graded
-    /// towards 0 (breakpoints 0, ±1, ±2, ±4, …, panels at most 2σ wide), whose cost
-    /// grows only like log σ. Measured against an independent trapezoidal rule with
-    /// step 0.2/σ (`moments_error_table` in `tests/integration/infinite.rs`): the
-    /// largest error of C and Ċ relative to √(C(x,x) C(x̄,x̄)) (resp. Ċ) over
-    /// correlations −1, −0.9, 0, 0.5, 0.9, 0.99, 0.9999, 1 and variances (q, q) and
-    /// (q, 4q):
+    /// standard deviation $σ$, and otherwise by composite 12-point Gauss–Legendre graded
+    /// towards 0 (breakpoints $0, ±1, ±2, ±4, …$, panels at most $2σ$ wide), whose cost
+    /// grows only like $\log σ$. Measured against an independent trapezoidal rule with
+    /// step $0.2/σ$ (`moments_error_table` in `tests/integration/infinite.rs`): the
+    /// largest error of $C$ and $\dot C$ relative to $\sqrt{C(x,x) C(x̄,x̄)}$ (resp. $\dot C$) over
+    /// correlations $−1, −0.9, 0, 0.5, 0.9, 0.99, 0.9999, 1$ and variances $(q, q)$ and
+    /// $(q, 4q)$:
     ///
-    /// | φ, variance q | 0.01 | 0.1 | 1 | 10 | 100 | 1e3 | 1e4 |
+    /// | $φ$, variance $q$ | 0.01 | 0.1 | 1 | 10 | 100 | 1e3 | 1e4 |
     /// |---|---|---|---|---|---|---|---|
     /// | Tanh | 7e-16 | 8e-16 | 8e-16 | 2e-15 | 8e-15 | 8e-15 | 1e-13 |
     /// | Sigmoid | 8e-16 | 1e-15 | 3e-13 | 1e-15 | 1e-15 | 2e-15 | 9e-14 |
     /// | Softplus | 8e-16 | 8e-16 | 2e-15 | 1e-15 | 3e-15 | 5e-15 | 2e-14 |
-    /// | custom (swish, x σ(x)) | 1e-15 | 1e-15 | 1e-15 | 1e-15 | 3e-15 | 6e-15 | 2e-14 |
+    /// | custom (swish, $x σ(x)$) | 1e-15 | 1e-15 | 1e-15 | 1e-15 | 3e-15 | 6e-15 | 2e-14 |
     ///
     /// (At 1e4 the reference's own summation error, ~1e-14, dominates.) The fixed
     /// 160-point tensor rule ([`quadrature`](fn@crate::infinite::quadrature)) is off by 6%
-    /// for Tanh at variance 25 and by 59% at 100. The accuracy assumes φ is smooth
-    /// away from 0 on the scale of |x| (singularities at distance ≥ ~1 from the real
-    /// line, and ≥ ~|x| from large x), as every common activation is; a kink at 0 (as in
+    /// for Tanh at variance 25 and by 59% at 100. The accuracy assumes $φ$ is smooth
+    /// away from 0 on the scale of $|x|$ (singularities at distance ≥ ~1 from the real
+    /// line, and ≥ ~$|x|$ from large $x$), as every common activation is; a kink at 0 (as in
     /// `LeakyRelu` paired with another activation) is split at. A larger degree uses
-    /// Gauss–Hermite up to larger σ.
+    /// Gauss–Hermite up to larger $σ$.
     pub const DEFAULT_DEGREE: usize = 160;
     /// The largest supported degree.
     pub const MAX_DEGREE: usize = 256;
 
-    /// The n-point rule (computed on first use, then shared from a cache).
+    /// The $n$-point rule (computed on first use, then shared from a cache).
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] unless 1 ≤ `degree` ≤ [`GaussHermite::MAX_DEGREE`],
+    /// [`Error::InvalidParameter`] unless $1 ≤$ `degree` $≤$ [`GaussHermite::MAX_DEGREE`],
     /// [`Error::Factorization`] if the eigenvalue iteration fails to converge.
     pub fn new(degree: usize) -> Result<Arc<GaussHermite>> {
         check_degree(degree)?;
@@ -96,25 +96,25 @@ impl GaussHermite {
         Ok(Arc::clone(map.entry(degree).or_insert(rule)))
     }
 
-    /// Number of nodes n.
+    /// Number of nodes $n$.
     #[must_use]
     pub fn degree(&self) -> usize {
         self.nodes.len()
     }
 
-    /// The nodes z_i, ascending.
+    /// The nodes $z_i$, ascending.
     #[must_use]
     pub fn nodes(&self) -> &[f64] {
         &self.nodes
     }
 
-    /// The weights w_i (positive, summing to 1).
+    /// The weights $w_i$ (positive, summing to 1).
     #[must_use]
     pub fn weights(&self) -> &[f64] {
         &self.weights
     }
 
-    /// Σ_i w_i f(z_i) ≈ E f(z), z ~ N(0, 1).
+    /// $Σ_i w_i f(z_i) ≈ E f(z)$, $z ∼ N(0, 1)$.
     pub fn expect(&self, mut f: impl FnMut(f64) -> f64) -> f64 {
         self.nodes
             .iter()
@@ -123,8 +123,8 @@ impl GaussHermite {
             .sum()
     }
 
-    /// The 2-D tensor rule for (z₁, z₂) ~ N(0, I): calls `f(w_i w_j, z_i, z_j)` for every
-    /// pair whose product weight is at least 1e-22.
+    /// The 2-D tensor rule for $(z_1, z_2) ∼ N(0, I)$: calls `f(w_i w_j, z_i, z_j)` for every
+    /// pair whose product weight is at least $10^{−22}$.
     #[cfg(test)]
     pub(crate) fn for_each_pair(&self, mut f: impl FnMut(f64, f64, f64)) {
         for (i, &(lo, hi)) in self.pair_ranges.iter().enumerate() {
@@ -135,19 +135,19 @@ impl GaussHermite {
         }
     }
 
-    /// For node i, the range of j kept by the 2-D rule.
+    /// For node $i$, the range of $j$ kept by the 2-D rule.
     pub(crate) fn pair_range(&self, i: usize) -> (usize, usize) {
         self.pair_ranges[i]
     }
 
-    /// The range of nodes whose weight is at least 1e-22: the others lie where the
+    /// The range of nodes whose weight is at least $10^{−22}$: the others lie where the
     /// Gaussian density is below round-off.
     #[cfg(test)]
     pub(crate) fn core(&self) -> (usize, usize) {
         self.core
     }
 
-    /// The nodes i of [`GaussHermite::core`] with w_i ≥ `min_weight` (weights rise
+    /// The nodes $i$ of [`GaussHermite::core`] with $w_i ≥$ `min_weight` (weights rise
     /// then fall, so they form a range).
     pub(crate) fn range_above(&self, min_weight: f64) -> (usize, usize) {
         let (lo, hi) = self.core;
@@ -157,13 +157,13 @@ impl GaussHermite {
         (first, last.max(first))
     }
 
-    /// The largest standard deviation σ at which the accurate Gaussian expectations
-    /// use this rule directly, x = m + σ zᵢ (beyond it composite Gauss–Legendre), for
+    /// The largest standard deviation $σ$ at which the accurate Gaussian expectations
+    /// use this rule directly, $x = m + σ z_i$ (beyond it composite Gauss–Legendre), for
     /// an integrand analytic within `distance` of the real line: the rule's error falls
-    /// like e^{−2τ√n} for an integrand analytic in the strip |Im z| < τ = `distance`/σ,
-    /// and this keeps it near 1e-14 (measured on Tanh, Sigmoid and their derivatives:
-    /// 1e-14 at σ = 0.08 (π/2) √n for n ≥ 48; smaller rules reach the asymptotic rate
-    /// later, hence the factor √(n/48) below 48 nodes).
+    /// like $e^{−2τ\sqrt n}$ for an integrand analytic in the strip $|\operatorname{Im} z| < τ$,
+    /// $τ$ = `distance`$/σ$, and this keeps it near $10^{−14}$ (measured on Tanh, Sigmoid and
+    /// their derivatives: $10^{−14}$ at $σ = 0.08 (π/2) \sqrt n$ for $n ≥ 48$; smaller rules
+    /// reach the asymptotic rate later, hence the factor $\sqrt{n/48}$ below 48 nodes).
     pub(crate) fn max_sd(&self, distance: f64) -> f64 {
         let n = self.degree() as f64;
         MAX_SD_PER_SQRT_DEGREE * distance * n.sqrt() * (n / 48.0).min(1.0).sqrt()
@@ -186,9 +186,9 @@ pub(crate) fn check_degree(degree: usize) -> Result<()> {
     }
 }
 
-/// The orthonormal probabilists' Hermite polynomials p_{n−1}(x), p_n(x) and
-/// Σ_{k<n} p_k(x)², by the three-term recurrence
-/// p_{k+1} = (x p_k − √k p_{k−1}) / √(k+1).
+/// The orthonormal probabilists' Hermite polynomials $p_{n−1}(x)$, $p_n(x)$ and
+/// $Σ_{k < n} p_k(x)^2$, by the three-term recurrence
+/// $p_{k+1} = (x p_k − \sqrt k p_{k−1}) / \sqrt{k+1}$.
 fn hermite(n: usize, x: f64) -> (f64, f64, f64) {
     let (mut prev, mut cur) = (0.0, 1.0);
     let mut sum_sq = 0.0;

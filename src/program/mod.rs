@@ -38,25 +38,25 @@
 //! ## The network a program describes
 //!
 //! Every variable holds, per sample, a vector: an input variable the columns
-//! [`Program::input`] names (a finite width), every other variable n numbers for a
-//! hidden width n chosen at [`Program::init`], or K·n for a concatenation of K such
-//! vectors. In the NTK parameterization, with W, b, v ~ N(0, 1):
+//! [`Program::input`] names (a finite width), every other variable $n$ numbers for a
+//! hidden width $n$ chosen at [`Program::init`], or $K·n$ for a concatenation of $K$ such
+//! vectors. In the NTK parameterization, with $W, b, v ∼ N(0, 1)$:
 //!
 //! | operation | value |
 //! |---|---|
-//! | [`dense`](Program::dense)`(W, z)` | (σ_W/√fan_in) W z, fan_in the width of z (the same at every use of W) |
-//! | [`add_bias`](Program::add_bias)`(h, b)` | h + σ_b b |
-//! | [`add`](Program::add)`(&[a, …])` | a + … |
-//! | [`mean`](Program::mean)`(&[a₁, …, a_K])` | (a₁ + … + a_K)/K |
-//! | [`concat`](Program::concat)`(&[a₁, …, a_K])` | (a₁; …; a_K), width Σ widths |
-//! | [`apply`](Program::apply)`(φ, h)` | φ(h) entrywise |
-//! | [`layer_norm`](Program::layer_norm)`(x)` | (x − mean(x))/std(x) over the coordinates |
-//! | [`attention`](Program::attention)`(&qs, &ks, &vs)` | y_t = Σ_s softmax_s(q_t·k_s/n) v_s, one per query |
-//! | [`output`](Program::output)`(z, σ_v)` | f = (σ_v/√fan_in) vᵀ z (+ σ_b' b' with a readout bias) |
+//! | [`dense`](Program::dense)`(W, z)` | $(σ_W/\sqrt{n_{in}}) W z$, $n_{in}$ the width of $z$ (the same at every use of $W$) |
+//! | [`add_bias`](Program::add_bias)`(h, b)` | $h + σ_b b$ |
+//! | [`add`](Program::add)`(&[a, …])` | $a + …$ |
+//! | [`mean`](Program::mean)`(&[a₁, …, a_K])` | $(a_1 + … + a_K)/K$ |
+//! | [`concat`](Program::concat)`(&[a₁, …, a_K])` | $(a_1; …; a_K)$, width $Σ$ widths |
+//! | [`apply`](Program::apply)`(φ, h)` | $φ(h)$ entrywise |
+//! | [`layer_norm`](Program::layer_norm)`(x)` | $(x − \operatorname{mean}(x))/\operatorname{std}(x)$ over the coordinates |
+//! | [`attention`](Program::attention)`(&qs, &ks, &vs)` | $y_t = Σ_s \operatorname{softmax}\_s(q_t·k_s/n) v_s$, one per query |
+//! | [`output`](Program::output)`(z, σ_v)` | $f = (σ_v/\sqrt{n_{in}}) vᵀ z$ (+ $σ_b\' b\'$ with a readout bias) |
 //!
 //! With these, a 1-D convolution with a 3-tap filter is one `Weight` used at every
-//! position p on `concat(&[x_{p−1}, x_p, x_{p+1}])` (neural-tangents' `Conv`
-//! normalisation, fan-in 3·channels), global average pooling is `mean`, flattening is
+//! position $p$ on `concat(&[x_{p−1}, x_p, x_{p+1}])` (neural-tangents' `Conv`
+//! normalisation, fan-in $3·\text{channels}$), global average pooling is `mean`, flattening is
 //! `concat`, a residual block is `add(&[s, dense(W, φ(s))])`, and an RNN uses one
 //! hidden-to-hidden `Weight` at every step.
 //!
@@ -64,8 +64,8 @@
 //!
 //! [`Program::init`] draws the finite network, an [`NtkModel`](crate::NtkModel):
 //! its empirical NTK, per-parameter kernels, gradients and training work as for any
-//! model. [`infinite_width`](crate::infinite_width) computes the NNGP kernel Σ and
-//! the limiting NTK Θ̊ of the program as n → ∞ (see [`crate::infinite`] for the
+//! model. [`infinite_width`](crate::infinite_width) computes the NNGP kernel $Σ$ and
+//! the limiting NTK $Θ̊$ of the program as $n → ∞$ (see [`crate::infinite`] for the
 //! recursion and its conditions).
 
 mod network;
@@ -102,15 +102,15 @@ impl Var {
     }
 }
 
-/// A weight matrix W ~ N(0, 1) of a [`Program`], applied by [`Program::dense`] as
-/// (σ_W/√fan_in) W z, possibly at many places.
+/// A weight matrix $W ∼ N(0, 1)$ of a [`Program`], applied by [`Program::dense`] as
+/// $(σ_W/\sqrt{n_{in}}) W z$, possibly at many places.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Weight {
     program: u64,
     index: usize,
 }
 
-/// A bias vector b ~ N(0, 1) of a [`Program`], added by [`Program::add_bias`] as σ_b b,
+/// A bias vector $b ∼ N(0, 1)$ of a [`Program`], added by [`Program::add_bias`] as $σ_b b$,
 /// possibly at many places.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Bias {
@@ -118,7 +118,7 @@ pub struct Bias {
     index: usize,
 }
 
-/// The readout f = (σ_v/√fan_in) V z + σ_b' b' of a [`Program`]: its standard
+/// The readout $f = (σ_v/\sqrt{n_{in}}) V z + σ_b\' b\'$ of a [`Program`]: its standard
 /// deviations and number of outputs.
 ///
 /// ```
@@ -134,7 +134,7 @@ pub struct Readout {
 }
 
 impl Readout {
-    /// One output, f = (σ_v/√fan_in) vᵀ z, without a bias.
+    /// One output, $f = (σ_v/\sqrt{n_{in}}) vᵀ z$, without a bias.
     #[must_use]
     pub fn new(weight_std: f64) -> Self {
         Readout {
@@ -144,34 +144,34 @@ impl Readout {
         }
     }
 
-    /// Adds a readout bias σ_b' b' (b' ~ N(0, 1)); 0 (the default) means none.
+    /// Adds a readout bias $σ_b\' b\'$ ($b\' ∼ N(0, 1)$); 0 (the default) means none.
     #[must_use]
     pub fn bias_std(mut self, bias_std: f64) -> Self {
         self.bias_std = bias_std;
         self
     }
 
-    /// k outputs: V is k × fan_in (default 1). The kernels are then Σ ⊗ I_k and
-    /// Θ̊ ⊗ I_k, as for an MLP.
+    /// $k$ outputs: $V$ is $k × n_{in}$ (default 1). The kernels are then $Σ ⊗ I_k$ and
+    /// $Θ̊ ⊗ I_k$, as for an MLP.
     #[must_use]
     pub fn outputs(mut self, k: usize) -> Self {
         self.outputs = k;
         self
     }
 
-    /// σ_v.
+    /// $σ_v$.
     #[must_use]
     pub fn weight_std_value(&self) -> f64 {
         self.weight_std
     }
 
-    /// σ_b' (0 without a readout bias).
+    /// $σ_b\'$ (0 without a readout bias).
     #[must_use]
     pub fn bias_std_value(&self) -> f64 {
         self.bias_std
     }
 
-    /// The number of outputs k.
+    /// The number of outputs $k$.
     #[must_use]
     pub fn output_dim(&self) -> usize {
         self.outputs
@@ -179,12 +179,12 @@ impl Readout {
 }
 
 /// The width of a variable: a number of input columns, or a multiple of the hidden
-/// width n (K for a concatenation of K hidden vectors).
+/// width $n$ ($K$ for a concatenation of $K$ hidden vectors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Width {
-    /// d input columns (or a deterministic function of them): finite as n → ∞.
+    /// $d$ input columns (or a deterministic function of them): finite as $n → ∞$.
     Input(usize),
-    /// K·n.
+    /// $K·n$.
     Hidden(usize),
 }
 
@@ -211,9 +211,9 @@ impl Width {
 pub(crate) enum Op {
     /// Columns of the input.
     Input(Range<usize>),
-    /// (σ_W/√fan_in) W z.
+    /// $(σ_W/\sqrt{n_{in}}) W z$.
     Dense { weight: usize, input: usize },
-    /// h + σ_b b.
+    /// $h + σ_b b$.
     AddBias { input: usize, bias: usize },
     /// The sum of the parts.
     Add(Vec<usize>),
@@ -221,14 +221,14 @@ pub(crate) enum Op {
     Mean(Vec<usize>),
     /// The parts stacked; no part is itself a concatenation.
     Concat(Vec<usize>),
-    /// φ entrywise.
+    /// $φ$ entrywise.
     Apply {
         activation: Activation,
         input: usize,
     },
-    /// (x − mean(x)) / std(x) over the coordinates.
+    /// $(x − \operatorname{mean}(x)) / \operatorname{std}(x)$ over the coordinates.
     LayerNorm { input: usize },
-    /// Output `query` of attention block `block`: Σ_s softmax_s(q·k_s / n) v_s.
+    /// Output `query` of attention block `block`: $Σ_s \operatorname{softmax}\_s(q·k_s / n) v_s$.
     Attend { block: usize, query: usize },
 }
 
@@ -247,24 +247,24 @@ pub(crate) struct Node {
     pub(crate) width: Width,
 }
 
-/// A weight: σ_W, its fan-in (known from its first use) and the `Dense` variables
+/// A weight: $σ_W$, its fan-in (known from its first use) and the `Dense` variables
 /// that use it.
 #[derive(Clone, Debug)]
 pub(crate) struct WeightDecl {
     pub(crate) std: f64,
-    /// The weight's coefficient in the NTK when it is not σ_W² (an MLP in the
+    /// The weight's coefficient in the NTK when it is not $σ_W^2$ (an MLP in the
     /// standard parameterization: its fan-in).
     pub(crate) ntk_coef: Option<f64>,
     pub(crate) fan_in: Option<Width>,
     pub(crate) uses: Vec<usize>,
 }
 
-/// A bias: σ_b, its width (known from its first use) and the `AddBias` variables that
+/// A bias: $σ_b$, its width (known from its first use) and the `AddBias` variables that
 /// use it.
 #[derive(Clone, Debug)]
 pub(crate) struct BiasDecl {
     pub(crate) std: f64,
-    /// The bias's coefficient in the NTK when it is not σ_b² (1 in the standard
+    /// The bias's coefficient in the NTK when it is not $σ_b^2$ (1 in the standard
     /// parameterization).
     pub(crate) ntk_coef: Option<f64>,
     pub(crate) width: Option<Width>,
@@ -286,7 +286,7 @@ pub(crate) enum Group {
 ///
 /// Every builder method checks its arguments: a handle from another program, an
 /// input range outside the input, sums of different widths, an empty sum, a weight
-/// used with two fan-ins, or a negative or non-finite σ is an error, never a panic.
+/// used with two fan-ins, or a negative or non-finite $σ$ is an error, never a panic.
 #[derive(Clone, Debug)]
 pub struct Program {
     id: u64,
@@ -297,7 +297,7 @@ pub struct Program {
     pub(crate) groups: Vec<Group>,
     pub(crate) attentions: Vec<AttentionDecl>,
     pub(crate) output: Option<(usize, Readout)>,
-    /// The readout's weight and bias coefficients in the NTK when they are not σ²
+    /// The readout's weight and bias coefficients in the NTK when they are not $σ^2$
     /// (an MLP in the standard parameterization).
     pub(crate) readout_ntk_coef: Option<(f64, f64)>,
     /// An error found while building from another description (e.g.
@@ -323,13 +323,13 @@ impl Program {
         }
     }
 
-    /// The input dimension d.
+    /// The input dimension $d$.
     #[must_use]
     pub fn input_dim(&self) -> usize {
         self.input_dim
     }
 
-    /// The number of outputs k (1 until an output is set).
+    /// The number of outputs $k$ (1 until an output is set).
     #[must_use]
     pub fn output_dim(&self) -> usize {
         self.output.map_or(1, |(_, r)| r.outputs)
@@ -367,8 +367,8 @@ impl Program {
         Ok(self.push(Op::Input(columns), width))
     }
 
-    /// A new weight matrix with standard deviation σ_W (applied as
-    /// (σ_W/√fan_in) W z, W ~ N(0, 1)).
+    /// A new weight matrix with standard deviation $σ_W$ (applied as
+    /// $(σ_W/\sqrt{n_{in}}) W z$, $W ∼ N(0, 1)$).
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `weight_std` is negative or not finite.
@@ -387,7 +387,7 @@ impl Program {
         })
     }
 
-    /// A new bias vector with standard deviation σ_b (added as σ_b b, b ~ N(0, 1)).
+    /// A new bias vector with standard deviation $σ_b$ (added as $σ_b b$, $b ∼ N(0, 1)$).
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] if `bias_std` is negative or not finite.
@@ -406,7 +406,7 @@ impl Program {
         })
     }
 
-    /// (σ_W/√fan_in) W z: a hidden vector of width n. A weight may be used many times,
+    /// $(σ_W/\sqrt{n_{in}}) W z$: a hidden vector of width $n$. A weight may be used many times,
     /// always with the same fan-in.
     ///
     /// # Errors
@@ -437,7 +437,7 @@ impl Program {
         Ok(var)
     }
 
-    /// h + σ_b b. A bias may be added at many places, always to vectors of the same
+    /// $h + σ_b b$. A bias may be added at many places, always to vectors of the same
     /// hidden width.
     ///
     /// # Errors
@@ -489,12 +489,12 @@ impl Program {
     }
 
     /// The parts stacked into one vector (a convolution's window, or a flattening):
-    /// K hidden vectors of width n make one of width K·n, which a weight then sees as
+    /// $K$ hidden vectors of width $n$ make one of width $K·n$, which a weight then sees as
     /// its fan-in.
     ///
     /// # Errors
     /// An empty list, a foreign handle, or a mix of input-width and hidden parts (a
-    /// fan-in is either finite or grows with n).
+    /// fan-in is either finite or grows with $n$).
     pub fn concat(&mut self, parts: &[Var]) -> Result<Var> {
         if parts.is_empty() {
             return Err(empty("concat"));
@@ -529,7 +529,7 @@ impl Program {
         Ok(self.push(Op::Concat(flat), width))
     }
 
-    /// φ(h) entrywise.
+    /// $φ(h)$ entrywise.
     ///
     /// # Errors
     /// A foreign handle, or an invalid activation ([`Activation::validate`]).
@@ -546,8 +546,9 @@ impl Program {
         ))
     }
 
-    /// LayerNorm without affine parameters or ε: (x − mean(x)) / std(x), the mean and
-    /// the (biased) standard deviation taken over the n coordinates of each sample.
+    /// LayerNorm without affine parameters or $ε$:
+    /// $(x − \operatorname{mean}(x)) / \operatorname{std}(x)$, the mean and the (biased)
+    /// standard deviation taken over the $n$ coordinates of each sample.
     ///
     /// # Errors
     /// A foreign handle, or a variable that is not one hidden vector (input columns or
@@ -558,9 +559,9 @@ impl Program {
         Ok(self.push(Op::LayerNorm { input: x }, Width::Hidden(1)))
     }
 
-    /// Softmax attention with 1/n logits, one output per query:
-    /// y_t = Σ_s softmax_s(q_t·k_s / n) v_s, n the width of the queries and keys (not
-    /// 1/√n: Tensor Programs II's scaling, whose limit is non-trivial when queries and
+    /// Softmax attention with $1/n$ logits, one output per query:
+    /// $y_t = Σ_s \operatorname{softmax}\_s(q_t·k_s / n) v_s$, $n$ the width of the queries and keys (not
+    /// $1/\sqrt n$: Tensor Programs II's scaling, whose limit is non-trivial when queries and
     /// keys are tied). Queries, keys and values may be the same variables.
     ///
     /// # Errors
@@ -602,20 +603,20 @@ impl Program {
             .collect())
     }
 
-    /// The readout f = (σ_v/√fan_in) vᵀ z with v ~ N(0, 1): one output, no bias.
-    /// A program has one readout, and its vector v is used only there (the condition
+    /// The readout $f = (σ_v/\sqrt{n_{in}}) vᵀ z$ with $v ∼ N(0, 1)$: one output, no bias.
+    /// A program has one readout, and its vector $v$ is used only there (the condition
     /// under which Tensor Programs II's infinite-width NTK is exact).
     ///
     /// # Errors
-    /// A foreign handle, an invalid σ_v, or a second output.
+    /// A foreign handle, an invalid $σ_v$, or a second output.
     pub fn output(&mut self, z: Var, readout_std: f64) -> Result<()> {
         self.readout(z, Readout::new(readout_std))
     }
 
-    /// The readout f = (σ_v/√fan_in) V z + σ_b' b' with k outputs (see [`Readout`]).
+    /// The readout $f = (σ_v/\sqrt{n_{in}}) V z + σ_b\' b\'$ with $k$ outputs (see [`Readout`]).
     ///
     /// # Errors
-    /// A foreign handle, an invalid σ, zero outputs, or a second output.
+    /// A foreign handle, an invalid $σ$, zero outputs, or a second output.
     pub fn readout(&mut self, z: Var, readout: Readout) -> Result<()> {
         let z = self.check_var("output", z)?;
         check_std("readout weight_std", readout.weight_std)?;
@@ -671,9 +672,9 @@ impl Program {
         Ok(())
     }
 
-    /// The finite network of hidden width `width`: W, b, v ~ N(0, 1) drawn from `rng`
-    /// in parameter order (groups in order of declaration, W row-major, then the
-    /// readout V row-major and its bias).
+    /// The finite network of hidden width `width`: $W, b, v ∼ N(0, 1)$ drawn from `rng`
+    /// in parameter order (groups in order of declaration, $W$ row-major, then the
+    /// readout $V$ row-major and its bias).
     ///
     /// # Errors
     /// If the program is incomplete ([`Program::validate`]) or `width` is 0.
@@ -779,7 +780,7 @@ impl Program {
         Ok(b.index)
     }
 
-    /// Errors unless variable `v` is one hidden vector (width n).
+    /// Errors unless variable `v` is one hidden vector (width $n$).
     fn check_single_hidden(&self, parameter: &'static str, v: usize) -> Result<()> {
         match self.nodes[v].width {
             Width::Hidden(1) => Ok(()),
@@ -833,9 +834,9 @@ fn foreign(parameter: &'static str, what: &str, index: usize) -> Error {
 }
 
 /// The program of an MLP: `dense`, `add_bias` and `apply` per hidden layer, then a
-/// readout with the spec's σ_w, σ_b and k outputs. Its kernels equal the spec's, and
-/// its network at a width n draws the same parameters, in the same order, as the
-/// spec's with every hidden width n.
+/// readout with the spec's $σ_w$, $σ_b$ and $k$ outputs. Its kernels equal the spec's, and
+/// its network at a width $n$ draws the same parameters, in the same order, as the
+/// spec's with every hidden width $n$.
 ///
 /// Programs use the NTK parameterization: a spec in the standard parameterization (or
 /// an invalid one) gives a program whose every use reports that error.

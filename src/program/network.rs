@@ -13,11 +13,11 @@ use crate::tangent::{DenseUse, LayerTangent};
 
 use super::{Group, Op, Program, Readout, Width};
 
-/// The network a [`Program`] describes, at a hidden width n, with its parameters.
+/// The network a [`Program`] describes, at a hidden width $n$, with its parameters.
 ///
 /// Parameters are laid out group by group in the order the program declared its
-/// weights and biases (each W row-major, n_out × fan_in; each b), then the readout V
-/// (k × fan_in, row-major) and its bias. [`NtkModel::layer_tangents`] returns one
+/// weights and biases (each $W$ row-major, $n_{out} × n_{in}$; each $b$), then the readout $V$
+/// ($k × n_{in}$, row-major) and its bias. [`NtkModel::layer_tangents`] returns one
 /// group per weight (one use per `dense`), one per bias (one use per `add_bias`) and
 /// the readout last.
 ///
@@ -49,18 +49,18 @@ pub struct ProgramNetwork<T: Scalar> {
     width: usize,
     readout_var: usize,
     readout: Readout,
-    /// Wᵀ (fan_in × n) per weight: its column-major storage is W row-major.
+    /// $Wᵀ$ ($n_{in} × n$) per weight: its column-major storage is $W$ row-major.
     weights: Vec<DMatrix<T>>,
-    /// b per bias.
+    /// $b$ per bias.
     biases: Vec<DVector<T>>,
-    /// Vᵀ (fan_in × k).
+    /// $Vᵀ$ ($n_{in} × k$).
     readout_weights: DMatrix<T>,
-    /// b' (k), when the readout has a bias.
+    /// $b\'$ ($k$), when the readout has a bias.
     readout_bias: Option<DVector<T>>,
 }
 
-/// The values of every variable on a batch (N × columns), the attention weights of
-/// every attention block (per query, N × keys), and the outputs.
+/// The values of every variable on a batch ($N × \text{columns}$), the attention weights of
+/// every attention block (per query, $N × \text{keys}$), and the outputs.
 struct Forward<T: Scalar> {
     values: Vec<DMatrix<T>>,
     attention: Vec<Vec<DMatrix<T>>>,
@@ -118,18 +118,18 @@ impl<T: Scalar> ProgramNetwork<T> {
         &self.program
     }
 
-    /// The hidden width n.
+    /// The hidden width $n$.
     #[must_use]
     pub fn width(&self) -> usize {
         self.width
     }
 
-    /// s_W = σ_W/√fan_in of weight `w`.
+    /// $s_W = σ_W/\sqrt{n_{in}}$ of weight `w`.
     fn weight_scale(&self, w: usize) -> T {
         T::from_f64_lossy(self.program.weights[w].std / (self.weights[w].nrows() as f64).sqrt())
     }
 
-    /// s_v = σ_v/√fan_in of the readout.
+    /// $s_v = σ_v/\sqrt{n_{in}}$ of the readout.
     fn readout_scale(&self) -> T {
         T::from_f64_lossy(self.readout.weight_std / (self.readout_weights.nrows() as f64).sqrt())
     }
@@ -231,9 +231,9 @@ impl<T: Scalar> ProgramNetwork<T> {
         }
     }
 
-    /// ∂f/∂(every variable): N × (k·columns), column block c for output c; `None` for
-    /// variables that do not reach the output or hold input columns (no parameters
-    /// lie before them).
+    /// $∂f/∂(\text{every variable})$: $N × (k·\text{columns})$, column block $c$ for output
+    /// $c$; `None` for variables that do not reach the output or hold input columns (no
+    /// parameters lie before them).
     fn backward_pass(&self, fwd: &Forward<T>) -> Vec<Option<DMatrix<T>>> {
         let nodes = &self.program.nodes;
         let n = fwd.output.nrows();
@@ -323,9 +323,9 @@ impl<T: Scalar> ProgramNetwork<T> {
     }
 
     /// Adds what the output gradient `g` of one attention output (query `q`, weights
-    /// `a`, N × keys) sends back to its values, its query and its keys, gradients
-    /// through the softmax included: with dA_s = g·v_s and dL_s = A_s (dA_s − Σ_r A_r dA_r),
-    /// dv_s += A_s g, dq += Σ_s dL_s k_s / n, dk_s += dL_s q / n (per sample and output).
+    /// `a`, $N × \text{keys}$) sends back to its values, its query and its keys, gradients
+    /// through the softmax included: with $dA_s = g·v_s$ and $dL_s = A_s (dA_s − Σ_r A_r dA_r)$,
+    /// $dv_s$ += $A_s g$, $dq$ += $Σ_s dL_s k_s / n$, $dk_s$ += $dL_s q / n$ (per sample and output).
     fn attention_backward(
         &self,
         a: &DMatrix<T>,
@@ -440,7 +440,7 @@ impl<T: Scalar> ProgramNetwork<T> {
     }
 }
 
-/// LayerNorm of every row: (x − mean) / std (biased std, no ε).
+/// LayerNorm of every row: $(x − \operatorname{mean}) / \operatorname{std}$ (biased std, no $ε$).
 fn layer_norm<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
     let m = T::from_usize(x.ncols()).unwrap_or_else(T::one);
     let mut z = x.clone();
@@ -453,8 +453,8 @@ fn layer_norm<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
     z
 }
 
-/// ∂f/∂x from ∂f/∂z for z = LayerNorm(x), per row and output block:
-/// dx = (dz − mean(dz) − z mean(dz ⊙ z)) / std(x).
+/// $∂f/∂x$ from $∂f/∂z$ for $z = \operatorname{LayerNorm}(x)$, per row and output block:
+/// $dx = (dz − \operatorname{mean}(dz) − z \operatorname{mean}(dz ⊙ z)) / \operatorname{std}(x)$.
 fn layer_norm_backward<T: Scalar>(
     x: &DMatrix<T>,
     z: &DMatrix<T>,
@@ -481,7 +481,7 @@ fn layer_norm_backward<T: Scalar>(
     dx
 }
 
-/// Softmax over the keys of q·k_s / n for every sample: N × keys.
+/// Softmax over the keys of $q·k_s / n$ for every sample: $N × \text{keys}$.
 fn attention_weights<T: Scalar>(
     q: &DMatrix<T>,
     keys: &[usize],

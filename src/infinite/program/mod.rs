@@ -25,7 +25,7 @@
 //!   Cov(Wᵀ dh_u block k, Wᵀ dh̄_v block k) = (σ_W²/K_W) D(h_u, h̄_v), other pairs 0;
 //!   E[φ'(g) ψ'(ḡ)] is the Ċ of the dual, E[φ'(g)] a 1-D expectation.
 //! - **Per-sample coefficients** (Tensor Programs II, Appendix, Transformer): the
-//!   LayerNorm of a Gaussian g is g/√E[g²] (its mean over the coordinates vanishes),
+//!   LayerNorm of a Gaussian g is g/√E\[g²\] (its mean over the coordinates vanishes),
 //!   and attention with 1/n logits has deterministic weights A_ts = softmax_s E[q_t k_s]
 //!   per sample, so y_t = Σ_s A_ts v_s. Combinations carry these scalars as monomials
 //!   m(x), a second moment picks up m(x) m'(x̄), and the gradients are scaled alike
