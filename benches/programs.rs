@@ -3,10 +3,10 @@
 //!
 //! `programs/cnn_infinite/N`: neural-tangents' `serial(Conv(·, (3,), 'CIRCULAR', W_std 1.4,
 //! b_std 0.1), Relu)×3, GlobalAvgPool, Dense(1)` on 16 positions × 3 channels, x1 = x2,
-//! f64. neural-tangents 0.6.5 (jit, this machine) takes 0.35 s at N = 128 and 1.14 s at
-//! N = 256. Baseline: the MLP with the same number of ReLU dual evaluations per entry.
+//! f64. neural-tangents 0.6.5 (jit, a machine of CI's kind) takes 0.28 s at N = 128 and
+//! 1.30 s at N = 256. Baseline: the MLP with the same number of ReLU dual evaluations per entry.
 //! `programs/cnn_empirical/128`: its empirical NTK at width 128, N = 128, against the
-//! explicit J Jᵀ (neural-tangents' structured derivatives: 0.82 s).
+//! explicit J Jᵀ (neural-tangents' structured derivatives: 0.72 s).
 //! `programs/rnn_last/T` and `programs/rnn_mean/T`: an erf RNN over T tokens of
 //! dimension 3, N = 64, read out at the last state (cost linear in T) or through the
 //! mean of the states (quadratic).
