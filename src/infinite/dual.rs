@@ -582,20 +582,6 @@ impl PairDual {
         }
     }
 
-    /// [`PairDual::eval_column_then`] without a step: $(C, \dot C)$ of column `j` (tests).
-    #[cfg(test)]
-    pub(crate) fn eval_column(
-        &self,
-        rows: &Variances,
-        first: usize,
-        c: &mut [f64],
-        cols: &Variances,
-        j: usize,
-        cdot: &mut [f64],
-    ) {
-        self.eval_column_then(rows, first, c, cols, j, cdot, |c, d, _| (c, d));
-    }
-
     /// Column `j` of a kernel: `c[i]` holds $\operatorname{Cov}(u_{\text{first}+i}, v_j)$ on
     /// entry (rows `first..first + c.len()` of `rows`); $v_j$ has variance `cols.q()[j]`.
     /// For each row, `(c[i], aux[i]) = then(C, Ċ, aux[i])` in the same pass (the kernel
@@ -1026,7 +1012,7 @@ mod tests {
     }
 
     #[test]
-    fn eval_slice_and_eval_column_are_eval_entrywise() {
+    fn eval_slice_and_eval_column_then_are_eval_entrywise() {
         let rule = default_rule();
         let q1 = [0.0_f64, 0.5, 2.0, 1e-200, 40.0];
         let q2 = [1.0_f64, 0.5, 0.0, 1e200, 40.0];
@@ -1057,7 +1043,15 @@ mod tests {
                 .enumerate()
                 .for_each(|(i, v)| *v = rho[i] * q1[i].sqrt() * q2[2].sqrt());
             let mut column_dot = vec![0.0; 5];
-            pair.eval_column(&rows, 0, &mut column, &cols, 2, &mut column_dot);
+            pair.eval_column_then(
+                &rows,
+                0,
+                &mut column,
+                &cols,
+                2,
+                &mut column_dot,
+                |c, d, _| (c, d),
+            );
             for i in 0..5 {
                 let (ec, ed) = pair.eval(q1[i], rho[i] * q1[i].sqrt() * q2[2].sqrt(), q2[2]);
                 assert_close(
