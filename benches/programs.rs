@@ -24,7 +24,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width};
+use ntk::{Activation, MlpSpec, NtkModel, Padding, Program, Var, empirical_ntk, infinite_width};
 
 fn inputs(n: usize, d: usize) -> DMatrix<f64> {
     DMatrix::from_fn(n, d, |i, j| ((i * 31 + j * 17) as f64 * 0.37).sin())
@@ -39,15 +39,11 @@ fn cnn(positions: usize, channels: usize) -> Program {
     for _ in 0..3 {
         let w = p.weight(1.4).expect("σ");
         let b = p.bias(0.1).expect("σ");
-        z = (0..positions)
-            .map(|q| {
-                let window = [
-                    z[(q + positions - 1) % positions],
-                    z[q],
-                    z[(q + 1) % positions],
-                ];
-                let c = p.concat(&window).expect("window");
-                let h = p.dense(w, c).expect("dense");
+        z = p
+            .conv(w, &z, 3, Padding::Circular)
+            .expect("conv")
+            .into_iter()
+            .map(|h| {
                 let h = p.add_bias(h, b).expect("bias");
                 p.apply(Activation::Relu, h).expect("relu")
             })

@@ -18,7 +18,8 @@ use std::time::Instant;
 use clap::Parser;
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::{
-    Activation, GradientFlow, Mlp, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width,
+    Activation, GradientFlow, Mlp, MlpSpec, NtkModel, Padding, Program, Var, empirical_ntk,
+    infinite_width,
 };
 use serde_json::Value;
 
@@ -129,7 +130,7 @@ fn off_diagonal_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
 
 /// neural-tangents' `serial(Conv(·, (3,), 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × layers,
 /// GlobalAvgPool, Dense(1))` as a program: one weight and bias per layer, shared over
-/// positions, each position's window (p − 1, p, p + 1) concatenated.
+/// positions (`Program::conv`: each position's window (p − 1, p, p + 1) concatenated).
 fn cnn(positions: usize, channels: usize, layers: usize) -> Result<Program, ntk::Error> {
     let mut p = Program::new(positions * channels);
     let mut z: Vec<Var> = (0..positions)
@@ -137,15 +138,10 @@ fn cnn(positions: usize, channels: usize, layers: usize) -> Result<Program, ntk:
         .collect::<Result<_, _>>()?;
     for _ in 0..layers {
         let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
-        z = (0..positions)
-            .map(|q| {
-                let window = [
-                    z[(q + positions - 1) % positions],
-                    z[q],
-                    z[(q + 1) % positions],
-                ];
-                let c = p.concat(&window)?;
-                let h = p.dense(w, c)?;
+        z = p
+            .conv(w, &z, 3, Padding::Circular)?
+            .into_iter()
+            .map(|h| {
                 let h = p.add_bias(h, b)?;
                 p.apply(Activation::Relu, h)
             })

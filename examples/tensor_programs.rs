@@ -43,7 +43,7 @@ use std::time::Instant;
 use clap::Parser;
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, Program, Var, empirical_ntk, infinite_width};
+use ntk::{Activation, Padding, Program, Var, empirical_ntk, infinite_width};
 use plotters::prelude::{BLACK, BLUE, GREEN, MAGENTA, RED, SeriesLabelPosition};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -295,7 +295,8 @@ fn residual_mlp(input_dim: usize, blocks: usize) -> ntk::Result<Program> {
 
 /// `layers` circular 3-tap ReLU convolutions over `positions` positions of `channels`
 /// channels (σ_W = √2, σ_b = 0.1; one weight per layer, used at every position on the
-/// concatenation of the neighbouring positions), global average pooling, readout σ_v = 1.
+/// concatenation of the neighbouring positions: `Program::conv`), global average
+/// pooling, readout σ_v = 1.
 fn cnn(positions: usize, channels: usize, layers: usize) -> ntk::Result<Program> {
     let mut p = Program::new(positions * channels);
     let mut z = (0..positions)
@@ -303,15 +304,10 @@ fn cnn(positions: usize, channels: usize, layers: usize) -> ntk::Result<Program>
         .collect::<ntk::Result<Vec<Var>>>()?;
     for _ in 0..layers {
         let (w, b) = (p.weight(2f64.sqrt())?, p.bias(0.1)?);
-        z = (0..positions)
-            .map(|q| {
-                let window = [
-                    z[(q + positions - 1) % positions],
-                    z[q],
-                    z[(q + 1) % positions],
-                ];
-                let c = p.concat(&window)?;
-                let h = p.dense(w, c)?;
+        z = p
+            .conv(w, &z, 3, Padding::Circular)?
+            .into_iter()
+            .map(|h| {
                 let h = p.add_bias(h, b)?;
                 p.apply(Activation::Relu, h)
             })

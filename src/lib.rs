@@ -175,7 +175,7 @@ pub use infinite::{
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::NtkModel;
-pub use program::{Bias, Program, ProgramNetwork, Readout, Var, Weight};
+pub use program::{Bias, Padding, Program, ProgramNetwork, Readout, Var, Weight};
 pub use scalar::Scalar;
 pub use tangent::{DenseUse, LayerKernel, LayerTangent};
 pub use train::{GradientDescent, Trajectory};

@@ -56,8 +56,9 @@
 //!
 //! With these, a 1-D convolution with a 3-tap filter is one `Weight` used at every
 //! position $p$ on `concat(&[x_{p−1}, x_p, x_{p+1}])` (neural-tangents' `Conv`
-//! normalisation, fan-in $3·\text{channels}$), global average pooling is `mean`, flattening is
-//! `concat`, a residual block is `add(&[s, dense(W, φ(s))])`, and an RNN uses one
+//! normalisation, fan-in $3·\text{channels}$; [`conv`](Program::conv) builds these windows
+//! for any filter size, circular or valid), global average pooling is `mean`, flattening
+//! is `concat`, a residual block is `add(&[s, dense(W, φ(s))])`, and an RNN uses one
 //! hidden-to-hidden `Weight` at every step.
 //!
 //! ## Its kernels
@@ -279,6 +280,15 @@ pub(crate) enum Group {
     Weight(usize),
     /// A bias, by index.
     Bias(usize),
+}
+
+/// How a 1-D convolution ([`Program::conv`]) treats the ends of the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Positions wrap around (neural-tangents' `'CIRCULAR'`): one output per position.
+    Circular,
+    /// Only full windows (`'VALID'`): $P − \text{taps} + 1$ outputs for $P$ positions.
+    Valid,
 }
 
 /// A network described as a computation graph with shared weights. See the
@@ -527,6 +537,85 @@ impl Program {
             }
         };
         Ok(self.push(Op::Concat(flat), width))
+    }
+
+    /// A 1-D convolution over a sequence of positions (one variable each, all of the
+    /// same width): output $q$ is `dense(weight, concat(window_q))`, the same weight at
+    /// every position, so its fan-in is `taps` times a position's width
+    /// (neural-tangents' `Conv` normalisation). Window $q$ holds the positions
+    /// $q − ⌊(\text{taps} − 1)/2⌋, …, q + ⌈(\text{taps} − 1)/2⌉$, taken modulo the length
+    /// with [`Padding::Circular`]; with [`Padding::Valid`] it holds $q, …, q + \text{taps} − 1$
+    /// and there are $P − \text{taps} + 1$ outputs for $P$ positions. Returns the
+    /// pre-activations, one per output position (add a bias and apply $φ$ to each).
+    ///
+    /// ```
+    /// use ntk::{Activation, Padding, Program};
+    /// # fn main() -> Result<(), ntk::Error> {
+    /// // 8 positions × 3 channels, two circular 3-tap ReLU convolutions, average pooling.
+    /// let mut p = Program::new(8 * 3);
+    /// let mut z = (0..8).map(|q| p.input(3 * q..3 * q + 3)).collect::<Result<Vec<_>, _>>()?;
+    /// for _ in 0..2 {
+    ///     let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
+    ///     z = p
+    ///         .conv(w, &z, 3, Padding::Circular)?
+    ///         .into_iter()
+    ///         .map(|h| p.add_bias(h, b).and_then(|h| p.apply(Activation::Relu, h)))
+    ///         .collect::<Result<_, _>>()?;
+    /// }
+    /// let pooled = p.mean(&z)?;
+    /// p.output(pooled, 1.0)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// No positions, zero taps, more taps than positions with [`Padding::Valid`], a
+    /// foreign handle, positions of different widths, or a fan-in different from the
+    /// weight's earlier uses.
+    pub fn conv(
+        &mut self,
+        weight: Weight,
+        positions: &[Var],
+        taps: usize,
+        padding: Padding,
+    ) -> Result<Vec<Var>> {
+        let count = positions.len();
+        if count == 0 {
+            return Err(empty("conv"));
+        }
+        if taps == 0 {
+            return Err(Error::InvalidParameter {
+                parameter: "taps",
+                value: "0".into(),
+                reason: "a filter needs at least one tap",
+            });
+        }
+        self.same_width("conv positions", positions)?;
+        let outputs = match padding {
+            Padding::Circular => count,
+            Padding::Valid if taps <= count => count - taps + 1,
+            Padding::Valid => {
+                return Err(Error::InvalidParameter {
+                    parameter: "taps",
+                    value: format!("{taps} taps over {count} positions"),
+                    reason: "a valid convolution needs at least as many positions as taps",
+                });
+            }
+        };
+        // Tap j of window q; circular windows start (taps − 1)/2 positions to the left
+        // (as JAX pads: ⌊(taps − 1)/2⌋ before, the rest after).
+        let start = ((taps - 1) / 2) % count;
+        let window = |q: usize, j: usize| match padding {
+            Padding::Circular => (q + j % count + count - start) % count,
+            Padding::Valid => q + j,
+        };
+        (0..outputs)
+            .map(|q| {
+                let parts: Vec<Var> = (0..taps).map(|j| positions[window(q, j)]).collect();
+                let stacked = self.concat(&parts)?;
+                self.dense(weight, stacked)
+            })
+            .collect()
     }
 
     /// $φ(h)$ entrywise.

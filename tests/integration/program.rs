@@ -7,8 +7,8 @@
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, InfiniteWidth, MlpSpec, NtkModel, Program, Var, empirical_ntk, infinite_width,
-    infinite_width_layers, width_convergence,
+    Activation, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, empirical_ntk,
+    infinite_width, infinite_width_layers, width_convergence,
 };
 use serde_json::Value;
 
@@ -180,6 +180,140 @@ fn circular_cnn_with_pooling_matches_neural_tangents() {
         false,
     );
     assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+}
+
+/// `Program::conv` is neural-tangents' `Conv` for every filter size and both paddings
+/// (`tests/data/conv_paddings.json`): the fan-in normalisation, the windows' overlaps,
+/// and valid convolutions shrinking the sequence layer by layer (7 → 4 → 1 at 4 taps).
+#[test]
+fn conv_matches_neural_tangents_for_every_filter_size_and_padding() {
+    let data: Value =
+        serde_json::from_str(include_str!("../data/conv_paddings.json")).expect("parses");
+    let positions = data["positions"].as_u64().unwrap() as usize;
+    let channels = data["channels"].as_u64().unwrap() as usize;
+    let x = common::matrix(&data["x"]);
+    for c in data["cases"].as_array().unwrap() {
+        let taps = c["taps"].as_u64().unwrap() as usize;
+        let padding = match c["padding"].as_str().unwrap() {
+            "circular" => Padding::Circular,
+            "valid" => Padding::Valid,
+            other => panic!("unknown padding {other}"),
+        };
+        let mut p = Program::new(positions * channels);
+        let mut z: Vec<Var> = (0..positions)
+            .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
+            .collect();
+        for (sigma_w, sigma_b, activation) in
+            [(1.3, 0.2, Activation::Relu), (1.2, 0.1, Activation::Erf)]
+        {
+            let (w, b) = (p.weight(sigma_w).unwrap(), p.bias(sigma_b).unwrap());
+            let pre = p.conv(w, &z, taps, padding).unwrap();
+            let expected = match padding {
+                Padding::Circular => z.len(),
+                Padding::Valid => z.len() + 1 - taps,
+            };
+            assert_eq!(pre.len(), expected, "{taps} taps, {padding:?}");
+            z = pre
+                .into_iter()
+                .map(|h| {
+                    let h = p.add_bias(h, b).unwrap();
+                    p.apply(activation.clone(), h).unwrap()
+                })
+                .collect();
+        }
+        let pooled = p.mean(&z).unwrap();
+        p.output(pooled, 1.1).unwrap();
+        let k = infinite_width(&p, &x, &x).expect("kernels");
+        for (got, key) in [(&k.nngp, "nngp"), (&k.ntk, "ntk")] {
+            let err = rel_err(got, &common::matrix(&c[key]));
+            assert!(
+                err < prec::NEURAL_TANGENTS_ROUND_OFF,
+                "{taps} taps, {padding:?}, {key}: relative error {err:e}"
+            );
+        }
+    }
+}
+
+/// A convolution is one weight on stacked windows: its finite network equals the one
+/// with the windows written out, parameter for parameter. Circular windows start
+/// ⌊(taps − 1)/2⌋ positions to the left, as JAX pads (`'CIRCULAR'`, 4 taps over 5
+/// positions: (4, 0, 1, 2), (0, 1, 2, 3), …); valid ones at the output's position. The
+/// readout flattens the positions, so a window shifted by one would change the network
+/// (the infinite-width kernels, which average over positions, cannot see such a shift).
+#[test]
+fn conv_is_one_shared_weight_on_stacked_windows() {
+    let circular: Vec<Vec<usize>> = vec![
+        vec![4, 0, 1, 2],
+        vec![0, 1, 2, 3],
+        vec![1, 2, 3, 4],
+        vec![2, 3, 4, 0],
+        vec![3, 4, 0, 1],
+    ];
+    let valid: Vec<Vec<usize>> = vec![vec![0, 1, 2], vec![1, 2, 3], vec![2, 3, 4]];
+    for (taps, padding, windows) in [(4, Padding::Circular, circular), (3, Padding::Valid, valid)] {
+        let build = |by_hand: bool| {
+            let mut p = Program::new(5);
+            let z: Vec<Var> = (0..5).map(|q| p.input(q..q + 1).unwrap()).collect();
+            let w = p.weight(1.5).unwrap();
+            let pre: Vec<Var> = if by_hand {
+                windows
+                    .iter()
+                    .map(|window| {
+                        let parts: Vec<Var> = window.iter().map(|&q| z[q]).collect();
+                        let c = p.concat(&parts).unwrap();
+                        p.dense(w, c).unwrap()
+                    })
+                    .collect()
+            } else {
+                p.conv(w, &z, taps, padding).unwrap()
+            };
+            let h: Vec<Var> = pre
+                .into_iter()
+                .map(|d| p.apply(Activation::Tanh, d).unwrap())
+                .collect();
+            let flat = p.concat(&h).unwrap();
+            p.output(flat, 1.0).unwrap();
+            p
+        };
+        let x = common::inputs(4, 5, 3);
+        let a = build(true)
+            .init::<f64, _>(16, &mut StdRng::seed_from_u64(1))
+            .unwrap();
+        let b = build(false)
+            .init::<f64, _>(16, &mut StdRng::seed_from_u64(1))
+            .unwrap();
+        assert_eq!(a.parameters(), b.parameters());
+        let (fa, fb) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
+        assert!(rel_err(&fa, &fb) < prec::EXACT_F64, "{padding:?} forward");
+        let (ka, kb) = (
+            empirical_ntk(&a, &x, &x).unwrap(),
+            empirical_ntk(&b, &x, &x).unwrap(),
+        );
+        assert!(rel_err(&ka, &kb) < prec::EXACT_F64, "{padding:?} NTK");
+    }
+}
+
+/// Bad convolutions are errors naming the argument.
+#[test]
+fn bad_convolutions_are_errors() {
+    let mut p = Program::new(4);
+    let z: Vec<Var> = (0..4).map(|q| p.input(q..q + 1).unwrap()).collect();
+    let w = p.weight(1.0).unwrap();
+    let message = |r: ntk::Result<Vec<Var>>| format!("{}", r.unwrap_err());
+    assert!(message(p.conv(w, &[], 3, Padding::Circular)).contains("conv"));
+    assert!(message(p.conv(w, &z, 0, Padding::Circular)).contains("taps"));
+    assert!(message(p.conv(w, &z, 5, Padding::Valid)).contains("5 taps over 4 positions"));
+    let wide = p.input(0..2).unwrap();
+    assert!(message(p.conv(w, &[z[0], wide], 1, Padding::Valid)).contains("conv positions"));
+    // The weight's fan-in is fixed by its first use: 3 taps, then 2.
+    p.conv(w, &z, 3, Padding::Circular).unwrap();
+    assert!(message(p.conv(w, &z, 2, Padding::Circular)).contains("fan-in"));
+    let mut other = Program::new(4);
+    let foreign = other.input(0..1).unwrap();
+    assert!(message(p.conv(w, &[foreign], 1, Padding::Valid)).contains("another program"));
+    // Circular filters longer than the sequence wrap around it.
+    let long = p.weight(1.0).unwrap();
+    assert_eq!(p.conv(long, &z, 6, Padding::Circular).unwrap().len(), 4);
 }
 
 #[test]
