@@ -29,7 +29,10 @@ d = 32, W_std = 1, no bias, one output, f64;
 - a 1-D CNN (`benches/programs.rs`): `serial(Conv(128, (3,), padding='CIRCULAR',
   W_std=1.4, b_std=0.1), Relu()) x 3, GlobalAvgPool(), Dense(1))` on 16 positions x 3
   channels: infinite-width NNGP and NTK at N in {128, 256}, and the empirical NTK at
-  N = 128 (structured derivatives), the weights written in the crate's `Program` order.
+  N = 128 (structured derivatives), the weights written in the crate's `Program` order;
+- a 2-D CNN (`benches/programs.rs`): `serial(Conv(1, (3, 3), padding='CIRCULAR',
+  W_std=1.4, b_std=0.1), Relu()) x 2, GlobalAvgPool(), Dense(1))` on 8 x 8 images of 3
+  channels (NHWC): infinite-width NNGP and NTK at N in {32, 64}.
 """
 
 import json
@@ -61,6 +64,8 @@ CNN_LAYERS = 3
 CNN_WIDTH = 128
 CNN_INFINITE_N = [128, 256]
 CNN_EMPIRICAL_N = [128]
+CNN2D_SIDE = 8
+CNN2D_INFINITE_N = [32, 64]
 
 
 def network():
@@ -206,6 +211,22 @@ def main(out):
         manifest["cnn"]["empirical"].append({
             "n": n, "x": save(out, f"cnn_emp_x_{n}", x.reshape(n, -1)),
             "ntk": save(out, f"cnn_emp_ntk_{n}", theta), "seconds": secs})
+
+    _, _, kernel_fn = stax.serial(
+        *[layer for _ in range(2) for layer in (
+            stax.Conv(1, (3, 3), padding="CIRCULAR", W_std=1.4, b_std=0.1), stax.Relu())],
+        stax.GlobalAvgPool(), stax.Dense(1))
+    kfn = jax.jit(kernel_fn, static_argnames="get")
+    manifest["cnn2d"] = {"side": CNN2D_SIDE, "channels": CNN_CHANNELS, "infinite": []}
+    for n in CNN2D_INFINITE_N:
+        x = jnp.asarray(rng.standard_normal((n, CNN2D_SIDE, CNN2D_SIDE, CNN_CHANNELS)))
+        k = kfn(x, None, get=("nngp", "ntk"))
+        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
+        print(f"CNN 2-D infinite N={n:5}: {secs * 1e3:9.2f} ms")
+        manifest["cnn2d"]["infinite"].append({
+            "n": n, "x": save(out, f"cnn2d_inf_x_{n}", x.reshape(n, -1)),
+            "nngp": save(out, f"cnn2d_inf_nngp_{n}", k.nngp),
+            "ntk": save(out, f"cnn2d_inf_ntk_{n}", k.ntk), "seconds": secs})
 
     with open(os.path.join(out, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)

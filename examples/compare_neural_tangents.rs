@@ -18,8 +18,8 @@ use std::time::Instant;
 use clap::Parser;
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::{
-    Activation, GradientFlow, Mlp, MlpSpec, NtkModel, Padding, Program, Var, empirical_ntk,
-    infinite_width,
+    Activation, GradientFlow, InfiniteWidth, Mlp, MlpSpec, NtkModel, Padding, Program, Var,
+    empirical_ntk, infinite_width,
 };
 use serde_json::Value;
 
@@ -140,6 +140,31 @@ fn cnn(positions: usize, channels: usize, layers: usize) -> Result<Program, ntk:
         let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
         z = p
             .conv(w, &z, 3, Padding::Circular)?
+            .into_iter()
+            .map(|h| {
+                let h = p.add_bias(h, b)?;
+                p.apply(Activation::Relu, h)
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let pooled = p.mean(&z)?;
+    p.output(pooled, 1.0)?;
+    Ok(p)
+}
+
+/// neural-tangents' `serial(Conv(·, (3, 3), 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × 2,
+/// GlobalAvgPool, Dense(1))` on `side × side` NHWC images as a program (`Program::conv2d`).
+fn cnn2d(side: usize, channels: usize) -> Result<Program, ntk::Error> {
+    let mut p = Program::new(side * side * channels);
+    let mut z: Vec<Var> = (0..side * side)
+        .map(|q| p.input(q * channels..(q + 1) * channels))
+        .collect::<Result<_, _>>()?;
+    let mut shape = (side, side);
+    for _ in 0..2 {
+        let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
+        let (pre, next) = p.conv2d(w, &z, shape, (3, 3), Padding::Circular)?;
+        shape = next;
+        z = pre
             .into_iter()
             .map(|h| {
                 let h = p.add_bias(h, b)?;
@@ -283,6 +308,26 @@ fn run(args: Args) -> Result {
                 diff: rel_diff(&theta, &reference),
                 diag: None,
                 ours: median_seconds(|| empirical_ntk(&net, &x, &x)),
+                theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            });
+        }
+    }
+
+    if let Some(c) = manifest.get("cnn2d") {
+        let field = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or("cnn2d field");
+        let program = cnn2d(field("side")?, field("channels")?)?;
+        // Compiled once, as neural-tangents' kernel function is jitted once.
+        let prepared = InfiniteWidth::new(&program)?;
+        for case in c["infinite"].as_array().ok_or("cnn2d infinite")? {
+            let x = load(&dir, &case["x"])?;
+            let k = prepared.kernels(&x, &x)?;
+            let (nngp, ntk) = (load(&dir, &case["nngp"])?, load(&dir, &case["ntk"])?);
+            rows.push(Row {
+                what: "CNN 2-D (8×8) infinite NNGP+NTK".into(),
+                n: x.nrows(),
+                diff: off_diagonal_diff(&k.nngp, &nngp).max(off_diagonal_diff(&k.ntk, &ntk)),
+                diag: Some(rel_diff(&k.nngp, &nngp).max(rel_diff(&k.ntk, &ntk))),
+                ours: median_seconds(|| prepared.kernels(&x, &x)),
                 theirs: case["seconds"].as_f64().ok_or("seconds")?,
             });
         }

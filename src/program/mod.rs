@@ -57,9 +57,10 @@
 //! With these, a 1-D convolution with a 3-tap filter is one `Weight` used at every
 //! position $p$ on `concat(&[x_{p−1}, x_p, x_{p+1}])` (neural-tangents' `Conv`
 //! normalisation, fan-in $3·\text{channels}$; [`conv`](Program::conv) builds these windows
-//! for any filter size, circular or valid), global average pooling is `mean`, flattening
-//! is `concat`, a residual block is `add(&[s, dense(W, φ(s))])`, and an RNN uses one
-//! hidden-to-hidden `Weight` at every step.
+//! for any filter size, circular or valid, and [`conv2d`](Program::conv2d) on images),
+//! global average pooling is `mean`, flattening is `concat`, a residual block is
+//! `add(&[s, dense(W, φ(s))])`, and an RNN uses one hidden-to-hidden `Weight` at every
+//! step.
 //!
 //! ## Its kernels
 //!
@@ -546,7 +547,8 @@ impl Program {
     /// $q − ⌊(\text{taps} − 1)/2⌋, …, q + ⌈(\text{taps} − 1)/2⌉$, taken modulo the length
     /// with [`Padding::Circular`]; with [`Padding::Valid`] it holds $q, …, q + \text{taps} − 1$
     /// and there are $P − \text{taps} + 1$ outputs for $P$ positions. Returns the
-    /// pre-activations, one per output position (add a bias and apply $φ$ to each).
+    /// pre-activations, one per output position (add a bias and apply $φ$ to each). For
+    /// images, [`conv2d`](Program::conv2d).
     ///
     /// ```
     /// use ntk::{Activation, Padding, Program};
@@ -579,39 +581,125 @@ impl Program {
         taps: usize,
         padding: Padding,
     ) -> Result<Vec<Var>> {
-        let count = positions.len();
-        if count == 0 {
-            return Err(empty("conv"));
-        }
-        if taps == 0 {
+        self.conv_nd(weight, positions, &[positions.len()], &[taps], padding)
+    }
+
+    /// A 2-D convolution over a `height × width` grid of positions (an image, one
+    /// variable per pixel, row-major, all of the same width) with a `taps.0 × taps.1`
+    /// filter: output $(r, c)$ is `dense(weight, concat(window_{r,c}))`, the window's
+    /// pixels row-major, so the fan-in is $\text{taps}_0 · \text{taps}_1$ times a pixel's
+    /// width. Along each axis the windows are those of [`conv`](Program::conv) (circular:
+    /// starting $⌊(\text{taps} − 1)/2⌋$ before the output's position, modulo the length;
+    /// valid: full windows only). Returns the outputs row-major, with their grid's shape:
+    /// `(height, width)` for [`Padding::Circular`], `(height − taps.0 + 1, width − taps.1 + 1)`
+    /// for [`Padding::Valid`]; neural-tangents' `Conv(·, taps, 'CIRCULAR' | 'VALID')` on
+    /// NHWC images.
+    ///
+    /// # Errors
+    /// As [`conv`](Program::conv), and [`Error::InvalidParameter`] if `positions` does
+    /// not hold `height · width` variables.
+    pub fn conv2d(
+        &mut self,
+        weight: Weight,
+        positions: &[Var],
+        (height, width): (usize, usize),
+        taps: (usize, usize),
+        padding: Padding,
+    ) -> Result<(Vec<Var>, (usize, usize))> {
+        if height.checked_mul(width) != Some(positions.len()) {
             return Err(Error::InvalidParameter {
-                parameter: "taps",
-                value: "0".into(),
-                reason: "a filter needs at least one tap",
+                parameter: "conv2d positions",
+                value: format!(
+                    "{} variables for a {height} × {width} grid",
+                    positions.len()
+                ),
+                reason: "a grid needs one variable per pixel, row-major",
             });
         }
+        let out = self.conv_nd(
+            weight,
+            positions,
+            &[height, width],
+            &[taps.0, taps.1],
+            padding,
+        )?;
+        let shape = match padding {
+            Padding::Circular => (height, width),
+            Padding::Valid => (height + 1 - taps.0, width + 1 - taps.1),
+        };
+        Ok((out, shape))
+    }
+
+    /// The convolution over a row-major grid of shape `dims` with a filter of shape
+    /// `taps`: one `dense(weight, concat(window))` per output position, row-major.
+    fn conv_nd(
+        &mut self,
+        weight: Weight,
+        positions: &[Var],
+        dims: &[usize],
+        taps: &[usize],
+        padding: Padding,
+    ) -> Result<Vec<Var>> {
+        if positions.is_empty() {
+            return Err(empty("conv"));
+        }
         self.same_width("conv positions", positions)?;
-        let outputs = match padding {
-            Padding::Circular => count,
-            Padding::Valid if taps <= count => count - taps + 1,
-            Padding::Valid => {
+        // Per axis: the number of outputs, and the input index of tap j at output q.
+        let mut axes: Vec<(usize, Vec<Vec<usize>>)> = Vec::with_capacity(dims.len());
+        for (&count, &taps) in dims.iter().zip(taps) {
+            if taps == 0 {
                 return Err(Error::InvalidParameter {
                     parameter: "taps",
-                    value: format!("{taps} taps over {count} positions"),
-                    reason: "a valid convolution needs at least as many positions as taps",
+                    value: "0".into(),
+                    reason: "a filter needs at least one tap",
                 });
             }
-        };
-        // Tap j of window q; circular windows start (taps − 1)/2 positions to the left
-        // (as JAX pads: ⌊(taps − 1)/2⌋ before, the rest after).
-        let start = ((taps - 1) / 2) % count;
-        let window = |q: usize, j: usize| match padding {
-            Padding::Circular => (q + j % count + count - start) % count,
-            Padding::Valid => q + j,
-        };
-        (0..outputs)
-            .map(|q| {
-                let parts: Vec<Var> = (0..taps).map(|j| positions[window(q, j)]).collect();
+            let outputs = match padding {
+                Padding::Circular => count,
+                Padding::Valid if taps <= count => count - taps + 1,
+                Padding::Valid => {
+                    return Err(Error::InvalidParameter {
+                        parameter: "taps",
+                        value: format!("{taps} taps over {count} positions"),
+                        reason: "a valid convolution needs at least as many positions as taps",
+                    });
+                }
+            };
+            // Circular windows start (taps − 1)/2 positions to the left (as JAX pads:
+            // ⌊(taps − 1)/2⌋ before, the rest after).
+            let start = ((taps - 1) / 2) % count;
+            let windows = (0..outputs)
+                .map(|q| {
+                    (0..taps)
+                        .map(|j| match padding {
+                            Padding::Circular => (q + j % count + count - start) % count,
+                            Padding::Valid => q + j,
+                        })
+                        .collect()
+                })
+                .collect();
+            axes.push((outputs, windows));
+        }
+        // Row-major products over the axes: output positions, and each one's window.
+        let mut outputs: Vec<Vec<usize>> = vec![Vec::new()];
+        for (count, _) in &axes {
+            outputs = outputs
+                .iter()
+                .flat_map(|o| (0..*count).map(move |q| [o.as_slice(), &[q]].concat()))
+                .collect();
+        }
+        outputs
+            .iter()
+            .map(|out| {
+                let mut window: Vec<usize> = vec![0];
+                for (axis, &q) in out.iter().enumerate() {
+                    let (dim, taps) = (dims[axis], &axes[axis].1[q]);
+                    window = window
+                        .iter()
+                        .flat_map(|&flat| taps.iter().map(move |&i| flat * dim + i))
+                        .collect();
+                }
+                let parts: Vec<Var> = window.iter().map(|&i| positions[i]).collect();
                 let stacked = self.concat(&parts)?;
                 self.dense(weight, stacked)
             })

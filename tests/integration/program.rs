@@ -293,6 +293,118 @@ fn conv_is_one_shared_weight_on_stacked_windows() {
     }
 }
 
+/// `Program::conv2d` is neural-tangents' 2-D `Conv` on NHWC images (4 × 5 pixels, 2
+/// channels; `tests/data/conv_paddings.json`): 3 × 3 and 2 × 3 circular filters, and
+/// 2 × 2 valid ones shrinking the image 4 × 5 → 3 × 4 → 2 × 3.
+#[test]
+fn conv2d_matches_neural_tangents() {
+    let data: Value =
+        serde_json::from_str(include_str!("../data/conv_paddings.json")).expect("parses");
+    let (height, width) = (
+        data["height"].as_u64().unwrap() as usize,
+        data["width"].as_u64().unwrap() as usize,
+    );
+    let channels = data["channels"].as_u64().unwrap() as usize;
+    let x = common::matrix(&data["images"]);
+    for c in data["cases_2d"].as_array().unwrap() {
+        let taps = (
+            c["taps"][0].as_u64().unwrap() as usize,
+            c["taps"][1].as_u64().unwrap() as usize,
+        );
+        let padding = match c["padding"].as_str().unwrap() {
+            "circular" => Padding::Circular,
+            _ => Padding::Valid,
+        };
+        let mut p = Program::new(height * width * channels);
+        let mut z: Vec<Var> = (0..height * width)
+            .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
+            .collect();
+        let mut shape = (height, width);
+        for (sigma_w, sigma_b, activation) in
+            [(1.3, 0.2, Activation::Relu), (1.2, 0.1, Activation::Erf)]
+        {
+            let (w, b) = (p.weight(sigma_w).unwrap(), p.bias(sigma_b).unwrap());
+            let (pre, next) = p.conv2d(w, &z, shape, taps, padding).unwrap();
+            assert_eq!(pre.len(), next.0 * next.1);
+            shape = next;
+            z = pre
+                .into_iter()
+                .map(|h| {
+                    let h = p.add_bias(h, b).unwrap();
+                    p.apply(activation.clone(), h).unwrap()
+                })
+                .collect();
+        }
+        if padding == Padding::Valid {
+            assert_eq!(shape, (2, 3));
+        }
+        let pooled = p.mean(&z).unwrap();
+        p.output(pooled, 1.1).unwrap();
+        let k = infinite_width(&p, &x, &x).expect("kernels");
+        for (got, key) in [(&k.nngp, "nngp"), (&k.ntk, "ntk")] {
+            let err = rel_err(got, &common::matrix(&c[key]));
+            assert!(
+                err < prec::NEURAL_TANGENTS_ROUND_OFF,
+                "{taps:?} taps, {padding:?}, {key}: relative error {err:e}"
+            );
+        }
+    }
+}
+
+/// A 2-D convolution's windows, written out: on a 3 × 3 grid a circular 3 × 2 filter at
+/// output (r, c) reads rows r − 1, r, r + 1 and columns c, c + 1 (mod 3), row-major;
+/// the finite networks agree parameter for parameter (flattening readout, so a shifted
+/// window would show).
+#[test]
+fn conv2d_is_one_shared_weight_on_stacked_windows() {
+    let build = |by_hand: bool| {
+        let mut p = Program::new(9);
+        let z: Vec<Var> = (0..9).map(|q| p.input(q..q + 1).unwrap()).collect();
+        let w = p.weight(1.5).unwrap();
+        let pre: Vec<Var> = if by_hand {
+            let mut out = Vec::new();
+            for r in 0..3 {
+                for c in 0..3 {
+                    let mut parts = Vec::new();
+                    for row in [(r + 2) % 3, r, (r + 1) % 3] {
+                        for col in [c, (c + 1) % 3] {
+                            parts.push(z[row * 3 + col]);
+                        }
+                    }
+                    let stacked = p.concat(&parts).unwrap();
+                    out.push(p.dense(w, stacked).unwrap());
+                }
+            }
+            out
+        } else {
+            p.conv2d(w, &z, (3, 3), (3, 2), Padding::Circular)
+                .unwrap()
+                .0
+        };
+        let h: Vec<Var> = pre
+            .into_iter()
+            .map(|d| p.apply(Activation::Tanh, d).unwrap())
+            .collect();
+        let flat = p.concat(&h).unwrap();
+        p.output(flat, 1.0).unwrap();
+        p
+    };
+    let x = common::inputs(4, 9, 5);
+    let a = build(true)
+        .init::<f64, _>(16, &mut StdRng::seed_from_u64(2))
+        .unwrap();
+    let b = build(false)
+        .init::<f64, _>(16, &mut StdRng::seed_from_u64(2))
+        .unwrap();
+    assert_eq!(a.parameters(), b.parameters());
+    assert!(rel_err(&a.forward(&x).unwrap(), &b.forward(&x).unwrap()) < prec::EXACT_F64);
+    let (ka, kb) = (
+        empirical_ntk(&a, &x, &x).unwrap(),
+        empirical_ntk(&b, &x, &x).unwrap(),
+    );
+    assert!(rel_err(&ka, &kb) < prec::EXACT_F64);
+}
+
 /// Bad convolutions are errors naming the argument.
 #[test]
 fn bad_convolutions_are_errors() {
@@ -311,6 +423,13 @@ fn bad_convolutions_are_errors() {
     let mut other = Program::new(4);
     let foreign = other.input(0..1).unwrap();
     assert!(message(p.conv(w, &[foreign], 1, Padding::Valid)).contains("another program"));
+    let grid = p.conv2d(w, &z, (3, 2), (1, 1), Padding::Valid);
+    assert!(format!("{}", grid.unwrap_err()).contains("4 variables for a 3 × 2 grid"));
+    let square = p.weight(1.0).unwrap();
+    let valid = p.conv2d(square, &z, (2, 2), (3, 1), Padding::Valid);
+    assert!(format!("{}", valid.unwrap_err()).contains("3 taps over 2 positions"));
+    let zero = p.conv2d(square, &z, (2, 2), (1, 0), Padding::Circular);
+    assert!(format!("{}", zero.unwrap_err()).contains("taps"));
     // Circular filters longer than the sequence wrap around it.
     let long = p.weight(1.0).unwrap();
     assert_eq!(p.conv(long, &z, 6, Padding::Circular).unwrap().len(), 4);
