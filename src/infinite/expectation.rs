@@ -335,25 +335,9 @@ where
     G: Fn(f64) -> (f64, f64),
 {
     if q2 > q1 {
-        return conditional(psi, phi, q2, c, q1, rules);
+        // The moments are symmetric in (φ, u) ↔ (ψ, v).
+        return pair_moments(psi, phi, q2, c, q1, rules);
     }
-    conditional(phi, psi, q1, c, q2, rules)
-}
-
-/// [`pair_moments`] with u (variance `q1` ≥ `q2`) outside.
-#[inline]
-fn conditional<F, G>(
-    phi: &Side<F>,
-    psi: &Side<G>,
-    q1: f64,
-    c: f64,
-    q2: f64,
-    rules: &Rules,
-) -> (f64, f64)
-where
-    F: Fn(f64) -> (f64, f64),
-    G: Fn(f64) -> (f64, f64),
-{
     let (sd1, sd2) = (q1.max(0.0).sqrt(), q2.max(0.0).sqrt());
     let (kappa, s) = if sd1 > 0.0 && sd2 > 0.0 {
         let rho = super::fastmath::correlation((c / sd1) / sd2);
