@@ -283,8 +283,11 @@ pub(crate) enum Group {
     Bias(usize),
 }
 
-/// How a 1-D convolution ([`Program::conv`]) treats the ends of the sequence.
+/// How a convolution ([`Program::conv`], [`Program::conv2d`]) treats the ends of the
+/// sequence or the edges of the image. (Zero padding, neural-tangents' `'SAME'`, is
+/// not offered yet; the enum is non-exhaustive so that it can be.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Padding {
     /// Positions wrap around (neural-tangents' `'CIRCULAR'`): one output per position.
     Circular,

@@ -208,9 +208,10 @@ fn conv_matches_neural_tangents_for_every_filter_size_and_padding() {
         {
             let (w, b) = (p.weight(sigma_w).unwrap(), p.bias(sigma_b).unwrap());
             let pre = p.conv(w, &z, taps, padding).unwrap();
-            let expected = match padding {
-                Padding::Circular => z.len(),
-                Padding::Valid => z.len() + 1 - taps,
+            let expected = if padding == Padding::Circular {
+                z.len()
+            } else {
+                z.len() + 1 - taps
             };
             assert_eq!(pre.len(), expected, "{taps} taps, {padding:?}");
             z = pre
