@@ -34,18 +34,21 @@ fn inputs(n: usize, d: usize) -> DMatrix<f64> {
     DMatrix::from_fn(n, d, |i, j| ((i * 31 + j * 17) as f64 * 0.37).sin())
 }
 
-/// The benchmark CNN: three circular 3-tap ReLU convolutions, global average pooling.
-fn cnn(positions: usize, channels: usize) -> Program {
-    let mut p = Program::new(positions * channels);
+/// The benchmark CNNs: `layers` circular ReLU convolutions with a `taps` filter over a
+/// row-major `grid` of positions of 3 channels (σ_w 1.4, σ_b 0.1), global average
+/// pooling. The 1-D CNN is the grid `(1, 16)` with taps `(1, 3)`.
+fn cnn(grid: (usize, usize), taps: (usize, usize), layers: usize) -> Program {
+    let positions = grid.0 * grid.1;
+    let mut p = Program::new(positions * 3);
     let mut z: Vec<Var> = (0..positions)
-        .map(|q| p.input(q * channels..(q + 1) * channels).expect("columns"))
+        .map(|q| p.input(3 * q..3 * q + 3).expect("columns"))
         .collect();
-    for _ in 0..3 {
-        let w = p.weight(1.4).expect("σ");
-        let b = p.bias(0.1).expect("σ");
+    for _ in 0..layers {
+        let (w, b) = (p.weight(1.4).expect("σ"), p.bias(0.1).expect("σ"));
         z = p
-            .conv(w, &z, 3, Padding::Circular)
+            .conv2d(w, &z, grid, taps, Padding::Circular)
             .expect("conv")
+            .0
             .into_iter()
             .map(|h| {
                 let h = p.add_bias(h, b).expect("bias");
@@ -88,7 +91,7 @@ fn rnn(steps: usize, mean_pool: bool) -> Program {
 }
 
 fn cnn_infinite(c: &mut Criterion) {
-    let p = cnn(16, 3);
+    let p = cnn((1, 16), (1, 3), 3);
     // Per entry the CNN evaluates 3 layers × 16² position pairs of the ReLU dual; an
     // MLP of depth 3·16² = 768 does the same number with the fused engine.
     let mut baseline = MlpSpec::new(48);
@@ -110,35 +113,8 @@ fn cnn_infinite(c: &mut Criterion) {
     group.finish();
 }
 
-/// A 2-D CNN on `side × side` images of 3 channels: two circular 3 × 3 ReLU
-/// convolutions, global average pooling.
-fn cnn2d(side: usize) -> Program {
-    let mut p = Program::new(side * side * 3);
-    let mut z: Vec<Var> = (0..side * side)
-        .map(|q| p.input(3 * q..3 * q + 3).expect("columns"))
-        .collect();
-    let mut shape = (side, side);
-    for _ in 0..2 {
-        let (w, b) = (p.weight(1.4).expect("σ"), p.bias(0.1).expect("σ"));
-        let (pre, next) = p
-            .conv2d(w, &z, shape, (3, 3), Padding::Circular)
-            .expect("conv2d");
-        shape = next;
-        z = pre
-            .into_iter()
-            .map(|h| {
-                let h = p.add_bias(h, b).expect("bias");
-                p.apply(Activation::Relu, h).expect("relu")
-            })
-            .collect();
-    }
-    let pooled = p.mean(&z).expect("pool");
-    p.output(pooled, 1.0).expect("readout");
-    p
-}
-
 fn cnn2d_infinite(c: &mut Criterion) {
-    let p = cnn2d(8);
+    let p = cnn((8, 8), (3, 3), 2);
     // Per entry: 2 layers × 64² pixel pairs of the ReLU dual = 8192, as an MLP that deep.
     let mut baseline = MlpSpec::new(192);
     for _ in 0..8192 {
@@ -159,7 +135,7 @@ fn cnn2d_infinite(c: &mut Criterion) {
 }
 
 fn cnn_empirical(c: &mut Criterion) {
-    let p = cnn(16, 3);
+    let p = cnn((1, 16), (1, 3), 3);
     let net = p
         .init::<f64, _>(128, &mut StdRng::seed_from_u64(0))
         .expect("network");

@@ -128,10 +128,17 @@ fn off_diagonal_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
     d.amax() / b.amax()
 }
 
-/// neural-tangents' `serial(Conv(·, (3,), 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × layers,
-/// GlobalAvgPool, Dense(1))` as a program: one weight and bias per layer, shared over
-/// positions (`Program::conv`: each position's window (p − 1, p, p + 1) concatenated).
-fn cnn(positions: usize, channels: usize, layers: usize) -> Result<Program, ntk::Error> {
+/// neural-tangents' `serial(Conv(·, taps, 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × layers,
+/// GlobalAvgPool, Dense(1))` on a `grid` of positions (row-major, `channels` columns
+/// each) as a program: one weight and bias per layer, shared over positions
+/// (`Program::conv2d`). A 1-D CNN is the grid `(1, positions)` with taps `(1, k)`.
+fn cnn(
+    grid: (usize, usize),
+    taps: (usize, usize),
+    channels: usize,
+    layers: usize,
+) -> Result<Program, ntk::Error> {
+    let positions = grid.0 * grid.1;
     let mut p = Program::new(positions * channels);
     let mut z: Vec<Var> = (0..positions)
         .map(|q| p.input(q * channels..(q + 1) * channels))
@@ -139,32 +146,8 @@ fn cnn(positions: usize, channels: usize, layers: usize) -> Result<Program, ntk:
     for _ in 0..layers {
         let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
         z = p
-            .conv(w, &z, 3, Padding::Circular)?
-            .into_iter()
-            .map(|h| {
-                let h = p.add_bias(h, b)?;
-                p.apply(Activation::Relu, h)
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    let pooled = p.mean(&z)?;
-    p.output(pooled, 1.0)?;
-    Ok(p)
-}
-
-/// neural-tangents' `serial(Conv(·, (3, 3), 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × 2,
-/// GlobalAvgPool, Dense(1))` on `side × side` NHWC images as a program (`Program::conv2d`).
-fn cnn2d(side: usize, channels: usize) -> Result<Program, ntk::Error> {
-    let mut p = Program::new(side * side * channels);
-    let mut z: Vec<Var> = (0..side * side)
-        .map(|q| p.input(q * channels..(q + 1) * channels))
-        .collect::<Result<_, _>>()?;
-    let mut shape = (side, side);
-    for _ in 0..2 {
-        let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
-        let (pre, next) = p.conv2d(w, &z, shape, (3, 3), Padding::Circular)?;
-        shape = next;
-        z = pre
+            .conv2d(w, &z, grid, taps, Padding::Circular)?
+            .0
             .into_iter()
             .map(|h| {
                 let h = p.add_bias(h, b)?;
@@ -279,7 +262,12 @@ fn run(args: Args) -> Result {
 
     if let Some(c) = manifest.get("cnn") {
         let field = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or("cnn field");
-        let program = cnn(field("positions")?, field("channels")?, field("layers")?)?;
+        let program = cnn(
+            (1, field("positions")?),
+            (1, 3),
+            field("channels")?,
+            field("layers")?,
+        )?;
         let mut net = program.init::<f64, _>(
             field("width")?,
             &mut <ntk::rand::rngs::StdRng as ntk::rand::SeedableRng>::seed_from_u64(0),
@@ -315,7 +303,8 @@ fn run(args: Args) -> Result {
 
     if let Some(c) = manifest.get("cnn2d") {
         let field = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or("cnn2d field");
-        let program = cnn2d(field("side")?, field("channels")?)?;
+        let side = field("side")?;
+        let program = cnn((side, side), (3, 3), field("channels")?, 2)?;
         // Compiled once, as neural-tangents' kernel function is jitted once.
         let prepared = InfiniteWidth::new(&program)?;
         for case in c["infinite"].as_array().ok_or("cnn2d infinite")? {

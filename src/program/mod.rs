@@ -584,7 +584,8 @@ impl Program {
         taps: usize,
         padding: Padding,
     ) -> Result<Vec<Var>> {
-        self.conv_nd(weight, positions, &[positions.len()], &[taps], padding)
+        let (out, _) = self.conv_nd(weight, positions, &[positions.len()], &[taps], padding)?;
+        Ok(out)
     }
 
     /// A 2-D convolution over a `height × width` grid of positions (an image, one
@@ -619,22 +620,19 @@ impl Program {
                 reason: "a grid needs one variable per pixel, row-major",
             });
         }
-        let out = self.conv_nd(
+        let (out, shape) = self.conv_nd(
             weight,
             positions,
             &[height, width],
             &[taps.0, taps.1],
             padding,
         )?;
-        let shape = match padding {
-            Padding::Circular => (height, width),
-            Padding::Valid => (height + 1 - taps.0, width + 1 - taps.1),
-        };
-        Ok((out, shape))
+        Ok((out, (shape[0], shape[1])))
     }
 
     /// The convolution over a row-major grid of shape `dims` with a filter of shape
-    /// `taps`: one `dense(weight, concat(window))` per output position, row-major.
+    /// `taps`: one `dense(weight, concat(window))` per output position, row-major, and
+    /// the outputs' grid shape.
     fn conv_nd(
         &mut self,
         weight: Weight,
@@ -642,7 +640,7 @@ impl Program {
         dims: &[usize],
         taps: &[usize],
         padding: Padding,
-    ) -> Result<Vec<Var>> {
+    ) -> Result<(Vec<Var>, Vec<usize>)> {
         if positions.is_empty() {
             return Err(empty("conv"));
         }
@@ -691,7 +689,8 @@ impl Program {
                 .flat_map(|o| (0..*count).map(move |q| [o.as_slice(), &[q]].concat()))
                 .collect();
         }
-        outputs
+        let shape = axes.iter().map(|(count, _)| *count).collect();
+        let vars = outputs
             .iter()
             .map(|out| {
                 let mut window: Vec<usize> = vec![0];
@@ -706,7 +705,8 @@ impl Program {
                 let stacked = self.concat(&parts)?;
                 self.dense(weight, stacked)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((vars, shape))
     }
 
     /// $φ(h)$ entrywise.

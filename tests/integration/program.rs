@@ -7,7 +7,7 @@
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, empirical_ntk,
+    Activation, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight, empirical_ntk,
     infinite_width, infinite_width_layers, width_convergence,
 };
 use serde_json::Value;
@@ -182,6 +182,104 @@ fn circular_cnn_with_pooling_matches_neural_tangents() {
     assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
+/// The reference CNN of `tests/data/conv_paddings.json` on `positions` inputs of
+/// `channels` columns: two convolutions (`conv` turns a layer's weight and inputs into
+/// pre-activations), ReLU (σ_w 1.3, σ_b 0.2) then Erf (1.2, 0.1), average pooling,
+/// readout σ_v 1.1.
+fn reference_cnn(
+    positions: usize,
+    channels: usize,
+    mut conv: impl FnMut(&mut Program, Weight, &[Var]) -> Vec<Var>,
+) -> Program {
+    let mut p = Program::new(positions * channels);
+    let mut z: Vec<Var> = (0..positions)
+        .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
+        .collect();
+    for (sigma_w, sigma_b, activation) in
+        [(1.3, 0.2, Activation::Relu), (1.2, 0.1, Activation::Erf)]
+    {
+        let (w, b) = (p.weight(sigma_w).unwrap(), p.bias(sigma_b).unwrap());
+        z = conv(&mut p, w, &z)
+            .into_iter()
+            .map(|h| {
+                let h = p.add_bias(h, b).unwrap();
+                p.apply(activation.clone(), h).unwrap()
+            })
+            .collect();
+    }
+    let pooled = p.mean(&z).unwrap();
+    p.output(pooled, 1.1).unwrap();
+    p
+}
+
+/// Asserts that `p`'s kernels on `x` are those of the reference case `c`.
+fn assert_matches_conv_reference(p: &Program, x: &DMatrix<f64>, c: &Value) {
+    let k = infinite_width(p, x, x).expect("kernels");
+    for (got, key) in [(&k.nngp, "nngp"), (&k.ntk, "ntk")] {
+        let err = rel_err(got, &common::matrix(&c[key]));
+        assert!(
+            err < prec::NEURAL_TANGENTS_ROUND_OFF,
+            "{} taps, {}, {key}: relative error {err:e}",
+            c["taps"],
+            c["padding"]
+        );
+    }
+}
+
+/// The padding a reference case names.
+fn conv_padding(c: &Value) -> Padding {
+    match c["padding"].as_str().unwrap() {
+        "circular" => Padding::Circular,
+        "valid" => Padding::Valid,
+        other => panic!("unknown padding {other}"),
+    }
+}
+
+/// Asserts that two programs on `x` draw the same parameters at width 16 and give the
+/// same finite network: outputs and empirical NTK.
+fn assert_same_finite_network(a: &Program, b: &Program, x: &DMatrix<f64>) {
+    let a = a.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+    let b = b.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+    assert_eq!(a.parameters(), b.parameters());
+    assert!(rel_err(&a.forward(x).unwrap(), &b.forward(x).unwrap()) < prec::EXACT_F64);
+    let (ka, kb) = (
+        empirical_ntk(&a, x, x).unwrap(),
+        empirical_ntk(&b, x, x).unwrap(),
+    );
+    assert!(rel_err(&ka, &kb) < prec::EXACT_F64);
+}
+
+/// One width-1 input per position, one weight σ 1.5 turned into pre-activations by
+/// `pre`, tanh, and a readout of the flattened positions (so that every position's
+/// place is seen: a window shifted by one changes the network).
+fn flattened_tanh_conv(
+    positions: usize,
+    pre: impl FnOnce(&mut Program, Weight, &[Var]) -> Vec<Var>,
+) -> Program {
+    let mut p = Program::new(positions);
+    let z: Vec<Var> = (0..positions).map(|q| p.input(q..q + 1).unwrap()).collect();
+    let w = p.weight(1.5).unwrap();
+    let h: Vec<Var> = pre(&mut p, w, &z)
+        .into_iter()
+        .map(|d| p.apply(Activation::Tanh, d).unwrap())
+        .collect();
+    let flat = p.concat(&h).unwrap();
+    p.output(flat, 1.0).unwrap();
+    p
+}
+
+/// `dense(w, concat(window))` for each written-out window of positions.
+fn dense_on_windows(p: &mut Program, w: Weight, z: &[Var], windows: &[Vec<usize>]) -> Vec<Var> {
+    windows
+        .iter()
+        .map(|window| {
+            let parts: Vec<Var> = window.iter().map(|&q| z[q]).collect();
+            let c = p.concat(&parts).unwrap();
+            p.dense(w, c).unwrap()
+        })
+        .collect()
+}
+
 /// `Program::conv` is neural-tangents' `Conv` for every filter size and both paddings
 /// (`tests/data/conv_paddings.json`): the fan-in normalisation, the windows' overlaps,
 /// and valid convolutions shrinking the sequence layer by layer (7 → 4 → 1 at 4 taps).
@@ -194,44 +292,18 @@ fn conv_matches_neural_tangents_for_every_filter_size_and_padding() {
     let x = common::matrix(&data["x"]);
     for c in data["cases"].as_array().unwrap() {
         let taps = c["taps"].as_u64().unwrap() as usize;
-        let padding = match c["padding"].as_str().unwrap() {
-            "circular" => Padding::Circular,
-            "valid" => Padding::Valid,
-            other => panic!("unknown padding {other}"),
-        };
-        let mut p = Program::new(positions * channels);
-        let mut z: Vec<Var> = (0..positions)
-            .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
-            .collect();
-        for (sigma_w, sigma_b, activation) in
-            [(1.3, 0.2, Activation::Relu), (1.2, 0.1, Activation::Erf)]
-        {
-            let (w, b) = (p.weight(sigma_w).unwrap(), p.bias(sigma_b).unwrap());
-            let pre = p.conv(w, &z, taps, padding).unwrap();
+        let padding = conv_padding(c);
+        let p = reference_cnn(positions, channels, |p, w, z| {
+            let pre = p.conv(w, z, taps, padding).unwrap();
             let expected = if padding == Padding::Circular {
                 z.len()
             } else {
                 z.len() + 1 - taps
             };
             assert_eq!(pre.len(), expected, "{taps} taps, {padding:?}");
-            z = pre
-                .into_iter()
-                .map(|h| {
-                    let h = p.add_bias(h, b).unwrap();
-                    p.apply(activation.clone(), h).unwrap()
-                })
-                .collect();
-        }
-        let pooled = p.mean(&z).unwrap();
-        p.output(pooled, 1.1).unwrap();
-        let k = infinite_width(&p, &x, &x).expect("kernels");
-        for (got, key) in [(&k.nngp, "nngp"), (&k.ntk, "ntk")] {
-            let err = rel_err(got, &common::matrix(&c[key]));
-            assert!(
-                err < prec::NEURAL_TANGENTS_ROUND_OFF,
-                "{taps} taps, {padding:?}, {key}: relative error {err:e}"
-            );
-        }
+            pre
+        });
+        assert_matches_conv_reference(&p, &x, c);
     }
 }
 
@@ -251,46 +323,11 @@ fn conv_is_one_shared_weight_on_stacked_windows() {
         vec![3, 4, 0, 1],
     ];
     let valid: Vec<Vec<usize>> = vec![vec![0, 1, 2], vec![1, 2, 3], vec![2, 3, 4]];
+    let x = common::inputs(4, 5, 3);
     for (taps, padding, windows) in [(4, Padding::Circular, circular), (3, Padding::Valid, valid)] {
-        let build = |by_hand: bool| {
-            let mut p = Program::new(5);
-            let z: Vec<Var> = (0..5).map(|q| p.input(q..q + 1).unwrap()).collect();
-            let w = p.weight(1.5).unwrap();
-            let pre: Vec<Var> = if by_hand {
-                windows
-                    .iter()
-                    .map(|window| {
-                        let parts: Vec<Var> = window.iter().map(|&q| z[q]).collect();
-                        let c = p.concat(&parts).unwrap();
-                        p.dense(w, c).unwrap()
-                    })
-                    .collect()
-            } else {
-                p.conv(w, &z, taps, padding).unwrap()
-            };
-            let h: Vec<Var> = pre
-                .into_iter()
-                .map(|d| p.apply(Activation::Tanh, d).unwrap())
-                .collect();
-            let flat = p.concat(&h).unwrap();
-            p.output(flat, 1.0).unwrap();
-            p
-        };
-        let x = common::inputs(4, 5, 3);
-        let a = build(true)
-            .init::<f64, _>(16, &mut StdRng::seed_from_u64(1))
-            .unwrap();
-        let b = build(false)
-            .init::<f64, _>(16, &mut StdRng::seed_from_u64(1))
-            .unwrap();
-        assert_eq!(a.parameters(), b.parameters());
-        let (fa, fb) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
-        assert!(rel_err(&fa, &fb) < prec::EXACT_F64, "{padding:?} forward");
-        let (ka, kb) = (
-            empirical_ntk(&a, &x, &x).unwrap(),
-            empirical_ntk(&b, &x, &x).unwrap(),
-        );
-        assert!(rel_err(&ka, &kb) < prec::EXACT_F64, "{padding:?} NTK");
+        let by_hand = flattened_tanh_conv(5, |p, w, z| dense_on_windows(p, w, z, &windows));
+        let with_conv = flattened_tanh_conv(5, |p, w, z| p.conv(w, z, taps, padding).unwrap());
+        assert_same_finite_network(&by_hand, &with_conv, &x);
     }
 }
 
@@ -312,43 +349,18 @@ fn conv2d_matches_neural_tangents() {
             c["taps"][0].as_u64().unwrap() as usize,
             c["taps"][1].as_u64().unwrap() as usize,
         );
-        let padding = match c["padding"].as_str().unwrap() {
-            "circular" => Padding::Circular,
-            _ => Padding::Valid,
-        };
-        let mut p = Program::new(height * width * channels);
-        let mut z: Vec<Var> = (0..height * width)
-            .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
-            .collect();
+        let padding = conv_padding(c);
         let mut shape = (height, width);
-        for (sigma_w, sigma_b, activation) in
-            [(1.3, 0.2, Activation::Relu), (1.2, 0.1, Activation::Erf)]
-        {
-            let (w, b) = (p.weight(sigma_w).unwrap(), p.bias(sigma_b).unwrap());
-            let (pre, next) = p.conv2d(w, &z, shape, taps, padding).unwrap();
+        let p = reference_cnn(height * width, channels, |p, w, z| {
+            let (pre, next) = p.conv2d(w, z, shape, taps, padding).unwrap();
             assert_eq!(pre.len(), next.0 * next.1);
             shape = next;
-            z = pre
-                .into_iter()
-                .map(|h| {
-                    let h = p.add_bias(h, b).unwrap();
-                    p.apply(activation.clone(), h).unwrap()
-                })
-                .collect();
-        }
+            pre
+        });
         if padding == Padding::Valid {
             assert_eq!(shape, (2, 3));
         }
-        let pooled = p.mean(&z).unwrap();
-        p.output(pooled, 1.1).unwrap();
-        let k = infinite_width(&p, &x, &x).expect("kernels");
-        for (got, key) in [(&k.nngp, "nngp"), (&k.ntk, "ntk")] {
-            let err = rel_err(got, &common::matrix(&c[key]));
-            assert!(
-                err < prec::NEURAL_TANGENTS_ROUND_OFF,
-                "{taps:?} taps, {padding:?}, {key}: relative error {err:e}"
-            );
-        }
+        assert_matches_conv_reference(&p, &x, c);
     }
 }
 
@@ -358,52 +370,23 @@ fn conv2d_matches_neural_tangents() {
 /// window would show).
 #[test]
 fn conv2d_is_one_shared_weight_on_stacked_windows() {
-    let build = |by_hand: bool| {
-        let mut p = Program::new(9);
-        let z: Vec<Var> = (0..9).map(|q| p.input(q..q + 1).unwrap()).collect();
-        let w = p.weight(1.5).unwrap();
-        let pre: Vec<Var> = if by_hand {
-            let mut out = Vec::new();
-            for r in 0..3 {
-                for c in 0..3 {
-                    let mut parts = Vec::new();
-                    for row in [(r + 2) % 3, r, (r + 1) % 3] {
-                        for col in [c, (c + 1) % 3] {
-                            parts.push(z[row * 3 + col]);
-                        }
-                    }
-                    let stacked = p.concat(&parts).unwrap();
-                    out.push(p.dense(w, stacked).unwrap());
+    let mut windows = Vec::new();
+    for r in 0..3 {
+        for c in 0..3 {
+            let mut window = Vec::new();
+            for row in [(r + 2) % 3, r, (r + 1) % 3] {
+                for col in [c, (c + 1) % 3] {
+                    window.push(row * 3 + col);
                 }
             }
-            out
-        } else {
-            p.conv2d(w, &z, (3, 3), (3, 2), Padding::Circular)
-                .unwrap()
-                .0
-        };
-        let h: Vec<Var> = pre
-            .into_iter()
-            .map(|d| p.apply(Activation::Tanh, d).unwrap())
-            .collect();
-        let flat = p.concat(&h).unwrap();
-        p.output(flat, 1.0).unwrap();
-        p
-    };
-    let x = common::inputs(4, 9, 5);
-    let a = build(true)
-        .init::<f64, _>(16, &mut StdRng::seed_from_u64(2))
-        .unwrap();
-    let b = build(false)
-        .init::<f64, _>(16, &mut StdRng::seed_from_u64(2))
-        .unwrap();
-    assert_eq!(a.parameters(), b.parameters());
-    assert!(rel_err(&a.forward(&x).unwrap(), &b.forward(&x).unwrap()) < prec::EXACT_F64);
-    let (ka, kb) = (
-        empirical_ntk(&a, &x, &x).unwrap(),
-        empirical_ntk(&b, &x, &x).unwrap(),
-    );
-    assert!(rel_err(&ka, &kb) < prec::EXACT_F64);
+            windows.push(window);
+        }
+    }
+    let by_hand = flattened_tanh_conv(9, |p, w, z| dense_on_windows(p, w, z, &windows));
+    let with_conv = flattened_tanh_conv(9, |p, w, z| {
+        p.conv2d(w, z, (3, 3), (3, 2), Padding::Circular).unwrap().0
+    });
+    assert_same_finite_network(&by_hand, &with_conv, &common::inputs(4, 9, 5));
 }
 
 /// Bad convolutions are errors naming the argument.
