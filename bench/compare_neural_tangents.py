@@ -121,6 +121,40 @@ def save(out, name, array):
     return {"file": name + ".f64", "shape": list(array.shape)}
 
 
+def infinite_cases(out, kfn, draw, ns, label, prefix):
+    """Times the jitted `kfn` (NNGP and NTK, x1 = x2) on `draw(n)` for each n in `ns`,
+    saving inputs and kernels under `prefix`."""
+    cases = []
+    for n in ns:
+        x = jnp.asarray(draw(n))
+        k = kfn(x, None, get=("nngp", "ntk"))
+        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
+        print(f"{label:<17}N={n:5}: {secs * 1e3:9.2f} ms")
+        cases.append({
+            "n": n, "x": save(out, f"{prefix}_x_{n}", x.reshape(n, -1)),
+            "nngp": save(out, f"{prefix}_nngp_{n}", k.nngp),
+            "ntk": save(out, f"{prefix}_ntk_{n}", k.ntk), "seconds": secs})
+    return cases
+
+
+def empirical_cases(out, apply_fn, params, draw, ns, label, prefix):
+    """Times the empirical NTK (structured derivatives, jitted, x1 = x2) of `apply_fn` at
+    `params` on `draw(n)` for each n in `ns`, saving inputs and kernels under `prefix`."""
+    ntk_fn = jax.jit(nt.empirical_ntk_fn(
+        apply_fn, trace_axes=(), vmap_axes=0,
+        implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
+    cases = []
+    for n in ns:
+        x = jnp.asarray(draw(n))
+        theta = ntk_fn(x, None, params).reshape(n, n)
+        secs = median_seconds(lambda: ntk_fn(x, None, params))
+        print(f"{label:<17}N={n:5}: {secs * 1e3:9.2f} ms")
+        cases.append({
+            "n": n, "x": save(out, f"{prefix}_x_{n}", x.reshape(n, -1)),
+            "ntk": save(out, f"{prefix}_ntk_{n}", theta), "seconds": secs})
+    return cases
+
+
 def inputs(rng, n):
     x = rng.standard_normal((n, DIM))
     return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(DIM)
@@ -142,28 +176,11 @@ def main(out):
         "empirical": [], "infinite": [], "flow": [],
     }
 
-    ntk_fn = jax.jit(nt.empirical_ntk_fn(
-        apply_fn, trace_axes=(), vmap_axes=0,
-        implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
-    for n in EMPIRICAL_N:
-        x = jnp.asarray(inputs(rng, n))
-        theta = ntk_fn(x, None, params).reshape(n, n)
-        secs = median_seconds(lambda: ntk_fn(x, None, params))
-        print(f"empirical NTK   N={n:5}: {secs * 1e3:9.2f} ms")
-        manifest["empirical"].append({
-            "n": n, "x": save(out, f"emp_x_{n}", x),
-            "ntk": save(out, f"emp_ntk_{n}", theta), "seconds": secs})
-
+    manifest["empirical"] = empirical_cases(
+        out, apply_fn, params, lambda n: inputs(rng, n), EMPIRICAL_N, "empirical NTK", "emp")
     kfn = jax.jit(kernel_fn, static_argnames="get")
-    for n in INFINITE_N:
-        x = jnp.asarray(inputs(rng, n))
-        k = kfn(x, None, get=("nngp", "ntk"))
-        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
-        print(f"infinite width  N={n:5}: {secs * 1e3:9.2f} ms")
-        manifest["infinite"].append({
-            "n": n, "x": save(out, f"inf_x_{n}", x),
-            "nngp": save(out, f"inf_nngp_{n}", k.nngp),
-            "ntk": save(out, f"inf_ntk_{n}", k.ntk), "seconds": secs})
+    manifest["infinite"] = infinite_cases(
+        out, kfn, lambda n: inputs(rng, n), INFINITE_N, "infinite width", "inf")
 
     for n in FLOW_N:
         x = jnp.asarray(inputs(rng, n))
@@ -177,7 +194,7 @@ def main(out):
 
         f_t = run()
         secs = median_seconds(run, repeats=5)
-        print(f"gradient flow   N={n:5}: {secs * 1e3:9.2f} ms")
+        print(f"gradient flow    N={n:5}: {secs * 1e3:9.2f} ms")
         manifest["flow"].append({
             "n": n, "ntk": save(out, f"flow_ntk_{n}", theta),
             "y": save(out, f"flow_y_{n}", y), "f0": save(out, f"flow_f0_{n}", f0),
@@ -189,44 +206,24 @@ def main(out):
     manifest["cnn"] = {
         "positions": CNN_POSITIONS, "channels": CNN_CHANNELS, "layers": CNN_LAYERS,
         "width": CNN_WIDTH, "params": save(out, "cnn_params", cnn_flat_params(params)),
-        "infinite": [], "empirical": []}
-    kfn = jax.jit(kernel_fn, static_argnames="get")
-    for n in CNN_INFINITE_N:
-        x = jnp.asarray(cnn_inputs(rng, n))
-        k = kfn(x, None, get=("nngp", "ntk"))
-        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
-        print(f"CNN infinite    N={n:5}: {secs * 1e3:9.2f} ms")
-        manifest["cnn"]["infinite"].append({
-            "n": n, "x": save(out, f"cnn_inf_x_{n}", x.reshape(n, -1)),
-            "nngp": save(out, f"cnn_inf_nngp_{n}", k.nngp),
-            "ntk": save(out, f"cnn_inf_ntk_{n}", k.ntk), "seconds": secs})
-    ntk_fn = jax.jit(nt.empirical_ntk_fn(
-        apply_fn, trace_axes=(), vmap_axes=0,
-        implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
-    for n in CNN_EMPIRICAL_N:
-        x = jnp.asarray(cnn_inputs(rng, n))
-        theta = ntk_fn(x, None, params).reshape(n, n)
-        secs = median_seconds(lambda: ntk_fn(x, None, params))
-        print(f"CNN empirical   N={n:5}: {secs * 1e3:9.2f} ms")
-        manifest["cnn"]["empirical"].append({
-            "n": n, "x": save(out, f"cnn_emp_x_{n}", x.reshape(n, -1)),
-            "ntk": save(out, f"cnn_emp_ntk_{n}", theta), "seconds": secs})
+    }
+    manifest["cnn"]["infinite"] = infinite_cases(
+        out, jax.jit(kernel_fn, static_argnames="get"), lambda n: cnn_inputs(rng, n),
+        CNN_INFINITE_N, "CNN infinite", "cnn_inf")
+    manifest["cnn"]["empirical"] = empirical_cases(
+        out, apply_fn, params, lambda n: cnn_inputs(rng, n), CNN_EMPIRICAL_N,
+        "CNN empirical", "cnn_emp")
 
     _, _, kernel_fn = stax.serial(
         *[layer for _ in range(2) for layer in (
             stax.Conv(1, (3, 3), padding="CIRCULAR", W_std=1.4, b_std=0.1), stax.Relu())],
         stax.GlobalAvgPool(), stax.Dense(1))
-    kfn = jax.jit(kernel_fn, static_argnames="get")
-    manifest["cnn2d"] = {"side": CNN2D_SIDE, "channels": CNN_CHANNELS, "infinite": []}
-    for n in CNN2D_INFINITE_N:
-        x = jnp.asarray(rng.standard_normal((n, CNN2D_SIDE, CNN2D_SIDE, CNN_CHANNELS)))
-        k = kfn(x, None, get=("nngp", "ntk"))
-        secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
-        print(f"CNN 2-D infinite N={n:5}: {secs * 1e3:9.2f} ms")
-        manifest["cnn2d"]["infinite"].append({
-            "n": n, "x": save(out, f"cnn2d_inf_x_{n}", x.reshape(n, -1)),
-            "nngp": save(out, f"cnn2d_inf_nngp_{n}", k.nngp),
-            "ntk": save(out, f"cnn2d_inf_ntk_{n}", k.ntk), "seconds": secs})
+    manifest["cnn2d"] = {
+        "side": CNN2D_SIDE, "channels": CNN_CHANNELS,
+        "infinite": infinite_cases(
+            out, jax.jit(kernel_fn, static_argnames="get"),
+            lambda n: rng.standard_normal((n, CNN2D_SIDE, CNN2D_SIDE, CNN_CHANNELS)),
+            CNN2D_INFINITE_N, "CNN 2-D infinite", "cnn2d_inf")}
 
     with open(os.path.join(out, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)
