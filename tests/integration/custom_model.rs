@@ -220,30 +220,38 @@ impl NtkModel<f64> for TiedResidual {
     }
 }
 
+/// The shape, parameter and forward methods of a wrapper model, passed to the model it
+/// wraps (`self.0`): the wrong models below change only their tangents or gradients.
+macro_rules! delegate_parameters_and_forward {
+    () => {
+        fn input_dim(&self) -> usize {
+            self.0.input_dim()
+        }
+        fn output_dim(&self) -> usize {
+            self.0.output_dim()
+        }
+        fn parameter_count(&self) -> usize {
+            self.0.parameter_count()
+        }
+        fn parameters(&self) -> DVector<f64> {
+            self.0.parameters()
+        }
+        fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
+            self.0.set_parameters(params)
+        }
+        fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+            self.0.forward(x)
+        }
+    };
+}
+
 /// The same model, but every use of a shared weight reported as its own parameter
 /// group: this drops the cross-use terms Σ_{u≠v} from the kernel (a wrong model).
 #[derive(Clone)]
 struct WithoutCrossTerms(TiedResidual);
 
 impl NtkModel<f64> for WithoutCrossTerms {
-    fn input_dim(&self) -> usize {
-        self.0.input_dim()
-    }
-    fn output_dim(&self) -> usize {
-        self.0.output_dim()
-    }
-    fn parameter_count(&self) -> usize {
-        self.0.parameter_count()
-    }
-    fn parameters(&self) -> DVector<f64> {
-        self.0.parameters()
-    }
-    fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
-        self.0.set_parameters(params)
-    }
-    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
-        self.0.forward(x)
-    }
+    delegate_parameters_and_forward!();
     fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
         let mut split = Vec::new();
         for t in self.0.layer_tangents(x)? {
@@ -414,24 +422,7 @@ fn custom_models_satisfy_the_kernel_contract() {
 struct LastUseBiasGradient(TiedResidual);
 
 impl NtkModel<f64> for LastUseBiasGradient {
-    fn input_dim(&self) -> usize {
-        self.0.input_dim()
-    }
-    fn output_dim(&self) -> usize {
-        self.0.output_dim()
-    }
-    fn parameter_count(&self) -> usize {
-        self.0.parameter_count()
-    }
-    fn parameters(&self) -> DVector<f64> {
-        self.0.parameters()
-    }
-    fn set_parameters(&mut self, params: &DVector<f64>) -> ntk::Result<()> {
-        self.0.set_parameters(params)
-    }
-    fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
-        self.0.forward(x)
-    }
+    delegate_parameters_and_forward!();
     fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
         self.0.layer_tangents(x)
     }
