@@ -441,7 +441,7 @@ impl Tape {
                 constant, terms, ..
             } = &mut self.insts[i]
             else {
-                unreachable!()
+                unreachable!("instruction {i} was matched as a sum above")
             };
             *constant += k;
             if expanded.len() <= MAX_TERMS && uses[out] == 1 {
