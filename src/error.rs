@@ -70,6 +70,25 @@ pub enum Error {
         /// Which factorisation failed and what to try instead.
         message: String,
     },
+    /// A program is valid (its finite network works) but outside what the
+    /// infinite-width engine computes, e.g. a nonlinearity of a vector that is not
+    /// Gaussian in the limit.
+    OutsideLimit {
+        /// The variable whose limit cannot be computed.
+        variable: usize,
+        /// Why, as a clause: e.g. `"it applies Tanh to variable 2, which is not Gaussian
+        /// in the limit"`.
+        reason: String,
+    },
+    /// Memory for a result or a network could not be allocated, or its size overflows
+    /// `usize`.
+    AllocationFailed {
+        /// What was being allocated, naming the argument that sized it, e.g.
+        /// `"the weights of a program network of width 1e12"`.
+        what: String,
+        /// Its size, e.g. `"1000000 x 1000000 numbers"`.
+        size: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -112,6 +131,15 @@ impl fmt::Display for Error {
                 write!(f, "`{result}` would not be finite: {reason}")
             }
             Error::Factorization { message } => write!(f, "{message}"),
+            Error::OutsideLimit { variable, reason } => write!(
+                f,
+                "the infinite-width limit of variable {variable} cannot be computed: \
+                 {reason} (the finite network still works)"
+            ),
+            Error::AllocationFailed { what, size } => write!(
+                f,
+                "cannot allocate {what}: {size} needs more memory than can be allocated"
+            ),
         }
     }
 }

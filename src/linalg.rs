@@ -65,7 +65,7 @@ pub(crate) fn gemm<T: Scalar, SY, SA, SB>(
     y.copy_from(&padded_y.rows(0, n));
 }
 
-/// A zero `rows` × `cols` matrix, or [`Error::InvalidParameter`] naming `parameter`
+/// A zero `rows` × `cols` matrix, or [`Error::AllocationFailed`] naming `parameter`
 /// (with `value()`, the sizes that asked for it) when the size overflows or the memory
 /// cannot be allocated: an error instead of an abort.
 pub(crate) fn try_zeros<T: Scalar>(
@@ -81,10 +81,9 @@ pub(crate) fn try_zeros<T: Scalar>(
         data.resize(len, T::zero());
         return Ok(DMatrix::from_vec(rows, cols, data));
     }
-    Err(Error::InvalidParameter {
-        parameter,
-        value: format!("{} ({rows} x {cols} numbers)", value()),
-        reason: "needs more memory than can be allocated",
+    Err(Error::AllocationFailed {
+        what: format!("`{parameter}` = {}", value()),
+        size: format!("{rows} x {cols} numbers"),
     })
 }
 
@@ -127,13 +126,13 @@ mod tests {
             (3, 2)
         );
         let too_many = try_zeros::<f64>(usize::MAX, 2, "width", || "huge".into());
-        assert!(matches!(
-            too_many,
-            Err(Error::InvalidParameter {
-                parameter: "width",
-                ..
-            })
-        ));
+        match too_many {
+            Err(Error::AllocationFailed { what, size }) => {
+                assert_eq!(what, "`width` = huge");
+                assert!(size.contains(&usize::MAX.to_string()), "{size}");
+            }
+            other => panic!("expected an allocation error, got {other:?}"),
+        }
         let too_large = try_zeros::<f64>(1 << 40, 1 << 20, "width", || "huge".into());
         assert!(too_large.is_err());
     }

@@ -244,8 +244,8 @@ impl MlpSpec {
     /// then $b$, from `rng`.
     ///
     /// # Errors
-    /// If the spec is invalid ([`MlpSpec::validate`]); [`Error::InvalidParameter`]
-    /// (`widths`) if the weights need more memory than can be allocated.
+    /// If the spec is invalid ([`MlpSpec::validate`]); [`Error::AllocationFailed`]
+    /// (naming `widths`) if the weights need more memory than can be allocated.
     pub fn init<T: Scalar, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Mlp<T>> {
         self.validate()?;
         let widths = self.widths();
@@ -306,7 +306,7 @@ impl<T: Scalar> Mlp<T> {
     /// The network of a valid `spec` with all parameters 0.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] (`widths`) if a layer's weights cannot be allocated.
+    /// [`Error::AllocationFailed`] (naming `widths`) if a layer's weights cannot be allocated.
     fn zeros(spec: MlpSpec) -> Result<Self> {
         let widths = spec.widths();
         let (sw, sb) = match spec.parameterization {
