@@ -123,9 +123,7 @@ fn run(args: Args) -> support::Result {
     } else {
         args.plot.clone()
     };
-    let widths: Vec<usize> = (6..=max_width.trailing_zeros())
-        .map(|k| 1 << k)
-        .collect();
+    let widths: Vec<usize> = (6..=max_width.trailing_zeros()).map(|k| 1 << k).collect();
     let architectures = architectures()?;
 
     // Per architecture, the limit once; then one network per width and seed.

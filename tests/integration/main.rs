@@ -6,6 +6,7 @@
 //! model goes through one kernel contract (`contract.rs`); tolerances live in
 //! `prec.rs`.
 
+mod cache;
 mod common;
 mod contract;
 mod custom_model;
