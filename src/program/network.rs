@@ -7,7 +7,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite};
-use crate::linalg::{columns_transposed, gemm};
+use crate::linalg::{columns_transposed, gemm, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
 
@@ -81,18 +81,40 @@ impl<T: Scalar> ProgramNetwork<T> {
                 reason: "the hidden width must be at least 1",
             });
         }
+        // Every size is checked: a width whose matrices overflow `usize` or cannot be
+        // allocated is an error, not an abort.
         let columns = |w: Width| w.columns(width);
+        let matrix = |rows: Option<usize>, cols: usize, what: String| {
+            try_zeros::<T>(rows.unwrap_or(usize::MAX), cols, "width", || {
+                format!("{width} ({what})")
+            })
+        };
         let weights = program
             .weights
             .iter()
-            .map(|w| DMatrix::zeros(columns(w.fan_in.unwrap_or(Width::Hidden(1))), width))
-            .collect();
+            .enumerate()
+            .map(|(i, w)| {
+                let fan_in = w.fan_in.unwrap_or(Width::Hidden(1));
+                matrix(columns(fan_in), width, format!("weight {i}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let biases = program
             .biases
             .iter()
-            .map(|b| DVector::zeros(columns(b.width.unwrap_or(Width::Hidden(1)))))
-            .collect();
+            .enumerate()
+            .map(|(i, b)| {
+                let len = columns(b.width.unwrap_or(Width::Hidden(1)));
+                matrix(len, 1, format!("bias {i}")).map(|m| DVector::from_column_slice(m.as_slice()))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let fan_in = columns(program.nodes[readout_var].width);
+        let readout_weights = matrix(fan_in, readout.outputs, "the readout".into())?;
+        let readout_bias = if readout.bias_std > 0.0 {
+            let b = matrix(Some(readout.outputs), 1, "the readout bias".into())?;
+            Some(DVector::from_column_slice(b.as_slice()))
+        } else {
+            None
+        };
         let mut net = ProgramNetwork {
             program: program.clone(),
             width,
@@ -100,15 +122,26 @@ impl<T: Scalar> ProgramNetwork<T> {
             readout,
             weights,
             biases,
-            readout_weights: DMatrix::zeros(fan_in, readout.outputs),
-            readout_bias: (readout.bias_std > 0.0).then(|| DVector::zeros(readout.outputs)),
+            readout_weights,
+            readout_bias,
         };
-        let count = net.parameter_count();
-        let params = DVector::<T>::from_fn(count, |_, _| {
-            let z: f64 = StandardNormal.sample(rng);
-            T::from_f64_lossy(z)
-        });
-        net.set_parameters(&params)?;
+        // N(0, 1) in parameter order (see `parameters`), drawn in place.
+        let mut draw = |values: &mut [T]| {
+            for v in values {
+                let z: f64 = StandardNormal.sample(rng);
+                *v = T::from_f64_lossy(z);
+            }
+        };
+        for group in &program.groups {
+            match *group {
+                Group::Weight(w) => draw(net.weights[w].as_mut_slice()),
+                Group::Bias(b) => draw(net.biases[b].as_mut_slice()),
+            }
+        }
+        draw(net.readout_weights.as_mut_slice());
+        if let Some(b) = net.readout_bias.as_mut() {
+            draw(b.as_mut_slice());
+        }
         Ok(net)
     }
 
