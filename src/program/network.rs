@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_cols, check_finite};
+use crate::error::{Error, Result, check_cols, check_finite, first_non_finite_entry};
 use crate::linalg::{columns_transposed, gemm, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
@@ -178,7 +178,11 @@ impl<T: Scalar> ProgramNetwork<T> {
     }
 
     /// Every variable's value on `x` and the outputs.
-    fn forward_pass(&self, x: &DMatrix<T>) -> Forward<T> {
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteResult`] naming the first variable (or the output) whose value is
+    /// not finite: it overflows the scalar type, or a custom φ returns NaN or ∞.
+    fn forward_pass(&self, x: &DMatrix<T>) -> Result<Forward<T>> {
         let n = x.nrows();
         let mut values: Vec<DMatrix<T>> = Vec::with_capacity(self.program.nodes.len());
         let mut attention: Vec<Vec<DMatrix<T>>> = vec![Vec::new(); self.program.attentions.len()];
@@ -242,6 +246,9 @@ impl<T: Scalar> ProgramNetwork<T> {
                     y
                 }
             };
+            if let Some(at) = first_non_finite_entry(&value) {
+                return Err(self.not_finite(values.len(), &value, at));
+            }
             values.push(value);
         }
         let mut output = DMatrix::<T>::zeros(n, self.readout.outputs);
@@ -257,17 +264,50 @@ impl<T: Scalar> ProgramNetwork<T> {
                 col.add_scalar_mut(s * bc);
             }
         }
-        Forward {
+        if let Some((i, c)) = first_non_finite_entry(&output) {
+            return Err(Error::NonFiniteResult {
+                result: "program network forward pass",
+                reason: format!(
+                    "output {c} is {} at row {i}: the readout exceeds the range of the \
+                     scalar type",
+                    output[(i, c)]
+                ),
+            });
+        }
+        Ok(Forward {
             values,
             attention,
             output,
+        })
+    }
+
+    /// The error for variable `v`, whose `value` is not finite at `(row, col)`.
+    fn not_finite(&self, v: usize, value: &DMatrix<T>, (row, col): (usize, usize)) -> Error {
+        let what = match &self.program.nodes[v].op {
+            Op::Apply { activation, input } if !activation.finite_on_finite_inputs() => {
+                format!("activation {activation} applied to variable {input} gives a NaN or ∞")
+            }
+            _ => "it exceeds the range of the scalar type (the inputs, a σ or the depth \
+                  is too large)"
+                .to_string(),
+        };
+        Error::NonFiniteResult {
+            result: "program network forward pass",
+            reason: format!(
+                "variable {v} is {} at row {row}: {what}",
+                value[(row, col)]
+            ),
         }
     }
 
     /// $∂f/∂(\text{every variable})$: $N × (k·\text{columns})$, column block $c$ for output
     /// $c$; `None` for variables that do not reach the output or hold input columns (no
     /// parameters lie before them).
-    fn backward_pass(&self, fwd: &Forward<T>) -> Vec<Option<DMatrix<T>>> {
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteResult`] if a LayerNorm's input has zero variance at a sample
+    /// (its coordinates all equal), where LayerNorm has no derivative.
+    fn backward_pass(&self, fwd: &Forward<T>) -> Result<Vec<Option<DMatrix<T>>>> {
         let nodes = &self.program.nodes;
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
@@ -329,7 +369,16 @@ impl<T: Scalar> ProgramNetwork<T> {
                     }
                 }
                 Op::LayerNorm { input } => {
-                    let dx = layer_norm_backward(&fwd.values[*input], &fwd.values[i], &g, k);
+                    let dx = layer_norm_backward(&fwd.values[*input], &fwd.values[i], &g, k)
+                        .map_err(|row| Error::NonFiniteResult {
+                            result: "program network gradient",
+                            reason: format!(
+                                "variable {i} is the LayerNorm of variable {input}, whose \
+                                 coordinates are all equal at row {row} (zero variance, e.g. \
+                                 an all-zero input with no bias before it): LayerNorm is 0 \
+                                 there but has no derivative"
+                            ),
+                        })?;
                     add_into(&mut grads[*input], &dx, T::one());
                 }
                 Op::Attend { block, query } => {
@@ -352,7 +401,7 @@ impl<T: Scalar> ProgramNetwork<T> {
             }
             grads[i] = Some(g);
         }
-        grads
+        Ok(grads)
     }
 
     /// Adds what the output gradient `g` of one attention output (query `q`, weights
@@ -415,10 +464,10 @@ impl<T: Scalar> ProgramNetwork<T> {
     }
 
     /// The tangent features of every group from one forward and one backward pass.
-    fn tangents(&self, fwd: &Forward<T>) -> Vec<LayerTangent<T>> {
+    fn tangents(&self, fwd: &Forward<T>) -> Result<Vec<LayerTangent<T>>> {
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
-        let mut grads = self.backward_pass(fwd);
+        let mut grads = self.backward_pass(fwd)?;
         let mut grad_of = |v: usize, cols: usize| {
             grads[v]
                 .take()
@@ -469,52 +518,80 @@ impl<T: Scalar> ProgramNetwork<T> {
                 .map(|_| T::from_f64_lossy(self.readout.bias_std)),
             input: fwd.values[self.readout_var].clone(),
         });
-        out
+        Ok(out)
     }
 }
 
-/// LayerNorm of every row: $(x − \operatorname{mean}) / \operatorname{std}$ (biased std, no $ε$).
+/// A row divided by its largest magnitude, its mean subtracted, and the variance of the
+/// result: $(y, \operatorname{var} y)$ with $y = x/\max|x| − \operatorname{mean}$, so that LayerNorm and its
+/// derivative are computed without overflow or underflow at any scale (the squares of
+/// entries near $10^{±200}$ are not representable, their ratios are). $(0, 0)$ for a zero row.
+fn centred<T: Scalar>(row: nalgebra::DMatrixView<'_, T>) -> (DMatrix<T>, T, T) {
+    let m = T::from_usize(row.ncols()).unwrap_or_else(T::one);
+    let scale = row.amax();
+    if scale == T::zero() {
+        return (row.into_owned(), T::zero(), T::zero());
+    }
+    let mut y = row / scale;
+    let mean = y.sum() / m;
+    y.add_scalar_mut(-mean);
+    let var = y.norm_squared() / m;
+    (y, var, scale)
+}
+
+/// LayerNorm of every row: $(x − \operatorname{mean}) / \operatorname{std}$ (biased std, no $ε$),
+/// computed scale-free (see [`centred`]). A row whose coordinates are all equal (zero
+/// variance) normalises to 0, the value of LayerNorm with any $ε > 0$.
 fn layer_norm<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
-    let m = T::from_usize(x.ncols()).unwrap_or_else(T::one);
-    let mut z = x.clone();
-    for mut row in z.row_iter_mut() {
-        let mean = row.sum() / m;
-        row.add_scalar_mut(-mean);
-        let sd = (row.norm_squared() / m).sqrt();
-        row /= sd;
+    let mut z = DMatrix::<T>::zeros(x.nrows(), x.ncols());
+    for i in 0..x.nrows() {
+        let (y, var, _) = centred(x.rows(i, 1));
+        if var > T::zero() {
+            z.row_mut(i).copy_from(&(y / var.sqrt()));
+        }
     }
     z
 }
 
 /// $∂f/∂x$ from $∂f/∂z$ for $z = \operatorname{LayerNorm}(x)$, per row and output block:
 /// $dx = (dz − \operatorname{mean}(dz) − z \operatorname{mean}(dz ⊙ z)) / \operatorname{std}(x)$.
+///
+/// # Errors
+/// The first row whose coordinates are all equal: LayerNorm has no derivative there
+/// (its value jumps from 0 to a unit vector along any perturbation).
 fn layer_norm_backward<T: Scalar>(
     x: &DMatrix<T>,
     z: &DMatrix<T>,
     g: &DMatrix<T>,
     k: usize,
-) -> DMatrix<T> {
+) -> std::result::Result<DMatrix<T>, usize> {
     let m = x.ncols();
     let mf = T::from_usize(m).unwrap_or_else(T::one);
     let mut dx = DMatrix::<T>::zeros(g.nrows(), g.ncols());
     for i in 0..x.nrows() {
-        let row = x.row(i);
-        let mean = row.sum() / mf;
-        let sd = (row.map(|v| (v - mean) * (v - mean)).sum() / mf).sqrt();
+        // std(x) = scale · √var(y): divided by in two steps, so that neither underflows.
+        let (_, var, scale) = centred(x.rows(i, 1));
+        if var <= T::zero() {
+            return Err(i);
+        }
+        let sd = var.sqrt();
         for c in 0..k {
             let dz = g.view((i, c * m), (1, m));
             let zi = z.row(i);
             let mean_dz = dz.sum() / mf;
             let mean_dzz = dz.component_mul(&zi).sum() / mf;
             for j in 0..m {
-                dx[(i, c * m + j)] = (dz[(0, j)] - mean_dz - zi[j] * mean_dzz) / sd;
+                dx[(i, c * m + j)] = (dz[(0, j)] - mean_dz - zi[j] * mean_dzz) / sd / scale;
             }
         }
     }
-    dx
+    Ok(dx)
 }
 
-/// Softmax over the keys of $q·k_s / n$ for every sample: $N × \text{keys}$.
+/// Softmax over the keys of $q·k_s / n$ for every sample: $N × \text{keys}$. Saturated
+/// logits stay exact: where a logit overflows, the sample's logits are formed from $q$ and
+/// the keys divided by their largest magnitudes, $L_s = ab·l_s$, and
+/// $e^{L_s − L_{max}} = e^{ab(l_s − l_{max})}$ (1 at the maximum, 0 where it underflows).
 fn attention_weights<T: Scalar>(
     q: &DMatrix<T>,
     keys: &[usize],
@@ -528,9 +605,30 @@ fn attention_weights<T: Scalar>(
             a[(i, s)] = q.row(i).dot(&values[key].row(i)) * inv;
         }
     }
-    for mut row in a.row_iter_mut() {
+    for (i, mut row) in a.row_iter_mut().enumerate() {
+        // ab (1 unless a logit overflows), and the logits divided by it.
+        let mut ab = T::one();
+        if row.iter().any(|v| !v.is_finite()) {
+            let qa = q.row(i).amax();
+            let kb = keys
+                .iter()
+                .map(|&key| values[key].row(i).amax())
+                .fold(T::zero(), |m, v| m.max(v));
+            if qa == T::zero() || kb == T::zero() {
+                row.fill(T::zero());
+            } else {
+                let qs = q.row(i) / qa;
+                for (s, &key) in keys.iter().enumerate() {
+                    row[s] = qs.dot(&(values[key].row(i) / kb)) * inv;
+                }
+                ab = qa * kb;
+            }
+        }
         let max = row.max();
-        row.apply(|v| *v = (*v - max).exp());
+        row.apply(|v| {
+            let d = *v - max;
+            *v = if d == T::zero() { T::one() } else { (ab * d).exp() };
+        });
         let total = row.sum();
         row /= total;
     }
@@ -612,19 +710,19 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
 
     fn forward(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         self.check_x(x)?;
-        Ok(self.forward_pass(x).output)
+        Ok(self.forward_pass(x)?.output)
     }
 
     fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>> {
         self.check_x(x)?;
-        let fwd = self.forward_pass(x);
-        Ok(self.tangents(&fwd))
+        let fwd = self.forward_pass(x)?;
+        self.tangents(&fwd)
     }
 
     fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
         self.check_x(x)?;
-        let fwd = self.forward_pass(x);
-        let tangents = self.tangents(&fwd);
+        let fwd = self.forward_pass(x)?;
+        let tangents = self.tangents(&fwd)?;
         Ok((fwd.output, tangents))
     }
 }
