@@ -222,8 +222,8 @@ impl InfiniteWidth {
                 let mut out = compiled.run(p, &x1f, x2f.as_ref()).into_iter();
                 let nngp = out.next().unwrap_or_default();
                 let ntk = out.next().unwrap_or_default();
-                check_kernel(&nngp, "nngp")?;
-                check_kernel(&ntk, "ntk")?;
+                check_kernel(&nngp, "nngp", p)?;
+                check_kernel(&ntk, "ntk", p)?;
                 (nngp, ntk)
             }
         };
@@ -264,9 +264,9 @@ impl InfiniteWidth {
         for &has_bias in compiled.layout() {
             let weights = out.next().unwrap_or_default();
             let bias = if has_bias { out.next() } else { None };
-            check_kernel(&weights, "layer kernel")?;
+            check_kernel(&weights, "layer kernel", &program)?;
             if let Some(b) = &bias {
-                check_kernel(b, "layer kernel")?;
+                check_kernel(b, "layer kernel", &program)?;
             }
             groups.push((weights, bias));
         }
@@ -296,8 +296,12 @@ impl InfiniteWidth {
     }
 }
 
-/// Errors unless every entry of a computed kernel is finite.
-fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
+/// Errors unless every entry of a computed kernel of `program` is finite.
+fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Result<()> {
+    let layer_norm = program
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, crate::program::Op::LayerNorm { .. }));
     match k.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(p) => Err(Error::InvalidParameter {
@@ -308,8 +312,15 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
                 p / k.nrows().max(1),
                 k[p]
             ),
-            reason: "the infinite-width kernel overflows f64 here (inputs or standard \
-                     deviations too large for the depth)",
+            reason: if layer_norm {
+                "the infinite-width kernel is not finite here: it overflows f64 (inputs or \
+                 standard deviations too large for the depth), or a LayerNorm's input has \
+                 zero variance at one of the two samples (e.g. an all-zero input with no bias \
+                 before it), where LayerNorm has no derivative"
+            } else {
+                "the infinite-width kernel overflows f64 here (inputs or standard \
+                 deviations too large for the depth)"
+            },
         }),
     }
 }
