@@ -508,7 +508,8 @@ impl Program {
     ///
     /// # Errors
     /// An empty list, a foreign handle, or a mix of input-width and hidden parts (a
-    /// fan-in is either finite or grows with $n$).
+    /// fan-in is either finite or grows with $n$); [`Error::AllocationFailed`] if the
+    /// input widths add up beyond `usize`.
     pub fn concat(&mut self, parts: &[Var]) -> Result<Var> {
         if parts.is_empty() {
             return Err(empty("concat"));
@@ -521,13 +522,17 @@ impl Program {
                 _ => flat.push(v),
             }
         }
-        let mut input = 0;
-        let mut hidden = 0;
+        let mut input = 0_usize;
+        let mut hidden = 0_usize;
         for &v in &flat {
-            match self.nodes[v].width {
-                Width::Input(d) => input += d,
-                Width::Hidden(k) => hidden += k,
-            }
+            let (sum, part) = match self.nodes[v].width {
+                Width::Input(d) => (&mut input, d),
+                Width::Hidden(k) => (&mut hidden, k),
+            };
+            *sum = sum.checked_add(part).ok_or_else(|| Error::AllocationFailed {
+                what: format!("a concatenation of {} parts", flat.len()),
+                size: "a width that overflows usize".into(),
+            })?;
         }
         let width = match (input, hidden) {
             (d, 0) => Width::Input(d),
@@ -576,7 +581,8 @@ impl Program {
     /// # Errors
     /// No positions, zero taps, more taps than positions with [`Padding::Valid`], a
     /// foreign handle, positions of different widths, or a fan-in different from the
-    /// weight's earlier uses.
+    /// weight's earlier uses; [`Error::AllocationFailed`] if the windows (outputs × taps
+    /// variable indices) are too many to lay out.
     pub fn conv(
         &mut self,
         weight: Weight,
@@ -645,8 +651,8 @@ impl Program {
             return Err(empty("conv"));
         }
         self.same_width("conv positions", positions)?;
-        // Per axis: the number of outputs, and the input index of tap j at output q.
-        let mut axes: Vec<(usize, Vec<Vec<usize>>)> = Vec::with_capacity(dims.len());
+        // Per axis: the number of outputs.
+        let mut counts: Vec<usize> = Vec::with_capacity(dims.len());
         for (&count, &taps) in dims.iter().zip(taps) {
             if taps == 0 {
                 return Err(Error::InvalidParameter {
@@ -655,7 +661,7 @@ impl Program {
                     reason: "a filter needs at least one tap",
                 });
             }
-            let outputs = match padding {
+            counts.push(match padding {
                 Padding::Circular => count,
                 Padding::Valid if taps <= count => count - taps + 1,
                 Padding::Valid => {
@@ -665,22 +671,44 @@ impl Program {
                         reason: "a valid convolution needs at least as many positions as taps",
                     });
                 }
-            };
-            // Circular windows start (taps − 1)/2 positions to the left (as JAX pads:
-            // ⌊(taps − 1)/2⌋ before, the rest after).
-            let start = ((taps - 1) / 2) % count;
-            let windows = (0..outputs)
-                .map(|q| {
-                    (0..taps)
-                        .map(|j| match padding {
-                            Padding::Circular => (q + j % count + count - start) % count,
-                            Padding::Valid => q + j,
-                        })
-                        .collect()
-                })
-                .collect();
-            axes.push((outputs, windows));
+            });
         }
+        // The windows hold Π outputs × Π taps variable indices: a filter too large to
+        // lay out is an error, not an abort.
+        let entries = counts
+            .iter()
+            .zip(taps)
+            .try_fold(1_usize, |acc, (&outputs, &t)| {
+                acc.checked_mul(outputs)?.checked_mul(t)
+            });
+        if entries.is_none_or(|e| Vec::<usize>::new().try_reserve_exact(e).is_err()) {
+            return Err(Error::AllocationFailed {
+                what: format!("the windows of a convolution with `taps` = {taps:?}"),
+                size: format!("{counts:?} outputs × {taps:?} taps variable indices"),
+            });
+        }
+        // Per axis: the number of outputs, and the input index of tap j at output q.
+        let axes: Vec<(usize, Vec<Vec<usize>>)> = dims
+            .iter()
+            .zip(taps)
+            .zip(&counts)
+            .map(|((&count, &taps), &outputs)| {
+                // Circular windows start (taps − 1)/2 positions to the left (as JAX pads:
+                // ⌊(taps − 1)/2⌋ before, the rest after).
+                let start = ((taps - 1) / 2) % count;
+                let windows = (0..outputs)
+                    .map(|q| {
+                        (0..taps)
+                            .map(|j| match padding {
+                                Padding::Circular => (q + j % count + count - start) % count,
+                                Padding::Valid => q + j,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (outputs, windows)
+            })
+            .collect();
         // Row-major products over the axes: output positions, and each one's window.
         let mut outputs: Vec<Vec<usize>> = vec![Vec::new()];
         for (count, _) in &axes {
@@ -729,6 +757,13 @@ impl Program {
     /// LayerNorm without affine parameters or $ε$:
     /// $(x − \operatorname{mean}(x)) / \operatorname{std}(x)$, the mean and the (biased)
     /// standard deviation taken over the $n$ coordinates of each sample.
+    ///
+    /// A vector whose coordinates are all equal (zero variance, e.g. the dense output of
+    /// an all-zero input without a bias) normalises to 0, LayerNorm's value with any
+    /// $ε > 0$. LayerNorm has no derivative there (its value jumps to a unit vector along
+    /// any perturbation), so the finite network's gradients, kernels and training steps
+    /// on such a sample are [`Error::NonFiniteResult`], and so are the infinite-width
+    /// kernels (an error naming the entry).
     ///
     /// # Errors
     /// A foreign handle, or a variable that is not one hidden vector (input columns or
