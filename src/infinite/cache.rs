@@ -303,7 +303,7 @@ impl Cache {
         if let Some(hit) = self.lookup(&key) {
             return Ok(hit);
         }
-        let compiled = Arc::new(program::compile(program, rule, groups)?);
+        let compiled = Arc::new(compile_with_stack(program, rule, groups)?);
         Ok(self.insert(key, compiled))
     }
 
@@ -336,6 +336,41 @@ impl Cache {
         entries.push((key, Arc::clone(&compiled)));
         compiled
     }
+}
+
+/// Stack bytes per variable for compiling: the compiler's expansions recurse along the
+/// program's chains of variables (about 2 KiB per step of a recurrence, measured), so a
+/// recurrence of a few thousand steps needs more than a thread's default 2 MiB.
+const STACK_PER_VARIABLE: usize = 4 << 10;
+
+/// Bounds of the compiling thread's stack (virtual memory, committed only as used).
+const STACK_RANGE: (usize, usize) = (8 << 20, 4 << 30);
+
+/// [`program::compile`] on a scoped thread whose stack grows with the program, so that
+/// long recurrences compile on any caller's thread (a test's or rayon's 2 MiB included);
+/// on the calling thread if no such thread can be started.
+fn compile_with_stack(
+    program: &Program,
+    rule: &Arc<GaussHermite>,
+    groups: bool,
+) -> Result<Compiled> {
+    let stack = program
+        .nodes
+        .len()
+        .saturating_mul(STACK_PER_VARIABLE)
+        .clamp(STACK_RANGE.0, STACK_RANGE.1);
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("ntk-compile".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || program::compile(program, rule, groups));
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => program::compile(program, rule, groups),
+        }
+    })
 }
 
 /// The process-wide cache (see the module documentation).
