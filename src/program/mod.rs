@@ -529,10 +529,12 @@ impl Program {
                 Width::Input(d) => (&mut input, d),
                 Width::Hidden(k) => (&mut hidden, k),
             };
-            *sum = sum.checked_add(part).ok_or_else(|| Error::AllocationFailed {
-                what: format!("a concatenation of {} parts", flat.len()),
-                size: "a width that overflows usize".into(),
-            })?;
+            *sum = sum
+                .checked_add(part)
+                .ok_or_else(|| Error::AllocationFailed {
+                    what: format!("a concatenation of {} parts", flat.len()),
+                    size: "a width that overflows usize".into(),
+                })?;
         }
         let width = match (input, hidden) {
             (d, 0) => Width::Input(d),

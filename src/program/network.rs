@@ -104,7 +104,8 @@ impl<T: Scalar> ProgramNetwork<T> {
             .enumerate()
             .map(|(i, b)| {
                 let len = columns(b.width.unwrap_or(Width::Hidden(1)));
-                matrix(len, 1, format!("bias {i}")).map(|m| DVector::from_column_slice(m.as_slice()))
+                matrix(len, 1, format!("bias {i}"))
+                    .map(|m| DVector::from_column_slice(m.as_slice()))
             })
             .collect::<Result<Vec<_>>>()?;
         let fan_in = columns(program.nodes[readout_var].width);
@@ -293,10 +294,7 @@ impl<T: Scalar> ProgramNetwork<T> {
         };
         Error::NonFiniteResult {
             result: "program network forward pass",
-            reason: format!(
-                "variable {v} is {} at row {row}: {what}",
-                value[(row, col)]
-            ),
+            reason: format!("variable {v} is {} at row {row}: {what}", value[(row, col)]),
         }
     }
 
@@ -627,7 +625,11 @@ fn attention_weights<T: Scalar>(
         let max = row.max();
         row.apply(|v| {
             let d = *v - max;
-            *v = if d == T::zero() { T::one() } else { (ab * d).exp() };
+            *v = if d == T::zero() {
+                T::one()
+            } else {
+                (ab * d).exp()
+            };
         });
         let total = row.sum();
         row /= total;
