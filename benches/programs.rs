@@ -14,7 +14,7 @@
 //! `programs/rnn_last/T` and `programs/rnn_mean/T`: an erf RNN over T tokens of
 //! dimension 3, N = 64, read out at the last state (cost linear in T) or through the
 //! mean of the states (quadratic).
-//! `programs/mlp/1024`: `Program::from(&spec)` against the fused MLP engine on the
+//! `programs/mlp/1024`: `Program::try_from(&spec)` against the fused MLP engine on the
 //! infinite-width benchmark's MLP.
 //! `programs/transformer/T`: Tensor Programs II's one-layer ReLU Transformer (tied 1/n
 //! attention, LayerNorm, an MLP block, mean pooling) on N = 128 sequences of T tokens
@@ -137,7 +137,7 @@ fn cnn2d_infinite(c: &mut Criterion) {
 fn cnn_empirical(c: &mut Criterion) {
     let p = cnn((1, 16), (1, 3), 3);
     let net = p
-        .init::<f64, _>(128, &mut StdRng::seed_from_u64(0))
+        .init::<f64>(128, &mut StdRng::seed_from_u64(0))
         .expect("network");
     let x = inputs(128, 48);
     let mut group = c.benchmark_group("programs");
@@ -177,7 +177,7 @@ fn mlp(c: &mut Criterion) {
         .hidden(512, Activation::Relu)
         .weight_std(1.4)
         .bias_std(0.1);
-    let p = Program::from(&spec);
+    let p = Program::try_from(&spec).expect("a valid spec");
     let x = inputs(1024, 32);
     let mut group = c.benchmark_group("programs");
     group.sample_size(10);

@@ -268,7 +268,7 @@ fn run(args: Args) -> Result {
             field("channels")?,
             field("layers")?,
         )?;
-        let mut net = program.init::<f64, _>(
+        let mut net = program.init::<f64>(
             field("width")?,
             &mut <ntk::rand::rngs::StdRng as ntk::rand::SeedableRng>::seed_from_u64(0),
         )?;

@@ -129,7 +129,7 @@ fn run(args: Args) -> support::Result {
                 .map(|seed| {
                     let net = a
                         .program
-                        .init::<f64, _>(width, &mut StdRng::seed_from_u64(seed))?;
+                        .init::<f64>(width, &mut StdRng::seed_from_u64(seed))?;
                     let theta = empirical_ntk(&net, &a.x, &a.x)?;
                     bar.inc(1);
                     Ok((&theta - limit).norm() / limit.norm())

@@ -313,7 +313,7 @@ mod tests {
                 .hidden(5, Activation::Relu)
                 .bias_std(0.4)
                 .outputs(k);
-            let net = spec.init::<f64, _>(&mut StdRng::seed_from_u64(7)).unwrap();
+            let net = spec.init::<f64>(&mut StdRng::seed_from_u64(7)).unwrap();
             let x1 = DMatrix::from_fn(BLOCK_ROWS + 37, 3, |i, j| (0.37 * (i * 3 + j) as f64).sin());
             let x2 = DMatrix::from_fn(BLOCK_ROWS * 2 + 3, 3, |i, j| {
                 (0.11 * (i + 5 * j) as f64).cos()

@@ -129,7 +129,7 @@ impl<T: Scalar> Horizon<T> {
 /// use ntk::{empirical_ntk, Activation, GradientFlow, Horizon, MlpSpec, NtkModel};
 ///
 /// # fn main() -> Result<(), ntk::Error> {
-/// let net = MlpSpec::new(2).hidden(128, Activation::Erf).init::<f64, _>(&mut StdRng::seed_from_u64(1))?;
+/// let net = MlpSpec::new(2).hidden(128, Activation::Erf).init::<f64>(&mut StdRng::seed_from_u64(1))?;
 /// let x = DMatrix::from_fn(6, 2, |i, j| ((i + 3 * j) as f64).sin());
 /// let x_test = DMatrix::from_fn(3, 2, |i, j| ((2 * i + j) as f64).cos());
 /// let y = DMatrix::from_fn(6, 1, |i, _| (i as f64 * 0.7).cos());

@@ -120,7 +120,7 @@
 //!
 //! # fn main() -> Result<(), ntk::Error> {
 //! let mut net = MlpSpec::new(2).hidden(1024, Activation::Erf)
-//!     .init::<f64, _>(&mut StdRng::seed_from_u64(0))?;
+//!     .init::<f64>(&mut StdRng::seed_from_u64(0))?;
 //! let x = DMatrix::from_fn(8, 2, |i, j| ((i + 3 * j) as f64).sin());
 //! let y = DMatrix::from_fn(8, 1, |i, _| (i as f64).cos());
 //!

@@ -129,19 +129,41 @@ impl MlpSpec {
         &self.hidden
     }
 
-    /// $σ_w$, set by [`weight_std`](Self::weight_std).
+    /// $σ_w$, set by [`weight_std`](Self::weight_std). (A getter whose name a builder
+    /// method takes is that name with `_value`, here and in [`Readout`](crate::Readout).)
     #[must_use]
-    pub fn sigma_w(&self) -> f64 {
+    pub fn weight_std_value(&self) -> f64 {
         self.weight_std
     }
 
     /// $σ_b$, set by [`bias_std`](Self::bias_std).
     #[must_use]
-    pub fn sigma_b(&self) -> f64 {
+    pub fn bias_std_value(&self) -> f64 {
         self.bias_std
     }
 
     /// The parameterization, set by [`parameterization`](Self::parameterization).
+    #[must_use]
+    pub fn parameterization_value(&self) -> Parameterization {
+        self.parameterization
+    }
+
+    /// $σ_w$.
+    #[deprecated(since = "0.2.0", note = "renamed to `weight_std_value`")]
+    #[must_use]
+    pub fn sigma_w(&self) -> f64 {
+        self.weight_std
+    }
+
+    /// $σ_b$.
+    #[deprecated(since = "0.2.0", note = "renamed to `bias_std_value`")]
+    #[must_use]
+    pub fn sigma_b(&self) -> f64 {
+        self.bias_std
+    }
+
+    /// The parameterization.
+    #[deprecated(since = "0.2.0", note = "renamed to `parameterization_value`")]
     #[must_use]
     pub fn parameterization_kind(&self) -> Parameterization {
         self.parameterization
@@ -246,7 +268,7 @@ impl MlpSpec {
     /// # Errors
     /// If the spec is invalid ([`MlpSpec::validate`]); [`Error::AllocationFailed`]
     /// (naming `widths`) if the weights need more memory than can be allocated.
-    pub fn init<T: Scalar, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Mlp<T>> {
+    pub fn init<T: Scalar>(&self, rng: &mut (impl Rng + ?Sized)) -> Result<Mlp<T>> {
         self.validate()?;
         let widths = self.widths();
         let mut net = Mlp::zeros(self.clone())?;

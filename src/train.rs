@@ -25,7 +25,7 @@ use crate::tangent::Tangents;
 /// use ntk::{Activation, GradientDescent, MlpSpec};
 ///
 /// # fn main() -> Result<(), ntk::Error> {
-/// let mut net = MlpSpec::new(2).hidden(64, Activation::Tanh).init::<f64, _>(&mut StdRng::seed_from_u64(0))?;
+/// let mut net = MlpSpec::new(2).hidden(64, Activation::Tanh).init::<f64>(&mut StdRng::seed_from_u64(0))?;
 /// let x = DMatrix::from_fn(5, 2, |i, j| ((i + 2 * j) as f64).sin());
 /// let y = DMatrix::from_fn(5, 1, |i, _| (i as f64).cos());
 /// let x_test = DMatrix::from_fn(2, 2, |i, j| ((i * j) as f64).cos());

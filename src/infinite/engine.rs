@@ -56,8 +56,8 @@ struct Stats {
 
 impl Plan {
     pub(crate) fn new(spec: &MlpSpec, rule: &Arc<GaussHermite>) -> Plan {
-        let standard = spec.parameterization_kind() == Parameterization::Standard;
-        let sb = spec.sigma_b();
+        let standard = spec.parameterization_value() == Parameterization::Standard;
+        let sb = spec.bias_std_value();
         Plan {
             hidden: spec
                 .hidden_layers()
@@ -68,7 +68,7 @@ impl Plan {
                     width: *w as f64,
                 })
                 .collect(),
-            sw2: spec.sigma_w().powi(2),
+            sw2: spec.weight_std_value().powi(2),
             sb2: sb * sb,
             input_dim: spec.input_dim() as f64,
             standard,

@@ -57,9 +57,9 @@ mod dual;
 mod engine;
 mod expectation;
 mod fastmath;
-mod program;
+pub(crate) mod program;
 mod quadrature;
-mod tape;
+pub(crate) mod tape;
 
 use std::sync::{Arc, OnceLock};
 

@@ -7,6 +7,7 @@
 //! reader has run, so that a tape over thousands of quantities needs only as many
 //! buffers as are alive at once.
 
+use crate::program::ops::softmax_in_place;
 use rustc_hash::FxHashMap as HashMap;
 
 use nalgebra::{DMatrix, DMatrixViewMut};
@@ -819,27 +820,22 @@ impl Runnable {
                     arena[*out as usize] = o;
                 }
                 Exec::Softmax { logits, outs } => {
-                    // Per entry: e^{l_s − max} / Σ e^{l − max}, over the outputs.
+                    // Per entry, over the outputs.
                     let mut outs_v: Vec<Vec<f64>> = outs
                         .iter()
                         .map(|&s| std::mem::take(&mut arena[s as usize]))
                         .collect();
+                    let mut l = vec![0.0; logits.len()];
                     for e in 0..len {
-                        let l = |s: Src| match s {
-                            Src::Slot(p) => arena[p as usize][e],
-                            Src::Const(c) => c,
-                        };
-                        let max = logits
-                            .iter()
-                            .map(|&s| l(s))
-                            .fold(f64::NEG_INFINITY, f64::max);
-                        let mut total = 0.0;
-                        for (o, &s) in outs_v.iter_mut().zip(logits) {
-                            o[e] = (l(s) - max).exp();
-                            total += o[e];
+                        for (l, &s) in l.iter_mut().zip(logits) {
+                            *l = match s {
+                                Src::Slot(p) => arena[p as usize][e],
+                                Src::Const(c) => c,
+                            };
                         }
-                        for o in &mut outs_v {
-                            o[e] /= total;
+                        softmax_in_place(&mut l);
+                        for (o, &w) in outs_v.iter_mut().zip(&l) {
+                            o[e] = w;
                         }
                     }
                     for (&s, o) in outs.iter().zip(outs_v) {

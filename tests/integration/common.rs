@@ -127,8 +127,8 @@ pub fn count_below(m: &DMatrix<f64>, threshold: f64) -> usize {
 /// output).
 pub fn mlp_pre_activations(net: &ntk::Mlp<f64>, x: &DMatrix<f64>) -> Vec<DMatrix<f64>> {
     let spec = net.spec();
-    let (sigma_w, sigma_b) = (spec.sigma_w(), spec.sigma_b());
-    let ntk_param = spec.parameterization_kind() == ntk::Parameterization::Ntk;
+    let (sigma_w, sigma_b) = (spec.weight_std_value(), spec.bias_std_value());
+    let ntk_param = spec.parameterization_value() == ntk::Parameterization::Ntk;
     let mut current = x.clone();
     let mut out = Vec::new();
     for l in 0..net.depth() {

@@ -651,12 +651,12 @@ fn invalid_specs_are_errors() {
     for (spec, name) in cases {
         assert_error(spec.validate(), name, invalid(name));
         assert_error(
-            spec.init::<f64, _>(&mut StdRng::seed_from_u64(0)),
+            spec.init::<f64>(&mut StdRng::seed_from_u64(0)),
             name,
             invalid(name),
         );
         assert_error(
-            spec.init::<f32, _>(&mut StdRng::seed_from_u64(0)),
+            spec.init::<f32>(&mut StdRng::seed_from_u64(0)),
             name,
             invalid(name),
         );

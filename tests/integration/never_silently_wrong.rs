@@ -516,7 +516,7 @@ fn impossible_sizes_are_errors() {
     ));
     // 2^45 weights in the first layer: 256 TB, beyond any address space.
     let wide = MlpSpec::new(2).hidden(1 << 44, Activation::Relu);
-    match wide.init::<f64, _>(&mut StdRng::seed_from_u64(0)) {
+    match wide.init::<f64>(&mut StdRng::seed_from_u64(0)) {
         Err(Error::AllocationFailed { what, .. }) => {
             assert!(what.starts_with("`widths`"), "{what}");
             assert!(what.contains(&(1_usize << 44).to_string()), "{what}");

@@ -238,8 +238,8 @@ fn conv_padding(c: &Value) -> Padding {
 /// Asserts that two programs on `x` draw the same parameters at width 16 and give the
 /// same finite network: outputs and empirical NTK.
 fn assert_same_finite_network(a: &Program, b: &Program, x: &DMatrix<f64>) {
-    let a = a.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
-    let b = b.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+    let a = a.init::<f64>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+    let b = b.init::<f64>(16, &mut StdRng::seed_from_u64(1)).unwrap();
     assert_eq!(a.parameters(), b.parameters());
     assert!(rel_err(&a.forward(x).unwrap(), &b.forward(x).unwrap()) < prec::EXACT_F64);
     let (ka, kb) = (
@@ -486,7 +486,7 @@ fn the_program_of_an_mlp_has_its_kernels() {
     let x1 = common::inputs(7, 3, 11);
     let x2 = common::inputs(5, 3, 12);
     for spec in &specs {
-        let p = Program::from(spec);
+        let p = Program::try_from(spec).unwrap();
         for (a, b) in [(&x1, &x1), (&x1, &x2)] {
             let want = infinite_width(spec, a, b).unwrap();
             let got = infinite_width(&p, a, b).unwrap();
@@ -505,9 +505,9 @@ fn the_program_network_of_an_mlp_is_the_mlp() {
         .hidden(24, Activation::Relu)
         .bias_std(0.3)
         .outputs(2);
-    let p = Program::from(&spec);
-    let mlp = spec.init::<f64, _>(&mut StdRng::seed_from_u64(4)).unwrap();
-    let net = p.init::<f64, _>(24, &mut StdRng::seed_from_u64(4)).unwrap();
+    let p = Program::try_from(&spec).unwrap();
+    let mlp = spec.init::<f64>(&mut StdRng::seed_from_u64(4)).unwrap();
+    let net = p.init::<f64>(24, &mut StdRng::seed_from_u64(4)).unwrap();
     assert_eq!(net.parameters(), mlp.parameters());
     let x = common::inputs(6, 3, 2);
     assert!(rel_err(&net.forward(&x).unwrap(), &mlp.forward(&x).unwrap()) < prec::EXACT_F64);
@@ -548,7 +548,7 @@ fn shared_weight_programs() -> Vec<Program> {
 fn program_networks_satisfy_the_kernel_contract() {
     for (i, program) in shared_weight_programs().iter().enumerate() {
         let net = program
-            .init::<f64, _>(5, &mut StdRng::seed_from_u64(i as u64))
+            .init::<f64>(5, &mut StdRng::seed_from_u64(i as u64))
             .unwrap();
         let batches = contract::Batches::random(program.input_dim(), 20 + i as u64);
         contract::check_ntk_model(&net, &batches).unwrap_or_else(|v| panic!("program {i}: {v}"));
@@ -595,9 +595,7 @@ fn group_kernels_sum_to_the_limit_and_approach_it() {
         .iter()
         .fold(DMatrix::zeros(4, 4), |acc, l| acc + l.total());
     assert!(rel_err(&sum, &limit.ntk) < prec::EXACT_F64);
-    let net = p
-        .init::<f64, _>(1024, &mut StdRng::seed_from_u64(9))
-        .unwrap();
+    let net = p.init::<f64>(1024, &mut StdRng::seed_from_u64(9)).unwrap();
     let finite = net.layer_kernels(&x, &x).unwrap();
     assert_eq!(finite.len(), groups.len());
     for (g, (a, b)) in finite.iter().zip(&groups).enumerate() {
@@ -642,7 +640,7 @@ fn nonlinearity_of_a_non_gaussian_vector_is_an_error_in_the_limit_only() {
         format!("{err}").contains(&format!("variable {}", zz.index())),
         "{err}"
     );
-    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    let net = p.init::<f64>(8, &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(empirical_ntk(&net, &x, &x).is_ok());
 }
 
@@ -653,10 +651,10 @@ fn incomplete_programs_are_errors() {
     let x = p.input(0..2).unwrap();
     let x2 = common::inputs(3, 2, 0);
     assert!(infinite_width(&p, &x2, &x2).is_err(), "no output");
-    assert!(p.init::<f64, _>(4, &mut StdRng::seed_from_u64(0)).is_err());
+    assert!(p.init::<f64>(4, &mut StdRng::seed_from_u64(0)).is_err());
     p.output(x, 1.0).unwrap();
     assert!(
-        p.init::<f64, _>(0, &mut StdRng::seed_from_u64(0)).is_err(),
+        p.init::<f64>(0, &mut StdRng::seed_from_u64(0)).is_err(),
         "width 0"
     );
     let wrong = common::inputs(3, 3, 0);

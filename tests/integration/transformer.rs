@@ -204,7 +204,7 @@ fn relu_transformer_matches_the_papers_matrix_formulas() {
 #[test]
 fn finite_transformer_matches_finite_differences() {
     let p = transformer(3, 2, Activation::Gelu, (1.0, 1.2, 1.0));
-    let net = p.init::<f64, _>(6, &mut StdRng::seed_from_u64(3)).unwrap();
+    let net = p.init::<f64>(6, &mut StdRng::seed_from_u64(3)).unwrap();
     let x = common::inputs(3, 6, 4);
     let jac = common::finite_difference_jacobian(&net, &x, 1e-6);
     let exact = net.jacobian(&x).unwrap();
@@ -244,7 +244,7 @@ fn layer_norm_of_a_non_gaussian_vector_and_bad_attention_are_errors() {
         err.contains("LayerNorm") && err.contains(&format!("variable {}", z.index())),
         "{err}"
     );
-    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    let net = p.init::<f64>(8, &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(empirical_ntk(&net, &xs, &xs).is_ok());
 
     let mut q = Program::new(4);
