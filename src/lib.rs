@@ -163,6 +163,7 @@ pub mod program;
 mod scalar;
 pub mod tangent;
 pub mod train;
+pub mod zoo;
 
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};

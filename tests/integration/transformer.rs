@@ -6,46 +6,27 @@
 
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, NtkModel, Program, Var, empirical_ntk, infinite_width, width_convergence};
+use ntk::{Activation, NtkModel, Program, empirical_ntk, infinite_width, width_convergence};
 use serde_json::Value;
 
 use crate::common::{self, rel_err};
 use crate::prec;
 
 /// k_t = dense(U, x_t); y = attention(k, k, k); z_t = LN(y_t + k_t);
-/// o_t = LN(dense(W₂, φ(dense(W₁, z_t))) + z_t); f = readout(mean_t o_t).
+/// o_t = LN(dense(W₂, φ(dense(W₁, z_t))) + z_t); f = readout(mean_t o_t) (`ntk::zoo::Transformer`).
 pub fn transformer(
     tokens: usize,
     token_dim: usize,
     activation: Activation,
     (sigma_u, sigma_w, sigma_v): (f64, f64, f64),
 ) -> Program {
-    let mut p = Program::new(tokens * token_dim);
-    let (u, w1, w2) = (
-        p.weight(sigma_u).unwrap(),
-        p.weight(sigma_w).unwrap(),
-        p.weight(sigma_w).unwrap(),
-    );
-    let keys: Vec<Var> = (0..tokens)
-        .map(|t| {
-            let x = p.input(t * token_dim..(t + 1) * token_dim).unwrap();
-            p.dense(u, x).unwrap()
-        })
-        .collect();
-    let attended = p.attention(&keys, &keys, &keys).unwrap();
-    let mut outs = Vec::new();
-    for (y, k) in attended.into_iter().zip(&keys) {
-        let y = p.add(&[y, *k]).unwrap();
-        let z = p.layer_norm(y).unwrap();
-        let g = p.dense(w1, z).unwrap();
-        let a = p.apply(activation.clone(), g).unwrap();
-        let h = p.dense(w2, a).unwrap();
-        let s = p.add(&[h, z]).unwrap();
-        outs.push(p.layer_norm(s).unwrap());
-    }
-    let pooled = p.mean(&outs).unwrap();
-    p.output(pooled, sigma_v).unwrap();
-    p
+    ntk::zoo::Transformer::new(tokens, token_dim)
+        .activation(activation)
+        .input_std(sigma_u)
+        .weight_std(sigma_w)
+        .readout_std(sigma_v)
+        .program()
+        .unwrap()
 }
 
 /// The reference case of `tests/data/transformer.json` (see tests/data/README.md).

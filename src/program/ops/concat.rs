@@ -131,3 +131,26 @@ impl LimitRule for Concat {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::program::{Op, Program, Var, Width};
+
+    #[test]
+    fn concatenations_flatten_and_add_widths() {
+        let mut p = Program::new(6);
+        let parts: Vec<Var> = (0..3).map(|t| p.input(2 * t..2 * t + 2).unwrap()).collect();
+        let inner = p.concat(&parts[..2]).unwrap();
+        let c = p.concat(&[inner, parts[2]]).unwrap();
+        assert_eq!(p.nodes[c.index].width, Width::Input(6));
+        match &p.nodes[c.index].op {
+            Op::Concat(flat) => assert_eq!(flat.parts.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        let w = p.weight(1.0).unwrap();
+        let h = p.dense(w, c).unwrap();
+        let hh = p.concat(&[h, h]).unwrap();
+        assert_eq!(p.nodes[hh.index].width, Width::Hidden(2));
+    }
+
+}

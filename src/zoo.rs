@@ -1,0 +1,548 @@
+//! Standard architectures as [`Program`]s: the one place where they are written.
+//!
+//! Each is a builder that starts from the settings of the paper or library it comes
+//! from, takes setters for the rest, and returns its program with `program()`:
+//!
+//! ```
+//! use ntk::nalgebra::DMatrix;
+//! use ntk::{infinite_width, zoo, Activation};
+//! # fn main() -> Result<(), ntk::Error> {
+//! let rnn = zoo::Rnn::new(4, 3).program()?; // Tensor Programs II's RNN, 4 tokens of 3
+//! let cnn = zoo::Cnn::new((4, 4), 3).layers(2).activation(Activation::Erf).program()?;
+//! let x = DMatrix::from_fn(2, 12, |i, j| ((i * 12 + j) as f64 * 0.3).sin());
+//! let limit = infinite_width(&rnn, &x, &x)?;
+//! assert_eq!(limit.ntk.shape(), (2, 2));
+//! assert_eq!(cnn.input_dim(), 4 * 4 * 3);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | builder | network | neural-tangents |
+//! |---|---|---|
+//! | [`Rnn`] | $s_t = φ(W s_{t−1} + U x_t + b)$, read out from the mean or the last state | none (no weight sharing) |
+//! | [`Transformer`] | Tensor Programs II's one-layer Transformer | none (its attention draws independent queries and keys) |
+//! | [`ResidualMlp`] | $h ← h + W φ(h) + b$ | `Dense`, `FanOut(2)`, `parallel(serial(φ, Dense), Identity())`, `FanInSum()` |
+//! | [`Cnn`] | convolutions with $φ$, then global average pooling or flattening | `Conv`, `GlobalAvgPool` or `Flatten` |
+//!
+//! Inputs are rows of tokens or pixels in order, each token's or pixel's entries
+//! contiguous (NHWC for images). Every $σ$ follows the NTK parameterization
+//! ([`Program::dense`]); a bias standard deviation of 0 means no bias parameters.
+
+use crate::activation::Activation;
+use crate::error::{Error, Result};
+use crate::program::{Padding, Program, Var};
+
+/// How a sequence model is read out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SequenceReadout {
+    /// From the mean of the states over time (Tensor Programs II's RNN).
+    MeanState,
+    /// From the last state.
+    LastState,
+}
+
+/// How a CNN is read out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageReadout {
+    /// From the average over positions (neural-tangents' `GlobalAvgPool`).
+    GlobalAverage,
+    /// From all positions stacked (neural-tangents' `Flatten`).
+    Flatten,
+}
+
+/// The columns of token (or pixel) `t` of `dim` entries each, for every `t < count`.
+fn tokens(p: &mut Program, count: usize, dim: usize) -> Result<Vec<Var>> {
+    (0..count)
+        .map(|t| p.input(t * dim..(t + 1) * dim))
+        .collect()
+}
+
+/// `h + σ_b b` when the bias exists.
+fn with_bias(p: &mut Program, h: Var, bias: Option<crate::program::Bias>) -> Result<Var> {
+    match bias {
+        Some(b) => p.add_bias(h, b),
+        None => Ok(h),
+    }
+}
+
+/// A bias of standard deviation `std`, none when `std` is 0.
+fn bias_if(p: &mut Program, std: f64) -> Result<Option<crate::program::Bias>> {
+    if std == 0.0 {
+        Ok(None)
+    } else {
+        p.bias(std).map(Some)
+    }
+}
+
+fn at_least_one(parameter: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(Error::InvalidParameter {
+            parameter,
+            value: "0".into(),
+            reason: "must be at least 1",
+        });
+    }
+    Ok(())
+}
+
+/// A recurrent network over `steps` tokens of `token_dim` entries, one weight $W$ shared
+/// by every step:
+/// $s_t = φ(W s_{t−1} + U x_t + b)$, $s_0 = 0$, $f = vᵀ \operatorname{mean}_t s_t$ (or $vᵀ s_T$).
+///
+/// [`Rnn::new`] is Tensor Programs II's RNN (Fig. 1): erf, $σ_U² = 2$, $σ_W² = 1$,
+/// $σ_b² = 0.2$, $σ_v = 1$, mean of the states. neural-tangents has no equivalent (its
+/// layers cannot share weights).
+#[derive(Clone, Debug)]
+pub struct Rnn {
+    steps: usize,
+    token_dim: usize,
+    activation: Activation,
+    input_std: f64,
+    weight_std: f64,
+    bias_std: f64,
+    readout_std: f64,
+    readout: SequenceReadout,
+}
+
+impl Rnn {
+    /// Tensor Programs II's RNN over `steps` tokens of `token_dim` entries.
+    #[must_use]
+    pub fn new(steps: usize, token_dim: usize) -> Self {
+        Rnn {
+            steps,
+            token_dim,
+            activation: Activation::Erf,
+            input_std: 2f64.sqrt(),
+            weight_std: 1.0,
+            bias_std: 0.2f64.sqrt(),
+            readout_std: 1.0,
+            readout: SequenceReadout::MeanState,
+        }
+    }
+
+    /// $φ$.
+    #[must_use]
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// $σ_U$, of the input-to-hidden weight.
+    #[must_use]
+    pub fn input_std(mut self, std: f64) -> Self {
+        self.input_std = std;
+        self
+    }
+
+    /// $σ_W$, of the hidden-to-hidden weight.
+    #[must_use]
+    pub fn weight_std(mut self, std: f64) -> Self {
+        self.weight_std = std;
+        self
+    }
+
+    /// $σ_b$ (0: no bias).
+    #[must_use]
+    pub fn bias_std(mut self, std: f64) -> Self {
+        self.bias_std = std;
+        self
+    }
+
+    /// $σ_v$, of the readout.
+    #[must_use]
+    pub fn readout_std(mut self, std: f64) -> Self {
+        self.readout_std = std;
+        self
+    }
+
+    /// The mean or the last state.
+    #[must_use]
+    pub fn readout(mut self, readout: SequenceReadout) -> Self {
+        self.readout = readout;
+        self
+    }
+
+    /// The program. Parameters in the order $U$, $W$, $b$, then the readout.
+    ///
+    /// # Errors
+    /// Zero steps or token entries, or an invalid $σ$ or activation.
+    pub fn program(&self) -> Result<Program> {
+        at_least_one("steps", self.steps)?;
+        at_least_one("token_dim", self.token_dim)?;
+        let mut p = Program::new(self.steps * self.token_dim);
+        let u = p.weight(self.input_std)?;
+        let w = p.weight(self.weight_std)?;
+        let b = bias_if(&mut p, self.bias_std)?;
+        let mut states: Vec<Var> = Vec::with_capacity(self.steps);
+        for x_t in tokens(&mut p, self.steps, self.token_dim)? {
+            let mut h = p.dense(u, x_t)?;
+            if let Some(&s) = states.last() {
+                let recurrent = p.dense(w, s)?; // the same W at every step
+                h = p.add(&[h, recurrent])?;
+            }
+            let h = with_bias(&mut p, h, b)?;
+            states.push(p.apply(self.activation.clone(), h)?);
+        }
+        let out = match self.readout {
+            SequenceReadout::MeanState => p.mean(&states)?,
+            SequenceReadout::LastState => states[states.len() - 1],
+        };
+        p.output(out, self.readout_std)?;
+        Ok(p)
+    }
+}
+
+/// Tensor Programs II's one-layer Transformer over `tokens` tokens of `token_dim`
+/// entries, with $1/n$ softmax attention whose queries, keys and values are tied, and
+/// LayerNorm without affine parameters:
+/// $k_t = U x_t$, $y = \operatorname{attention}(k, k, k)$, $z_t = \operatorname{LN}(y_t + k_t)$,
+/// $o_t = \operatorname{LN}(W_2 φ(W_1 z_t) + z_t)$, $f = vᵀ \operatorname{mean}_t o_t$.
+///
+/// [`Transformer::new`] is the paper's: ReLU and every $σ = 1$. neural-tangents'
+/// `GlobalSelfAttention` draws independent queries and keys, so its limit attention
+/// is uniform: it has no equivalent.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    tokens: usize,
+    token_dim: usize,
+    activation: Activation,
+    input_std: f64,
+    weight_std: f64,
+    readout_std: f64,
+}
+
+impl Transformer {
+    /// Tensor Programs II's Transformer over `tokens` tokens of `token_dim` entries.
+    #[must_use]
+    pub fn new(tokens: usize, token_dim: usize) -> Self {
+        Transformer {
+            tokens,
+            token_dim,
+            activation: Activation::Relu,
+            input_std: 1.0,
+            weight_std: 1.0,
+            readout_std: 1.0,
+        }
+    }
+
+    /// $φ$ of the feed-forward block.
+    #[must_use]
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// $σ_U$, of the embedding.
+    #[must_use]
+    pub fn input_std(mut self, std: f64) -> Self {
+        self.input_std = std;
+        self
+    }
+
+    /// $σ_W$ of $W_1$ and $W_2$.
+    #[must_use]
+    pub fn weight_std(mut self, std: f64) -> Self {
+        self.weight_std = std;
+        self
+    }
+
+    /// $σ_v$, of the readout.
+    #[must_use]
+    pub fn readout_std(mut self, std: f64) -> Self {
+        self.readout_std = std;
+        self
+    }
+
+    /// The program. Parameters in the order $U$, $W_1$, $W_2$, then the readout.
+    ///
+    /// # Errors
+    /// Zero tokens or token entries, or an invalid $σ$ or activation.
+    pub fn program(&self) -> Result<Program> {
+        at_least_one("tokens", self.tokens)?;
+        at_least_one("token_dim", self.token_dim)?;
+        let mut p = Program::new(self.tokens * self.token_dim);
+        let u = p.weight(self.input_std)?;
+        let w1 = p.weight(self.weight_std)?;
+        let w2 = p.weight(self.weight_std)?;
+        let keys = tokens(&mut p, self.tokens, self.token_dim)?
+            .into_iter()
+            .map(|x_t| p.dense(u, x_t))
+            .collect::<Result<Vec<Var>>>()?;
+        let attended = p.attention(&keys, &keys, &keys)?;
+        let mut outs = Vec::with_capacity(self.tokens);
+        for (y, k) in attended.into_iter().zip(&keys) {
+            let y = p.add(&[y, *k])?;
+            let z = p.layer_norm(y)?;
+            let g = p.dense(w1, z)?;
+            let a = p.apply(self.activation.clone(), g)?;
+            let h = p.dense(w2, a)?;
+            let s = p.add(&[h, z])?;
+            outs.push(p.layer_norm(s)?);
+        }
+        let pooled = p.mean(&outs)?;
+        p.output(pooled, self.readout_std)?;
+        Ok(p)
+    }
+}
+
+/// A residual MLP: $h_0 = W_0 x + b_0$, then `blocks` residual blocks
+/// $h ← h + W φ(h) + b$, and $f = vᵀ φ(h)$.
+///
+/// One block is neural-tangents' `serial(Dense(n, σ_W, σ_b), FanOut(2),
+/// parallel(serial(φ, Dense(n, σ_W, σ_b)), Identity()), FanInSum(), φ, Dense(1, σ_v))`.
+/// [`ResidualMlp::new`] has ReLU, $σ_W = 1$, $σ_b = 0.1$, $σ_v = 1$.
+#[derive(Clone, Debug)]
+pub struct ResidualMlp {
+    input_dim: usize,
+    blocks: usize,
+    activation: Activation,
+    weight_std: f64,
+    bias_std: f64,
+    readout_std: f64,
+}
+
+impl ResidualMlp {
+    /// `blocks` residual blocks on inputs of `input_dim` entries.
+    #[must_use]
+    pub fn new(input_dim: usize, blocks: usize) -> Self {
+        ResidualMlp {
+            input_dim,
+            blocks,
+            activation: Activation::Relu,
+            weight_std: 1.0,
+            bias_std: 0.1,
+            readout_std: 1.0,
+        }
+    }
+
+    /// $φ$.
+    #[must_use]
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// $σ_W$, of every weight.
+    #[must_use]
+    pub fn weight_std(mut self, std: f64) -> Self {
+        self.weight_std = std;
+        self
+    }
+
+    /// $σ_b$, of every bias (0: no biases).
+    #[must_use]
+    pub fn bias_std(mut self, std: f64) -> Self {
+        self.bias_std = std;
+        self
+    }
+
+    /// $σ_v$, of the readout.
+    #[must_use]
+    pub fn readout_std(mut self, std: f64) -> Self {
+        self.readout_std = std;
+        self
+    }
+
+    /// The program. Parameters in the order $W_0$, $b_0$, then $W$, $b$ per block, then
+    /// the readout.
+    ///
+    /// # Errors
+    /// A zero input dimension, or an invalid $σ$ or activation.
+    pub fn program(&self) -> Result<Program> {
+        at_least_one("input_dim", self.input_dim)?;
+        let mut p = Program::new(self.input_dim);
+        let x = p.input(0..self.input_dim)?;
+        let w0 = p.weight(self.weight_std)?;
+        let b0 = bias_if(&mut p, self.bias_std)?;
+        let h = p.dense(w0, x)?;
+        let mut h = with_bias(&mut p, h, b0)?;
+        for _ in 0..self.blocks {
+            let w = p.weight(self.weight_std)?;
+            let b = bias_if(&mut p, self.bias_std)?;
+            let a = p.apply(self.activation.clone(), h)?;
+            let r = p.dense(w, a)?;
+            let r = with_bias(&mut p, r, b)?;
+            h = p.add(&[h, r])?;
+        }
+        let out = p.apply(self.activation.clone(), h)?;
+        p.output(out, self.readout_std)?;
+        Ok(p)
+    }
+}
+
+/// A CNN on a row-major `grid` of positions (an image, or a sequence as a grid of one
+/// row) with `channels` entries each: `layers` convolutions, each one weight and one
+/// bias shared over positions followed by $φ$, then global average pooling or
+/// flattening, and a readout.
+///
+/// It is neural-tangents' `serial(*[Conv(n, taps, padding=…, W_std=σ_W, b_std=σ_b), φ] ×
+/// layers, GlobalAvgPool() | Flatten(), Dense(1, σ_v))` on NHWC images.
+/// [`Cnn::new`] has one layer of $3×3$ circular ReLU convolutions with $σ_W = \sqrt 2$,
+/// $σ_b = 0.1$, global average pooling and $σ_v = 1$; [`Cnn::sequence`] a 1-D CNN with 3
+/// taps.
+#[derive(Clone, Debug)]
+pub struct Cnn {
+    grid: (usize, usize),
+    channels: usize,
+    layers: usize,
+    taps: (usize, usize),
+    padding: Padding,
+    activation: Activation,
+    weight_std: f64,
+    bias_std: f64,
+    readout_std: f64,
+    readout: ImageReadout,
+}
+
+impl Cnn {
+    /// A CNN on `grid = (height, width)` images with `channels` channels.
+    #[must_use]
+    pub fn new(grid: (usize, usize), channels: usize) -> Self {
+        Cnn {
+            grid,
+            channels,
+            layers: 1,
+            taps: (3, 3),
+            padding: Padding::Circular,
+            activation: Activation::Relu,
+            weight_std: 2f64.sqrt(),
+            bias_std: 0.1,
+            readout_std: 1.0,
+            readout: ImageReadout::GlobalAverage,
+        }
+    }
+
+    /// A 1-D CNN on sequences of `positions` positions with `channels` channels: the
+    /// grid $(1, \text{positions})$ with 3-tap filters.
+    #[must_use]
+    pub fn sequence(positions: usize, channels: usize) -> Self {
+        Cnn::new((1, positions), channels).taps((1, 3))
+    }
+
+    /// The number of convolutions.
+    #[must_use]
+    pub fn layers(mut self, layers: usize) -> Self {
+        self.layers = layers;
+        self
+    }
+
+    /// The filter's shape, (rows, columns).
+    #[must_use]
+    pub fn taps(mut self, taps: (usize, usize)) -> Self {
+        self.taps = taps;
+        self
+    }
+
+    /// How the filters treat the edges.
+    #[must_use]
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// $φ$.
+    #[must_use]
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// $σ_W$, of every filter.
+    #[must_use]
+    pub fn weight_std(mut self, std: f64) -> Self {
+        self.weight_std = std;
+        self
+    }
+
+    /// $σ_b$, of every bias (0: no biases).
+    #[must_use]
+    pub fn bias_std(mut self, std: f64) -> Self {
+        self.bias_std = std;
+        self
+    }
+
+    /// $σ_v$, of the readout.
+    #[must_use]
+    pub fn readout_std(mut self, std: f64) -> Self {
+        self.readout_std = std;
+        self
+    }
+
+    /// Global average pooling or flattening.
+    #[must_use]
+    pub fn readout(mut self, readout: ImageReadout) -> Self {
+        self.readout = readout;
+        self
+    }
+
+    /// The program. Parameters in the order $W$, $b$ per layer, then the readout.
+    ///
+    /// # Errors
+    /// An empty grid, zero channels, or what [`Program::conv2d`] refuses (more taps
+    /// than positions with [`Padding::Valid`]), or an invalid $σ$ or activation.
+    pub fn program(&self) -> Result<Program> {
+        at_least_one("grid height", self.grid.0)?;
+        at_least_one("grid width", self.grid.1)?;
+        at_least_one("channels", self.channels)?;
+        let mut grid = self.grid;
+        let mut p = Program::new(grid.0 * grid.1 * self.channels);
+        let mut z = tokens(&mut p, grid.0 * grid.1, self.channels)?;
+        for _ in 0..self.layers {
+            let w = p.weight(self.weight_std)?;
+            let b = bias_if(&mut p, self.bias_std)?;
+            let (hs, shape) = p.conv2d(w, &z, grid, self.taps, self.padding)?;
+            grid = shape;
+            z = hs
+                .into_iter()
+                .map(|h| {
+                    let h = with_bias(&mut p, h, b)?;
+                    p.apply(self.activation.clone(), h)
+                })
+                .collect::<Result<_>>()?;
+        }
+        let out = match self.readout {
+            ImageReadout::GlobalAverage => p.mean(&z)?,
+            ImageReadout::Flatten => p.concat(&z)?,
+        };
+        p.output(out, self.readout_std)?;
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_architectures_are_errors() {
+        assert!(Rnn::new(0, 3).program().is_err());
+        assert!(Transformer::new(2, 0).program().is_err());
+        assert!(ResidualMlp::new(0, 1).program().is_err());
+        assert!(Cnn::new((0, 4), 3).program().is_err());
+        assert!(
+            Cnn::new((2, 2), 1)
+                .padding(Padding::Valid)
+                .program()
+                .is_err(),
+            "a 3×3 valid filter on a 2×2 grid"
+        );
+        assert!(Rnn::new(2, 2).weight_std(-1.0).program().is_err());
+    }
+
+    #[test]
+    fn shapes_follow_the_settings() {
+        let cnn = Cnn::new((5, 6), 2)
+            .padding(Padding::Valid)
+            .layers(2)
+            .readout(ImageReadout::Flatten)
+            .program()
+            .unwrap();
+        assert_eq!(cnn.input_dim(), 60);
+        let rnn = Rnn::new(5, 3).bias_std(0.0).program().unwrap();
+        assert_eq!(rnn.input_dim(), 15);
+        let last = Rnn::new(5, 3).readout(SequenceReadout::LastState);
+        assert!(last.program().unwrap().len() < rnn.len());
+    }
+}
