@@ -540,9 +540,11 @@ mod tests {
             .program()
             .unwrap();
         assert_eq!(cnn.input_dim(), 60);
-        let rnn = Rnn::new(5, 3).bias_std(0.0).program().unwrap();
+        let rnn = Rnn::new(5, 3).program().unwrap();
         assert_eq!(rnn.input_dim(), 15);
+        let without_bias = Rnn::new(5, 3).bias_std(0.0).program().unwrap();
+        assert_eq!(rnn.len(), without_bias.len() + 5, "one add_bias per step");
         let last = Rnn::new(5, 3).readout(SequenceReadout::LastState);
-        assert!(last.program().unwrap().len() < rnn.len());
+        assert_eq!(last.program().unwrap().len() + 1, rnn.len(), "no mean");
     }
 }
