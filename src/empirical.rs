@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nalgebra::{DMatrix, DMatrixViewMut};
 
 use crate::error::{Error, Result, check_inputs, first_non_finite, select_rows};
-use crate::linalg::try_zeros;
+use crate::linalg::{copy_transposed, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
 use crate::{Scalar, parallel};
@@ -211,26 +211,11 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         check_kernel_finite("empirical_ntk", &out)?;
     }
     if symmetric {
-        // Every other tile is the transpose of one computed, copied in 16 x 16 blocks
-        // (a row of the mirror spans 16 pages, not a whole tile's).
-        const BLOCK: usize = 16;
-        let stride = out.nrows();
-        let data = out.as_mut_slice();
+        // Every other tile is the transpose of one computed.
         for (j, cols) in b1.iter().enumerate() {
             for i in tiles(j).into_iter().filter(|&i| i != j) {
-                let (rows, cols) = (
-                    b1[i].start * per..b1[i].end * per,
-                    cols.start * per..cols.end * per,
-                );
-                for c0 in cols.clone().step_by(BLOCK) {
-                    for r0 in rows.clone().step_by(BLOCK) {
-                        for c in c0..(c0 + BLOCK).min(cols.end) {
-                            for r in r0..(r0 + BLOCK).min(rows.end) {
-                                data[c + r * stride] = data[r + c * stride];
-                            }
-                        }
-                    }
-                }
+                let rows = b1[i].start * per..b1[i].end * per;
+                copy_transposed(&mut out, rows, cols.start * per..cols.end * per);
             }
         }
     }

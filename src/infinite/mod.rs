@@ -66,7 +66,7 @@ use std::sync::{Arc, OnceLock};
 use nalgebra::DMatrix;
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_inputs, select_rows};
+use crate::error::{Error, Result, check_inputs, first_non_finite_entry, select_rows};
 use crate::mlp::MlpSpec;
 use crate::program::Program;
 use crate::tangent::LayerKernel;
@@ -289,18 +289,15 @@ impl InfiniteWidth {
 
 /// Errors unless every entry of a computed kernel is finite.
 fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
-    match k.iter().position(|v| !v.is_finite()) {
+    match first_non_finite_entry(k) {
         None => Ok(()),
-        Some(p) => Err(Error::InvalidParameter {
-            parameter: what,
-            value: format!(
-                "entry ({}, {}) = {}",
-                p % k.nrows().max(1),
-                p / k.nrows().max(1),
-                k[p]
+        Some((row, col)) => Err(Error::NonFiniteResult {
+            result: "infinite_width",
+            reason: format!(
+                "the {what} entry ({row}, {col}) = {} overflows f64 (inputs or standard \
+                 deviations too large for the depth)",
+                k[(row, col)]
             ),
-            reason: "the infinite-width kernel overflows f64 here (inputs or standard \
-                     deviations too large for the depth)",
         }),
     }
 }
@@ -416,17 +413,16 @@ fn to_scalar<T: Scalar>(what: &str, m: DMatrix<f64>) -> Result<DMatrix<T>> {
     let narrower = T::max_value().is_some_and(|max| max.to_f64() < f64::MAX);
     if narrower && let Some(k) = m.iter().position(|&v| !T::from_f64_lossy(v).is_finite()) {
         let n = m.nrows().max(1);
-        return Err(crate::Error::InvalidParameter {
-            parameter: "x1, x2",
-            value: format!(
-                "the {what} entry ({}, {}) = {:e} does not fit in {}",
+        return Err(crate::Error::NonFiniteResult {
+            result: "infinite_width",
+            reason: format!(
+                "the {what} entry ({}, {}) = {:e} overflows {}: compute in f64 or scale the \
+                 inputs down",
                 k % n,
                 k / n,
                 m.as_slice()[k],
                 std::any::type_name::<T>()
             ),
-            reason: "the kernel overflows the scalar type: compute in f64 or scale the \
-                     inputs down",
         });
     }
     Ok(from_f64(&m))

@@ -70,18 +70,20 @@ pub(crate) enum Inst {
     },
 }
 
-/// Whether a tape's slots are per sample or per pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) enum Kind {
+/// Which pair of samples a quantity (and the tape that computes it) belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub(crate) enum Mode {
+    /// One sample with itself (run per sample).
     #[default]
     Diag,
+    /// x from batch 1 with x̄ from batch 2.
     Cross,
 }
 
 /// A tape under construction.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tape {
-    kind: Kind,
+    kind: Mode,
     insts: Vec<Inst>,
     next: u32,
     /// Diagonal slots read by a cross tape.
@@ -89,7 +91,7 @@ pub(crate) struct Tape {
 }
 
 impl Tape {
-    pub(crate) fn new(kind: Kind) -> Tape {
+    pub(crate) fn new(kind: Mode) -> Tape {
         Tape {
             kind,
             ..Tape::default()
@@ -100,8 +102,8 @@ impl Tape {
         let s = self.next;
         self.next += 1;
         let v = match self.kind {
-            Kind::Diag => Val::Diag(s),
-            Kind::Cross => Val::Cross(s),
+            Mode::Diag => Val::Diag(s),
+            Mode::Cross => Val::Cross(s),
         };
         (s, v)
     }

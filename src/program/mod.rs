@@ -417,7 +417,7 @@ impl Program {
         if self.output.is_none() {
             return Err(Error::InvalidParameter {
                 parameter: "program",
-                value: format!("{} variables, no output", self.nodes.len()),
+                value: format!("{} variables without an output", self.nodes.len()),
                 reason: "call `output` (or `readout`) to say what the network computes",
             });
         }

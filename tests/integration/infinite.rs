@@ -274,7 +274,10 @@ fn bad_input_is_an_error_not_a_panic() {
     let huge = x.map(|v| v * 1e200);
     assert!(matches!(
         infinite_width(&spec, &huge, &huge),
-        Err(Error::InvalidParameter { .. })
+        Err(Error::NonFiniteResult {
+            result: "infinite_width",
+            ..
+        })
     ));
     for bad in [
         spec.clone().weight_std(-1.0),

@@ -8,8 +8,8 @@ use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::zoo::{self, ImageReadout, SequenceReadout};
 use ntk::{
-    Activation, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight, empirical_ntk,
-    infinite_width, infinite_width_layers, width_convergence,
+    Activation, Error, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight,
+    empirical_ntk, infinite_width, infinite_width_layers, width_convergence,
 };
 use serde_json::Value;
 
@@ -600,8 +600,20 @@ fn nonlinearity_of_a_non_gaussian_vector_is_an_error_in_the_limit_only() {
     let x = common::inputs(3, 2, 0);
     let err = infinite_width(&p, &x, &x).unwrap_err();
     assert!(
-        format!("{err}").contains(&format!("variable {}", zz.index())),
-        "{err}"
+        matches!(err, Error::OutsideLimit { variable, .. } if variable == zz.index()),
+        "{err:?}"
+    );
+    // One sentence: which variable, why, and what still works.
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the infinite-width limit of variable {} cannot be computed: it applies Relu to \
+             variable {}, which is not Gaussian in the limit because it holds the output of a \
+             nonlinearity (φ(ψ(h)) and φ(h + ψ(g)) have no 2-D Gaussian reduction); the \
+             finite network (`Program::init`) still works",
+            zz.index(),
+            z.index()
+        )
     );
     let net = p.init::<f64>(8, &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(empirical_ntk(&net, &x, &x).is_ok());

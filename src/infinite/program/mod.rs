@@ -55,25 +55,18 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::activation::Activation;
 use crate::error::Result;
+use crate::linalg::mirror_upper;
 use crate::parallel;
 use crate::program::Program;
 
 use super::dual::{PairDual, mean_derivative, same_activation};
 use super::quadrature::GaussHermite;
-use super::tape::{Entries, Env, Kind, Runnable, Src, Tape, Val};
+pub(crate) use super::tape::Mode;
+use super::tape::{Entries, Env, Runnable, Src, Tape, Val};
 pub(crate) use forms::{
     Atom, BackwardTerms, Base, Form, Gauss, LimitGradients, ONE, SampleScalar, backward_atom, lin,
 };
 use forms::{BAtom, Interner, Lin};
-
-/// Which pair of samples a quantity belongs to.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) enum Mode {
-    /// One sample with itself (run per sample).
-    Diag,
-    /// x from batch 1 with x̄ from batch 2.
-    Cross,
-}
 
 /// Which sample of a cross pair a one-sample quantity belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -199,8 +192,8 @@ pub(crate) fn compile(
         grads: vec![Vec::new(); program.nodes.len()],
         memo: HashMap::default(),
         duals: HashMap::default(),
-        diag: Tape::new(Kind::Diag),
-        cross: Tape::new(Kind::Cross),
+        diag: Tape::new(Mode::Diag),
+        cross: Tape::new(Mode::Cross),
         fixed: Vec::new(),
     };
     c.monos.id(Vec::new());
@@ -409,13 +402,7 @@ impl Compiled {
             }
         }
         if symmetric {
-            for o in &mut out {
-                for j in 0..n2 {
-                    for i in (j + 1)..n1 {
-                        o[(i, j)] = o[(j, i)];
-                    }
-                }
-            }
+            out.iter_mut().for_each(mirror_upper);
         }
         out
     }

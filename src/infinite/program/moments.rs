@@ -288,10 +288,10 @@ impl Compiler<'_> {
                 Ok(self.poly(mode, 0.0, terms))
             }
             (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(why.clone()),
-            _ => Err(Error::InvalidParameter {
-                parameter: "program",
-                value: format!("variable {var}"),
-                reason: "a weight sees input columns at one use and hidden vectors at another",
+            _ => Err(Error::OutsideLimit {
+                variable: var,
+                reason: "a weight sees input columns at one use and hidden vectors at another"
+                    .into(),
             }),
         }
     }
