@@ -23,6 +23,26 @@ use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_f
 /// dense group, W row-major then b (see [`LayerTangent::Dense`]).
 ///
 /// Rows of every input matrix are samples; outputs are $N × k$.
+///
+/// # Parameter groups and layers
+///
+/// The kernels are sums over *parameter groups*: a weight matrix with the bias at the
+/// same places, a bias on its own, or any other block of parameters. For an MLP a group
+/// is a layer, which is where the names `layer_tangents` and `layer_kernels` come from;
+/// for a program it is one `Weight`, `Bias` or the readout, however many places use it.
+///
+/// # Samples are independent
+///
+/// A model's output on a sample depends on that sample and the parameters only, so a
+/// kernel entry $Θ(x_i, x̄_j)$ depends on $x_i$ and $x̄_j$ alone. The kernels rely on
+/// it: [`empirical_ntk`](crate::empirical_ntk) calls `layer_tangents` on row blocks of
+/// the batch (and on the two batches separately), and
+/// [`empirical_ntk_block`](crate::empirical_ntk_block) on the rows it is asked for. A
+/// model whose outputs couple the samples of a batch (batch normalisation with batch
+/// statistics) breaks this: its tangents of a row block are not the rows of the
+/// batch's. Such a model must compute its kernel from whole batches itself, and refuse
+/// (with an error that says so) any call that would split a batch, rather than return
+/// the kernel of sub-batches.
 pub trait NtkModel<T: Scalar>: Sync {
     /// Input dimension $d$ (columns of $x$).
     fn input_dim(&self) -> usize;

@@ -196,7 +196,10 @@ fn numerical_moments_are_accurate_at_any_variance() {
         for q in [0.01, 0.3, 1.0, 4.0, 25.0, 100.0] {
             let err = moments_error(&act, q);
             println!("{act} q = {q}: {err:.1e}");
-            assert!(err <= 1e-11, "{act} at variance {q}: {err:e}");
+            assert!(
+                err <= prec::QUADRATURE_SMOOTH,
+                "{act} at variance {q}: {err:e}"
+            );
         }
     }
 }
@@ -226,7 +229,7 @@ fn fixed_rule_is_accurate_only_at_small_variance() {
         let g = quadrature(&Activation::Tanh, q, 0.3 * q, q, &rule).expect("quadrature");
         (g.phi_phi - r).abs() / trapezoid_moments(&Activation::Tanh, q, q, q).0
     };
-    assert!(error(0.5) < 1e-12);
+    assert!(error(0.5) < prec::ROUND_OFF_DEEP);
     assert!(error(25.0) > 1e-6, "{}", error(25.0));
 }
 
@@ -430,8 +433,14 @@ fn relu_networks_are_homogeneous_at_extreme_scales() {
             // Compared at unit scale: the Frobenius norm of a 1e200 matrix overflows.
             let e_ntk = rel_err(&ks.ntk.map(|v| v / s / s), &k.ntk);
             let e_nngp = rel_err(&ks.nngp.map(|v| v / s / s), &k.nngp);
-            assert!(e_ntk <= 1e-14, "{act:?} NTK at scale {s:e}: {e_ntk:e}");
-            assert!(e_nngp <= 1e-14, "{act:?} NNGP at scale {s:e}: {e_nngp:e}");
+            assert!(
+                e_ntk <= prec::ROUND_OFF,
+                "{act:?} NTK at scale {s:e}: {e_ntk:e}"
+            );
+            assert!(
+                e_nngp <= prec::ROUND_OFF,
+                "{act:?} NNGP at scale {s:e}: {e_nngp:e}"
+            );
         }
     }
 }
@@ -455,11 +464,11 @@ fn deep_relu_networks_give_the_exact_diagonal() {
             let sigma = qi * 0.5_f64.powi(depth as i32);
             let theta = (depth + 1) as f64 * sigma;
             assert!(
-                (k.nngp[(i, i)] - sigma).abs() <= 1e-12 * sigma,
+                (k.nngp[(i, i)] - sigma).abs() <= prec::ROUND_OFF_DEEP * sigma,
                 "Σ at depth {depth}"
             );
             assert!(
-                (k.ntk[(i, i)] - theta).abs() <= 1e-12 * theta,
+                (k.ntk[(i, i)] - theta).abs() <= prec::ROUND_OFF_DEEP * theta,
                 "Θ̊ at depth {depth}"
             );
         }
@@ -468,8 +477,8 @@ fn deep_relu_networks_give_the_exact_diagonal() {
     for (i, &qi) in q.iter().enumerate() {
         let sigma = 4.0 * qi * 2.0_f64.powi(520);
         let theta = 521.0 * sigma;
-        assert!((k.nngp[(i, i)] - sigma).abs() <= 1e-12 * sigma);
-        assert!((k.ntk[(i, i)] - theta).abs() <= 1e-12 * theta);
+        assert!((k.nngp[(i, i)] - sigma).abs() <= prec::ROUND_OFF_DEEP * sigma);
+        assert!((k.ntk[(i, i)] - theta).abs() <= prec::ROUND_OFF_DEEP * theta);
     }
     let err = infinite_width(&deep(1100, 2.0), &x, &x).expect_err("2^1100 overflows");
     assert!(err.to_string().contains("overflows"), "{err}");
@@ -508,8 +517,14 @@ fn tanh_kernels_at_large_variance_match_the_reference() {
                 trapezoid_moments(&Activation::Tanh, gram[(i, i)], gram[(i, j)], gram[(j, j)]);
             let nngp = 25.0 * c;
             let ntk = nngp + 25.0 * cdot * gram[(i, j)];
-            assert!((k.nngp[(i, j)] - nngp).abs() <= 1e-11 * 25.0, "Σ({i}, {j})");
-            assert!((k.ntk[(i, j)] - ntk).abs() <= 1e-11 * 25.0, "Θ̊({i}, {j})");
+            assert!(
+                (k.nngp[(i, j)] - nngp).abs() <= prec::QUADRATURE_SMOOTH * 25.0,
+                "Σ({i}, {j})"
+            );
+            assert!(
+                (k.ntk[(i, j)] - ntk).abs() <= prec::QUADRATURE_SMOOTH * 25.0,
+                "Θ̊({i}, {j})"
+            );
         }
     }
 }
@@ -765,9 +780,9 @@ mod properties {
             let c = rho * (q1 * q2).sqrt();
             let rule = GaussHermite::new(160).expect("rule");
             for (act, tol) in [
-                (Activation::Erf, 1e-11),
-                (Activation::Gelu, 1e-11),
-                (Activation::Sin, 1e-11),
+                (Activation::Erf, prec::QUADRATURE_SMOOTH),
+                (Activation::Gelu, prec::QUADRATURE_SMOOTH),
+                (Activation::Sin, prec::QUADRATURE_SMOOTH),
                 (Activation::Relu, 1e-2),
             ] {
                 let exact = closed_form(&act, q1, c, q2).expect("valid").expect("closed form");
@@ -779,7 +794,7 @@ mod properties {
                     "{:?} C: {} vs {}", act, exact.phi_phi, quad.phi_phi
                 );
                 prop_assert!(
-                    (exact.dphi_dphi - quad.dphi_dphi).abs() <= tol.max(1e-11) * 5.0,
+                    (exact.dphi_dphi - quad.dphi_dphi).abs() <= tol.max(prec::QUADRATURE_SMOOTH) * 5.0,
                     "{:?} Ċ: {} vs {}", act, exact.dphi_dphi, quad.dphi_dphi
                 );
             }

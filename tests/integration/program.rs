@@ -422,7 +422,7 @@ fn two_layer_relu_mlp_has_the_papers_unit_value() {
         let q = x.row(i).norm_squared() / d as f64;
         let expected = 0.75 * q + 1.75;
         assert!(
-            (k.ntk[(i, i)] - expected).abs() < 1e-14 * expected,
+            (k.ntk[(i, i)] - expected).abs() < prec::ROUND_OFF * expected,
             "row {i}"
         );
     }
@@ -453,8 +453,14 @@ fn the_program_of_an_mlp_has_its_kernels() {
         for (a, b) in [(&x1, &x1), (&x1, &x2)] {
             let want = infinite_width(spec, a, b).unwrap();
             let got = infinite_width(&p, a, b).unwrap();
-            assert!(rel_err(&got.nngp, &want.nngp) < 1e-14, "{spec:?} nngp");
-            assert!(rel_err(&got.ntk, &want.ntk) < 1e-14, "{spec:?} ntk");
+            assert!(
+                rel_err(&got.nngp, &want.nngp) < prec::ROUND_OFF,
+                "{spec:?} nngp"
+            );
+            assert!(
+                rel_err(&got.ntk, &want.ntk) < prec::ROUND_OFF,
+                "{spec:?} ntk"
+            );
         }
     }
 }
@@ -683,7 +689,7 @@ fn forward_and_backward_limits_agree() {
                     acc + l.total()
                 });
             let err = rel_err(&backward, &forward);
-            assert!(err < 1e-13, "program {i}: {err:e}");
+            assert!(err < prec::ROUND_OFF, "program {i}: {err:e}");
         }
     }
 }

@@ -193,7 +193,7 @@ fn rnn_jacobian_matches_finite_differences() {
     for (steps, k, n) in CASES {
         let rnn = Rnn::new(steps, 2, n, k, steps as u64);
         let x = inputs(5, steps * 2, 7);
-        let fd = finite_difference_jacobian(&rnn, &x, 1e-6);
+        let fd = finite_difference_jacobian(&rnn, &x, prec::FD_STEP);
         let jac = rnn.jacobian(&x).expect("jacobian");
         assert!(rel_err(&jac, &fd) <= prec::FINITE_DIFFERENCE, "T = {steps}");
     }

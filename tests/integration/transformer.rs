@@ -169,11 +169,11 @@ fn relu_transformer_matches_the_papers_matrix_formulas() {
             let xj: Vec<f64> = x2.row(j).iter().copied().collect();
             let (nngp, ntk) = matrix_formulas(&xi, &xj, tokens, d);
             assert!(
-                (k.nngp[(i, j)] - nngp).abs() < 1e-13 * nngp.abs().max(1.0),
+                (k.nngp[(i, j)] - nngp).abs() < prec::ROUND_OFF * nngp.abs().max(1.0),
                 "nngp ({i}, {j})"
             );
             assert!(
-                (k.ntk[(i, j)] - ntk).abs() < 1e-13 * ntk.abs().max(1.0),
+                (k.ntk[(i, j)] - ntk).abs() < prec::ROUND_OFF * ntk.abs().max(1.0),
                 "ntk ({i}, {j})"
             );
         }
@@ -187,7 +187,7 @@ fn finite_transformer_matches_finite_differences() {
     let p = transformer(3, 2, Activation::Gelu, (1.0, 1.2, 1.0));
     let net = p.init::<f64>(6, &mut StdRng::seed_from_u64(3)).unwrap();
     let x = common::inputs(3, 6, 4);
-    let jac = common::finite_difference_jacobian(&net, &x, 1e-6);
+    let jac = common::finite_difference_jacobian(&net, &x, prec::FD_STEP);
     let exact = net.jacobian(&x).unwrap();
     assert!(
         rel_err(&exact, &jac) < prec::FINITE_DIFFERENCE,
