@@ -334,7 +334,7 @@ fn train_width(
     let mut trained = Vec::with_capacity(steps.len());
     let mut done = 0;
     for &step in steps {
-        let run = GradientDescent::new(eta, step - done)?.train(
+        let run = GradientDescent::new(eta, step - done)?.fit(
             &mut net,
             &x_train,
             &shifted,

@@ -129,7 +129,7 @@
 //! let f0 = net.forward(&x)?;
 //! let predicted = flow.train_gd(100, &f0)?;          // 100 steps of the linear model
 //!
-//! let run = GradientDescent::new(0.1, 100)?.train(&mut net, &x, &y, &DMatrix::zeros(0, 2))?;
+//! let run = GradientDescent::new(0.1, 100)?.fit(&mut net, &x, &y, &DMatrix::zeros(0, 2))?;
 //! let moved = (&predicted - &f0).amax();
 //! assert!((&run.train_outputs[1] - &predicted).amax() < 0.05 * moved);
 //! # Ok(())
@@ -170,8 +170,8 @@ pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
 pub use flow::{GaussianPrediction, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
-    Architecture, InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
-    infinite_width_layers, width_convergence,
+    Architecture, InfiniteWidth, Kernels, WidthPoint, WidthStudy, infinite_width,
+    infinite_width_block, infinite_width_layers, width_convergence,
 };
 pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};

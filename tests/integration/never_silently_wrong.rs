@@ -398,7 +398,7 @@ fn gradient_descent_errors_say_why_and_restore_the_model() {
     let mut model = nan_model;
     let run = GradientDescent::new(0.1, 10)
         .unwrap()
-        .train(&mut model, &x, &y, &none);
+        .fit(&mut model, &x, &y, &none);
     assert!(matches!(run, Err(Error::NonFiniteResult { .. })), "{run:?}");
 
     let mut net: Mlp<f64> = MlpSpec::new(2)
@@ -412,7 +412,7 @@ fn gradient_descent_errors_say_why_and_restore_the_model() {
         .max_stable_learning_rate();
     let run = GradientDescent::new(50.0 * limit, 2_000)
         .unwrap()
-        .train(&mut net, &x, &y, &none);
+        .fit(&mut net, &x, &y, &none);
     assert!(matches!(
         run,
         Err(Error::InvalidParameter {
