@@ -37,7 +37,8 @@ impl<T: Scalar> Tangents<T> {
     /// The explicit $(N·k) × P$ Jacobian, row $i·k + c$ holding $∂f_c(x_i)/∂θ$.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] (`x`) if its $N·k·P$ numbers cannot be allocated.
+    /// [`Error::InvalidParameter`](crate::Error::InvalidParameter) (`x`) if its $N·k·P$
+    /// numbers cannot be allocated.
     pub(crate) fn jacobian(&self) -> Result<DMatrix<T>> {
         let (n, k) = (self.samples, self.outputs);
         let p = self.parameter_count();
@@ -115,7 +116,8 @@ impl<T: Scalar> Tangents<T> {
     /// by the caller), without forming $J$.
     ///
     /// # Errors
-    /// [`Error::NonFiniteResult`] if it is not finite (naming the feature at fault).
+    /// [`Error::NonFiniteResult`](crate::Error::NonFiniteResult) if it is not finite (naming
+    /// the feature at fault).
     pub(crate) fn vjp(&self, r: &DMatrix<T>) -> Result<DVector<T>> {
         let (n, k) = (self.samples, self.outputs);
         debug_assert_eq!(r.shape(), (n, k));
