@@ -22,7 +22,7 @@ use nalgebra::{DMatrix, DMatrixViewMut};
 use crate::error::{Error, Result, check_inputs, first_non_finite, select_rows};
 use crate::linalg::{copy_transposed, try_zeros};
 use crate::model::NtkModel;
-use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
+use crate::tangent::{OutputLayout, Scratch, Tangents, check_kernel_finite};
 use crate::{Scalar, parallel};
 
 /// Most rows per block: large enough for efficient GEMMs, small enough that the
@@ -66,7 +66,7 @@ pub fn empirical_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<DMatrix<T>> {
-    blocked_ntk(model, x1, x2, Layout::Trace)
+    blocked_ntk(model, x1, x2, OutputLayout::Trace)
 }
 
 /// The full empirical NTK with output blocks: $(N_1·k) × (N_2·k)$, entry
@@ -82,7 +82,7 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<DMatrix<T>> {
-    blocked_ntk(model, x1, x2, Layout::Full)
+    blocked_ntk(model, x1, x2, OutputLayout::Full)
 }
 
 /// The block of [`empirical_ntk`] with rows `rows` (samples of `x1`) and columns
@@ -122,7 +122,7 @@ pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
 ) -> Result<DMatrix<T>> {
     let a = select_rows("rows", x1, rows)?;
     let b = select_rows("cols", x2, cols)?;
-    blocked_ntk(model, &a, &b, Layout::Trace)
+    blocked_ntk(model, &a, &b, OutputLayout::Trace)
 }
 
 /// $Θ$ between `x1` and `x2` in `layout`, row block by row block.
@@ -130,7 +130,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     model: &M,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
-    layout: Layout,
+    layout: OutputLayout,
 ) -> Result<DMatrix<T>> {
     check_inputs(model.input_dim(), x1, x2)?;
     let k = model.output_dim();

@@ -153,12 +153,10 @@ pub mod error;
 mod factor;
 pub mod flow;
 pub mod infinite;
-pub mod krylov;
 mod linalg;
 pub mod mlp;
 pub mod model;
 mod parallel;
-mod problem;
 pub mod program;
 mod scalar;
 pub mod tangent;
@@ -168,12 +166,15 @@ pub mod zoo;
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
+pub use flow::KrylovFlow;
+/// [`KrylovFlow`] and the Lanczos method, at their path before the flow family was
+/// gathered in [`flow`]: the same module as [`flow::krylov`].
+pub use flow::krylov;
 pub use flow::{GaussianPrediction, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression};
 pub use infinite::{
     Architecture, InfiniteWidth, Kernels, WidthPoint, WidthStudy, infinite_width,
     infinite_width_block, infinite_width_layers, width_convergence,
 };
-pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::NtkModel;
 pub use program::{Bias, Padding, Program, ProgramNetwork, Readout, Var, Weight};

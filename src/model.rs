@@ -10,7 +10,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_finite, check_inputs, first_non_finite, shape};
-use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_finite};
+use crate::tangent::{LayerKernel, LayerTangent, OutputLayout, Tangents, check_kernel_finite};
 
 /// A differentiable model whose empirical NTK `ntk` can compute.
 ///
@@ -136,7 +136,7 @@ pub trait NtkModel<T: Scalar>: Sync {
         check_inputs(self.input_dim(), x1, x2)?;
         let k = self.output_dim();
         let features = |x: &DMatrix<T>| {
-            Tangents::for_kernels(self.layer_tangents(x)?, x.nrows(), k, Layout::Trace)
+            Tangents::for_kernels(self.layer_tangents(x)?, x.nrows(), k, OutputLayout::Trace)
         };
         let t1 = features(x1)?;
         let t2 = if x1 == x2 { None } else { Some(features(x2)?) };
