@@ -191,11 +191,11 @@ pub(crate) enum Width {
 }
 
 impl Width {
-    /// The number of columns at hidden width `n`.
-    pub(crate) fn columns(self, n: usize) -> usize {
+    /// The number of columns at hidden width `n` (`None` if it overflows `usize`).
+    pub(crate) fn columns(self, n: usize) -> Option<usize> {
         match self {
-            Width::Input(d) => d,
-            Width::Hidden(k) => k * n,
+            Width::Input(d) => Some(d),
+            Width::Hidden(k) => k.checked_mul(n),
         }
     }
 

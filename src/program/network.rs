@@ -7,7 +7,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite};
-use crate::linalg::{columns_transposed, gemm};
+use crate::linalg::{columns_transposed, gemm, try_zeros};
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, LayerTangent};
 
@@ -81,18 +81,25 @@ impl<T: Scalar> ProgramNetwork<T> {
                 reason: "the hidden width must be at least 1",
             });
         }
-        let columns = |w: Width| w.columns(width);
+        // Every buffer is allocated fallibly: a width too large for memory (or for
+        // `usize`, K·n for a concatenation) is an error, not an abort.
+        let wide = || format!("{width} (the hidden width of a program network)");
+        let zeros = |w: Width, cols: usize| {
+            let rows = w.columns(width).unwrap_or(usize::MAX);
+            try_zeros::<T>(rows, cols, "width", wide)
+        };
+        let vector = |w: Width| zeros(w, 1).map(|m| DVector::from_vec(m.data.into()));
         let weights = program
             .weights
             .iter()
-            .map(|w| DMatrix::zeros(columns(w.fan_in.unwrap_or(Width::Hidden(1))), width))
-            .collect();
+            .map(|w| zeros(w.fan_in.unwrap_or(Width::Hidden(1)), width))
+            .collect::<Result<_>>()?;
         let biases = program
             .biases
             .iter()
-            .map(|b| DVector::zeros(columns(b.width.unwrap_or(Width::Hidden(1)))))
-            .collect();
-        let fan_in = columns(program.nodes[readout_var].width);
+            .map(|b| vector(b.width.unwrap_or(Width::Hidden(1))))
+            .collect::<Result<_>>()?;
+        let readout_weights = zeros(program.nodes[readout_var].width, readout.outputs)?;
         let mut net = ProgramNetwork {
             program: program.clone(),
             width,
@@ -100,14 +107,14 @@ impl<T: Scalar> ProgramNetwork<T> {
             readout,
             weights,
             biases,
-            readout_weights: DMatrix::zeros(fan_in, readout.outputs),
+            readout_weights,
             readout_bias: (readout.bias_std > 0.0).then(|| DVector::zeros(readout.outputs)),
         };
-        let count = net.parameter_count();
-        let params = DVector::<T>::from_fn(count, |_, _| {
+        let mut params = vector(Width::Input(net.parameter_count()))?;
+        for p in params.iter_mut() {
             let z: f64 = StandardNormal.sample(rng);
-            T::from_f64_lossy(z)
-        });
+            *p = T::from_f64_lossy(z);
+        }
         net.set_parameters(&params)?;
         Ok(net)
     }
