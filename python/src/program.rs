@@ -74,7 +74,7 @@ fn padding(name: &str) -> PyResult<Padding> {
         "circular" => Ok(Padding::Circular),
         "valid" => Ok(Padding::Valid),
         _ => Err(PyValueError::new_err(format!(
-            "`padding` = {name:?} is invalid: 'circular' or 'valid'"
+            "`padding` = '{name}' is invalid: 'circular' or 'valid'"
         ))),
     }
 }

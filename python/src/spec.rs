@@ -23,7 +23,7 @@ pub fn activation(obj: &Bound<'_, PyAny>) -> PyResult<Activation> {
         .to_ascii_lowercase();
     let unknown = || {
         PyValueError::new_err(format!(
-            "unknown activation {name:?}: expected one of 'identity', 'relu', \
+            "unknown activation '{name}': expected one of 'identity', 'relu', \
              'leaky_relu(slope)', 'abs', 'erf', 'tanh', 'sin', 'gelu', 'sigmoid', 'softplus'"
         ))
     };
@@ -39,7 +39,7 @@ pub fn activation(obj: &Bound<'_, PyAny>) -> PyResult<Activation> {
         "softplus" => Activation::Softplus,
         "leaky_relu" | "leakyrelu" => {
             return Err(PyValueError::new_err(format!(
-                "activation {name:?} needs its slope, e.g. 'leaky_relu(0.1)'"
+                "activation '{name}' needs its slope, e.g. 'leaky_relu(0.1)'"
             )));
         }
         other => {
@@ -50,7 +50,7 @@ pub fn activation(obj: &Bound<'_, PyAny>) -> PyResult<Activation> {
                 .ok_or_else(unknown)?;
             let slope: f64 = arg.parse().map_err(|_| {
                 PyValueError::new_err(format!(
-                    "activation {name:?}: the slope {arg:?} is not a number"
+                    "activation '{name}': the slope '{arg}' is not a number"
                 ))
             })?;
             Activation::LeakyRelu(slope)
@@ -131,7 +131,7 @@ impl MlpSpec {
             "standard" => Parameterization::Standard,
             _ => {
                 return Err(PyValueError::new_err(format!(
-                    "`parameterization` = {kind:?} is invalid: 'ntk' or 'standard'"
+                    "`parameterization` = '{kind}' is invalid: 'ntk' or 'standard'"
                 )));
             }
         };
