@@ -56,6 +56,15 @@ def test_layouts_and_types_give_the_same_kernels(data):
         assert np.array_equal(f, f_ref if scale == 1 else net.forward(x1 * scale)), name
 
 
+def test_negative_strides(data):
+    x1, x2 = data
+    spec = ntk.MlpSpec(3).hidden(16, "relu").bias_std(0.2)
+    k = ntk.infinite_width(spec, x1, x2).ntk
+    flipped = ntk.infinite_width(spec, x1[::-1], x2[:, ::-1][:, ::-1]).ntk
+    assert np.array_equal(flipped, k[::-1])
+    assert np.array_equal(ntk.infinite_width(spec, x1[::-1, ::-1][:, ::-1], x2).ntk, k[::-1])
+
+
 def test_float32_networks_take_any_input_dtype(data):
     x1, _ = data
     net = ntk.MlpSpec(3).hidden(16, "tanh").init(seed=1, dtype=np.float32)
