@@ -75,8 +75,10 @@ def gradient_descent_mse(
         )
     k = _kernel(k_train_train, "k_train_train")
     out_dtype = np.float32 if k.dtype == np.float32 else np.float64
-    k = k.astype(np.float64)
-    y = np.asarray(y_train, dtype=np.float64)
+    # Copies: the factorisations are made on first use, after the caller may have
+    # changed their arrays.
+    k = np.array(k, dtype=np.float64)
+    y = np.array(y_train, dtype=np.float64)
     if y.ndim != 2:
         raise ValueError(
             f"`y_train` has shape {y.shape}, expected N x k (one row per training sample)"
@@ -179,7 +181,7 @@ def max_learning_rate(
     """The largest stable learning rate of gradient descent on the mean squared loss,
     ``2 (1 + momentum) y_train_size / (λ_max + eps)`` (neural-tangents'
     ``predict.max_learning_rate``; ``y_train_size`` defaults to N)."""
-    k = _kernel(ntk_train_train, "ntk_train_train").astype(np.float64)
+    k = np.asarray(_kernel(ntk_train_train, "ntk_train_train"), dtype=np.float64)
     factor = k.shape[0] if y_train_size is None else y_train_size
     top = float(np.linalg.eigvalsh(k)[-1]) if k.size else 0.0
     return 2.0 * (1.0 + momentum) * factor / (top + eps)

@@ -163,3 +163,13 @@ def test_errors(problem):
         ntk.predict.gradient_descent_mse(singular, np.ones((3, 1)))(None, 0.0, 0.0, np.ones((1, 3)))
     with pytest.raises(ValueError, match="eta"):
         ntk.predict.gradient_descent_mse(p["k"], p["y"], learning_rate=0.0)(1.0)
+
+
+def test_later_changes_to_the_callers_arrays_do_not_leak_in(problem):
+    p = problem
+    k, y = p["k"].copy(), p["y"].copy()
+    predict_fn = ntk.predict.gradient_descent_mse(k, y)
+    want = ntk.predict.gradient_descent_mse(p["k"], p["y"])(1.0, p["f0"])
+    k *= 2.0  # before the first call, which factorises the kernel
+    y[:] = 0.0
+    assert np.array_equal(predict_fn(1.0, p["f0"]), want)
