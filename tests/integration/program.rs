@@ -647,6 +647,29 @@ fn incomplete_programs_are_errors() {
     assert!(InfiniteWidth::new(&p).unwrap().program().is_some());
 }
 
+/// A width too large for memory, or whose K·n overflows `usize` (a concatenation of
+/// hidden vectors), is an allocation error, not an abort.
+#[test]
+fn networks_too_wide_for_memory_are_errors() {
+    let mut p = Program::new(3);
+    let (w, v) = (p.weight(1.0).unwrap(), p.weight(1.0).unwrap());
+    let x = p.input(0..3).unwrap();
+    let h = p.dense(w, x).unwrap();
+    let h = p.apply(Activation::Relu, h).unwrap();
+    let c = p.concat(&[h, h]).unwrap();
+    let out = p.dense(v, c).unwrap();
+    p.output(out, 1.0).unwrap();
+    for width in [1 << 40, usize::MAX / 2 + 1] {
+        let err = p
+            .init::<f64>(width, &mut StdRng::seed_from_u64(0))
+            .expect_err("too wide");
+        assert!(
+            matches!(err, ntk::Error::AllocationFailed { .. }),
+            "{width}: {err}"
+        );
+    }
+}
+
 /// Θ̊ two ways: forward (tangent moments, `infinite_width`) and backward (gradient
 /// moments per group, `infinite_width_layers`) are adjoint recursions over the same
 /// paths, so they agree to round-off on every architecture.
