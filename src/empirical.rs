@@ -1,7 +1,7 @@
 //! The empirical NTK from per-group tangent features: Gram matrices and Hadamard
 //! products, computed in row blocks.
 //!
-//! For each parameter group ([`LayerTangent`](crate::LayerTangent)) the kernel between
+//! For each parameter group ([`GroupTangent`](crate::GroupTangent)) the kernel between
 //! batches 1 and 2 is
 //!
 //! $$Θ_l = s_w² Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ) + s_b² Σ_{u,v} G_{1,u} G_{2,v}ᵀ,$$
@@ -39,7 +39,7 @@ const MIN_BLOCK_ROWS: usize = 32;
 /// Rows of `x1` ($N_1 × d$) and `x2` ($N_2 × d$) are samples. For $k = 1$ this is the NTK;
 /// for $k > 1$ it is neural-tangents' default (`trace_axes=(-1,)` averaged), the
 /// kernel $Θ$ of the $Θ ⊗ I$ limit. It equals the sum of
-/// [`NtkModel::layer_kernels`] and the contraction $J₁ J₂ᵀ$ of the Jacobians, but is
+/// [`NtkModel::group_kernels`] and the contraction $J₁ J₂ᵀ$ of the Jacobians, but is
 /// computed from per-layer Gram matrices without forming either.
 ///
 /// ```
@@ -142,7 +142,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     let features = |x: &DMatrix<T>, blocks: &[Range<usize>]| -> Result<Vec<Tangents<T>>> {
         parallel::map(blocks, |r| {
             let xb = x.rows(r.start, r.len()).into_owned();
-            Tangents::for_kernels(model.layer_tangents(&xb)?, r.len(), k, layout)
+            Tangents::for_kernels(model.group_tangents(&xb)?, r.len(), k, layout)
         })
         .into_iter()
         .collect()

@@ -42,7 +42,7 @@
 //! let x = DMatrix::from_fn(8, 3, |i, j| ((i + 2 * j) as f64).sin());
 //!
 //! let theta = empirical_ntk(&net, &x, &x)?;           // 8 × 8
-//! let parts = net.layer_kernels(&x, &x)?;             // one per Dense layer
+//! let parts = net.group_kernels(&x, &x)?;             // one per parameter group (Dense layer)
 //! let sum = parts.iter().fold(DMatrix::zeros(8, 8), |acc, p| acc + p.total());
 //! assert!((&theta - &sum).norm() <= 1e-12 * theta.norm());
 //! # Ok(())
@@ -62,7 +62,7 @@
 //!
 //! ```
 //! use ntk::nalgebra::DMatrix;
-//! use ntk::{infinite_width, infinite_width_layers, Activation, InfiniteWidth, MlpSpec};
+//! use ntk::{infinite_width, infinite_width_groups, Activation, InfiniteWidth, MlpSpec};
 //!
 //! # fn main() -> Result<(), ntk::Error> {
 //! let spec = MlpSpec::new(3)
@@ -74,7 +74,7 @@
 //! let x2 = DMatrix::from_fn(4, 3, |i, j| ((i * j) as f64).cos());
 //!
 //! let k = infinite_width(&spec, &x1, &x2)?;              // k.nngp, k.ntk: 10 × 4
-//! let layers = infinite_width_layers(&spec, &x1, &x2)?;  // per Dense layer, sums to k.ntk
+//! let layers = infinite_width_groups(&spec, &x1, &x2)?;  // per parameter group, sums to k.ntk
 //! let finer = InfiniteWidth::new(&spec)?.quadrature_degree(240)?.kernels(&x1, &x2)?;
 //! assert_eq!(layers.len(), 3);
 //! assert!((&finer.ntk - &k.ntk).norm() < 1e-6 * k.ntk.norm());
@@ -94,7 +94,7 @@
 //! ## Bring your own model
 //!
 //! [`empirical_ntk`] takes any [`NtkModel`]: a model lists, per parameter group, the
-//! inputs and output gradients of each use of its weights ([`LayerTangent`]); shared
+//! inputs and output gradients of each use of its weights ([`GroupTangent`]); shared
 //! weights contribute the double sum over their uses.
 //!
 //! ## Gradient flow
@@ -171,13 +171,17 @@ pub use flow::KrylovFlow;
 /// gathered in [`flow`]: the same module as [`flow::krylov`].
 pub use flow::krylov;
 pub use flow::{GaussianPrediction, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression};
+#[allow(deprecated)]
+pub use infinite::infinite_width_layers;
 pub use infinite::{
     Architecture, InfiniteWidth, Kernels, WidthPoint, WidthStudy, infinite_width,
-    infinite_width_block, infinite_width_layers, width_convergence,
+    infinite_width_block, infinite_width_groups, width_convergence,
 };
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::NtkModel;
 pub use program::{Bias, Padding, Program, ProgramNetwork, Readout, Var, Weight};
 pub use scalar::Scalar;
-pub use tangent::{DenseUse, LayerKernel, LayerTangent};
+pub use tangent::{DenseUse, GroupKernel, GroupTangent};
+#[allow(deprecated)]
+pub use tangent::{LayerKernel, LayerTangent};
 pub use train::{GradientDescent, Trajectory};

@@ -37,7 +37,7 @@ from ntk._ntk import (
     KernelRegression,
     Kernels,
     KrylovFlow,
-    LayerKernel,
+    GroupKernel,
     Mlp,
     MlpSpec,
     Network,
@@ -53,7 +53,7 @@ from ntk._ntk import (
     empirical_ntk_full,
     infinite_width,
     infinite_width_block,
-    infinite_width_layers,
+    infinite_width_groups,
     width_convergence,
 )
 from ntk import predict
@@ -70,7 +70,7 @@ __all__ = [
     "KernelRegression",
     "Kernels",
     "KrylovFlow",
-    "LayerKernel",
+    "GroupKernel",
     "Mlp",
     "MlpSpec",
     "Network",
@@ -86,7 +86,7 @@ __all__ = [
     "empirical_ntk_full",
     "infinite_width",
     "infinite_width_block",
-    "infinite_width_layers",
+    "infinite_width_groups",
     "predict",
     "width_convergence",
 ]

@@ -75,7 +75,7 @@ class Network:
         """∂f/∂θ, (N·k) × P."""
     def vjp(self, x: ArrayLike, cotangent: ArrayLike) -> Array:
         """Jᵀ r, length P, for r of shape N × k."""
-    def layer_kernels(self, x1: ArrayLike, x2: Optional[ArrayLike] = None) -> List[LayerKernel]:
+    def group_kernels(self, x1: ArrayLike, x2: Optional[ArrayLike] = None) -> List[GroupKernel]:
         """Each parameter group's share of the empirical NTK."""
 
 class Mlp(Network):
@@ -98,7 +98,7 @@ class ProgramNetwork(Network):
     @property
     def width(self) -> int: ...
 
-class LayerKernel:
+class GroupKernel:
     """One parameter group's share of a kernel."""
 
     @property
@@ -173,7 +173,7 @@ class InfiniteWidth:
     def __init__(self, architecture: Architecture) -> None: ...
     def quadrature_degree(self, degree: int) -> InfiniteWidth: ...
     def kernels(self, x1: ArrayLike, x2: Optional[ArrayLike] = None) -> Kernels: ...
-    def layer_kernels(self, x1: ArrayLike, x2: Optional[ArrayLike] = None) -> List[LayerKernel]: ...
+    def group_kernels(self, x1: ArrayLike, x2: Optional[ArrayLike] = None) -> List[GroupKernel]: ...
     @property
     def spec(self) -> Optional[MlpSpec]: ...
     @property
@@ -203,9 +203,9 @@ def infinite_width(architecture: Architecture, x1: ArrayLike, x2: Optional[Array
 def infinite_width_block(
     architecture: Architecture, x1: ArrayLike, x2: ArrayLike, rows: Range, cols: Range
 ) -> Kernels: ...
-def infinite_width_layers(
+def infinite_width_groups(
     architecture: Architecture, x1: ArrayLike, x2: Optional[ArrayLike] = None
-) -> List[LayerKernel]: ...
+) -> List[GroupKernel]: ...
 def width_convergence(
     architecture: Architecture, x: ArrayLike, widths: Sequence[int], seeds: Sequence[int]
 ) -> WidthStudy: ...

@@ -6,7 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::convert::{checked, compute, count, matrix, matrix_out, sample_range};
-use crate::network::{LayerKernel, pair};
+use crate::network::{GroupKernel, pair};
 use crate::program::Program;
 use crate::spec::MlpSpec;
 
@@ -140,24 +140,24 @@ pub fn infinite_width_block(
 }
 
 /// Θ̊ split by parameter group (for an MLP: per Dense layer, weight and bias terms),
-/// the infinite-width counterpart of ``Network.layer_kernels``; they sum to
+/// the infinite-width counterpart of ``Network.group_kernels``; they sum to
 /// ``infinite_width(...).ntk``.
 #[pyfunction]
 #[pyo3(signature = (architecture, x1, x2=None))]
-pub fn infinite_width_layers(
+pub fn infinite_width_groups(
     py: Python<'_>,
     architecture: &Bound<'_, PyAny>,
     x1: &Bound<'_, PyAny>,
     x2: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Vec<LayerKernel>> {
+) -> PyResult<Vec<GroupKernel>> {
     let arch = Arch::extract(architecture)?;
     let (a, b) = inputs(x1, x2)?;
-    let layers = with_arch!(arch, |s| compute(py, || ntk::infinite_width_layers(
+    let layers = with_arch!(arch, |s| compute(py, || ntk::infinite_width_groups(
         s,
         &a,
         b.as_ref().unwrap_or(&a)
     )))?;
-    LayerKernel::list(py, layers)
+    GroupKernel::list(py, layers)
 }
 
 /// The infinite-width kernels of an architecture, prepared once (a program's recursion
@@ -203,19 +203,19 @@ impl InfiniteWidth {
         Ok(Kernels::new(py, k))
     }
 
-    /// Θ̊ per parameter group, as ``infinite_width_layers``.
+    /// Θ̊ per parameter group, as ``infinite_width_groups``.
     #[pyo3(signature = (x1, x2=None))]
-    fn layer_kernels(
+    fn group_kernels(
         &self,
         py: Python<'_>,
         x1: &Bound<'_, PyAny>,
         x2: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<LayerKernel>> {
+    ) -> PyResult<Vec<GroupKernel>> {
         let (a, b) = inputs(x1, x2)?;
         let layers = compute(py, || {
-            self.inner.layer_kernels(&a, b.as_ref().unwrap_or(&a))
+            self.inner.group_kernels(&a, b.as_ref().unwrap_or(&a))
         })?;
-        LayerKernel::list(py, layers)
+        GroupKernel::list(py, layers)
     }
 
     /// The MLP, when the architecture is one (else None).

@@ -26,7 +26,7 @@ fn _ntk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<network::Network>()?;
     m.add_class::<network::Mlp>()?;
     m.add_class::<network::ProgramNetwork>()?;
-    m.add_class::<network::LayerKernel>()?;
+    m.add_class::<network::GroupKernel>()?;
     m.add_class::<program::Program>()?;
     m.add_class::<program::Var>()?;
     m.add_class::<program::Weight>()?;
@@ -47,7 +47,7 @@ fn _ntk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(network::empirical_ntk_block, m)?)?;
     m.add_function(wrap_pyfunction!(infinite::infinite_width, m)?)?;
     m.add_function(wrap_pyfunction!(infinite::infinite_width_block, m)?)?;
-    m.add_function(wrap_pyfunction!(infinite::infinite_width_layers, m)?)?;
+    m.add_function(wrap_pyfunction!(infinite::infinite_width_groups, m)?)?;
     m.add_function(wrap_pyfunction!(infinite::width_convergence, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_rust, m)?)?;
     Ok(())

@@ -83,7 +83,7 @@ pub fn new_program_network(py: Python<'_>, net: Network) -> PyResult<Py<ProgramN
 /// One parameter group's share of a kernel: ``weights`` (its weight term) and ``bias``
 /// (its bias term, or None); ``total()`` is their sum.
 #[pyclass(module = "ntk", frozen)]
-pub struct LayerKernel {
+pub struct GroupKernel {
     /// The weight term, N1 × N2.
     #[pyo3(get)]
     weights: Py<PyAny>,
@@ -92,12 +92,12 @@ pub struct LayerKernel {
     bias: Option<Py<PyAny>>,
 }
 
-impl LayerKernel {
+impl GroupKernel {
     /// The Python list of `kernels`.
-    pub fn list<T: Elem>(py: Python<'_>, kernels: Vec<ntk::LayerKernel<T>>) -> PyResult<Vec<Self>> {
+    pub fn list<T: Elem>(py: Python<'_>, kernels: Vec<ntk::GroupKernel<T>>) -> PyResult<Vec<Self>> {
         Ok(kernels
             .into_iter()
-            .map(|k| LayerKernel {
+            .map(|k| GroupKernel {
                 weights: matrix_out(py, k.weights).into_any().unbind(),
                 bias: k.bias.map(|b| matrix_out(py, b).into_any().unbind()),
             })
@@ -106,7 +106,7 @@ impl LayerKernel {
 }
 
 #[pymethods]
-impl LayerKernel {
+impl GroupKernel {
     /// ``weights + bias`` (``weights`` without a bias).
     fn total(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let w = self.weights.bind(py);
@@ -119,7 +119,7 @@ impl LayerKernel {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let shape = self.weights.bind(py).getattr("shape")?;
         Ok(format!(
-            "LayerKernel(shape={}, bias={})",
+            "GroupKernel(shape={}, bias={})",
             shape.str()?,
             if self.bias.is_some() { "True" } else { "False" }
         ))
@@ -136,15 +136,15 @@ pub fn pair<T: Elem>(
     Ok((a, b))
 }
 
-fn layer_kernels<T: Elem, M: NtkModel<T>>(
+fn group_kernels<T: Elem, M: NtkModel<T>>(
     py: Python<'_>,
     m: &M,
     x1: &Bound<'_, PyAny>,
     x2: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Vec<LayerKernel>> {
+) -> PyResult<Vec<GroupKernel>> {
     let (a, b) = pair::<T>(x1, x2)?;
-    let kernels = compute(py, || m.layer_kernels(&a, b.as_ref().unwrap_or(&a)))?;
-    LayerKernel::list(py, kernels)
+    let kernels = compute(py, || m.group_kernels(&a, b.as_ref().unwrap_or(&a)))?;
+    GroupKernel::list(py, kernels)
 }
 
 #[pymethods]
@@ -229,15 +229,15 @@ impl Network {
     }
 
     /// Each parameter group's share of the empirical NTK between x1 and x2 (None: x1),
-    /// averaged over outputs: a list of LayerKernel summing to ``empirical_ntk``.
+    /// averaged over outputs: a list of GroupKernel summing to ``empirical_ntk``.
     #[pyo3(signature = (x1, x2=None))]
-    fn layer_kernels(
+    fn group_kernels(
         &self,
         py: Python<'_>,
         x1: &Bound<'_, PyAny>,
         x2: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<LayerKernel>> {
-        with_model!(&self.model, |m, T| layer_kernels::<T, _>(py, m, x1, x2))
+    ) -> PyResult<Vec<GroupKernel>> {
+        with_model!(&self.model, |m, T| group_kernels::<T, _>(py, m, x1, x2))
     }
 
     fn __repr__(&self) -> String {

@@ -65,7 +65,7 @@ def test_empirical_ntk_is_the_gram_of_finite_difference_jacobians(make, rng):
     assert rel_err(net.jacobian(x1), j1) < FINITE_DIFFERENCE
     r = rng.standard_normal((4, k))
     assert rel_err(net.vjp(x1, r), j1.T @ r.reshape(-1)) < FINITE_DIFFERENCE
-    layers = net.layer_kernels(x1, x2)
+    layers = net.group_kernels(x1, x2)
     assert rel_err(sum(layer.total() for layer in layers), theta) < EXACT
     assert np.array_equal(ntk.empirical_ntk(net, x1), ntk.empirical_ntk(net, x1, x1))
 
@@ -119,7 +119,7 @@ def test_infinite_width_layers_and_the_program_of_an_mlp(rng):
     spec = ntk.MlpSpec(3).hidden(64, "erf").hidden(64, "relu").bias_std(0.2).weight_std(1.3)
     x = rng.standard_normal((5, 3))
     k = ntk.infinite_width(spec, x)
-    layers = ntk.infinite_width_layers(spec, x)
+    layers = ntk.infinite_width_groups(spec, x)
     assert len(layers) == 3 and all(layer.bias is not None for layer in layers)
     assert rel_err(sum(layer.total() for layer in layers), k.ntk) < 1e-12
     kp = ntk.infinite_width(ntk.Program.from_mlp(spec), x)

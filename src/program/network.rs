@@ -9,7 +9,7 @@ use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite};
 use crate::linalg::try_zeros;
 use crate::model::NtkModel;
-use crate::tangent::{DenseUse, LayerTangent};
+use crate::tangent::{DenseUse, GroupTangent};
 
 use super::ops::{FiniteBackward, FiniteForward, Gradients, Parameters};
 use super::{Group, Op, Program, Readout, Width};
@@ -18,7 +18,7 @@ use super::{Group, Op, Program, Readout, Width};
 ///
 /// Parameters are laid out group by group in the order the program declared its
 /// weights and biases (each $W$ row-major, $n_{out} × n_{in}$; each $b$), then the readout $V$
-/// ($k × n_{in}$, row-major) and its bias. [`NtkModel::layer_tangents`] returns one
+/// ($k × n_{in}$, row-major) and its bias. [`NtkModel::group_tangents`] returns one
 /// group per weight (one use per `dense`), one per bias (one use per `add_bias`) and
 /// the readout last.
 ///
@@ -227,7 +227,7 @@ impl<T: Scalar> ProgramNetwork<T> {
     }
 
     /// The tangent features of every group from one forward and one backward pass.
-    fn tangents(&self, fwd: &Forward<T>) -> Vec<LayerTangent<T>> {
+    fn tangents(&self, fwd: &Forward<T>) -> Vec<GroupTangent<T>> {
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
         let mut grads = self.backward_pass(fwd);
@@ -256,7 +256,7 @@ impl<T: Scalar> ProgramNetwork<T> {
                             }
                         })
                         .collect();
-                    out.push(LayerTangent::Dense {
+                    out.push(GroupTangent::Dense {
                         weight_scale: self.parameters.weight_scale(&self.program, w),
                         bias_scale: None,
                         uses,
@@ -265,7 +265,7 @@ impl<T: Scalar> ProgramNetwork<T> {
                 Group::Bias(b) => {
                     let decl = &self.program.biases[b];
                     let cols = self.parameters.biases[b].len();
-                    out.push(LayerTangent::Bias {
+                    out.push(GroupTangent::Bias {
                         scale: T::from_f64_lossy(decl.std),
                         output_grads: decl.uses.iter().map(|&u| grad_of(u, cols)).collect(),
                     });
@@ -273,7 +273,7 @@ impl<T: Scalar> ProgramNetwork<T> {
             }
         }
         // The readout's gradient is the unit row e_c per output: never stored.
-        out.push(LayerTangent::Readout {
+        out.push(GroupTangent::Readout {
             weight_scale: self.readout_scale(),
             bias_scale: self
                 .readout_bias
@@ -350,13 +350,17 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
         Ok(self.forward_pass(x).output)
     }
 
-    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>> {
+    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
+        self.group_tangents(x)
+    }
+
+    fn group_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
         self.check_x(x)?;
         let fwd = self.forward_pass(x);
         Ok(self.tangents(&fwd))
     }
 
-    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
+    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<GroupTangent<T>>)> {
         self.check_x(x)?;
         let fwd = self.forward_pass(x);
         let tangents = self.tangents(&fwd);

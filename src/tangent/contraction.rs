@@ -4,7 +4,7 @@
 
 use nalgebra::{DMatrix, DMatrixViewMut, Dim, Dyn, MatrixViewMut};
 
-use super::LayerKernel;
+use super::GroupKernel;
 use super::normal_form::{GroupForm, PerSample, ReadoutTangent, TangentGroup, Tangents, Uses};
 use crate::Scalar;
 use crate::error::{Error, Result, first_non_finite_entry};
@@ -368,7 +368,7 @@ impl<T: Scalar> Tangents<T> {
 
     /// Each group's kernel between this batch and `other` (checked compatible),
     /// averaged over outputs.
-    pub(crate) fn layer_kernels(&self, other: &Tangents<T>) -> Vec<LayerKernel<T>> {
+    pub(crate) fn group_kernels(&self, other: &Tangents<T>) -> Vec<GroupKernel<T>> {
         let (n1, n2) = (self.samples, other.samples);
         let mut scratch = Scratch::default();
         self.groups
@@ -386,7 +386,7 @@ impl<T: Scalar> Tangents<T> {
                     self.outputs,
                     &mut scratch,
                 );
-                LayerKernel { weights, bias }
+                GroupKernel { weights, bias }
             })
             .collect()
     }
@@ -398,7 +398,7 @@ mod tests {
 
     use super::*;
     use crate::tangent::test_support::{kernel, matrix, reference, rel, shared};
-    use crate::tangent::{DenseUse, LayerTangent};
+    use crate::tangent::{DenseUse, GroupTangent};
 
     /// A shared weight's kernel is the same through its uses (the U² Gram pairs) and
     /// through its per-sample gradients, in both layouts, and both equal J₁ J₂ᵀ.
@@ -451,12 +451,12 @@ mod tests {
             k * k,
             |_, col| if col / k == col % k { 1.0 } else { 0.0 },
         );
-        let readout = LayerTangent::Readout {
+        let readout = GroupTangent::Readout {
             weight_scale: 0.6,
             bias_scale: Some(0.2),
             input: input.clone(),
         };
-        let dense = LayerTangent::Dense {
+        let dense = GroupTangent::Dense {
             weight_scale: 0.6,
             bias_scale: Some(0.2),
             uses: vec![DenseUse {
@@ -475,7 +475,7 @@ mod tests {
             assert!(rel(&kernel(&r, &d, layout), &expected) < 1e-14);
             assert!(rel(&kernel(&d, &r, layout), &expected) < 1e-14);
         }
-        let (parts_r, parts_d) = (r.layer_kernels(&r), d.layer_kernels(&d));
+        let (parts_r, parts_d) = (r.group_kernels(&r), d.group_kernels(&d));
         assert!(rel(&parts_r[0].weights, &parts_d[0].weights) < 1e-14);
         let (br, bd) = (
             parts_r[0].bias.as_ref().unwrap(),

@@ -16,11 +16,11 @@
 //! $s_w^2 Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ)$; a bias added at several places has
 //! $∂f/∂b = s_b Σ_u G_u$ and the share $s_b^2 (Σ_u G_{1,u})(Σ_v G_{2,v})ᵀ$.
 //!
-//! A model lists its parameter groups as [`LayerTangent`]s: a weight matrix with the
+//! A model lists its parameter groups as [`GroupTangent`]s: a weight matrix with the
 //! inputs $X_u$ and output gradients $G_u$ of each of its uses, and optionally a bias at
-//! the same places ([`LayerTangent::Dense`]); a bias on its own, at one or more
-//! places ([`LayerTangent::Bias`]); or parameters of any other shape through their
-//! Jacobian block ([`LayerTangent::Jacobian`]). The crate validates them once (every
+//! the same places ([`GroupTangent::Dense`]); a bias on its own, at one or more
+//! places ([`GroupTangent::Bias`]); or parameters of any other shape through their
+//! Jacobian block ([`GroupTangent::Jacobian`]). The crate validates them once (every
 //! shape against the batch's $N$ samples and $k$ outputs) and computes the Jacobian, the
 //! vector–Jacobian product and the kernels from that one validated form.
 //!
@@ -43,7 +43,7 @@
 //! (3 taps × 128 channels), $n_{out} = 128$ and $k = 1$ switches (49 152 against 131 072).
 //! When they are chosen, the per-sample gradients hold at most $U/2$ times as many
 //! numbers as the uses they replace. A bias without a weight
-//! ([`LayerTangent::Bias`]) is always pre-summed.
+//! ([`GroupTangent::Bias`]) is always pre-summed.
 
 mod contraction;
 mod jacobian;
@@ -75,7 +75,7 @@ pub struct DenseUse<T: Scalar> {
 /// NTK and of the Jacobian is computed from.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub enum LayerTangent<T: Scalar> {
+pub enum GroupTangent<T: Scalar> {
     /// A dense layer $h = s_w W x + s_b b$ ($W$: $n_{out} × n_{in}$), possibly used several times
     /// (a shared weight; the bias, if any, is added at every use).
     ///
@@ -107,7 +107,7 @@ pub enum LayerTangent<T: Scalar> {
     Jacobian(DMatrix<T>),
     /// The dense layer that produces the model's outputs, $f = s_w W x + s_b b$ with $W$ of
     /// shape $k × n_{in}$. Its output gradient is the identity ($∂f_c/∂f_a = δ_{ca}$), so only
-    /// its input is given: the same group as a [`LayerTangent::Dense`] with one use
+    /// its input is given: the same group as a [`GroupTangent::Dense`] with one use
     /// whose `output_grad` is the $N × k^2$ matrix of unit rows, without that matrix (and
     /// its share of the kernel is $s_w^2 X_1 X_2ᵀ + s_b^2$ on every output).
     ///
@@ -124,16 +124,16 @@ pub enum LayerTangent<T: Scalar> {
 
 /// One parameter group's share of the empirical NTK, averaged over the $k$ outputs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LayerKernel<T: Scalar> {
+pub struct GroupKernel<T: Scalar> {
     /// The weight term $s_w^2 Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ) / k$, $N_1 × N_2$
-    /// (for a [`LayerTangent::Jacobian`] group, its $J_1 J_2ᵀ / k$; zero for a
-    /// [`LayerTangent::Bias`] group).
+    /// (for a [`GroupTangent::Jacobian`] group, its $J_1 J_2ᵀ / k$; zero for a
+    /// [`GroupTangent::Bias`] group).
     pub weights: DMatrix<T>,
     /// The bias term $s_b^2 Σ_{u,v} G_{1,u} G_{2,v}ᵀ / k$, $N_1 × N_2$; `None` without bias parameters.
     pub bias: Option<DMatrix<T>>,
 }
 
-impl<T: Scalar> LayerKernel<T> {
+impl<T: Scalar> GroupKernel<T> {
     /// weights + bias.
     #[must_use]
     pub fn total(&self) -> DMatrix<T> {
@@ -143,3 +143,17 @@ impl<T: Scalar> LayerKernel<T> {
         }
     }
 }
+
+/// The old name of [`GroupTangent`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `GroupTangent` (one per parameter group)"
+)]
+pub type LayerTangent<T> = GroupTangent<T>;
+
+/// The old name of [`GroupKernel`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `GroupKernel` (one per parameter group)"
+)]
+pub type LayerKernel<T> = GroupKernel<T>;

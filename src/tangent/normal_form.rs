@@ -7,7 +7,7 @@
 use nalgebra::DMatrix;
 
 use super::contraction::OutputLayout;
-use super::{DenseUse, LayerTangent};
+use super::{DenseUse, GroupTangent};
 use crate::Scalar;
 use crate::error::{Error, Result, first_non_finite_entry, shape};
 use crate::linalg::try_zeros;
@@ -125,7 +125,7 @@ fn expect_finite<T: Scalar>(group: usize, part: &str, m: &DMatrix<T>) -> Result<
     match first_non_finite_entry(m) {
         None => Ok(()),
         Some((row, col)) => Err(Error::NonFiniteResult {
-            result: "layer_tangents",
+            result: "group_tangents",
             reason: format!(
                 "parameter group {group}: {part} is {} at row {row}, column {col} (the \
                      model's gradients overflow, or one of its functions returns NaN)",
@@ -139,7 +139,7 @@ impl<T: Scalar> TangentGroup<T> {
     /// Validates one group of a batch of `n` samples and `k` outputs and brings it to
     /// normal form: a bias without a weight pre-summed, a Jacobian block reshaped to
     /// per-sample rows. Nothing is copied otherwise.
-    fn new(tangent: LayerTangent<T>, n: usize, k: usize) -> Result<Self> {
+    fn new(tangent: GroupTangent<T>, n: usize, k: usize) -> Result<Self> {
         let empty = TangentGroup {
             shape: GroupShape::Empty,
             form: GroupForm::PerSample {
@@ -148,7 +148,7 @@ impl<T: Scalar> TangentGroup<T> {
             },
         };
         match tangent {
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale,
                 bias_scale,
                 uses,
@@ -185,7 +185,7 @@ impl<T: Scalar> TangentGroup<T> {
                     }),
                 })
             }
-            LayerTangent::Bias {
+            GroupTangent::Bias {
                 scale,
                 output_grads,
             } => {
@@ -195,9 +195,9 @@ impl<T: Scalar> TangentGroup<T> {
                 };
                 let n_out = sum.ncols() / k;
                 let meaning = "N samples x k outputs · the first use's width";
-                expect_shape("LayerTangent::Bias", &sum, (n, k * n_out), meaning)?;
+                expect_shape("GroupTangent::Bias", &sum, (n, k * n_out), meaning)?;
                 for g in grads {
-                    expect_shape("LayerTangent::Bias", &g, (n, k * n_out), meaning)?;
+                    expect_shape("GroupTangent::Bias", &g, (n, k * n_out), meaning)?;
                     sum += g;
                 }
                 Ok(TangentGroup {
@@ -208,14 +208,14 @@ impl<T: Scalar> TangentGroup<T> {
                     },
                 })
             }
-            LayerTangent::Readout {
+            GroupTangent::Readout {
                 weight_scale,
                 bias_scale,
                 input,
             } => {
                 let n_in = input.ncols();
                 expect_shape(
-                    "LayerTangent::Readout",
+                    "GroupTangent::Readout",
                     &input,
                     (n, n_in),
                     "N samples x fan-in",
@@ -233,15 +233,15 @@ impl<T: Scalar> TangentGroup<T> {
                     }),
                 })
             }
-            LayerTangent::Jacobian(j) => {
+            GroupTangent::Jacobian(j) => {
                 let p = j.ncols();
                 let rows = n.checked_mul(k).ok_or_else(|| Error::ShapeMismatch {
-                    argument: "LayerTangent::Jacobian",
+                    argument: "GroupTangent::Jacobian",
                     expected: format!("{n} x {k} rows (N·k), more than usize counts"),
                     found: shape(&j),
                 })?;
                 expect_shape(
-                    "LayerTangent::Jacobian",
+                    "GroupTangent::Jacobian",
                     &j,
                     (rows, p),
                     "N·k rows, row i·k + c for output c of sample i",
@@ -333,11 +333,11 @@ impl<T: Scalar> TangentGroup<T> {
                 let part = format!("DenseUse::output_grad of use {i}");
                 expect_finite(group, &part, &used.output_grad)
             }),
-            GroupForm::Readout(r) => expect_finite(group, "LayerTangent::Readout", &r.input),
+            GroupForm::Readout(r) => expect_finite(group, "GroupTangent::Readout", &r.input),
             GroupForm::PerSample { weights, bias } => {
                 let (w, b) = match self.shape {
-                    GroupShape::Jacobian { .. } => ("LayerTangent::Jacobian", ""),
-                    GroupShape::Bias { .. } => ("", "LayerTangent::Bias (summed over its uses)"),
+                    GroupShape::Jacobian { .. } => ("GroupTangent::Jacobian", ""),
+                    GroupShape::Bias { .. } => ("", "GroupTangent::Bias (summed over its uses)"),
                     _ => (
                         "the weight's per-sample gradients (DenseUse inputs and gradients)",
                         "the bias's gradients (DenseUse::output_grad, summed)",
@@ -458,9 +458,9 @@ impl<T: Scalar> Tangents<T> {
     /// # Errors
     /// [`Error::InvalidParameter`] if `outputs` is 0; [`Error::ShapeMismatch`] naming
     /// the malformed part (`DenseUse::input`, `DenseUse::output_grad`,
-    /// `LayerTangent::Bias`, `LayerTangent::Jacobian`).
+    /// `GroupTangent::Bias`, `GroupTangent::Jacobian`).
     pub(crate) fn new(
-        tangents: Vec<LayerTangent<T>>,
+        tangents: Vec<GroupTangent<T>>,
         samples: usize,
         outputs: usize,
     ) -> Result<Self> {
@@ -481,7 +481,7 @@ impl<T: Scalar> Tangents<T> {
         });
         if total.is_none_or(|p| p == usize::MAX) {
             return Err(Error::ShapeMismatch {
-                argument: "layer_tangents",
+                argument: "group_tangents",
                 expected: "fewer parameters than usize counts".into(),
                 found: format!("{} parameter groups of more", groups.len()),
             });
@@ -499,7 +499,7 @@ impl<T: Scalar> Tangents<T> {
     /// # Errors
     /// As [`Tangents::new`].
     pub(crate) fn for_kernels(
-        tangents: Vec<LayerTangent<T>>,
+        tangents: Vec<GroupTangent<T>>,
         samples: usize,
         outputs: usize,
         layout: OutputLayout,
@@ -570,11 +570,11 @@ impl<T: Scalar> Tangents<T> {
     /// of the same shapes, so that the two contract.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] naming `layer_tangents`.
+    /// [`Error::ShapeMismatch`] naming `group_tangents`.
     pub(crate) fn check_compatible(&self, other: &Tangents<T>) -> Result<()> {
         if self.groups.len() != other.groups.len() {
             return Err(Error::ShapeMismatch {
-                argument: "layer_tangents",
+                argument: "group_tangents",
                 expected: format!("{} parameter groups on both batches", self.groups.len()),
                 found: format!("{} groups", other.groups.len()),
             });
@@ -582,7 +582,7 @@ impl<T: Scalar> Tangents<T> {
         for (l, (a, b)) in self.groups.iter().zip(&other.groups).enumerate() {
             if a.shape != b.shape {
                 return Err(Error::ShapeMismatch {
-                    argument: "layer_tangents",
+                    argument: "group_tangents",
                     expected: format!(
                         "parameter group {l} of the same shape on both batches: {:?}",
                         a.shape
@@ -630,7 +630,7 @@ mod tests {
             .iter()
             .fold(DMatrix::zeros(n, k * m), |acc, g| acc + g);
         let t = Tangents::new(
-            vec![LayerTangent::Bias {
+            vec![GroupTangent::Bias {
                 scale: 0.5,
                 output_grads: grads,
             }],
@@ -640,7 +640,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.parameter_count(), m);
         let expected = &sum * sum.transpose() * (0.25 / k as f64);
-        let parts = t.layer_kernels(&t);
+        let parts = t.group_kernels(&t);
         assert!(parts[0].weights.iter().all(|&v| v == 0.0));
         assert!(rel(parts[0].bias.as_ref().unwrap(), &expected) < 1e-14);
         assert!(rel(&kernel(&t, &t, OutputLayout::Trace), &expected) < 1e-14);
@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn non_finite_features_are_named_where_they_surface() {
         let mut bad = shared(4, 3, 2, 1, 2, 0.0);
-        if let LayerTangent::Dense { uses, .. } = &mut bad {
+        if let GroupTangent::Dense { uses, .. } = &mut bad {
             uses[1].output_grad[(2, 1)] = f64::NAN;
         }
         let t = Tangents::new(vec![shared(4, 3, 2, 1, 1, 1.0), bad], 4, 1).unwrap();
@@ -684,18 +684,18 @@ mod tests {
 
     #[test]
     fn malformed_features_name_the_part() {
-        let named = |t: LayerTangent<f64>, n: usize, k: usize| match Tangents::new(vec![t], n, k) {
+        let named = |t: GroupTangent<f64>, n: usize, k: usize| match Tangents::new(vec![t], n, k) {
             Err(Error::ShapeMismatch { argument, .. }) => argument,
             other => panic!("expected a shape error, got {other:?}"),
         };
-        let bias = LayerTangent::Bias {
+        let bias = GroupTangent::Bias {
             scale: 1.0,
             output_grads: vec![matrix(3, 4, 0.0), matrix(3, 6, 0.0)],
         };
-        assert_eq!(named(bias, 3, 2), "LayerTangent::Bias");
+        assert_eq!(named(bias, 3, 2), "GroupTangent::Bias");
         assert_eq!(
-            named(LayerTangent::Jacobian(matrix(3, 2, 0.0)), 3, 2),
-            "LayerTangent::Jacobian"
+            named(GroupTangent::Jacobian(matrix(3, 2, 0.0)), 3, 2),
+            "GroupTangent::Jacobian"
         );
         assert!(Tangents::<f64>::new(Vec::new(), 3, 0).is_err());
     }

@@ -5,7 +5,7 @@ use nalgebra::DMatrix;
 
 use super::contraction::{OutputLayout, Scratch};
 use super::normal_form::Tangents;
-use super::{DenseUse, LayerTangent};
+use super::{DenseUse, GroupTangent};
 
 /// ‖a − b‖_F / ‖b‖_F.
 pub(super) fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
@@ -26,8 +26,8 @@ pub(super) fn shared(
     k: usize,
     uses: usize,
     seed: f64,
-) -> LayerTangent<f64> {
-    LayerTangent::Dense {
+) -> GroupTangent<f64> {
+    GroupTangent::Dense {
         weight_scale: 0.7,
         bias_scale: Some(0.3),
         uses: (0..uses)

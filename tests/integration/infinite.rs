@@ -9,7 +9,7 @@ use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
     Activation, Error, InfiniteWidth, Mlp, MlpSpec, NtkModel, Parameterization, empirical_ntk,
-    infinite_width, infinite_width_layers, width_convergence,
+    infinite_width, infinite_width_groups, width_convergence,
 };
 
 use crate::common::{self, rel_err};
@@ -293,7 +293,7 @@ fn bad_input_is_an_error_not_a_panic() {
             infinite_width(&bad, &x, &x),
             Err(Error::InvalidParameter { .. })
         ));
-        assert!(infinite_width_layers(&bad, &x, &x).is_err());
+        assert!(infinite_width_groups(&bad, &x, &x).is_err());
         assert!(width_convergence(&bad, &x, &[4, 8], &[0]).is_err());
     }
     let config = InfiniteWidth::new(&spec).expect("valid spec");
@@ -359,7 +359,7 @@ fn infinite_width_kernels_satisfy_the_kernel_contract() {
         let kernels = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<Named> {
             let k = infinite_width(spec, a, b)?;
             let mut all = vec![("nngp".to_string(), k.nngp), ("ntk".to_string(), k.ntk)];
-            for (l, layer) in infinite_width_layers(spec, a, b)?.into_iter().enumerate() {
+            for (l, layer) in infinite_width_groups(spec, a, b)?.into_iter().enumerate() {
                 all.push((format!("layer {l} weights"), layer.weights));
                 if let Some(bias) = layer.bias {
                     all.push((format!("layer {l} bias"), bias));
@@ -371,7 +371,7 @@ fn infinite_width_kernels_satisfy_the_kernel_contract() {
             .unwrap_or_else(|v| panic!("{spec:?}: {v}"));
         for (a, b) in [(&batches.x1, &batches.x2), (&batches.x1, &batches.x3)] {
             let ntk = infinite_width(spec, a, b).expect("kernels").ntk;
-            let sum = infinite_width_layers(spec, a, b)
+            let sum = infinite_width_groups(spec, a, b)
                 .expect("layers")
                 .iter()
                 .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, l| {
@@ -569,7 +569,7 @@ fn layer_decomposition_is_the_limit_of_layer_kernels() {
             .outputs(4)
             .parameterization(parameterization);
         let x = inputs(5, 3, 6);
-        let limits = infinite_width_layers(&spec, &x, &x).expect("layers");
+        let limits = infinite_width_groups(&spec, &x, &x).expect("layers");
         let total = infinite_width(&spec, &x, &x).expect("kernels").ntk;
         let sum = limits
             .iter()
@@ -577,7 +577,7 @@ fn layer_decomposition_is_the_limit_of_layer_kernels() {
         assert!(rel_err(&sum, &total) <= prec::EXACT_F64);
 
         let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(11)).expect("init");
-        let finite = net.layer_kernels(&x, &x).expect("layer kernels");
+        let finite = net.group_kernels(&x, &x).expect("layer kernels");
         assert_eq!(finite.len(), limits.len());
         for (l, (f, lim)) in finite.iter().zip(&limits).enumerate() {
             let ew = rel_err(&f.weights, &lim.weights);

@@ -7,8 +7,8 @@
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, Error, GradientDescent, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression,
-    KrylovFlow, LayerTangent, Mlp, MlpSpec, NtkModel, empirical_ntk, empirical_ntk_full,
+    Activation, Error, GradientDescent, GradientFlow, GroupTangent, Horizon, InfiniteEnsemble,
+    KernelRegression, KrylovFlow, Mlp, MlpSpec, NtkModel, empirical_ntk, empirical_ntk_full,
     width_convergence,
 };
 use proptest::prelude::*;
@@ -446,8 +446,8 @@ impl NtkModel<f64> for NanOutputs {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(DMatrix::from_element(x.nrows(), 1, f64::NAN))
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
-        Ok(vec![LayerTangent::Jacobian(DMatrix::zeros(x.nrows(), 1))])
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
+        Ok(vec![GroupTangent::Jacobian(DMatrix::zeros(x.nrows(), 1))])
     }
 }
 
@@ -474,9 +474,9 @@ impl NtkModel<f64> for NoOutputs {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(DMatrix::zeros(x.nrows(), 0))
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         Ok(vec![
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: 1.0,
                 bias_scale: None,
                 uses: vec![ntk::DenseUse {
@@ -484,7 +484,7 @@ impl NtkModel<f64> for NoOutputs {
                     output_grad: DMatrix::zeros(x.nrows(), 0),
                 }],
             },
-            LayerTangent::Readout {
+            GroupTangent::Readout {
                 weight_scale: 1.0,
                 bias_scale: Some(1.0),
                 input: x.clone(),
@@ -502,7 +502,7 @@ fn impossible_sizes_are_errors() {
     assert!(empirical_ntk(&model, &x, &x).is_err());
     assert!(empirical_ntk_full(&model, &x, &x).is_err());
     assert!(model.jacobian(&x).is_err());
-    assert!(model.layer_kernels(&x, &x).is_err());
+    assert!(model.group_kernels(&x, &x).is_err());
     assert!(model.vjp(&x, &DMatrix::zeros(3, 0)).is_err());
 
     let huge = MlpSpec::new(2).hidden(usize::MAX, Activation::Relu);

@@ -9,7 +9,7 @@ use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::zoo::{self, ImageReadout, SequenceReadout};
 use ntk::{
     Activation, Error, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight,
-    empirical_ntk, infinite_width, infinite_width_layers, width_convergence,
+    empirical_ntk, infinite_width, infinite_width_groups, width_convergence,
 };
 use serde_json::Value;
 
@@ -537,7 +537,7 @@ fn program_limits_satisfy_the_kernel_contract() {
         let kernels = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<contract::Named> {
             let k = limit.kernels(a, b)?;
             let mut all = vec![("nngp".to_string(), k.nngp), ("ntk".to_string(), k.ntk)];
-            for (g, group) in limit.layer_kernels(a, b)?.into_iter().enumerate() {
+            for (g, group) in limit.group_kernels(a, b)?.into_iter().enumerate() {
                 all.push((format!("group {g} weights"), group.weights));
                 if let Some(bias) = group.bias {
                     all.push((format!("group {g} bias"), bias));
@@ -559,13 +559,13 @@ fn group_kernels_sum_to_the_limit_and_approach_it() {
     let p = rnn(3, 2, Activation::Erf, (1.0, 1.4, 0.3, 1.0), true);
     let x = common::inputs(4, 6, 5);
     let limit = infinite_width(&p, &x, &x).unwrap();
-    let groups = infinite_width_layers(&p, &x, &x).unwrap();
+    let groups = infinite_width_groups(&p, &x, &x).unwrap();
     let sum = groups
         .iter()
         .fold(DMatrix::zeros(4, 4), |acc, l| acc + l.total());
     assert!(rel_err(&sum, &limit.ntk) < prec::EXACT_F64);
     let net = p.init::<f64>(1024, &mut StdRng::seed_from_u64(9)).unwrap();
-    let finite = net.layer_kernels(&x, &x).unwrap();
+    let finite = net.group_kernels(&x, &x).unwrap();
     assert_eq!(finite.len(), groups.len());
     for (g, (a, b)) in finite.iter().zip(&groups).enumerate() {
         let err = rel_err(&a.total(), &b.total());
@@ -671,7 +671,7 @@ fn networks_too_wide_for_memory_are_errors() {
 }
 
 /// Θ̊ two ways: forward (tangent moments, `infinite_width`) and backward (gradient
-/// moments per group, `infinite_width_layers`) are adjoint recursions over the same
+/// moments per group, `infinite_width_groups`) are adjoint recursions over the same
 /// paths, so they agree to round-off on every architecture.
 #[test]
 fn forward_and_backward_limits_agree() {
@@ -705,7 +705,7 @@ fn forward_and_backward_limits_agree() {
         let x2 = common::inputs(3, p.input_dim(), 40 + i as u64);
         for (a, b) in [(&x1, &x1), (&x1, &x2)] {
             let forward = infinite_width(p, a, b).unwrap().ntk;
-            let backward = infinite_width_layers(p, a, b)
+            let backward = infinite_width_groups(p, a, b)
                 .unwrap()
                 .iter()
                 .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, l| {
