@@ -52,6 +52,20 @@ pub enum ImageReadout {
     Flatten,
 }
 
+/// Builder setters: `name: Type;` with its doc makes `fn name(mut self, name: Type) -> Self`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $name(mut self, $name: $ty) -> Self {
+                self.$name = $name;
+                self
+            }
+        )*
+    };
+}
+
 /// The columns of token (or pixel) `t` of `dim` entries each, for every `t < count`.
 fn tokens(p: &mut Program, count: usize, dim: usize) -> Result<Vec<Var>> {
     (0..count)
@@ -122,46 +136,19 @@ impl Rnn {
         }
     }
 
-    /// $φ$.
-    #[must_use]
-    pub fn activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// $σ_U$, of the input-to-hidden weight.
-    #[must_use]
-    pub fn input_std(mut self, std: f64) -> Self {
-        self.input_std = std;
-        self
-    }
-
-    /// $σ_W$, of the hidden-to-hidden weight.
-    #[must_use]
-    pub fn weight_std(mut self, std: f64) -> Self {
-        self.weight_std = std;
-        self
-    }
-
-    /// $σ_b$ (0: no bias).
-    #[must_use]
-    pub fn bias_std(mut self, std: f64) -> Self {
-        self.bias_std = std;
-        self
-    }
-
-    /// $σ_v$, of the readout.
-    #[must_use]
-    pub fn readout_std(mut self, std: f64) -> Self {
-        self.readout_std = std;
-        self
-    }
-
-    /// The mean or the last state.
-    #[must_use]
-    pub fn readout(mut self, readout: SequenceReadout) -> Self {
-        self.readout = readout;
-        self
+    setters! {
+        /// $φ$.
+        activation: Activation;
+        /// $σ_U$, of the input-to-hidden weight.
+        input_std: f64;
+        /// $σ_W$, of the hidden-to-hidden weight.
+        weight_std: f64;
+        /// $σ_b$ (0: no bias).
+        bias_std: f64;
+        /// $σ_v$, of the readout.
+        readout_std: f64;
+        /// The mean or the last state.
+        readout: SequenceReadout;
     }
 
     /// The program. Parameters in the order $U$, $W$, $b$, then the readout.
@@ -227,32 +214,15 @@ impl Transformer {
         }
     }
 
-    /// $φ$ of the feed-forward block.
-    #[must_use]
-    pub fn activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// $σ_U$, of the embedding.
-    #[must_use]
-    pub fn input_std(mut self, std: f64) -> Self {
-        self.input_std = std;
-        self
-    }
-
-    /// $σ_W$ of $W_1$ and $W_2$.
-    #[must_use]
-    pub fn weight_std(mut self, std: f64) -> Self {
-        self.weight_std = std;
-        self
-    }
-
-    /// $σ_v$, of the readout.
-    #[must_use]
-    pub fn readout_std(mut self, std: f64) -> Self {
-        self.readout_std = std;
-        self
+    setters! {
+        /// $φ$ of the feed-forward block.
+        activation: Activation;
+        /// $σ_U$, of the embedding.
+        input_std: f64;
+        /// $σ_W$ of $W_1$ and $W_2$.
+        weight_std: f64;
+        /// $σ_v$, of the readout.
+        readout_std: f64;
     }
 
     /// The program. Parameters in the order $U$, $W_1$, $W_2$, then the readout.
@@ -317,32 +287,15 @@ impl ResidualMlp {
         }
     }
 
-    /// $φ$.
-    #[must_use]
-    pub fn activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// $σ_W$, of every weight.
-    #[must_use]
-    pub fn weight_std(mut self, std: f64) -> Self {
-        self.weight_std = std;
-        self
-    }
-
-    /// $σ_b$, of every bias (0: no biases).
-    #[must_use]
-    pub fn bias_std(mut self, std: f64) -> Self {
-        self.bias_std = std;
-        self
-    }
-
-    /// $σ_v$, of the readout.
-    #[must_use]
-    pub fn readout_std(mut self, std: f64) -> Self {
-        self.readout_std = std;
-        self
+    setters! {
+        /// $φ$.
+        activation: Activation;
+        /// $σ_W$, of every weight.
+        weight_std: f64;
+        /// $σ_b$, of every bias (0: no biases).
+        bias_std: f64;
+        /// $σ_v$, of the readout.
+        readout_std: f64;
     }
 
     /// The program. Parameters in the order $W_0$, $b_0$, then $W$, $b$ per block, then
@@ -421,11 +374,9 @@ impl Cnn {
         Cnn::new((1, positions), channels).taps((1, 3))
     }
 
-    /// The number of convolutions.
-    #[must_use]
-    pub fn layers(mut self, layers: usize) -> Self {
-        self.layers = layers;
-        self
+    setters! {
+        /// The number of convolutions.
+        layers: usize;
     }
 
     /// The filter's shape, (rows, columns).
@@ -435,46 +386,19 @@ impl Cnn {
         self
     }
 
-    /// How the filters treat the edges.
-    #[must_use]
-    pub fn padding(mut self, padding: Padding) -> Self {
-        self.padding = padding;
-        self
-    }
-
-    /// $φ$.
-    #[must_use]
-    pub fn activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// $σ_W$, of every filter.
-    #[must_use]
-    pub fn weight_std(mut self, std: f64) -> Self {
-        self.weight_std = std;
-        self
-    }
-
-    /// $σ_b$, of every bias (0: no biases).
-    #[must_use]
-    pub fn bias_std(mut self, std: f64) -> Self {
-        self.bias_std = std;
-        self
-    }
-
-    /// $σ_v$, of the readout.
-    #[must_use]
-    pub fn readout_std(mut self, std: f64) -> Self {
-        self.readout_std = std;
-        self
-    }
-
-    /// Global average pooling or flattening.
-    #[must_use]
-    pub fn readout(mut self, readout: ImageReadout) -> Self {
-        self.readout = readout;
-        self
+    setters! {
+        /// How the filters treat the edges.
+        padding: Padding;
+        /// $φ$.
+        activation: Activation;
+        /// $σ_W$, of every filter.
+        weight_std: f64;
+        /// $σ_b$, of every bias (0: no biases).
+        bias_std: f64;
+        /// $σ_v$, of the readout.
+        readout_std: f64;
+        /// Global average pooling or flattening.
+        readout: ImageReadout;
     }
 
     /// The program. Parameters in the order $W$, $b$ per layer, then the readout.
