@@ -188,9 +188,9 @@ def test_bad_programs(x):
         p.conv(w, [z], 0)
     with pytest.raises(ValueError, match="one variable per pixel"):
         p.conv2d(w, [z, z, z], (2, 2), (1, 1))
-    with pytest.raises(ValueError, match="no output"):
+    with pytest.raises(ValueError, match="without an output"):
         p.init(8, seed=0)
-    with pytest.raises(ValueError, match="no output"):
+    with pytest.raises(ValueError, match="without an output"):
         ntk.infinite_width(p, x[:, :1].repeat(4, axis=1))
     p.output(p.apply("relu", p.add_bias(h, b)), 1.0)
     with pytest.raises(ValueError, match="one readout"):
