@@ -56,7 +56,7 @@ from ntk._ntk import (
     infinite_width_groups,
     width_convergence,
 )
-from ntk import predict
+from ntk import predict, zoo
 
 __version__ = _ntk.__version__
 
@@ -89,4 +89,5 @@ __all__ = [
     "infinite_width_groups",
     "predict",
     "width_convergence",
+    "zoo",
 ]

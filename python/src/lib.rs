@@ -15,6 +15,7 @@ mod network;
 mod program;
 mod spec;
 mod train;
+mod zoo;
 
 use pyo3::prelude::*;
 
@@ -50,5 +51,6 @@ fn _ntk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(infinite::infinite_width_groups, m)?)?;
     m.add_function(wrap_pyfunction!(infinite::width_convergence, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_rust, m)?)?;
+    zoo::register(m)?;
     Ok(())
 }

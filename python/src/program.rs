@@ -69,7 +69,7 @@ fn var_list(vs: Vec<ntk::Var>) -> Vec<Var> {
     vs.into_iter().map(|inner| Var { inner }).collect()
 }
 
-fn padding(name: &str) -> PyResult<Padding> {
+pub fn padding(name: &str) -> PyResult<Padding> {
     match name.to_ascii_lowercase().as_str() {
         "circular" => Ok(Padding::Circular),
         "valid" => Ok(Padding::Valid),

@@ -215,7 +215,9 @@ def test_training_follows_its_linearisation(rng):
 
 
 def test_docs_and_stubs():
-    public = [getattr(ntk, name) for name in ntk.__all__ if name != "predict"]
+    modules = ("predict", "zoo")
+    public = [getattr(ntk, name) for name in ntk.__all__ if name not in modules]
+    public += [getattr(ntk.zoo, name) for name in ntk.zoo.__all__]
     for obj in public:
         assert obj.__doc__ and len(obj.__doc__.strip()) > 20, obj
     for cls in (ntk.MlpSpec, ntk.Program, ntk.Network, ntk.GradientFlow):
@@ -227,6 +229,9 @@ def test_docs_and_stubs():
     assert files.joinpath("py.typed").is_file()
     stub = files.joinpath("_ntk.pyi").read_text()
     for name in ntk.__all__:
-        if name != "predict":
+        if name not in modules:
             assert f"def {name}(" in stub or f"class {name}" in stub, name
+    zoo_stub = files.joinpath("zoo.pyi").read_text()
+    for name in ntk.zoo.__all__:
+        assert f"def {name}(" in zoo_stub, name
     assert ntk.__version__
