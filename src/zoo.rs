@@ -23,6 +23,7 @@
 //! | [`Transformer`] | Tensor Programs II's one-layer Transformer | none (its attention draws independent queries and keys) |
 //! | [`ResidualMlp`] | $h ← h + W φ(h) + b$ | `Dense`, `FanOut(2)`, `parallel(serial(φ, Dense), Identity())`, `FanInSum()` |
 //! | [`Cnn`] | convolutions with $φ$, then global average pooling or flattening | `Conv`, `GlobalAvgPool` or `Flatten` |
+//! | [`myrtle`] | Shankar et al.'s Myrtle network: SAME $3×3$ ReLU convolutions and $2×2$ average pools | `MyrtleNetwork` (its notebook's) |
 //!
 //! Inputs are rows of tokens or pixels in order, each token's or pixel's entries
 //! contiguous (NHWC for images). Every $σ$ follows the NTK parameterization
@@ -323,6 +324,69 @@ impl ResidualMlp {
         p.output(out, self.readout_std)?;
         Ok(p)
     }
+}
+
+/// The Myrtle network of depth 5, 7 or 10 (Shankar et al. 2020, as in neural-tangents'
+/// notebook) on `grid = (height, width)` images of `channels` channels:
+/// three stages of SAME $3×3$ convolutions with ReLU ($σ_W = \sqrt 2$, no biases),
+/// 2, 1, 1 convolutions per stage at depth 5, 2, 2, 2 at depth 7 and 3, 3, 3 at depth
+/// 10, with `AvgPool((2, 2), strides=(2, 2))` after the first and second stages, then a
+/// global average (on 32 × 32 images the notebook's three $2×2$ pools and `Flatten`,
+/// to round-off) and the readout `Dense(1, W_std=√2, b_std=0)`.
+///
+/// ```
+/// # fn main() -> Result<(), ntk::Error> {
+/// let myrtle = ntk::zoo::myrtle(5, (8, 8), 3)?;
+/// assert_eq!(myrtle.input_dim(), 8 * 8 * 3);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// A depth other than 5, 7 or 10, a grid whose sides are not positive multiples of 4,
+/// or zero channels.
+pub fn myrtle(depth: usize, grid: (usize, usize), channels: usize) -> Result<Program> {
+    let stages: [usize; 3] = match depth {
+        5 => [2, 1, 1],
+        7 => [2, 2, 2],
+        10 => [3, 3, 3],
+        _ => {
+            return Err(Error::InvalidParameter {
+                parameter: "depth",
+                value: depth.to_string(),
+                reason: "a Myrtle network has depth 5, 7 or 10",
+            });
+        }
+    };
+    if grid.0 == 0 || grid.1 == 0 || grid.0 % 4 != 0 || grid.1 % 4 != 0 {
+        return Err(Error::InvalidParameter {
+            parameter: "grid",
+            value: format!("{} x {}", grid.0, grid.1),
+            reason: "a Myrtle network pools twice by 2: its sides must be positive multiples of 4",
+        });
+    }
+    at_least_one("channels", channels)?;
+    let sigma = 2f64.sqrt();
+    let mut p = Program::new(grid.0 * grid.1 * channels);
+    let mut z = tokens(&mut p, grid.0 * grid.1, channels)?;
+    let mut shape = grid;
+    for (stage, &convolutions) in stages.iter().enumerate() {
+        if stage > 0 {
+            (z, shape) = p.avg_pool2d(&z, shape, (2, 2), (2, 2))?;
+        }
+        for _ in 0..convolutions {
+            let w = p.weight(sigma)?;
+            let (hs, out) = p.conv2d(w, &z, shape, (3, 3), Padding::Same)?;
+            shape = out;
+            z = hs
+                .into_iter()
+                .map(|h| p.apply(Activation::Relu, h))
+                .collect::<Result<_>>()?;
+        }
+    }
+    let pooled = p.mean(&z)?;
+    p.output(pooled, sigma)?;
+    Ok(p)
 }
 
 /// A CNN on a row-major `grid` of positions (an image, or a sequence as a grid of one

@@ -113,7 +113,11 @@ impl<T: Scalar> ProgramNetwork<T> {
             width,
             readout_var,
             readout,
-            parameters: Parameters { weights, biases },
+            parameters: Parameters {
+                width,
+                weights,
+                biases,
+            },
             readout_weights,
             readout_bias: (readout.bias_std > 0.0).then(|| DVector::zeros(readout.outputs)),
         };

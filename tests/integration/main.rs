@@ -11,6 +11,7 @@ mod contract;
 mod custom_model;
 mod empirical;
 mod flow;
+mod images;
 mod infinite;
 mod never_silently_wrong;
 mod parallel;

@@ -63,14 +63,16 @@ operations! {
     apply::Apply,
     layer_norm::LayerNorm,
     attention::Attend,
+    zeros::Zeros,
 }
 
 pub(crate) use attention::softmax_in_place;
 
-/// The parameters of a finite network: per weight $Wᵀ$ ($n_{in} × n$, whose
-/// column-major storage is $W$ row-major), per bias $b$.
+/// The parameters of a finite network of hidden width $n$ = `width`: per weight $Wᵀ$
+/// ($n_{in} × n$, whose column-major storage is $W$ row-major), per bias $b$.
 #[derive(Clone, Debug)]
 pub(crate) struct Parameters<T: Scalar> {
+    pub(crate) width: usize,
     pub(crate) weights: Vec<DMatrix<T>>,
     pub(crate) biases: Vec<DVector<T>>,
 }
