@@ -358,7 +358,7 @@ pub fn myrtle(depth: usize, grid: (usize, usize), channels: usize) -> Result<Pro
             });
         }
     };
-    if grid.0 == 0 || grid.1 == 0 || grid.0 % 4 != 0 || grid.1 % 4 != 0 {
+    if grid.0 == 0 || grid.1 == 0 || !grid.0.is_multiple_of(4) || !grid.1.is_multiple_of(4) {
         return Err(Error::InvalidParameter {
             parameter: "grid",
             value: format!("{} x {}", grid.0, grid.1),
