@@ -71,7 +71,6 @@
 //! recursion and its conditions).
 
 mod conv;
-mod from_mlp;
 mod network;
 pub(crate) mod ops;
 
@@ -484,6 +483,17 @@ impl Program {
             values.push(value);
         }
         vars.iter().map(|&v| values[v].clone()).collect()
+    }
+
+    /// Sets weight `w`'s coefficient in the NTK (an MLP in the standard
+    /// parameterization: its fan-in).
+    pub(crate) fn set_weight_ntk_coefficient(&mut self, w: Weight, coefficient: f64) {
+        self.weights[w.index].ntk_coef = Some(coefficient);
+    }
+
+    /// Sets bias `b`'s coefficient in the NTK.
+    pub(crate) fn set_bias_ntk_coefficient(&mut self, b: Bias, coefficient: f64) {
+        self.biases[b.index].ntk_coef = Some(coefficient);
     }
 
     fn push(&mut self, op: Op, width: Width) -> Var {
