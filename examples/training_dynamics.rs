@@ -26,7 +26,7 @@
 //!
 //! ```sh
 //! cargo run --release --example training_dynamics                      # about 2 minutes
-//! cargo run --release --example training_dynamics -- --max-width 4096   # about 8 minutes
+//! cargo run --release --example training_dynamics -- --max-width 4096   # about 8 minutes (estimated)
 //! cargo run --release --example training_dynamics -- --help
 //! ```
 
@@ -51,7 +51,8 @@ use support::plot::{Chart, Scale, Series};
 #[derive(Parser)]
 struct Args {
     /// The largest width (a power of two from 128 to 8192): widths 64, 128, …, max-width.
-    /// 4096 takes about four times as long as the default (the Transformer dominates).
+    /// 4096 should take about four times as long as the default (estimated from the
+    /// cost per width; the Transformer dominates).
     #[arg(long, default_value_t = 2048, value_parser = power_of_two)]
     max_width: usize,
     /// Random initialisations per width.
