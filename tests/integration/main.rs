@@ -19,4 +19,5 @@ mod prec;
 mod program;
 mod shared_weights;
 mod train;
+mod training_dynamics;
 mod transformer;
