@@ -170,3 +170,31 @@ pub fn assert_root_width_rate(study: &ntk::WidthStudy, tolerance: f64) {
         study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
     );
 }
+
+/// The case named `name` of a reference file's `cases`.
+pub fn reference_case<'a>(data: &'a Value, name: &str) -> &'a Value {
+    data["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name)
+        .expect("case present")
+}
+
+/// Asserts that `program`'s kernels match a reference case (`x` vs `x` and `x2` vs `x`:
+/// `nngp`, `ntk`, `nngp_x2_x`, `ntk_x2_x`) to relative error `tol`.
+pub fn assert_matches_reference(program: &ntk::Program, c: &Value, tol: f64) {
+    let x = matrix(&c["x"]);
+    let x2 = matrix(&c["x2"]);
+    let k = ntk::infinite_width(program, &x, &x).expect("kernels");
+    let cross = ntk::infinite_width(program, &x2, &x).expect("cross kernels");
+    for (got, key) in [
+        (&k.nngp, "nngp"),
+        (&k.ntk, "ntk"),
+        (&cross.nngp, "nngp_x2_x"),
+        (&cross.ntk, "ntk_x2_x"),
+    ] {
+        let err = rel_err(got, &matrix(&c[key]));
+        assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
+    }
+}

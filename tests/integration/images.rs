@@ -5,24 +5,15 @@
 
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, Padding, Program, Var, infinite_width, width_convergence, zoo};
+use ntk::{Activation, Padding, Program, Var, width_convergence, zoo};
 use serde_json::Value;
 
-use crate::common::{self, rel_err};
+use crate::common;
 use crate::contract;
 use crate::prec;
 
 fn reference() -> Value {
     serde_json::from_str(include_str!("../data/images.json")).expect("parses")
-}
-
-fn case<'a>(data: &'a Value, name: &str) -> &'a Value {
-    data["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == name)
-        .expect("case present")
 }
 
 /// The network a reference case's `layers` describe, on its images (NHWC rows).
@@ -92,50 +83,42 @@ fn network(a: &Value) -> Program {
     p
 }
 
-fn assert_matches(p: &Program, c: &Value) {
-    let x = common::matrix(&c["x"]);
-    let x2 = common::matrix(&c["x2"]);
-    let k = infinite_width(p, &x, &x).unwrap();
-    let cross = infinite_width(p, &x2, &x).unwrap();
-    for (got, key) in [
-        (&k.nngp, "nngp"),
-        (&k.ntk, "ntk"),
-        (&cross.nngp, "nngp_x2_x"),
-        (&cross.ntk, "ntk_x2_x"),
-    ] {
-        let err = rel_err(got, &common::matrix(&c[key]));
-        assert!(
-            err < prec::NEURAL_TANGENTS_ROUND_OFF,
-            "{} {key}: {err:e}",
-            c["name"]
-        );
-    }
-}
-
 /// SAME 3×3 and 3×2 convolutions with biases, a 2×2 stride-1 pooling window and
 /// global average pooling, as neural-tangents computes them.
 #[test]
 fn same_padding_and_pooling_windows_match_neural_tangents() {
     let data = reference();
-    let c = case(&data, "public_same_relu_gap");
-    assert_matches(&network(&c["architecture"]), c);
+    let c = common::reference_case(&data, "public_same_relu_gap");
+    common::assert_matches_reference(
+        &network(&c["architecture"]),
+        c,
+        prec::NEURAL_TANGENTS_ROUND_OFF,
+    );
 }
 
 /// A strided SAME convolution into Flatten.
 #[test]
 fn strided_same_convolution_matches_neural_tangents() {
     let data = reference();
-    let c = case(&data, "public_strided_flatten");
-    assert_matches(&network(&c["architecture"]), c);
+    let c = common::reference_case(&data, "public_strided_flatten");
+    common::assert_matches_reference(
+        &network(&c["architecture"]),
+        c,
+        prec::NEURAL_TANGENTS_ROUND_OFF,
+    );
 }
 
 /// neural-tangents' Myrtle-5 on 8×8×3 images is `zoo::myrtle(5, (8, 8), 3)`.
 #[test]
 fn myrtle5_matches_neural_tangents() {
     let data = reference();
-    let c = case(&data, "public_myrtle5_8");
+    let c = common::reference_case(&data, "public_myrtle5_8");
     assert_eq!(c["myrtle_depth"], 5);
-    assert_matches(&zoo::myrtle(5, (8, 8), 3).unwrap(), c);
+    common::assert_matches_reference(
+        &zoo::myrtle(5, (8, 8), 3).unwrap(),
+        c,
+        prec::NEURAL_TANGENTS_ROUND_OFF,
+    );
 }
 
 /// Zero padding, strides and pooling in the finite network: its Jacobian, VJP and

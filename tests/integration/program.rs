@@ -22,15 +22,6 @@ fn reference() -> Value {
     serde_json::from_str(include_str!("../data/programs.json")).expect("programs.json parses")
 }
 
-fn case<'a>(data: &'a Value, name: &str) -> &'a Value {
-    data["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == name)
-        .expect("case present")
-}
-
 /// An RNN over `steps` tokens of `token_dim` entries (`ntk::zoo::Rnn`): s_t = φ(W s_{t−1} + U x_t + b),
 /// s_0 = 0, read out at the last state or through the mean of the states.
 pub fn rnn(
@@ -93,28 +84,10 @@ pub fn resnet(input_dim: usize, activation: Activation, sigma_b: f64, sigma_v: f
         .unwrap()
 }
 
-/// Asserts that `program`'s kernels match the reference case (x vs x and x2 vs x).
-fn assert_matches_reference(program: &Program, c: &Value, tol: f64) {
-    let x = common::matrix(&c["x"]);
-    let x2 = common::matrix(&c["x2"]);
-    let k = infinite_width(program, &x, &x).expect("kernels");
-    let cross = infinite_width(program, &x2, &x).expect("cross kernels");
-    for (got, key) in [
-        (&k.nngp, "nngp"),
-        (&k.ntk, "ntk"),
-        (&cross.nngp, "nngp_x2_x"),
-        (&cross.ntk, "ntk_x2_x"),
-    ] {
-        let want = common::matrix(&c[key]);
-        let err = rel_err(got, &want);
-        assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
-    }
-}
-
 #[test]
 fn residual_mlp_matches_neural_tangents() {
     let data = reference();
-    let c = case(&data, "resnet_relu1");
+    let c = common::reference_case(&data, "resnet_relu1");
     let a = &c["architecture"];
     let p = resnet(
         a["input_dim"].as_u64().unwrap() as usize,
@@ -122,13 +95,13 @@ fn residual_mlp_matches_neural_tangents() {
         a["bias_std"].as_f64().unwrap(),
         a["readout_std"].as_f64().unwrap(),
     );
-    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 #[test]
 fn circular_cnn_with_pooling_matches_neural_tangents() {
     let data = reference();
-    let c = case(&data, "cnn_erf_pool");
+    let c = common::reference_case(&data, "cnn_erf_pool");
     let a = &c["architecture"];
     let p = cnn(
         a["positions"].as_u64().unwrap() as usize,
@@ -142,7 +115,7 @@ fn circular_cnn_with_pooling_matches_neural_tangents() {
         ),
         false,
     );
-    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 /// The reference CNN of `tests/data/conv_paddings.json` on `positions` inputs of
@@ -385,7 +358,7 @@ fn bad_convolutions_are_errors() {
 #[test]
 fn last_state_rnn_matches_independent_recursion() {
     let data = reference();
-    let c = case(&data, "rnn_relu_last");
+    let c = common::reference_case(&data, "rnn_relu_last");
     let a = &c["architecture"];
     let p = rnn(
         a["steps"].as_u64().unwrap() as usize,
@@ -399,7 +372,7 @@ fn last_state_rnn_matches_independent_recursion() {
         ),
         false,
     );
-    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 /// Tensor Programs II: a 2-hidden-layer ReLU MLP with σ_w = σ_b = σ_v = 1 has

@@ -46,19 +46,7 @@ fn one_layer_transformer_matches_two_independent_implementations() {
             a["readout_std"].as_f64().unwrap(),
         ),
     );
-    let x = common::matrix(&c["x"]);
-    let x2 = common::matrix(&c["x2"]);
-    let k = infinite_width(&p, &x, &x).unwrap();
-    let cross = infinite_width(&p, &x2, &x).unwrap();
-    for (got, key) in [
-        (&k.nngp, "nngp"),
-        (&k.ntk, "ntk"),
-        (&cross.nngp, "nngp_x2_x"),
-        (&cross.ntk, "ntk_x2_x"),
-    ] {
-        let err = rel_err(got, &common::matrix(&c[key]));
-        assert!(err < prec::NEURAL_TANGENTS, "{key}: {err:e}");
-    }
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 /// E relu(u) relu(v) and E relu'(u) relu'(v) for (u, v) ~ N(0, [[a, c], [c, b]]).
