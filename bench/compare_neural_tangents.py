@@ -12,6 +12,11 @@ Then, from the repository root:
     /opt/ntvenv/bin/python bench/compare_neural_tangents.py target/nt-compare
     cargo run --release --example compare_neural_tangents -- target/nt-compare
 
+With the Python package installed in the same environment (`/opt/ntvenv/bin/pip install
+./python`), the first command also times `ntk` on the same inputs and weights in the
+same process, through its Python API, and prints the ratios (checking agreement as the
+Rust example does); the Rust example then gives the Rust crate's own figures.
+
 The first command draws the inputs and network weights (numpy, fixed seed), writes them
 as raw little-endian float64 files with a manifest, computes neural-tangents' results in
 float64 (saved beside them, so the crate's side checks it does the same work) and times
@@ -49,6 +54,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import neural_tangents as nt  # noqa: E402
 from neural_tangents import predict, stax  # noqa: E402
+
+try:  # the Python package of this repository (`pip install ./python`), if installed
+    import ntk  # noqa: E402
+except ImportError:
+    ntk = None
 
 DIM = 32
 WIDTH = 512
@@ -115,21 +125,90 @@ def median_seconds(fn, repeats=REPEATS):
     return statistics.median(times)
 
 
+def median_plain(fn, repeats=REPEATS):
+    """The median wall-clock seconds of `fn` (numpy results: nothing to wait for)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+ROWS = []
+
+
+def ours(label, n, fn, reference, theirs, off_diagonal=False, repeats=REPEATS):
+    """Times `fn` (the Python package's side; returns a list of arrays) against the
+    references computed by neural-tangents in `theirs` seconds, and records the row."""
+    if ntk is None:
+        return
+    got = fn()
+    diffs = []
+    for a, b in zip(got, reference):
+        d = np.abs(np.asarray(a) - np.asarray(b))
+        if off_diagonal:
+            np.fill_diagonal(d, 0.0)
+        diffs.append(d.max() / np.abs(np.asarray(b)).max())
+    secs = median_plain(fn, repeats)
+    ROWS.append((label, n, max(diffs), secs, theirs))
+
+
+def report():
+    if ntk is None:
+        print("(the Python package `ntk` is not installed here: only neural-tangents timed)")
+        return
+    print(f"\nntk {ntk.__version__} (Python package) against neural-tangents {nt.__version__} "
+          f"(jax {jax.__version__}), same process, f64, median of {REPEATS} runs\n")
+    print(f"| {'computation':<38} | {'N':>5} | {'max diff':>9} | {'ntk (ms)':>10} | {'n-t (ms)':>10} | {'speed-up':>8} |")
+    print(f"|{'-' * 40}|{'-' * 7}|{'-' * 11}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
+    for label, n, diff, secs, theirs in ROWS:
+        print(f"| {label:<38} | {n:>5} | {diff:>9.1e} | {secs * 1e3:>10.2f} | {theirs * 1e3:>10.2f} | {theirs / secs:>7.2f}x |")
+    print("(infinite-width kernels: off-diagonal entries; on the diagonal neural-tangents' "
+          "arccos round-off near correlation 1 is ~1e-8)")
+
+
+def mlp_spec():
+    spec = ntk.MlpSpec(DIM)
+    for _ in range(DEPTH):
+        spec = spec.hidden(WIDTH, "relu")
+    return spec
+
+
+def cnn_program(grid, taps, channels, layers):
+    """`cnn()` as a Program (examples/compare_neural_tangents.rs): one shared weight and
+    bias per circular convolution, ReLU, mean pooling, readout."""
+    positions = grid[0] * grid[1]
+    p = ntk.Program(positions * channels)
+    z = [p.input(q * channels, (q + 1) * channels) for q in range(positions)]
+    for _ in range(layers):
+        w, b = p.weight(1.4), p.bias(0.1)
+        pre, _ = p.conv2d(w, z, grid, taps, "circular")
+        z = [p.apply("relu", p.add_bias(h, b)) for h in pre]
+    p.output(p.mean(z), 1.0)
+    return p
+
+
 def save(out, name, array):
     array = np.ascontiguousarray(np.asarray(array, dtype="<f8"))
     array.tofile(os.path.join(out, name + ".f64"))
     return {"file": name + ".f64", "shape": list(array.shape)}
 
 
-def infinite_cases(out, kfn, draw, ns, label, prefix):
+def infinite_cases(out, kfn, draw, ns, label, prefix, ours_fn=None):
     """Times the jitted `kfn` (NNGP and NTK, x1 = x2) on `draw(n)` for each n in `ns`,
-    saving inputs and kernels under `prefix`."""
+    saving inputs and kernels under `prefix`; `ours_fn(x)`, if given, is the Python
+    package's side, timed on the same inputs."""
     cases = []
     for n in ns:
         x = jnp.asarray(draw(n))
         k = kfn(x, None, get=("nngp", "ntk"))
         secs = median_seconds(lambda: kfn(x, None, get=("nngp", "ntk")))
         print(f"{label:<17}N={n:5}: {secs * 1e3:9.2f} ms")
+        if ours_fn is not None:
+            xf = np.asarray(x).reshape(n, -1)
+            ours(label, n, lambda: list(ours_fn(xf)), [k.nngp, k.ntk], secs, off_diagonal=True)
         cases.append({
             "n": n, "x": save(out, f"{prefix}_x_{n}", x.reshape(n, -1)),
             "nngp": save(out, f"{prefix}_nngp_{n}", k.nngp),
@@ -137,9 +216,10 @@ def infinite_cases(out, kfn, draw, ns, label, prefix):
     return cases
 
 
-def empirical_cases(out, apply_fn, params, draw, ns, label, prefix):
+def empirical_cases(out, apply_fn, params, draw, ns, label, prefix, ours_net=None):
     """Times the empirical NTK (structured derivatives, jitted, x1 = x2) of `apply_fn` at
-    `params` on `draw(n)` for each n in `ns`, saving inputs and kernels under `prefix`."""
+    `params` on `draw(n)` for each n in `ns`, saving inputs and kernels under `prefix`;
+    `ours_net`, if given, is the same network in the Python package, timed alike."""
     ntk_fn = jax.jit(nt.empirical_ntk_fn(
         apply_fn, trace_axes=(), vmap_axes=0,
         implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES))
@@ -149,6 +229,9 @@ def empirical_cases(out, apply_fn, params, draw, ns, label, prefix):
         theta = ntk_fn(x, None, params).reshape(n, n)
         secs = median_seconds(lambda: ntk_fn(x, None, params))
         print(f"{label:<17}N={n:5}: {secs * 1e3:9.2f} ms")
+        if ours_net is not None:
+            xf = np.asarray(x).reshape(n, -1)
+            ours(label, n, lambda: [ntk.empirical_ntk(ours_net, xf)], [theta], secs)
         cases.append({
             "n": n, "x": save(out, f"{prefix}_x_{n}", x.reshape(n, -1)),
             "ntk": save(out, f"{prefix}_ntk_{n}", theta), "seconds": secs})
@@ -176,11 +259,14 @@ def main(out):
         "empirical": [], "infinite": [], "flow": [],
     }
 
+    spec = mlp_spec() if ntk is not None else None
     manifest["empirical"] = empirical_cases(
-        out, apply_fn, params, lambda n: inputs(rng, n), EMPIRICAL_N, "empirical NTK", "emp")
+        out, apply_fn, params, lambda n: inputs(rng, n), EMPIRICAL_N, "empirical NTK", "emp",
+        ours_net=ntk.Mlp.from_parameters(spec, flat) if ntk is not None else None)
     kfn = jax.jit(kernel_fn, static_argnames="get")
     manifest["infinite"] = infinite_cases(
-        out, kfn, lambda n: inputs(rng, n), INFINITE_N, "infinite width", "inf")
+        out, kfn, lambda n: inputs(rng, n), INFINITE_N, "infinite width", "inf",
+        ours_fn=(lambda x: ntk.infinite_width(spec, x)) if ntk is not None else None)
 
     for n in FLOW_N:
         x = jnp.asarray(inputs(rng, n))
@@ -195,6 +281,10 @@ def main(out):
         f_t = run()
         secs = median_seconds(run, repeats=5)
         print(f"gradient flow    N={n:5}: {secs * 1e3:9.2f} ms")
+        if ntk is not None:
+            ours("gradient flow (setup + 1 prediction)", n,
+                 lambda: [ntk.predict.gradient_descent_mse(theta, y, learning_rate=1.0)(FLOW_T, f0)],
+                 [f_t], secs, repeats=5)
         manifest["flow"].append({
             "n": n, "ntk": save(out, f"flow_ntk_{n}", theta),
             "y": save(out, f"flow_y_{n}", y), "f0": save(out, f"flow_f0_{n}", f0),
@@ -207,12 +297,18 @@ def main(out):
         "positions": CNN_POSITIONS, "channels": CNN_CHANNELS, "layers": CNN_LAYERS,
         "width": CNN_WIDTH, "params": save(out, "cnn_params", cnn_flat_params(params)),
     }
+    program, cnn_net = None, None
+    if ntk is not None:
+        program = cnn_program((1, CNN_POSITIONS), (1, 3), CNN_CHANNELS, CNN_LAYERS)
+        cnn_net = program.init(CNN_WIDTH, seed=0)
+        cnn_net.set_parameters(cnn_flat_params(params))
     manifest["cnn"]["infinite"] = infinite_cases(
         out, jax.jit(kernel_fn, static_argnames="get"), lambda n: cnn_inputs(rng, n),
-        CNN_INFINITE_N, "CNN infinite", "cnn_inf")
+        CNN_INFINITE_N, "CNN infinite", "cnn_inf",
+        ours_fn=(lambda x: ntk.infinite_width(program, x)) if ntk is not None else None)
     manifest["cnn"]["empirical"] = empirical_cases(
         out, apply_fn, params, lambda n: cnn_inputs(rng, n), CNN_EMPIRICAL_N,
-        "CNN empirical", "cnn_emp")
+        "CNN empirical", "cnn_emp", ours_net=cnn_net)
 
     _, _, kernel_fn = stax.serial(
         *[layer for _ in range(2) for layer in (
@@ -223,10 +319,14 @@ def main(out):
         "infinite": infinite_cases(
             out, jax.jit(kernel_fn, static_argnames="get"),
             lambda n: rng.standard_normal((n, CNN2D_SIDE, CNN2D_SIDE, CNN_CHANNELS)),
-            CNN2D_INFINITE_N, "CNN 2-D infinite", "cnn2d_inf")}
+            CNN2D_INFINITE_N, "CNN 2-D infinite", "cnn2d_inf",
+            # Compiled once, as neural-tangents' kernel function is jitted once.
+            ours_fn=ntk.InfiniteWidth(cnn_program(
+                (CNN2D_SIDE, CNN2D_SIDE), (3, 3), CNN_CHANNELS, 2)).kernels if ntk is not None else None)}
 
     with open(os.path.join(out, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)
+    report()
     print(f"wrote {out}/manifest.json; now run:")
     print(f"  cargo run --release --example compare_neural_tangents -- {out}")
 

@@ -14,7 +14,7 @@
 //! `programs/rnn_last/T` and `programs/rnn_mean/T`: an erf RNN over T tokens of
 //! dimension 3, N = 64, read out at the last state (cost linear in T) or through the
 //! mean of the states (quadratic).
-//! `programs/mlp/1024`: `Program::from(&spec)` against the fused MLP engine on the
+//! `programs/mlp/1024`: `Program::try_from(&spec)` against the fused MLP engine on the
 //! infinite-width benchmark's MLP.
 //! `programs/transformer/T`: Tensor Programs II's one-layer ReLU Transformer (tied 1/n
 //! attention, LayerNorm, an MLP block, mean pooling) on N = 128 sequences of T tokens
@@ -36,7 +36,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, MlpSpec, NtkModel, Padding, Program, Var, empirical_ntk, infinite_width};
+use ntk::zoo::{self, SequenceReadout};
+use ntk::{Activation, MlpSpec, NtkModel, Program, empirical_ntk, infinite_width};
 
 fn inputs(n: usize, d: usize) -> DMatrix<f64> {
     DMatrix::from_fn(n, d, |i, j| ((i * 31 + j * 17) as f64 * 0.37).sin())
@@ -56,56 +57,26 @@ fn cnn_with_std(
     layers: usize,
     sigma_w: f64,
 ) -> Program {
-    let positions = grid.0 * grid.1;
-    let mut p = Program::new(positions * 3);
-    let mut z: Vec<Var> = (0..positions)
-        .map(|q| p.input(3 * q..3 * q + 3).expect("columns"))
-        .collect();
-    for _ in 0..layers {
-        let (w, b) = (p.weight(sigma_w).expect("σ"), p.bias(0.1).expect("σ"));
-        z = p
-            .conv2d(w, &z, grid, taps, Padding::Circular)
-            .expect("conv")
-            .0
-            .into_iter()
-            .map(|h| {
-                let h = p.add_bias(h, b).expect("bias");
-                p.apply(Activation::Relu, h).expect("relu")
-            })
-            .collect();
-    }
-    let pooled = p.mean(&z).expect("pool");
-    p.output(pooled, 1.0).expect("readout");
-    p
+    zoo::Cnn::new(grid, 3)
+        .taps(taps)
+        .layers(layers)
+        .weight_std(sigma_w)
+        .bias_std(0.1)
+        .program()
+        .expect("a valid CNN")
 }
 
-/// An erf RNN over `steps` tokens of dimension 3.
+/// Tensor Programs II's erf RNN over `steps` tokens of dimension 3.
 fn rnn(steps: usize, mean_pool: bool) -> Program {
-    let d = 3;
-    let mut p = Program::new(steps * d);
-    let (u, w, b) = (
-        p.weight(2f64.sqrt()).expect("σ"),
-        p.weight(1.0).expect("σ"),
-        p.bias(0.2f64.sqrt()).expect("σ"),
-    );
-    let mut states: Vec<Var> = Vec::new();
-    for t in 0..steps {
-        let x = p.input(t * d..(t + 1) * d).expect("token");
-        let mut h = p.dense(u, x).expect("dense");
-        if let Some(&s) = states.last() {
-            let r = p.dense(w, s).expect("dense");
-            h = p.add(&[h, r]).expect("add");
-        }
-        let h = p.add_bias(h, b).expect("bias");
-        states.push(p.apply(Activation::Erf, h).expect("erf"));
-    }
-    let out = if mean_pool {
-        p.mean(&states).expect("mean")
+    let readout = if mean_pool {
+        SequenceReadout::MeanState
     } else {
-        *states.last().expect("a state")
+        SequenceReadout::LastState
     };
-    p.output(out, 1.0).expect("readout");
-    p
+    zoo::Rnn::new(steps, 3)
+        .readout(readout)
+        .program()
+        .expect("a valid RNN")
 }
 
 fn cnn_infinite(c: &mut Criterion) {
@@ -155,7 +126,7 @@ fn cnn2d_infinite(c: &mut Criterion) {
 fn cnn_empirical(c: &mut Criterion) {
     let p = cnn((1, 16), (1, 3), 3);
     let net = p
-        .init::<f64, _>(128, &mut StdRng::seed_from_u64(0))
+        .init::<f64>(128, &mut StdRng::seed_from_u64(0))
         .expect("network");
     let x = inputs(128, 48);
     let mut group = c.benchmark_group("programs");
@@ -195,7 +166,7 @@ fn mlp(c: &mut Criterion) {
         .hidden(512, Activation::Relu)
         .weight_std(1.4)
         .bias_std(0.1);
-    let p = Program::from(&spec);
+    let p = Program::try_from(&spec).expect("a valid spec");
     let x = inputs(1024, 32);
     let mut group = c.benchmark_group("programs");
     group.sample_size(10);
@@ -210,33 +181,9 @@ fn mlp(c: &mut Criterion) {
 
 /// Tensor Programs II's one-layer Transformer over `tokens` tokens of dimension 3.
 fn transformer(tokens: usize) -> Program {
-    let d = 3;
-    let mut p = Program::new(tokens * d);
-    let (u, w1, w2) = (
-        p.weight(1.0).expect("σ"),
-        p.weight(1.0).expect("σ"),
-        p.weight(1.0).expect("σ"),
-    );
-    let keys: Vec<Var> = (0..tokens)
-        .map(|t| {
-            let x = p.input(t * d..(t + 1) * d).expect("token");
-            p.dense(u, x).expect("dense")
-        })
-        .collect();
-    let attended = p.attention(&keys, &keys, &keys).expect("attention");
-    let mut outs = Vec::new();
-    for (y, k) in attended.into_iter().zip(&keys) {
-        let y = p.add(&[y, *k]).expect("add");
-        let z = p.layer_norm(y).expect("layer norm");
-        let g = p.dense(w1, z).expect("dense");
-        let a = p.apply(Activation::Relu, g).expect("relu");
-        let h = p.dense(w2, a).expect("dense");
-        let s = p.add(&[h, z]).expect("add");
-        outs.push(p.layer_norm(s).expect("layer norm"));
-    }
-    let pooled = p.mean(&outs).expect("mean");
-    p.output(pooled, 1.0).expect("readout");
-    p
+    zoo::Transformer::new(tokens, 3)
+        .program()
+        .expect("a valid Transformer")
 }
 
 fn transformer_length(c: &mut Criterion) {

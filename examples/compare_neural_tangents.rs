@@ -18,8 +18,8 @@ use std::time::Instant;
 use clap::Parser;
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::{
-    Activation, GradientFlow, InfiniteWidth, Mlp, MlpSpec, NtkModel, Padding, Program, Var,
-    empirical_ntk, infinite_width,
+    Activation, GradientFlow, InfiniteWidth, Mlp, MlpSpec, NtkModel, Program, empirical_ntk,
+    infinite_width, zoo,
 };
 use serde_json::Value;
 
@@ -130,34 +130,19 @@ fn off_diagonal_diff(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
 
 /// neural-tangents' `serial(Conv(·, taps, 'CIRCULAR', W_std 1.4, b_std 0.1), Relu) × layers,
 /// GlobalAvgPool, Dense(1))` on a `grid` of positions (row-major, `channels` columns
-/// each) as a program: one weight and bias per layer, shared over positions
-/// (`Program::conv2d`). A 1-D CNN is the grid `(1, positions)` with taps `(1, k)`.
+/// each) as a program (`ntk::zoo::Cnn`). A 1-D CNN is the grid `(1, positions)` with taps `(1, k)`.
 fn cnn(
     grid: (usize, usize),
     taps: (usize, usize),
     channels: usize,
     layers: usize,
 ) -> Result<Program, ntk::Error> {
-    let positions = grid.0 * grid.1;
-    let mut p = Program::new(positions * channels);
-    let mut z: Vec<Var> = (0..positions)
-        .map(|q| p.input(q * channels..(q + 1) * channels))
-        .collect::<Result<_, _>>()?;
-    for _ in 0..layers {
-        let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
-        z = p
-            .conv2d(w, &z, grid, taps, Padding::Circular)?
-            .0
-            .into_iter()
-            .map(|h| {
-                let h = p.add_bias(h, b)?;
-                p.apply(Activation::Relu, h)
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    let pooled = p.mean(&z)?;
-    p.output(pooled, 1.0)?;
-    Ok(p)
+    zoo::Cnn::new(grid, channels)
+        .taps(taps)
+        .layers(layers)
+        .weight_std(1.4)
+        .bias_std(0.1)
+        .program()
 }
 
 struct Row {
@@ -268,7 +253,7 @@ fn run(args: Args) -> Result {
             field("channels")?,
             field("layers")?,
         )?;
-        let mut net = program.init::<f64, _>(
+        let mut net = program.init::<f64>(
             field("width")?,
             &mut <ntk::rand::rngs::StdRng as ntk::rand::SeedableRng>::seed_from_u64(0),
         )?;

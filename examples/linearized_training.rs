@@ -152,7 +152,7 @@ fn train_and_compare(
 
     let trained = GradientDescent::new(eta, STEPS)?
         .record_every(RECORD_EVERY)?
-        .train(&mut net, x, y, x_test)?;
+        .fit(&mut net, x, y, x_test)?;
     let theta_end = empirical_ntk(&net, joint_x, joint_x)?;
 
     let steps = Horizon::steps(&trained.steps);

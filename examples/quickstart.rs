@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(0))?;
 
     let theta = empirical_ntk(&net, &x, &x)?;
-    let parts = net.layer_kernels(&x, &x)?;
+    let parts = net.group_kernels(&x, &x)?;
     let trace = theta.trace();
 
     println!(

@@ -45,7 +45,7 @@ use std::time::Instant;
 use clap::Parser;
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, Padding, Program, Var, empirical_ntk, infinite_width};
+use ntk::{Program, empirical_ntk, infinite_width, zoo};
 use plotters::prelude::{BLACK, BLUE, GREEN, MAGENTA, RED, SeriesLabelPosition};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -146,7 +146,7 @@ fn run(args: Args) -> support::Result {
                 .map(|seed| {
                     let net = a
                         .program
-                        .init::<f64, _>(width, &mut StdRng::seed_from_u64(seed))?;
+                        .init::<f64>(width, &mut StdRng::seed_from_u64(seed))?;
                     let theta = empirical_ntk(&net, &a.x, &a.x)?;
                     bar.inc(1);
                     Ok((&theta - limit).norm() / limit.norm())
@@ -206,25 +206,25 @@ fn architectures() -> ntk::Result<Vec<Architecture>> {
     Ok(vec![
         Architecture {
             name: "RNN",
-            program: rnn(5, 3)?,
+            program: zoo::Rnn::new(5, 3).program()?,
             x: inputs(2, 5 * 3, 1),
             paper: Some("0.220 at width 64, 0.0195 at 8192, slope -0.50"),
         },
         Architecture {
             name: "Transformer",
-            program: transformer(5, 3)?,
+            program: zoo::Transformer::new(5, 3).program()?,
             x: inputs(2, 5 * 3, 2),
             paper: Some("0.118 at width 64, 0.0118 at 8192, slope -0.52"),
         },
         Architecture {
             name: "residual MLP",
-            program: residual_mlp(3, 2)?,
+            program: zoo::ResidualMlp::new(3, 2).program()?,
             x: inputs(8, 3, 3),
             paper: None,
         },
         Architecture {
             name: "CNN",
-            program: cnn(8, 3, 2)?,
+            program: zoo::Cnn::sequence(8, 3).layers(2).program()?,
             x: inputs(8, 8 * 3, 4),
             paper: None,
         },
@@ -235,104 +235,6 @@ fn architectures() -> ntk::Result<Vec<Architecture>> {
 fn inputs(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
     let mut rng = StdRng::seed_from_u64(2020 + seed);
     DMatrix::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng))
-}
-
-/// The paper's RNN: s_t = erf(W s_{t−1} + U x_t + b), s_0 = 0; σ_W² = 1, σ_U² = 2,
-/// σ_b² = 0.2, read out (σ_v² = 1) from the mean of the states.
-fn rnn(steps: usize, token_dim: usize) -> ntk::Result<Program> {
-    let mut p = Program::new(steps * token_dim);
-    let (u, w, b) = (
-        p.weight(2f64.sqrt())?,
-        p.weight(1.0)?,
-        p.bias(0.2f64.sqrt())?,
-    );
-    let mut states: Vec<Var> = Vec::new();
-    for t in 0..steps {
-        let x_t = p.input(t * token_dim..(t + 1) * token_dim)?;
-        let mut h = p.dense(u, x_t)?;
-        if let Some(&s) = states.last() {
-            let recurrent = p.dense(w, s)?; // the same W at every step
-            h = p.add(&[h, recurrent])?;
-        }
-        let h = p.add_bias(h, b)?;
-        states.push(p.apply(Activation::Erf, h)?);
-    }
-    let pooled = p.mean(&states)?;
-    p.output(pooled, 1.0)?;
-    Ok(p)
-}
-
-/// The paper's one-layer Transformer, ReLU, every σ = 1: k_t = U x_t,
-/// y = attention(k, k, k), z_t = LN(y_t + k_t), o_t = LN(W₂ relu(W₁ z_t) + z_t),
-/// f = readout(mean_t o_t).
-fn transformer(tokens: usize, token_dim: usize) -> ntk::Result<Program> {
-    let mut p = Program::new(tokens * token_dim);
-    let (u, w1, w2) = (p.weight(1.0)?, p.weight(1.0)?, p.weight(1.0)?);
-    let keys = (0..tokens)
-        .map(|t| {
-            let x_t = p.input(t * token_dim..(t + 1) * token_dim)?;
-            p.dense(u, x_t)
-        })
-        .collect::<ntk::Result<Vec<Var>>>()?;
-    let attended = p.attention(&keys, &keys, &keys)?;
-    let mut outs = Vec::new();
-    for (y, k) in attended.into_iter().zip(&keys) {
-        let y = p.add(&[y, *k])?;
-        let z = p.layer_norm(y)?;
-        let g = p.dense(w1, z)?;
-        let a = p.apply(Activation::Relu, g)?;
-        let h = p.dense(w2, a)?;
-        let s = p.add(&[h, z])?;
-        outs.push(p.layer_norm(s)?);
-    }
-    let pooled = p.mean(&outs)?;
-    p.output(pooled, 1.0)?;
-    Ok(p)
-}
-
-/// h₀ = W₀ x + b₀, then `blocks` residual blocks h ← h + W relu(h) + b, and a readout of
-/// relu(h); σ_W = 1, σ_b = 0.1, σ_v = 1.
-fn residual_mlp(input_dim: usize, blocks: usize) -> ntk::Result<Program> {
-    let mut p = Program::new(input_dim);
-    let x = p.input(0..input_dim)?;
-    let (w0, b0) = (p.weight(1.0)?, p.bias(0.1)?);
-    let h = p.dense(w0, x)?;
-    let mut h = p.add_bias(h, b0)?;
-    for _ in 0..blocks {
-        let (w, b) = (p.weight(1.0)?, p.bias(0.1)?);
-        let a = p.apply(Activation::Relu, h)?;
-        let r = p.dense(w, a)?;
-        let r = p.add_bias(r, b)?;
-        h = p.add(&[h, r])?;
-    }
-    let out = p.apply(Activation::Relu, h)?;
-    p.output(out, 1.0)?;
-    Ok(p)
-}
-
-/// `layers` circular 3-tap ReLU convolutions over `positions` positions of `channels`
-/// channels (σ_W = √2, σ_b = 0.1; one weight per layer, used at every position on the
-/// concatenation of the neighbouring positions: `Program::conv`), global average
-/// pooling, readout σ_v = 1.
-fn cnn(positions: usize, channels: usize, layers: usize) -> ntk::Result<Program> {
-    let mut p = Program::new(positions * channels);
-    let mut z = (0..positions)
-        .map(|q| p.input(q * channels..(q + 1) * channels))
-        .collect::<ntk::Result<Vec<Var>>>()?;
-    for _ in 0..layers {
-        let (w, b) = (p.weight(2f64.sqrt())?, p.bias(0.1)?);
-        z = p
-            .conv(w, &z, 3, Padding::Circular)?
-            .into_iter()
-            .map(|h| {
-                let h = p.add_bias(h, b)?;
-                p.apply(Activation::Relu, h)
-            })
-            .collect::<ntk::Result<Vec<Var>>>()?;
-    }
-    let pooled = p.mean(&z)?;
-    p.output(pooled, 1.0)?;
-    Ok(p)
 }
 
 fn plot(path: &Path, curves: &[(&Architecture, Vec<Point>, f64)], seeds: u64) -> support::Result {

@@ -308,7 +308,7 @@ fn train_width(
         rows(&wines.x, wines.held_out()),
     );
     let y = rows(&wines.y, wines.train());
-    let mut net = trained_spec(width).init::<f64, _>(&mut StdRng::seed_from_u64(seed))?;
+    let mut net = trained_spec(width).init::<f64>(&mut StdRng::seed_from_u64(seed))?;
     let (f0_train, f0_held_out) = (net.forward(&x_train)?, net.forward(&x_held_out)?);
 
     // The linearisation on the network's own Θ₀, from the centred start 0.
@@ -334,7 +334,7 @@ fn train_width(
     let mut trained = Vec::with_capacity(steps.len());
     let mut done = 0;
     for &step in steps {
-        let run = GradientDescent::new(eta, step - done)?.train(
+        let run = GradientDescent::new(eta, step - done)?.fit(
             &mut net,
             &x_train,
             &shifted,

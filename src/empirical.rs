@@ -1,7 +1,7 @@
 //! The empirical NTK from per-group tangent features: Gram matrices and Hadamard
 //! products, computed in row blocks.
 //!
-//! For each parameter group ([`LayerTangent`](crate::LayerTangent)) the kernel between
+//! For each parameter group ([`GroupTangent`](crate::GroupTangent)) the kernel between
 //! batches 1 and 2 is
 //!
 //! $$Θ_l = s_w² Σ_{u,v} (X_{1,u} X_{2,v}ᵀ) ⊙ (G_{1,u} G_{2,v}ᵀ) + s_b² Σ_{u,v} G_{1,u} G_{2,v}ᵀ,$$
@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nalgebra::{DMatrix, DMatrixViewMut};
 
 use crate::error::{Error, Result, check_inputs, first_non_finite, select_rows};
-use crate::linalg::try_zeros;
+use crate::linalg::{copy_transposed, try_zeros};
 use crate::model::NtkModel;
-use crate::tangent::{Layout, Scratch, Tangents, check_kernel_finite};
+use crate::tangent::{OutputLayout, Scratch, Tangents, check_kernel_finite};
 use crate::{Scalar, parallel};
 
 /// Most rows per block: large enough for efficient GEMMs, small enough that the
@@ -39,7 +39,7 @@ const MIN_BLOCK_ROWS: usize = 32;
 /// Rows of `x1` ($N_1 × d$) and `x2` ($N_2 × d$) are samples. For $k = 1$ this is the NTK;
 /// for $k > 1$ it is neural-tangents' default (`trace_axes=(-1,)` averaged), the
 /// kernel $Θ$ of the $Θ ⊗ I$ limit. It equals the sum of
-/// [`NtkModel::layer_kernels`] and the contraction $J₁ J₂ᵀ$ of the Jacobians, but is
+/// [`NtkModel::group_kernels`] and the contraction $J₁ J₂ᵀ$ of the Jacobians, but is
 /// computed from per-layer Gram matrices without forming either.
 ///
 /// ```
@@ -66,7 +66,7 @@ pub fn empirical_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<DMatrix<T>> {
-    blocked_ntk(model, x1, x2, Layout::Trace)
+    blocked_ntk(model, x1, x2, OutputLayout::Trace)
 }
 
 /// The full empirical NTK with output blocks: $(N_1·k) × (N_2·k)$, entry
@@ -82,7 +82,7 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> Result<DMatrix<T>> {
-    blocked_ntk(model, x1, x2, Layout::Full)
+    blocked_ntk(model, x1, x2, OutputLayout::Full)
 }
 
 /// The block of [`empirical_ntk`] with rows `rows` (samples of `x1`) and columns
@@ -122,7 +122,7 @@ pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
 ) -> Result<DMatrix<T>> {
     let a = select_rows("rows", x1, rows)?;
     let b = select_rows("cols", x2, cols)?;
-    blocked_ntk(model, &a, &b, Layout::Trace)
+    blocked_ntk(model, &a, &b, OutputLayout::Trace)
 }
 
 /// $Θ$ between `x1` and `x2` in `layout`, row block by row block.
@@ -130,7 +130,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     model: &M,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
-    layout: Layout,
+    layout: OutputLayout,
 ) -> Result<DMatrix<T>> {
     check_inputs(model.input_dim(), x1, x2)?;
     let k = model.output_dim();
@@ -142,7 +142,7 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     let features = |x: &DMatrix<T>, blocks: &[Range<usize>]| -> Result<Vec<Tangents<T>>> {
         parallel::map(blocks, |r| {
             let xb = x.rows(r.start, r.len()).into_owned();
-            Tangents::for_kernels(model.layer_tangents(&xb)?, r.len(), k, layout)
+            Tangents::for_kernels(model.group_tangents(&xb)?, r.len(), k, layout)
         })
         .into_iter()
         .collect()
@@ -211,26 +211,11 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         check_kernel_finite("empirical_ntk", &out)?;
     }
     if symmetric {
-        // Every other tile is the transpose of one computed, copied in 16 x 16 blocks
-        // (a row of the mirror spans 16 pages, not a whole tile's).
-        const BLOCK: usize = 16;
-        let stride = out.nrows();
-        let data = out.as_mut_slice();
+        // Every other tile is the transpose of one computed.
         for (j, cols) in b1.iter().enumerate() {
             for i in tiles(j).into_iter().filter(|&i| i != j) {
-                let (rows, cols) = (
-                    b1[i].start * per..b1[i].end * per,
-                    cols.start * per..cols.end * per,
-                );
-                for c0 in cols.clone().step_by(BLOCK) {
-                    for r0 in rows.clone().step_by(BLOCK) {
-                        for c in c0..(c0 + BLOCK).min(cols.end) {
-                            for r in r0..(r0 + BLOCK).min(rows.end) {
-                                data[c + r * stride] = data[r + c * stride];
-                            }
-                        }
-                    }
-                }
+                let rows = b1[i].start * per..b1[i].end * per;
+                copy_transposed(&mut out, rows, cols.start * per..cols.end * per);
             }
         }
     }
@@ -313,7 +298,7 @@ mod tests {
                 .hidden(5, Activation::Relu)
                 .bias_std(0.4)
                 .outputs(k);
-            let net = spec.init::<f64, _>(&mut StdRng::seed_from_u64(7)).unwrap();
+            let net = spec.init::<f64>(&mut StdRng::seed_from_u64(7)).unwrap();
             let x1 = DMatrix::from_fn(BLOCK_ROWS + 37, 3, |i, j| (0.37 * (i * 3 + j) as f64).sin());
             let x2 = DMatrix::from_fn(BLOCK_ROWS * 2 + 3, 3, |i, j| {
                 (0.11 * (i + 5 * j) as f64).cos()

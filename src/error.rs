@@ -134,7 +134,7 @@ impl fmt::Display for Error {
             Error::OutsideLimit { variable, reason } => write!(
                 f,
                 "the infinite-width limit of variable {variable} cannot be computed: \
-                 {reason} (the finite network still works)"
+                 {reason}; the finite network (`Program::init`) still works"
             ),
             Error::AllocationFailed { what, size } => write!(
                 f,

@@ -42,7 +42,7 @@
 //! let x = DMatrix::from_fn(8, 3, |i, j| ((i + 2 * j) as f64).sin());
 //!
 //! let theta = empirical_ntk(&net, &x, &x)?;           // 8 × 8
-//! let parts = net.layer_kernels(&x, &x)?;             // one per Dense layer
+//! let parts = net.group_kernels(&x, &x)?;             // one per parameter group (Dense layer)
 //! let sum = parts.iter().fold(DMatrix::zeros(8, 8), |acc, p| acc + p.total());
 //! assert!((&theta - &sum).norm() <= 1e-12 * theta.norm());
 //! # Ok(())
@@ -62,7 +62,7 @@
 //!
 //! ```
 //! use ntk::nalgebra::DMatrix;
-//! use ntk::{infinite_width, infinite_width_layers, Activation, InfiniteWidth, MlpSpec};
+//! use ntk::{infinite_width, infinite_width_groups, Activation, InfiniteWidth, MlpSpec};
 //!
 //! # fn main() -> Result<(), ntk::Error> {
 //! let spec = MlpSpec::new(3)
@@ -74,7 +74,7 @@
 //! let x2 = DMatrix::from_fn(4, 3, |i, j| ((i * j) as f64).cos());
 //!
 //! let k = infinite_width(&spec, &x1, &x2)?;              // k.nngp, k.ntk: 10 × 4
-//! let layers = infinite_width_layers(&spec, &x1, &x2)?;  // per Dense layer, sums to k.ntk
+//! let layers = infinite_width_groups(&spec, &x1, &x2)?;  // per parameter group, sums to k.ntk
 //! let finer = InfiniteWidth::new(&spec)?.quadrature_degree(240)?.kernels(&x1, &x2)?;
 //! assert_eq!(layers.len(), 3);
 //! assert!((&finer.ntk - &k.ntk).norm() < 1e-6 * k.ntk.norm());
@@ -94,7 +94,7 @@
 //! ## Bring your own model
 //!
 //! [`empirical_ntk`] takes any [`NtkModel`]: a model lists, per parameter group, the
-//! inputs and output gradients of each use of its weights ([`LayerTangent`]); shared
+//! inputs and output gradients of each use of its weights ([`GroupTangent`]); shared
 //! weights contribute the double sum over their uses.
 //!
 //! ## Gradient flow
@@ -120,7 +120,7 @@
 //!
 //! # fn main() -> Result<(), ntk::Error> {
 //! let mut net = MlpSpec::new(2).hidden(1024, Activation::Erf)
-//!     .init::<f64, _>(&mut StdRng::seed_from_u64(0))?;
+//!     .init::<f64>(&mut StdRng::seed_from_u64(0))?;
 //! let x = DMatrix::from_fn(8, 2, |i, j| ((i + 3 * j) as f64).sin());
 //! let y = DMatrix::from_fn(8, 1, |i, _| (i as f64).cos());
 //!
@@ -129,7 +129,7 @@
 //! let f0 = net.forward(&x)?;
 //! let predicted = flow.train_gd(100, &f0)?;          // 100 steps of the linear model
 //!
-//! let run = GradientDescent::new(0.1, 100)?.train(&mut net, &x, &y, &DMatrix::zeros(0, 2))?;
+//! let run = GradientDescent::new(0.1, 100)?.fit(&mut net, &x, &y, &DMatrix::zeros(0, 2))?;
 //! let moved = (&predicted - &f0).amax();
 //! assert!((&run.train_outputs[1] - &predicted).amax() < 0.05 * moved);
 //! # Ok(())
@@ -153,29 +153,35 @@ pub mod error;
 mod factor;
 pub mod flow;
 pub mod infinite;
-pub mod krylov;
 mod linalg;
 pub mod mlp;
 pub mod model;
 mod parallel;
-mod problem;
 pub mod program;
 mod scalar;
 pub mod tangent;
 pub mod train;
+pub mod zoo;
 
 pub use activation::Activation;
 pub use empirical::{empirical_ntk, empirical_ntk_block, empirical_ntk_full};
 pub use error::{Error, Result};
+pub use flow::KrylovFlow;
+/// [`KrylovFlow`] and the Lanczos method, at their path before the flow family was
+/// gathered in [`flow`]: the same module as [`flow::krylov`].
+pub use flow::krylov;
 pub use flow::{GaussianPrediction, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression};
+#[allow(deprecated)]
+pub use infinite::infinite_width_layers;
 pub use infinite::{
-    Architecture, InfiniteWidth, Kernels, WidthStudy, infinite_width, infinite_width_block,
-    infinite_width_layers, width_convergence,
+    Architecture, InfiniteWidth, Kernels, WidthPoint, WidthStudy, infinite_width,
+    infinite_width_block, infinite_width_groups, width_convergence,
 };
-pub use krylov::KrylovFlow;
 pub use mlp::{Mlp, MlpSpec, Parameterization};
 pub use model::NtkModel;
 pub use program::{Bias, Padding, Program, ProgramNetwork, Readout, Var, Weight};
 pub use scalar::Scalar;
-pub use tangent::{DenseUse, LayerKernel, LayerTangent};
+pub use tangent::{DenseUse, GroupKernel, GroupTangent};
+#[allow(deprecated)]
+pub use tangent::{LayerKernel, LayerTangent};
 pub use train::{GradientDescent, Trajectory};

@@ -1,6 +1,8 @@
 //! Dense products the kernels are made of, on nalgebra's GEMM (the `matrixmultiply`
 //! kernels for `f32`/`f64`, which take any strides, so transposes need no copy).
 
+use std::ops::Range;
+
 use nalgebra::{DMatrix, DMatrixViewMut, Dyn, Matrix, MatrixView, Storage, StorageMut};
 
 use crate::Scalar;
@@ -63,6 +65,45 @@ pub(crate) fn gemm<T: Scalar, SY, SA, SB>(
     }
     padded_y.gemm(alpha, &padded_a, b, beta);
     y.copy_from(&padded_y.rows(0, n));
+}
+
+/// Copies block (`rows`, `cols`) of the square `m`, transposed, onto block
+/// (`cols`, `rows`): $m_{cr} = m_{rc}$, in 16 × 16 blocks (a column of the destination then
+/// spans 16 pages, not the whole block's).
+pub(crate) fn copy_transposed<T: nalgebra::Scalar + Copy>(
+    m: &mut DMatrix<T>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) {
+    const BLOCK: usize = 16;
+    let stride = m.nrows();
+    let data = m.as_mut_slice();
+    for c0 in cols.clone().step_by(BLOCK) {
+        for r0 in rows.clone().step_by(BLOCK) {
+            for c in c0..(c0 + BLOCK).min(cols.end) {
+                for r in r0..(r0 + BLOCK).min(rows.end) {
+                    data[c + r * stride] = data[r + c * stride];
+                }
+            }
+        }
+    }
+}
+
+/// Copies the strict upper triangle of the square `m` onto the lower, in 64 × 64 tiles.
+pub(crate) fn mirror_upper<T: nalgebra::Scalar + Copy>(m: &mut DMatrix<T>) {
+    const TILE: usize = 64;
+    let n = m.nrows();
+    for jb in (0..n).step_by(TILE) {
+        let tile = jb..(jb + TILE).min(n);
+        for j in tile.clone() {
+            for i in (j + 1)..tile.end {
+                m[(i, j)] = m[(j, i)];
+            }
+        }
+        for ib in (tile.end..n).step_by(TILE) {
+            copy_transposed(m, tile.clone(), ib..(ib + TILE).min(n));
+        }
+    }
 }
 
 /// A zero `rows` × `cols` matrix, or [`Error::AllocationFailed`] naming `parameter`

@@ -26,7 +26,7 @@ use crate::activation::Activation;
 use crate::error::{Error, Result, check_matrix, check_std, first_non_finite_entry};
 use crate::linalg::{columns_transposed, gemm, try_zeros};
 use crate::model::NtkModel;
-use crate::tangent::{DenseUse, LayerTangent};
+use crate::tangent::{DenseUse, GroupTangent};
 
 /// How stored parameters map to the network's weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -129,19 +129,41 @@ impl MlpSpec {
         &self.hidden
     }
 
-    /// $σ_w$, set by [`weight_std`](Self::weight_std).
+    /// $σ_w$, set by [`weight_std`](Self::weight_std). (A getter whose name a builder
+    /// method takes is that name with `_value`, here and in [`Readout`](crate::Readout).)
     #[must_use]
-    pub fn sigma_w(&self) -> f64 {
+    pub fn weight_std_value(&self) -> f64 {
         self.weight_std
     }
 
     /// $σ_b$, set by [`bias_std`](Self::bias_std).
     #[must_use]
-    pub fn sigma_b(&self) -> f64 {
+    pub fn bias_std_value(&self) -> f64 {
         self.bias_std
     }
 
     /// The parameterization, set by [`parameterization`](Self::parameterization).
+    #[must_use]
+    pub fn parameterization_value(&self) -> Parameterization {
+        self.parameterization
+    }
+
+    /// $σ_w$.
+    #[deprecated(since = "0.2.0", note = "renamed to `weight_std_value`")]
+    #[must_use]
+    pub fn sigma_w(&self) -> f64 {
+        self.weight_std
+    }
+
+    /// $σ_b$.
+    #[deprecated(since = "0.2.0", note = "renamed to `bias_std_value`")]
+    #[must_use]
+    pub fn sigma_b(&self) -> f64 {
+        self.bias_std
+    }
+
+    /// The parameterization.
+    #[deprecated(since = "0.2.0", note = "renamed to `parameterization_value`")]
     #[must_use]
     pub fn parameterization_kind(&self) -> Parameterization {
         self.parameterization
@@ -246,7 +268,7 @@ impl MlpSpec {
     /// # Errors
     /// If the spec is invalid ([`MlpSpec::validate`]); [`Error::AllocationFailed`]
     /// (naming `widths`) if the weights need more memory than can be allocated.
-    pub fn init<T: Scalar, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Mlp<T>> {
+    pub fn init<T: Scalar>(&self, rng: &mut (impl Rng + ?Sized)) -> Result<Mlp<T>> {
         self.validate()?;
         let widths = self.widths();
         let mut net = Mlp::zeros(self.clone())?;
@@ -576,11 +598,15 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
         Ok(current)
     }
 
-    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>> {
+    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
+        self.group_tangents(x)
+    }
+
+    fn group_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
         self.forward_with_tangents(x).map(|(_, tangents)| tangents)
     }
 
-    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
+    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<GroupTangent<T>>)> {
         self.check_x(x)?;
         let trace = self.trace(x)?;
         let grads = self.backward(&trace);
@@ -591,14 +617,14 @@ impl<T: Scalar> NtkModel<T> for Mlp<T> {
             .into_iter()
             .zip(&self.layers)
             .zip(inputs.by_ref())
-            .map(|((output_grad, layer), input)| LayerTangent::Dense {
+            .map(|((output_grad, layer), input)| GroupTangent::Dense {
                 weight_scale: layer.weight_scale,
                 bias_scale: layer.bias.as_ref().map(|_| layer.bias_scale),
                 uses: vec![DenseUse { input, output_grad }],
             })
             .collect();
         let readout = self.layers.last().expect("an MLP has an output layer");
-        tangents.push(LayerTangent::Readout {
+        tangents.push(GroupTangent::Readout {
             weight_scale: readout.weight_scale,
             bias_scale: readout.bias.as_ref().map(|_| readout.bias_scale),
             input: inputs.next().expect("the output layer's input"),
@@ -642,12 +668,12 @@ mod tests {
             // as a dense use with that gradient.
             let identity;
             let (weight_scale, bias_scale, uses) = match t {
-                LayerTangent::Dense {
+                GroupTangent::Dense {
                     weight_scale,
                     bias_scale,
                     uses,
                 } => (weight_scale, bias_scale, uses.as_slice()),
-                LayerTangent::Readout {
+                GroupTangent::Readout {
                     weight_scale,
                     bias_scale,
                     input,

@@ -1,7 +1,7 @@
 //! The [`NtkModel`] trait: what a model must expose for its empirical NTK.
 //!
 //! A model describes its parameters' gradients on a batch through
-//! [`NtkModel::layer_tangents`], one [`LayerTangent`] per parameter group (see the
+//! [`NtkModel::group_tangents`], one [`GroupTangent`] per parameter group (see the
 //! [`tangent`](crate::tangent) module for the math); the Jacobian, the
 //! vector–Jacobian product, the per-group kernels and
 //! [`empirical_ntk`](crate::empirical_ntk) follow from them.
@@ -10,19 +10,39 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_finite, check_inputs, first_non_finite, shape};
-use crate::tangent::{LayerKernel, LayerTangent, Layout, Tangents, check_kernel_finite};
+use crate::tangent::{GroupKernel, GroupTangent, OutputLayout, Tangents, check_kernel_finite};
 
 /// A differentiable model whose empirical NTK `ntk` can compute.
 ///
 /// Implementors provide the forward pass, the parameter vector and, through
-/// [`layer_tangents`](NtkModel::layer_tangents), the per-layer inputs and output
-/// gradients of one forward and one backward pass. The Jacobian and the per-layer
+/// [`group_tangents`](NtkModel::group_tangents), the per-group inputs and output
+/// gradients of one forward and one backward pass. The Jacobian and the per-group
 /// kernels have default implementations built from those.
 ///
-/// Parameter order: group by group, in the order `layer_tangents` lists them; within a
-/// dense group, W row-major then b (see [`LayerTangent::Dense`]).
+/// Parameter order: group by group, in the order `group_tangents` lists them; within a
+/// dense group, W row-major then b (see [`GroupTangent::Dense`]).
 ///
 /// Rows of every input matrix are samples; outputs are $N × k$.
+///
+/// # Parameter groups and layers
+///
+/// The kernels are sums over *parameter groups*: a weight matrix with the bias at the
+/// same places, a bias on its own, or any other block of parameters. For an MLP a group
+/// is a layer, which is where the names `group_tangents` and `group_kernels` come from;
+/// for a program it is one `Weight`, `Bias` or the readout, however many places use it.
+///
+/// # Samples are independent
+///
+/// A model's output on a sample depends on that sample and the parameters only, so a
+/// kernel entry $Θ(x_i, x̄_j)$ depends on $x_i$ and $x̄_j$ alone. The kernels rely on
+/// it: [`empirical_ntk`](crate::empirical_ntk) calls `group_tangents` on row blocks of
+/// the batch (and on the two batches separately), and
+/// [`empirical_ntk_block`](crate::empirical_ntk_block) on the rows it is asked for. A
+/// model whose outputs couple the samples of a batch (batch normalisation with batch
+/// statistics) breaks this: its tangents of a row block are not the rows of the
+/// batch's. Such a model must compute its kernel from whole batches itself, and refuse
+/// (with an error that says so) any call that would split a batch, rather than return
+/// the kernel of sub-batches.
 pub trait NtkModel<T: Scalar>: Sync {
     /// Input dimension $d$ (columns of $x$).
     fn input_dim(&self) -> usize;
@@ -52,19 +72,46 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// The tangent features of every parameter group on the batch `x` (one forward and
     /// one backward pass).
     ///
+    /// Every model implements this method. (Its default calls the deprecated
+    /// [`layer_tangents`](NtkModel::layer_tangents), so that a model written against
+    /// that name works for one more release.)
+    ///
     /// # Errors
     /// On inputs of the wrong width or with non-finite entries.
-    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>>;
+    fn group_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
+        #[allow(deprecated)]
+        self.layer_tangents(x)
+    }
+
+    /// The old name of [`group_tangents`](NtkModel::group_tangents), whose default
+    /// calls it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] (`model`) unless the model implements one of the two
+    /// names.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `group_tangents`: implement and call that"
+    )]
+    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
+        let _ = x;
+        Err(Error::InvalidParameter {
+            parameter: "model",
+            value: std::any::type_name::<Self>().into(),
+            reason: "implements neither `group_tangents` nor its deprecated name \
+                     `layer_tangents`",
+        })
+    }
 
     /// $f(x)$ ($N × k$) and the tangent features of the same batch, from one forward
     /// pass where the model can share it (the default runs
-    /// [`forward`](NtkModel::forward) and [`layer_tangents`](NtkModel::layer_tangents)).
+    /// [`forward`](NtkModel::forward) and [`group_tangents`](NtkModel::group_tangents)).
     /// Training uses it: the outputs give the residual, the tangents its gradient.
     ///
     /// # Errors
-    /// As [`layer_tangents`](NtkModel::layer_tangents).
-    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
-        Ok((self.forward(x)?, self.layer_tangents(x)?))
+    /// As [`group_tangents`](NtkModel::group_tangents).
+    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<GroupTangent<T>>)> {
+        Ok((self.forward(x)?, self.group_tangents(x)?))
     }
 
     /// The Jacobian $∂f/∂θ$: $(N·k) × P$, row $i·k + c$ holds $∂f_c(x_i)/∂θ$.
@@ -73,9 +120,9 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// kernels are computed.
     ///
     /// # Errors
-    /// As [`layer_tangents`](NtkModel::layer_tangents).
+    /// As [`group_tangents`](NtkModel::group_tangents).
     fn jacobian(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let tangents = Tangents::new(self.layer_tangents(x)?, x.nrows(), self.output_dim())?;
+        let tangents = Tangents::new(self.group_tangents(x)?, x.nrows(), self.output_dim())?;
         tangents.jacobian()
     }
 
@@ -84,13 +131,13 @@ pub trait NtkModel<T: Scalar>: Sync {
     ///
     /// With $r = f(X) − Y$ this is the gradient of the loss $\tfrac12 \lVert f(X) − Y \rVert_F^2$, what
     /// gradient descent needs. It is computed from
-    /// [`layer_tangents`](NtkModel::layer_tangents) without forming $J$: a dense group
+    /// [`group_tangents`](NtkModel::group_tangents) without forming $J$: a dense group
     /// contributes $s_w Σ_u X_uᵀ M_u$ to $W$ ($n_{in} × n_{out}$, i.e. $W$ row-major) and
     /// $s_b Σ_u 1ᵀ M_u$ to $b$, where $M_u = Σ_c \mathrm{diag}(r_c) G_{u,c}$ ($N × n_{out}$), and a Jacobian
     /// group its $Jᵀ \mathrm{vec}(r)$ (rows $i·k + c$).
     ///
     /// # Errors
-    /// As [`layer_tangents`](NtkModel::layer_tangents);
+    /// As [`group_tangents`](NtkModel::group_tangents);
     /// [`Error::ShapeMismatch`] if `cotangent` is not $N × k$, [`Error::NonFinite`] if
     /// it has NaN or infinite entries.
     fn vjp(&self, x: &DMatrix<T>, cotangent: &DMatrix<T>) -> Result<DVector<T>> {
@@ -103,7 +150,7 @@ pub trait NtkModel<T: Scalar>: Sync {
             });
         }
         check_finite("cotangent", cotangent)?;
-        let tangents = Tangents::new(self.layer_tangents(x)?, n, k)?;
+        let tangents = Tangents::new(self.group_tangents(x)?, n, k)?;
         tangents.vjp(cotangent)
     }
 
@@ -112,17 +159,17 @@ pub trait NtkModel<T: Scalar>: Sync {
     ///
     /// # Errors
     /// If `x1` or `x2` does not have $d$ columns or has non-finite entries.
-    fn layer_kernels(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Vec<LayerKernel<T>>> {
+    fn group_kernels(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Vec<GroupKernel<T>>> {
         check_inputs(self.input_dim(), x1, x2)?;
         let k = self.output_dim();
         let features = |x: &DMatrix<T>| {
-            Tangents::for_kernels(self.layer_tangents(x)?, x.nrows(), k, Layout::Trace)
+            Tangents::for_kernels(self.group_tangents(x)?, x.nrows(), k, OutputLayout::Trace)
         };
         let t1 = features(x1)?;
         let t2 = if x1 == x2 { None } else { Some(features(x2)?) };
         let t2 = t2.as_ref().unwrap_or(&t1);
         t1.check_compatible(t2)?;
-        let kernels = t1.layer_kernels(t2);
+        let kernels = t1.group_kernels(t2);
         let finite = |m: &DMatrix<T>| first_non_finite(m.as_slice()).is_none();
         if !kernels
             .iter()
@@ -131,12 +178,21 @@ pub trait NtkModel<T: Scalar>: Sync {
             t1.check_finite()?;
             t2.check_finite()?;
             for kernel in &kernels {
-                check_kernel_finite("layer_kernels", &kernel.weights)?;
+                check_kernel_finite("group_kernels", &kernel.weights)?;
                 if let Some(b) = &kernel.bias {
-                    check_kernel_finite("layer_kernels", b)?;
+                    check_kernel_finite("group_kernels", b)?;
                 }
             }
         }
         Ok(kernels)
+    }
+
+    /// [`group_kernels`](NtkModel::group_kernels), under its old name.
+    ///
+    /// # Errors
+    /// As [`group_kernels`](NtkModel::group_kernels).
+    #[deprecated(since = "0.2.0", note = "renamed to `group_kernels`")]
+    fn layer_kernels(&self, x1: &DMatrix<T>, x2: &DMatrix<T>) -> Result<Vec<GroupKernel<T>>> {
+        self.group_kernels(x1, x2)
     }
 }

@@ -25,12 +25,12 @@ use crate::tangent::Tangents;
 /// use ntk::{Activation, GradientDescent, MlpSpec};
 ///
 /// # fn main() -> Result<(), ntk::Error> {
-/// let mut net = MlpSpec::new(2).hidden(64, Activation::Tanh).init::<f64, _>(&mut StdRng::seed_from_u64(0))?;
+/// let mut net = MlpSpec::new(2).hidden(64, Activation::Tanh).init::<f64>(&mut StdRng::seed_from_u64(0))?;
 /// let x = DMatrix::from_fn(5, 2, |i, j| ((i + 2 * j) as f64).sin());
 /// let y = DMatrix::from_fn(5, 1, |i, _| (i as f64).cos());
 /// let x_test = DMatrix::from_fn(2, 2, |i, j| ((i * j) as f64).cos());
 ///
-/// let run = GradientDescent::new(0.1, 200)?.record_every(50)?.train(&mut net, &x, &y, &x_test)?;
+/// let run = GradientDescent::new(0.1, 200)?.record_every(50)?.fit(&mut net, &x, &y, &x_test)?;
 /// assert_eq!(run.steps, vec![0, 50, 100, 150, 200]);
 /// assert!(run.losses[4] < run.losses[0]);
 /// # Ok(())
@@ -113,8 +113,28 @@ impl<T: Scalar> GradientDescent<T> {
         self.learning_rate
     }
 
-    /// Trains `model` in place on (`x_train`, `y_train`) and records its outputs on
-    /// `x_train` and `x_test` (which may have 0 rows) at the chosen steps.
+    /// [`fit`](Self::fit), under its old name.
+    ///
+    /// # Errors
+    /// As [`fit`](Self::fit).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `fit` (training a network fits it)"
+    )]
+    pub fn train<M: NtkModel<T> + ?Sized>(
+        &self,
+        model: &mut M,
+        x_train: &DMatrix<T>,
+        y_train: &DMatrix<T>,
+        x_test: &DMatrix<T>,
+    ) -> Result<Trajectory<T>> {
+        self.fit(model, x_train, y_train, x_test)
+    }
+
+    /// Fits `model` in place to (`x_train`, `y_train`) by gradient descent and records
+    /// its outputs on `x_train` and `x_test` (which may have 0 rows) at the chosen
+    /// steps. (The flows *predict* outputs on the training and test sets, with
+    /// methods named after the set; training a network is *fitting* it.)
     ///
     /// On error the model is restored to the parameters it had at the call.
     ///
@@ -125,7 +145,7 @@ impl<T: Scalar> GradientDescent<T> {
     /// are not finite before any step (nothing to do with the learning rate);
     /// [`Error::InvalidParameter`] (`learning_rate`) if training diverges to
     /// non-finite values after some steps ($η$ above the stable $2/λ_{max}(Θ)$).
-    pub fn train<M: NtkModel<T> + ?Sized>(
+    pub fn fit<M: NtkModel<T> + ?Sized>(
         &self,
         model: &mut M,
         x_train: &DMatrix<T>,

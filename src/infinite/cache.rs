@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::activation::Activation;
 use crate::error::Result;
-use crate::program::{AttentionDecl, BiasDecl, Group, Node, Op, Program, WeightDecl, Width};
+use crate::program::ops::{
+    AddBias, Apply, Attend, Concat, Dense, Input, LayerNorm, Op, Sum, Zeros,
+};
+use crate::program::{BiasDecl, Group, Node, Program, WeightDecl, Width};
 
 use super::dual::same_activation;
 use super::program::{self, Compiled};
@@ -26,8 +29,8 @@ use super::quadrature::GaussHermite;
 /// A compilation holds the program's tapes, a few times the size of the program.
 pub(crate) const CAPACITY: usize = 8;
 
-/// Everything a program's compiled recursion depends on: its variables, weights,
-/// biases, groups, attention blocks and readout with every standard deviation and
+/// Everything a program's compiled recursion depends on: its variables (attention
+/// blocks included), weights, biases, groups and readout with every standard deviation and
 /// activation, but not its identity (a clone, or a program built by the same calls, has
 /// the same structure). Two structures are equal exactly when the programs compute the
 /// same function of the same parameters.
@@ -112,17 +115,6 @@ impl Structure {
                 Group::Bias(i) => w.pair(1, i),
             }
         }
-        w.usize(program.attentions.len());
-        for AttentionDecl {
-            queries,
-            keys,
-            values,
-        } in &program.attentions
-        {
-            w.list(queries);
-            w.list(keys);
-            w.list(values);
-        }
         match &program.output {
             None => w.usize(0),
             Some((var, readout)) => {
@@ -197,40 +189,42 @@ impl Writer {
 
     fn op(&mut self, op: &Op) {
         match op {
-            Op::Input(columns) => {
+            Op::Input(Input { columns }) => {
                 self.pair(0, columns.start);
                 self.usize(columns.end);
             }
-            Op::Dense { weight, input } => {
+            Op::Dense(Dense { weight, input }) => {
                 self.pair(1, *weight);
                 self.usize(*input);
             }
-            Op::AddBias { input, bias } => {
+            Op::AddBias(AddBias { input, bias }) => {
                 self.pair(2, *input);
                 self.usize(*bias);
             }
-            Op::Add(parts) => {
-                self.usize(3);
+            Op::Sum(Sum { parts, mean }) => {
+                self.pair(3, usize::from(*mean));
                 self.list(parts);
             }
-            Op::Mean(parts) => {
+            Op::Concat(Concat { parts }) => {
                 self.usize(4);
                 self.list(parts);
             }
-            Op::Concat(parts) => {
+            Op::Apply(Apply { activation, input }) => {
                 self.usize(5);
-                self.list(parts);
-            }
-            Op::Apply { activation, input } => {
-                self.usize(6);
                 self.activation(activation);
                 self.usize(*input);
             }
-            Op::LayerNorm { input } => self.pair(7, *input),
-            Op::Attend { block, query } => {
-                self.pair(8, *block);
-                self.usize(*query);
+            Op::LayerNorm(LayerNorm { input }) => self.pair(6, *input),
+            Op::Attend(Attend {
+                query,
+                keys,
+                values,
+            }) => {
+                self.pair(7, *query);
+                self.list(keys);
+                self.list(values);
             }
+            Op::Zeros(Zeros) => self.usize(8),
         }
     }
 

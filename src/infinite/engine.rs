@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use nalgebra::{DMatrix, DMatrixViewMut};
 
 use crate::activation::Activation;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, first_non_finite};
+use crate::linalg::mirror_upper;
 use crate::mlp::{MlpSpec, Parameterization};
 use crate::parallel;
 
@@ -56,8 +57,8 @@ struct Stats {
 
 impl Plan {
     pub(crate) fn new(spec: &MlpSpec, rule: &Arc<GaussHermite>) -> Plan {
-        let standard = spec.parameterization_kind() == Parameterization::Standard;
-        let sb = spec.sigma_b();
+        let standard = spec.parameterization_value() == Parameterization::Standard;
+        let sb = spec.bias_std_value();
         Plan {
             hidden: spec
                 .hidden_layers()
@@ -68,7 +69,7 @@ impl Plan {
                     width: *w as f64,
                 })
                 .collect(),
-            sw2: spec.sigma_w().powi(2),
+            sw2: spec.weight_std_value().powi(2),
             sb2: sb * sb,
             input_dim: spec.input_dim() as f64,
             standard,
@@ -109,11 +110,13 @@ impl Plan {
                 qi
             });
             if !(qi.is_finite() && t[i].is_finite()) {
-                return Err(Error::InvalidParameter {
-                    parameter: argument,
-                    value: format!("row {i} (|x|² = {norm2:e}, Σ¹(x, x) = {qi:e})"),
-                    reason: "the first layer's variance σ_w²|x|²/d + σ_b² overflows f64: \
-                             the input's norm (or σ_w) is too large",
+                return Err(Error::NonFiniteResult {
+                    result: "infinite_width",
+                    reason: format!(
+                        "the first layer's variance σ_w²|x|²/d + σ_b² = {qi:e} overflows f64 \
+                         at row {i} of `{argument}` (|x|² = {norm2:e}): the input's norm (or \
+                         σ_w) is too large"
+                    ),
                 });
             }
         }
@@ -124,34 +127,33 @@ impl Plan {
             for i in 0..n {
                 let (c, cdot) = layer.dual.eval(q[i], q[i], q[i]);
                 if c.is_nan() || cdot.is_nan() {
-                    return Err(Error::InvalidParameter {
-                        parameter: "activation",
-                        value: format!(
-                            "{} at hidden layer {} (row {i} of {argument}, variance {:e}): \
-                             E φφ = {c}, E φ'φ' = {cdot}",
+                    return Err(Error::NonFiniteResult {
+                        result: "infinite_width",
+                        reason: format!(
+                            "the Gaussian expectations of {} at hidden layer {} (row {i} of \
+                             `{argument}`, variance {:e}) are E φφ = {c}, E φ'φ' = {cdot}: φ or \
+                             φ' returns NaN (or ∞ − ∞) for some argument",
                             layer.activation,
                             l + 1,
                             q[i]
                         ),
-                        reason: "the Gaussian expectations are NaN: φ or φ' returns NaN \
-                                 (or ∞ − ∞) for some argument",
                     });
                 }
                 let (mut s, mut ti) = (c, t[i]);
                 update.apply(&mut s, &mut ti, cdot);
                 if !(s.is_finite() && ti.is_finite()) {
-                    return Err(Error::InvalidParameter {
-                        parameter: argument,
-                        value: format!(
-                            "row {i}: Σ(x, x) = {s:e}, Θ̊(x, x) = {ti:e} after hidden layer {} \
-                             ({}, σ_w² = {:e}, variance in {:e})",
+                    return Err(Error::NonFiniteResult {
+                        result: "infinite_width",
+                        reason: format!(
+                            "at row {i} of `{argument}` the kernel overflows f64 after hidden \
+                             layer {} ({}, σ_w² = {:e}, variance in {:e}): Σ(x, x) = {s:e}, \
+                             Θ̊(x, x) = {ti:e}; the input's norm, σ_w or the depth is too large \
+                             for the kernel to be representable",
                             l + 1,
                             layer.activation,
                             self.sw2,
                             q[i]
                         ),
-                        reason: "the kernel overflows f64 (the input's norm, σ_w or the \
-                                 depth is too large for the kernel to be representable)",
                     });
                 }
                 next.push(s);
@@ -206,7 +208,10 @@ impl Plan {
                     let col = jj * n1..jj * n1 + len;
                     self.column(&s1, s2, j, &mut s[col.clone()], &mut t[col.clone()]);
                     // Checked while the column is in cache.
-                    if !(all_finite(&s[col.clone()]) && all_finite(&t[col])) {
+                    if first_non_finite(&s[col.clone()])
+                        .or(first_non_finite(&t[col]))
+                        .is_some()
+                    {
                         first_bad_column.fetch_min(j, Ordering::Relaxed);
                     }
                 }
@@ -216,12 +221,14 @@ impl Plan {
         if j < n2 {
             for (what, m) in [("NNGP", &nngp), ("NTK", &ntk)] {
                 if let Some(i) = m.column(j).iter().position(|v| !v.is_finite()) {
-                    return Err(Error::InvalidParameter {
-                        parameter: "x1, x2",
-                        value: format!("the {what} entry ({i}, {j}) = {}", m[(i, j)]),
-                        reason: "the kernel is not finite there although every diagonal \
-                                 entry is: an activation's φ or φ' is NaN or ∞ for some \
-                                 argument",
+                    return Err(Error::NonFiniteResult {
+                        result: "infinite_width",
+                        reason: format!(
+                            "the {what} entry ({i}, {j}) = {} is not finite although every \
+                             diagonal entry is: an activation's φ or φ' is NaN or ∞ for some \
+                             argument",
+                            m[(i, j)]
+                        ),
                     });
                 }
             }
@@ -297,31 +304,5 @@ impl Update {
     #[inline(always)]
     fn apply(self, s: &mut f64, t: &mut f64, cdot: f64) {
         (*s, *t) = self.step(*s, cdot, *t);
-    }
-}
-
-/// Whether every entry is finite: a test of the exponent bits that vectorises, unlike
-/// a search for the first non-finite entry.
-fn all_finite(values: &[f64]) -> bool {
-    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
-    values.chunks(256).all(|chunk| {
-        chunk.iter().fold(0_u64, |acc, v| {
-            acc | u64::from(v.to_bits() & EXPONENT == EXPONENT)
-        }) == 0
-    })
-}
-
-/// Copies the strict upper triangle of the square `m` onto the lower, in cache tiles.
-fn mirror_upper(m: &mut DMatrix<f64>) {
-    const TILE: usize = 64;
-    let n = m.nrows();
-    for jb in (0..n).step_by(TILE) {
-        for ib in (jb..n).step_by(TILE) {
-            for j in jb..(jb + TILE).min(n) {
-                for i in ib.max(j + 1)..(ib + TILE).min(n) {
-                    m[(i, j)] = m[(j, i)];
-                }
-            }
-        }
     }
 }

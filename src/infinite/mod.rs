@@ -28,11 +28,11 @@
 //! [`closed_form`], [`gaussian_moments`] and [`GaussHermite`]).
 //!
 //! Unrolling the recursion splits $Θ̊$ into the limits of each layer's share of the
-//! empirical NTK (what [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels)
+//! empirical NTK (what [`NtkModel::group_kernels`](crate::NtkModel::group_kernels)
 //! returns for a finite network): with $B^l = Π_{m=l}^{L} σ_w^2 \dot C^m$ ($B^{L+1} = 1$),
 //! Dense layer $l$ contributes $σ_w^2 C^{l−1} B^l$ through its weights and $σ_b^2 B^l$ through
 //! its bias ($n^{l−1} C^{l−1} B^l$ and $B^l$ in the standard parameterization). See
-//! [`infinite_width_layers`].
+//! [`infinite_width_groups`].
 //!
 //! ## Programs
 //!
@@ -41,7 +41,7 @@
 //! second moment reduces to the Gaussian expectations above (and Stein's lemma), and
 //! $Θ̊$ to tangent moments carried alongside them, compiled once per program into a
 //! straight-line recursion that only visits what the output needs (see
-//! [`InfiniteWidth::layer_kernels`] for the per-parameter split and the module
+//! [`InfiniteWidth::group_kernels`] for the per-parameter split and the module
 //! `program` source for the rules). $Σ ⊗ I_k$ and $Θ̊ ⊗ I_k$ again for $k$ outputs.
 //!
 //! The MLP path keeps its fused recursion (faster on MLPs; `benches/programs.rs`
@@ -58,19 +58,19 @@ mod dual;
 mod engine;
 mod expectation;
 mod fastmath;
-mod program;
+pub(crate) mod program;
 mod quadrature;
-mod tape;
+pub(crate) mod tape;
 
 use std::sync::{Arc, OnceLock};
 
 use nalgebra::DMatrix;
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_inputs, select_rows};
+use crate::error::{Error, Result, check_inputs, first_non_finite_entry, select_rows};
 use crate::mlp::MlpSpec;
 use crate::program::Program;
-use crate::tangent::LayerKernel;
+use crate::tangent::GroupKernel;
 
 pub use architecture::Architecture;
 use architecture::Described;
@@ -234,7 +234,7 @@ impl InfiniteWidth {
     }
 
     /// The limit of each parameter group's share of the NTK: the infinite-width
-    /// counterpart of [`NtkModel::layer_kernels`](crate::NtkModel::layer_kernels),
+    /// counterpart of [`NtkModel::group_kernels`](crate::NtkModel::group_kernels),
     /// group for group. For an MLP, Dense layer $l$'s weight term is $σ_w^2 C^{l−1} B^l$ and
     /// its bias term $σ_b^2 B^l$ (`None` when $σ_b = 0$), with $B^l = Π_{m ≥ l} σ_w^2 \dot C^m$; for
     /// a program, each weight $W$ gives $σ_W^2 Σ_{u,v} M(z_u, z̄_v) D(h_u, h̄_v)$, each bias
@@ -243,11 +243,11 @@ impl InfiniteWidth {
     ///
     /// # Errors
     /// As [`InfiniteWidth::kernels`].
-    pub fn layer_kernels<T: Scalar>(
+    pub fn group_kernels<T: Scalar>(
         &self,
         x1: &DMatrix<T>,
         x2: &DMatrix<T>,
-    ) -> Result<Vec<LayerKernel<T>>> {
+    ) -> Result<Vec<GroupKernel<T>>> {
         check_inputs(self.input_dim(), x1, x2)?;
         let x1f = to_f64(x1);
         let x2f = (x1 != x2).then(|| to_f64(x2));
@@ -287,12 +287,25 @@ impl InfiniteWidth {
         layers
             .into_iter()
             .map(|(weights, bias)| {
-                Ok(LayerKernel {
+                Ok(GroupKernel {
                     weights: to_scalar("layer weight term", weights)?,
                     bias: bias.map(|b| to_scalar("layer bias term", b)).transpose()?,
                 })
             })
             .collect()
+    }
+
+    /// [`group_kernels`](Self::group_kernels), under its old name.
+    ///
+    /// # Errors
+    /// As [`group_kernels`](Self::group_kernels).
+    #[deprecated(since = "0.2.0", note = "renamed to `group_kernels`")]
+    pub fn layer_kernels<T: Scalar>(
+        &self,
+        x1: &DMatrix<T>,
+        x2: &DMatrix<T>,
+    ) -> Result<Vec<GroupKernel<T>>> {
+        self.group_kernels(x1, x2)
     }
 }
 
@@ -301,26 +314,23 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Resu
     let layer_norm = program
         .nodes
         .iter()
-        .any(|n| matches!(n.op, crate::program::Op::LayerNorm { .. }));
-    match k.iter().position(|v| !v.is_finite()) {
+        .any(|n| matches!(n.op, crate::program::Op::LayerNorm(_)));
+    match first_non_finite_entry(k) {
         None => Ok(()),
-        Some(p) => Err(Error::InvalidParameter {
-            parameter: what,
-            value: format!(
-                "entry ({}, {}) = {}",
-                p % k.nrows().max(1),
-                p / k.nrows().max(1),
-                k[p]
+        Some((row, col)) => Err(Error::NonFiniteResult {
+            result: "infinite_width",
+            reason: format!(
+                "the {what} entry ({row}, {col}) = {} {}",
+                k[(row, col)],
+                if layer_norm {
+                    "is not finite: it overflows f64 (inputs or standard deviations too \
+                     large for the depth), or a LayerNorm's input has zero variance at one \
+                     of the two samples (e.g. an all-zero input with no bias before it), \
+                     where LayerNorm has no derivative"
+                } else {
+                    "overflows f64 (inputs or standard deviations too large for the depth)"
+                }
             ),
-            reason: if layer_norm {
-                "the infinite-width kernel is not finite here: it overflows f64 (inputs or \
-                 standard deviations too large for the depth), or a LayerNorm's input has \
-                 zero variance at one of the two samples (e.g. an all-zero input with no bias \
-                 before it), where LayerNorm has no derivative"
-            } else {
-                "the infinite-width kernel overflows f64 here (inputs or standard \
-                 deviations too large for the depth)"
-            },
         }),
     }
 }
@@ -447,16 +457,17 @@ pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
     infinite_width(architecture, &a, &b)
 }
 
-/// The per-layer decomposition of $Θ̊$ (see [`InfiniteWidth::layer_kernels`]): one
-/// [`LayerKernel`] per Dense layer, summing to [`infinite_width`]'s `ntk`.
+/// The per-group decomposition of $Θ̊$ (see [`InfiniteWidth::group_kernels`]): one
+/// [`GroupKernel`] per parameter group (per Dense layer for an MLP), summing to
+/// [`infinite_width`]'s `ntk`.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
-/// use ntk::{infinite_width, infinite_width_layers, Activation, MlpSpec};
+/// use ntk::{infinite_width, infinite_width_groups, Activation, MlpSpec};
 /// # fn main() -> Result<(), ntk::Error> {
 /// let spec = MlpSpec::new(3).hidden(64, Activation::Erf).hidden(64, Activation::Relu).bias_std(0.2);
 /// let x = DMatrix::from_fn(4, 3, |i, j| ((i + 2 * j) as f64).cos());
-/// let layers = infinite_width_layers(&spec, &x, &x)?;
+/// let layers = infinite_width_groups(&spec, &x, &x)?;
 /// assert_eq!(layers.len(), 3);
 /// let sum = layers.iter().fold(DMatrix::zeros(4, 4), |acc, l| acc + l.total());
 /// let ntk = infinite_width(&spec, &x, &x)?.ntk;
@@ -467,12 +478,25 @@ pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
 ///
 /// # Errors
 /// As [`infinite_width`].
+pub fn infinite_width_groups<T: Scalar, A: Architecture + ?Sized>(
+    architecture: &A,
+    x1: &DMatrix<T>,
+    x2: &DMatrix<T>,
+) -> Result<Vec<GroupKernel<T>>> {
+    InfiniteWidth::new(architecture)?.group_kernels(x1, x2)
+}
+
+/// [`infinite_width_groups`], under its old name.
+///
+/// # Errors
+/// As [`infinite_width`].
+#[deprecated(since = "0.2.0", note = "renamed to `infinite_width_groups`")]
 pub fn infinite_width_layers<T: Scalar, A: Architecture + ?Sized>(
     architecture: &A,
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
-) -> Result<Vec<LayerKernel<T>>> {
-    InfiniteWidth::new(architecture)?.layer_kernels(x1, x2)
+) -> Result<Vec<GroupKernel<T>>> {
+    infinite_width_groups(architecture, x1, x2)
 }
 
 /// `m` as a `DMatrix<T>`, or an error naming the first entry that `T` cannot hold.
@@ -481,17 +505,16 @@ fn to_scalar<T: Scalar>(what: &str, m: DMatrix<f64>) -> Result<DMatrix<T>> {
     let narrower = T::max_value().is_some_and(|max| max.to_f64() < f64::MAX);
     if narrower && let Some(k) = m.iter().position(|&v| !T::from_f64_lossy(v).is_finite()) {
         let n = m.nrows().max(1);
-        return Err(crate::Error::InvalidParameter {
-            parameter: "x1, x2",
-            value: format!(
-                "the {what} entry ({}, {}) = {:e} does not fit in {}",
+        return Err(crate::Error::NonFiniteResult {
+            result: "infinite_width",
+            reason: format!(
+                "the {what} entry ({}, {}) = {:e} overflows {}: compute in f64 or scale the \
+                 inputs down",
                 k % n,
                 k / n,
                 m.as_slice()[k],
                 std::any::type_name::<T>()
             ),
-            reason: "the kernel overflows the scalar type: compute in f64 or scale the \
-                     inputs down",
         });
     }
     Ok(from_f64(&m))

@@ -7,6 +7,7 @@
 //! reader has run, so that a tape over thousands of quantities needs only as many
 //! buffers as are alive at once.
 
+use crate::program::ops::softmax_in_place;
 use rustc_hash::FxHashMap as HashMap;
 
 use nalgebra::{DMatrix, DMatrixViewMut};
@@ -69,18 +70,20 @@ pub(crate) enum Inst {
     },
 }
 
-/// Whether a tape's slots are per sample or per pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) enum Kind {
+/// Which pair of samples a quantity (and the tape that computes it) belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub(crate) enum Mode {
+    /// One sample with itself (run per sample).
     #[default]
     Diag,
+    /// x from batch 1 with x̄ from batch 2.
     Cross,
 }
 
 /// A tape under construction.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tape {
-    kind: Kind,
+    kind: Mode,
     insts: Vec<Inst>,
     next: u32,
     /// Diagonal slots read by a cross tape.
@@ -88,7 +91,7 @@ pub(crate) struct Tape {
 }
 
 impl Tape {
-    pub(crate) fn new(kind: Kind) -> Tape {
+    pub(crate) fn new(kind: Mode) -> Tape {
         Tape {
             kind,
             ..Tape::default()
@@ -99,8 +102,8 @@ impl Tape {
         let s = self.next;
         self.next += 1;
         let v = match self.kind {
-            Kind::Diag => Val::Diag(s),
-            Kind::Cross => Val::Cross(s),
+            Mode::Diag => Val::Diag(s),
+            Mode::Cross => Val::Cross(s),
         };
         (s, v)
     }
@@ -819,27 +822,22 @@ impl Runnable {
                     arena[*out as usize] = o;
                 }
                 Exec::Softmax { logits, outs } => {
-                    // Per entry: e^{l_s − max} / Σ e^{l − max}, over the outputs.
+                    // Per entry, over the outputs.
                     let mut outs_v: Vec<Vec<f64>> = outs
                         .iter()
                         .map(|&s| std::mem::take(&mut arena[s as usize]))
                         .collect();
+                    let mut l = vec![0.0; logits.len()];
                     for e in 0..len {
-                        let l = |s: Src| match s {
-                            Src::Slot(p) => arena[p as usize][e],
-                            Src::Const(c) => c,
-                        };
-                        let max = logits
-                            .iter()
-                            .map(|&s| l(s))
-                            .fold(f64::NEG_INFINITY, f64::max);
-                        let mut total = 0.0;
-                        for (o, &s) in outs_v.iter_mut().zip(logits) {
-                            o[e] = (l(s) - max).exp();
-                            total += o[e];
+                        for (l, &s) in l.iter_mut().zip(logits) {
+                            *l = match s {
+                                Src::Slot(p) => arena[p as usize][e],
+                                Src::Const(c) => c,
+                            };
                         }
-                        for o in &mut outs_v {
-                            o[e] /= total;
+                        softmax_in_place(&mut l);
+                        for (o, &w) in outs_v.iter_mut().zip(&l) {
+                            o[e] = w;
                         }
                     }
                     for (&s, o) in outs.iter().zip(outs_v) {

@@ -28,7 +28,7 @@
 //!
 //! let x = DMatrix::from_fn(4, 6, |i, j| ((i * 6 + j) as f64 * 0.37).sin());
 //! let limit = infinite_width(&p, &x, &x)?;               // Σ and Θ̊, 4 × 4
-//! let net = p.init::<f64, _>(1024, &mut StdRng::seed_from_u64(0))?;
+//! let net = p.init::<f64>(1024, &mut StdRng::seed_from_u64(0))?;
 //! let theta = empirical_ntk(&net, &x, &x)?;             // Θ of a width-1024 network
 //! assert!((&theta - &limit.ntk).norm() < 0.2 * limit.ntk.norm());
 //! # Ok(())
@@ -70,19 +70,20 @@
 //! the limiting NTK $Θ̊$ of the program as $n → ∞$ (see [`crate::infinite`] for the
 //! recursion and its conditions).
 
+mod conv;
 mod network;
+pub(crate) mod ops;
 
-use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nalgebra::DMatrix;
 
-use crate::activation::Activation;
 use crate::error::{Error, Result, check_std};
-use crate::mlp::{MlpSpec, Parameterization};
 
+pub use conv::Padding;
 pub use network::ProgramNetwork;
+use ops::FiniteForward;
+pub(crate) use ops::Op;
 
 /// A source of distinct program identities, so that a handle from one program is
 /// recognised as foreign by another.
@@ -191,11 +192,19 @@ pub(crate) enum Width {
 }
 
 impl Width {
-    /// The number of columns at hidden width `n` (`None` if it overflows `usize`).
-    pub(crate) fn columns(self, n: usize) -> Option<usize> {
+    /// The number of columns at hidden width `n`, `None` if it overflows.
+    pub(crate) fn checked_columns(self, n: usize) -> Option<usize> {
         match self {
             Width::Input(d) => Some(d),
             Width::Hidden(k) => k.checked_mul(n),
+        }
+    }
+
+    /// The number of hidden blocks $K$ (0 for input columns).
+    pub(crate) fn hidden_blocks(self) -> usize {
+        match self {
+            Width::Input(_) => 0,
+            Width::Hidden(k) => k,
         }
     }
 
@@ -206,40 +215,6 @@ impl Width {
             Width::Hidden(k) => format!("{k}·n ({k} hidden vectors)"),
         }
     }
-}
-
-/// What a variable computes.
-#[derive(Clone, Debug)]
-pub(crate) enum Op {
-    /// Columns of the input.
-    Input(Range<usize>),
-    /// $(σ_W/\sqrt{n_{in}}) W z$.
-    Dense { weight: usize, input: usize },
-    /// $h + σ_b b$.
-    AddBias { input: usize, bias: usize },
-    /// The sum of the parts.
-    Add(Vec<usize>),
-    /// The mean of the parts.
-    Mean(Vec<usize>),
-    /// The parts stacked; no part is itself a concatenation.
-    Concat(Vec<usize>),
-    /// $φ$ entrywise.
-    Apply {
-        activation: Activation,
-        input: usize,
-    },
-    /// $(x − \operatorname{mean}(x)) / \operatorname{std}(x)$ over the coordinates.
-    LayerNorm { input: usize },
-    /// Output `query` of attention block `block`: $Σ_s \operatorname{softmax}\_s(q·k_s / n) v_s$.
-    Attend { block: usize, query: usize },
-}
-
-/// An attention block: its queries, keys and values (variables of hidden width).
-#[derive(Clone, Debug)]
-pub(crate) struct AttentionDecl {
-    pub(crate) queries: Vec<usize>,
-    pub(crate) keys: Vec<usize>,
-    pub(crate) values: Vec<usize>,
 }
 
 /// A variable: its operation and its width.
@@ -261,6 +236,13 @@ pub(crate) struct WeightDecl {
     pub(crate) uses: Vec<usize>,
 }
 
+impl WeightDecl {
+    /// $c_W$, the weight's coefficient in the NTK: $σ_W²$ unless set.
+    pub(crate) fn ntk_coefficient(&self) -> f64 {
+        self.ntk_coef.unwrap_or(self.std * self.std)
+    }
+}
+
 /// A bias: $σ_b$, its width (known from its first use) and the `AddBias` variables that
 /// use it.
 #[derive(Clone, Debug)]
@@ -273,6 +255,13 @@ pub(crate) struct BiasDecl {
     pub(crate) uses: Vec<usize>,
 }
 
+impl BiasDecl {
+    /// $c_b$, the bias's coefficient in the NTK: $σ_b²$ unless set.
+    pub(crate) fn ntk_coefficient(&self) -> f64 {
+        self.ntk_coef.unwrap_or(self.std * self.std)
+    }
+}
+
 /// A parameter group, in the order of declaration (the parameter order of the
 /// finite network).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,18 +270,6 @@ pub(crate) enum Group {
     Weight(usize),
     /// A bias, by index.
     Bias(usize),
-}
-
-/// How a convolution ([`Program::conv`], [`Program::conv2d`]) treats the ends of the
-/// sequence or the edges of the image. (Zero padding, neural-tangents' `'SAME'`, is
-/// not offered yet; the enum is non-exhaustive so that it can be.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Padding {
-    /// Positions wrap around (neural-tangents' `'CIRCULAR'`): one output per position.
-    Circular,
-    /// Only full windows (`'VALID'`): $P − \text{taps} + 1$ outputs for $P$ positions.
-    Valid,
 }
 
 /// A network described as a computation graph with shared weights. See the
@@ -309,14 +286,10 @@ pub struct Program {
     pub(crate) weights: Vec<WeightDecl>,
     pub(crate) biases: Vec<BiasDecl>,
     pub(crate) groups: Vec<Group>,
-    pub(crate) attentions: Vec<AttentionDecl>,
     pub(crate) output: Option<(usize, Readout)>,
     /// The readout's weight and bias coefficients in the NTK when they are not $σ^2$
     /// (an MLP in the standard parameterization).
     pub(crate) readout_ntk_coef: Option<(f64, f64)>,
-    /// An error found while building from another description (e.g.
-    /// `From<&MlpSpec>`), reported by every consumer.
-    deferred: Option<Error>,
 }
 
 impl Program {
@@ -330,10 +303,8 @@ impl Program {
             weights: Vec::new(),
             biases: Vec::new(),
             groups: Vec::new(),
-            attentions: Vec::new(),
             output: None,
             readout_ntk_coef: None,
-            deferred: None,
         }
     }
 
@@ -359,26 +330,6 @@ impl Program {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
-    }
-
-    /// The variable holding columns `columns` of the input (a token, or one
-    /// position's channels).
-    ///
-    /// # Errors
-    /// [`Error::InvalidParameter`] if the range is empty or reaches past the input.
-    pub fn input(&mut self, columns: Range<usize>) -> Result<Var> {
-        if columns.start >= columns.end || columns.end > self.input_dim {
-            return Err(Error::InvalidParameter {
-                parameter: "input columns",
-                value: format!(
-                    "{}..{} (the input has {} columns)",
-                    columns.start, columns.end, self.input_dim
-                ),
-                reason: "must be a non-empty range within the input's columns",
-            });
-        }
-        let width = Width::Input(columns.len());
-        Ok(self.push(Op::Input(columns), width))
     }
 
     /// A new weight matrix with standard deviation $σ_W$ (applied as
@@ -420,406 +371,6 @@ impl Program {
         })
     }
 
-    /// $(σ_W/\sqrt{n_{in}}) W z$: a hidden vector of width $n$. A weight may be used many times,
-    /// always with the same fan-in.
-    ///
-    /// # Errors
-    /// A handle from another program, or a fan-in different from the weight's earlier
-    /// uses.
-    pub fn dense(&mut self, weight: Weight, z: Var) -> Result<Var> {
-        let w = self.check_weight(weight)?;
-        let z = self.check_var("dense input", z)?;
-        let fan_in = self.nodes[z].width;
-        match self.weights[w].fan_in {
-            Some(previous) if previous != fan_in => {
-                return Err(Error::InvalidParameter {
-                    parameter: "dense input",
-                    value: format!("variable {z} of width {}", fan_in.describe()),
-                    reason: "a weight must be used with the same fan-in at every use",
-                });
-            }
-            _ => self.weights[w].fan_in = Some(fan_in),
-        }
-        let var = self.push(
-            Op::Dense {
-                weight: w,
-                input: z,
-            },
-            Width::Hidden(1),
-        );
-        self.weights[w].uses.push(var.index);
-        Ok(var)
-    }
-
-    /// $h + σ_b b$. A bias may be added at many places, always to vectors of the same
-    /// hidden width.
-    ///
-    /// # Errors
-    /// A handle from another program, a variable of input width (a bias belongs to a
-    /// hidden vector), or a width different from the bias's earlier uses.
-    pub fn add_bias(&mut self, h: Var, bias: Bias) -> Result<Var> {
-        let b = self.check_bias(bias)?;
-        let h = self.check_var("add_bias input", h)?;
-        let width = self.nodes[h].width;
-        if let Width::Input(_) = width {
-            return Err(Error::InvalidParameter {
-                parameter: "add_bias input",
-                value: format!("variable {h} of width {}", width.describe()),
-                reason: "a bias is added to a hidden vector (the output of a dense layer)",
-            });
-        }
-        match self.biases[b].width {
-            Some(previous) if previous != width => {
-                return Err(Error::InvalidParameter {
-                    parameter: "add_bias input",
-                    value: format!("variable {h} of width {}", width.describe()),
-                    reason: "a bias must be added to vectors of the same width at every use",
-                });
-            }
-            _ => self.biases[b].width = Some(width),
-        }
-        let var = self.push(Op::AddBias { input: h, bias: b }, width);
-        self.biases[b].uses.push(var.index);
-        Ok(var)
-    }
-
-    /// The sum of `parts` (all of the same width): residual connections, or a
-    /// recurrent step's input and state.
-    ///
-    /// # Errors
-    /// An empty list, a foreign handle, or parts of different widths.
-    pub fn add(&mut self, parts: &[Var]) -> Result<Var> {
-        let (parts, width) = self.same_width("add", parts)?;
-        Ok(self.push(Op::Add(parts), width))
-    }
-
-    /// The average of `parts` (all of the same width): pooling over time or positions.
-    ///
-    /// # Errors
-    /// An empty list, a foreign handle, or parts of different widths.
-    pub fn mean(&mut self, parts: &[Var]) -> Result<Var> {
-        let (parts, width) = self.same_width("mean", parts)?;
-        Ok(self.push(Op::Mean(parts), width))
-    }
-
-    /// The parts stacked into one vector (a convolution's window, or a flattening):
-    /// $K$ hidden vectors of width $n$ make one of width $K·n$, which a weight then sees as
-    /// its fan-in.
-    ///
-    /// # Errors
-    /// An empty list, a foreign handle, or a mix of input-width and hidden parts (a
-    /// fan-in is either finite or grows with $n$); [`Error::AllocationFailed`] if the
-    /// input widths add up beyond `usize`.
-    pub fn concat(&mut self, parts: &[Var]) -> Result<Var> {
-        if parts.is_empty() {
-            return Err(empty("concat"));
-        }
-        let mut flat = Vec::with_capacity(parts.len());
-        for &v in parts {
-            let v = self.check_var("concat part", v)?;
-            match &self.nodes[v].op {
-                Op::Concat(inner) => flat.extend_from_slice(inner),
-                _ => flat.push(v),
-            }
-        }
-        let mut input = 0_usize;
-        let mut hidden = 0_usize;
-        for &v in &flat {
-            let (sum, part) = match self.nodes[v].width {
-                Width::Input(d) => (&mut input, d),
-                Width::Hidden(k) => (&mut hidden, k),
-            };
-            *sum = sum
-                .checked_add(part)
-                .ok_or_else(|| Error::AllocationFailed {
-                    what: format!("a concatenation of {} parts", flat.len()),
-                    size: "a width that overflows usize".into(),
-                })?;
-        }
-        let width = match (input, hidden) {
-            (d, 0) => Width::Input(d),
-            (0, k) => Width::Hidden(k),
-            _ => {
-                return Err(Error::InvalidParameter {
-                    parameter: "concat parts",
-                    value: format!("{input} input columns and {hidden} hidden vectors"),
-                    reason: "a concatenation cannot mix input columns with hidden vectors",
-                });
-            }
-        };
-        Ok(self.push(Op::Concat(flat), width))
-    }
-
-    /// A 1-D convolution over a sequence of positions (one variable each, all of the
-    /// same width): output $q$ is `dense(weight, concat(window_q))`, the same weight at
-    /// every position, so its fan-in is `taps` times a position's width
-    /// (neural-tangents' `Conv` normalisation). Window $q$ holds the positions
-    /// $q − ⌊(\text{taps} − 1)/2⌋, …, q + ⌈(\text{taps} − 1)/2⌉$, taken modulo the length
-    /// with [`Padding::Circular`]; with [`Padding::Valid`] it holds $q, …, q + \text{taps} − 1$
-    /// and there are $P − \text{taps} + 1$ outputs for $P$ positions. Returns the
-    /// pre-activations, one per output position (add a bias and apply $φ$ to each). For
-    /// images, [`conv2d`](Program::conv2d).
-    ///
-    /// ```
-    /// use ntk::{Activation, Padding, Program};
-    /// # fn main() -> Result<(), ntk::Error> {
-    /// // 8 positions × 3 channels, two circular 3-tap ReLU convolutions, average pooling.
-    /// let mut p = Program::new(8 * 3);
-    /// let mut z = (0..8).map(|q| p.input(3 * q..3 * q + 3)).collect::<Result<Vec<_>, _>>()?;
-    /// for _ in 0..2 {
-    ///     let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
-    ///     z = p
-    ///         .conv(w, &z, 3, Padding::Circular)?
-    ///         .into_iter()
-    ///         .map(|h| p.add_bias(h, b).and_then(|h| p.apply(Activation::Relu, h)))
-    ///         .collect::<Result<_, _>>()?;
-    /// }
-    /// let pooled = p.mean(&z)?;
-    /// p.output(pooled, 1.0)?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    /// No positions, zero taps, more taps than positions with [`Padding::Valid`], a
-    /// foreign handle, positions of different widths, or a fan-in different from the
-    /// weight's earlier uses; [`Error::AllocationFailed`] if the windows (outputs × taps
-    /// variable indices) are too many to lay out.
-    pub fn conv(
-        &mut self,
-        weight: Weight,
-        positions: &[Var],
-        taps: usize,
-        padding: Padding,
-    ) -> Result<Vec<Var>> {
-        let (out, _) = self.conv_nd(weight, positions, &[positions.len()], &[taps], padding)?;
-        Ok(out)
-    }
-
-    /// A 2-D convolution over a `height × width` grid of positions (an image, one
-    /// variable per pixel, row-major, all of the same width) with a `taps.0 × taps.1`
-    /// filter: output $(r, c)$ is `dense(weight, concat(window_{r,c}))`, the window's
-    /// pixels row-major, so the fan-in is $\text{taps}_0 · \text{taps}_1$ times a pixel's
-    /// width. Along each axis the windows are those of [`conv`](Program::conv) (circular:
-    /// starting $⌊(\text{taps} − 1)/2⌋$ before the output's position, modulo the length;
-    /// valid: full windows only). Returns the outputs row-major, with their grid's shape:
-    /// `(height, width)` for [`Padding::Circular`], `(height − taps.0 + 1, width − taps.1 + 1)`
-    /// for [`Padding::Valid`]; neural-tangents' `Conv(·, taps, 'CIRCULAR' | 'VALID')` on
-    /// NHWC images.
-    ///
-    /// # Errors
-    /// As [`conv`](Program::conv), and [`Error::InvalidParameter`] if `positions` does
-    /// not hold `height · width` variables.
-    pub fn conv2d(
-        &mut self,
-        weight: Weight,
-        positions: &[Var],
-        (height, width): (usize, usize),
-        taps: (usize, usize),
-        padding: Padding,
-    ) -> Result<(Vec<Var>, (usize, usize))> {
-        if height.checked_mul(width) != Some(positions.len()) {
-            return Err(Error::InvalidParameter {
-                parameter: "conv2d positions",
-                value: format!(
-                    "{} variables for a {height} × {width} grid",
-                    positions.len()
-                ),
-                reason: "a grid needs one variable per pixel, row-major",
-            });
-        }
-        let (out, shape) = self.conv_nd(
-            weight,
-            positions,
-            &[height, width],
-            &[taps.0, taps.1],
-            padding,
-        )?;
-        Ok((out, (shape[0], shape[1])))
-    }
-
-    /// The convolution over a row-major grid of shape `dims` with a filter of shape
-    /// `taps`: one `dense(weight, concat(window))` per output position, row-major, and
-    /// the outputs' grid shape.
-    fn conv_nd(
-        &mut self,
-        weight: Weight,
-        positions: &[Var],
-        dims: &[usize],
-        taps: &[usize],
-        padding: Padding,
-    ) -> Result<(Vec<Var>, Vec<usize>)> {
-        if positions.is_empty() {
-            return Err(empty("conv"));
-        }
-        self.same_width("conv positions", positions)?;
-        // Per axis: the number of outputs.
-        let mut counts: Vec<usize> = Vec::with_capacity(dims.len());
-        for (&count, &taps) in dims.iter().zip(taps) {
-            if taps == 0 {
-                return Err(Error::InvalidParameter {
-                    parameter: "taps",
-                    value: "0".into(),
-                    reason: "a filter needs at least one tap",
-                });
-            }
-            counts.push(match padding {
-                Padding::Circular => count,
-                Padding::Valid if taps <= count => count - taps + 1,
-                Padding::Valid => {
-                    return Err(Error::InvalidParameter {
-                        parameter: "taps",
-                        value: format!("{taps} taps over {count} positions"),
-                        reason: "a valid convolution needs at least as many positions as taps",
-                    });
-                }
-            });
-        }
-        // The windows hold Π outputs × Π taps variable indices: a filter too large to
-        // lay out is an error, not an abort.
-        let entries = counts
-            .iter()
-            .zip(taps)
-            .try_fold(1_usize, |acc, (&outputs, &t)| {
-                acc.checked_mul(outputs)?.checked_mul(t)
-            });
-        if entries.is_none_or(|e| Vec::<usize>::new().try_reserve_exact(e).is_err()) {
-            return Err(Error::AllocationFailed {
-                what: format!("the windows of a convolution with `taps` = {taps:?}"),
-                size: format!("{counts:?} outputs × {taps:?} taps variable indices"),
-            });
-        }
-        // Per axis: the number of outputs, and the input index of tap j at output q.
-        let axes: Vec<(usize, Vec<Vec<usize>>)> = dims
-            .iter()
-            .zip(taps)
-            .zip(&counts)
-            .map(|((&count, &taps), &outputs)| {
-                // Circular windows start (taps − 1)/2 positions to the left (as JAX pads:
-                // ⌊(taps − 1)/2⌋ before, the rest after).
-                let start = ((taps - 1) / 2) % count;
-                let windows = (0..outputs)
-                    .map(|q| {
-                        (0..taps)
-                            .map(|j| match padding {
-                                Padding::Circular => (q + j % count + count - start) % count,
-                                Padding::Valid => q + j,
-                            })
-                            .collect()
-                    })
-                    .collect();
-                (outputs, windows)
-            })
-            .collect();
-        // Row-major products over the axes: output positions, and each one's window.
-        let mut outputs: Vec<Vec<usize>> = vec![Vec::new()];
-        for (count, _) in &axes {
-            outputs = outputs
-                .iter()
-                .flat_map(|o| (0..*count).map(move |q| [o.as_slice(), &[q]].concat()))
-                .collect();
-        }
-        let shape = axes.iter().map(|(count, _)| *count).collect();
-        let vars = outputs
-            .iter()
-            .map(|out| {
-                let mut window: Vec<usize> = vec![0];
-                for (axis, &q) in out.iter().enumerate() {
-                    let (dim, taps) = (dims[axis], &axes[axis].1[q]);
-                    window = window
-                        .iter()
-                        .flat_map(|&flat| taps.iter().map(move |&i| flat * dim + i))
-                        .collect();
-                }
-                let parts: Vec<Var> = window.iter().map(|&i| positions[i]).collect();
-                let stacked = self.concat(&parts)?;
-                self.dense(weight, stacked)
-            })
-            .collect::<Result<_>>()?;
-        Ok((vars, shape))
-    }
-
-    /// $φ(h)$ entrywise.
-    ///
-    /// # Errors
-    /// A foreign handle, or an invalid activation ([`Activation::validate`]).
-    pub fn apply(&mut self, activation: Activation, h: Var) -> Result<Var> {
-        activation.validate()?;
-        let h = self.check_var("apply input", h)?;
-        let width = self.nodes[h].width;
-        Ok(self.push(
-            Op::Apply {
-                activation,
-                input: h,
-            },
-            width,
-        ))
-    }
-
-    /// LayerNorm without affine parameters or $ε$:
-    /// $(x − \operatorname{mean}(x)) / \operatorname{std}(x)$, the mean and the (biased)
-    /// standard deviation taken over the $n$ coordinates of each sample.
-    ///
-    /// A vector whose coordinates are all equal (zero variance, e.g. the dense output of
-    /// an all-zero input without a bias) normalises to 0, LayerNorm's value with any
-    /// $ε > 0$. LayerNorm has no derivative there (its value jumps to a unit vector along
-    /// any perturbation), so the finite network's gradients, kernels and training steps
-    /// on such a sample are [`Error::NonFiniteResult`], and so are the infinite-width
-    /// kernels (an error naming the entry).
-    ///
-    /// # Errors
-    /// A foreign handle, or a variable that is not one hidden vector (input columns or
-    /// a concatenation).
-    pub fn layer_norm(&mut self, x: Var) -> Result<Var> {
-        let x = self.check_var("layer_norm input", x)?;
-        self.check_single_hidden("layer_norm input", x)?;
-        Ok(self.push(Op::LayerNorm { input: x }, Width::Hidden(1)))
-    }
-
-    /// Softmax attention with $1/n$ logits, one output per query:
-    /// $y_t = Σ_s \operatorname{softmax}\_s(q_t·k_s / n) v_s$, $n$ the width of the queries and keys (not
-    /// $1/\sqrt n$: Tensor Programs II's scaling, whose limit is non-trivial when queries and
-    /// keys are tied). Queries, keys and values may be the same variables.
-    ///
-    /// # Errors
-    /// An empty list, keys and values of different lengths, a foreign handle, or a
-    /// variable that is not one hidden vector.
-    pub fn attention(&mut self, queries: &[Var], keys: &[Var], values: &[Var]) -> Result<Vec<Var>> {
-        if queries.is_empty() || keys.is_empty() {
-            return Err(empty("attention"));
-        }
-        if keys.len() != values.len() {
-            return Err(Error::InvalidParameter {
-                parameter: "attention values",
-                value: format!("{} values for {} keys", values.len(), keys.len()),
-                reason: "every key needs one value",
-            });
-        }
-        let mut lists = [Vec::new(), Vec::new(), Vec::new()];
-        for (list, (name, vars)) in lists.iter_mut().zip([
-            ("attention query", queries),
-            ("attention key", keys),
-            ("attention value", values),
-        ]) {
-            for &v in vars {
-                let v = self.check_var(name, v)?;
-                self.check_single_hidden(name, v)?;
-                list.push(v);
-            }
-        }
-        let [queries, keys, values] = lists;
-        let block = self.attentions.len();
-        let count = queries.len();
-        self.attentions.push(AttentionDecl {
-            queries,
-            keys,
-            values,
-        });
-        Ok((0..count)
-            .map(|query| self.push(Op::Attend { block, query }, Width::Hidden(1)))
-            .collect())
-    }
-
     /// The readout $f = (σ_v/\sqrt{n_{in}}) vᵀ z$ with $v ∼ N(0, 1)$: one output, no bias.
     /// A program has one readout, and its vector $v$ is used only there (the condition
     /// under which Tensor Programs II's infinite-width NTK is exact).
@@ -856,19 +407,16 @@ impl Program {
         Ok(())
     }
 
-    /// Checks that the program is complete: it has an output, every weight and bias
-    /// is used, and nothing deferred went wrong.
+    /// Checks that the program is complete: it has an output, and every weight and bias
+    /// is used.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] naming what is missing.
     pub fn validate(&self) -> Result<()> {
-        if let Some(e) = &self.deferred {
-            return Err(e.clone());
-        }
         if self.output.is_none() {
             return Err(Error::InvalidParameter {
                 parameter: "program",
-                value: format!("{} variables, no output", self.nodes.len()),
+                value: format!("{} variables without an output", self.nodes.len()),
                 reason: "call `output` (or `readout`) to say what the network computes",
             });
         }
@@ -883,7 +431,7 @@ impl Program {
             return Err(Error::InvalidParameter {
                 parameter: "bias",
                 value: format!("bias {b}"),
-                reason: "is never used by `add_bias`, so its width is unknown",
+                reason: "is never added to a vector, so its width is unknown",
             });
         }
         Ok(())
@@ -895,10 +443,10 @@ impl Program {
     ///
     /// # Errors
     /// If the program is incomplete ([`Program::validate`]) or `width` is 0.
-    pub fn init<T: crate::Scalar, R: rand::Rng + ?Sized>(
+    pub fn init<T: crate::Scalar>(
         &self,
         width: usize,
-        rng: &mut R,
+        rng: &mut (impl rand::Rng + ?Sized),
     ) -> Result<ProgramNetwork<T>> {
         ProgramNetwork::init(self, width, rng)
     }
@@ -915,57 +463,37 @@ impl Program {
 
     /// The values of the input-width variables `vars` on the batch `x` (rows are
     /// samples): they are deterministic, and the infinite-width kernels use them as
-    /// they are.
+    /// they are. Each is computed by its operation's finite rule, in f64.
     pub(crate) fn fixed_values(&self, vars: &[usize], x: &DMatrix<f64>) -> Vec<DMatrix<f64>> {
-        let mut memo: HashMap<usize, DMatrix<f64>> = HashMap::new();
-        vars.iter()
-            .map(|&v| self.fixed_value(v, x, &mut memo))
-            .collect()
+        let last = vars.iter().max().map_or(0, |&v| v + 1);
+        let mut values: Vec<DMatrix<f64>> = Vec::with_capacity(last);
+        for node in &self.nodes[..last] {
+            let value = match node.width {
+                Width::Input(_) => {
+                    let at = FiniteForward {
+                        program: self,
+                        x,
+                        values: &values,
+                        parameters: None,
+                    };
+                    node.op.finite::<f64>().forward(&at).value
+                }
+                Width::Hidden(_) => DMatrix::zeros(0, 0),
+            };
+            values.push(value);
+        }
+        vars.iter().map(|&v| values[v].clone()).collect()
     }
 
-    fn fixed_value(
-        &self,
-        v: usize,
-        x: &DMatrix<f64>,
-        memo: &mut HashMap<usize, DMatrix<f64>>,
-    ) -> DMatrix<f64> {
-        if let Some(value) = memo.get(&v) {
-            return value.clone();
-        }
-        let sum = |parts: &[usize], memo: &mut HashMap<usize, DMatrix<f64>>| {
-            let mut s = self.fixed_value(parts[0], x, memo);
-            for &p in &parts[1..] {
-                s += self.fixed_value(p, x, memo);
-            }
-            s
-        };
-        let value = match &self.nodes[v].op {
-            Op::Input(cols) => x.columns(cols.start, cols.len()).into_owned(),
-            Op::Add(parts) => sum(parts, memo),
-            Op::Mean(parts) => sum(parts, memo) / parts.len() as f64,
-            Op::Concat(parts) => {
-                let values: Vec<DMatrix<f64>> = parts
-                    .iter()
-                    .map(|&p| self.fixed_value(p, x, memo))
-                    .collect();
-                let cols = values.iter().map(DMatrix::ncols).sum();
-                let mut c = DMatrix::zeros(x.nrows(), cols);
-                let mut offset = 0;
-                for part in values {
-                    c.columns_mut(offset, part.ncols()).copy_from(&part);
-                    offset += part.ncols();
-                }
-                c
-            }
-            Op::Apply { activation, input } => {
-                activation.elementwise(&self.fixed_value(*input, x, memo))
-            }
-            Op::Dense { .. } | Op::AddBias { .. } | Op::LayerNorm { .. } | Op::Attend { .. } => {
-                unreachable!("dense, bias, layer-norm and attention outputs have hidden width")
-            }
-        };
-        memo.insert(v, value.clone());
-        value
+    /// Sets weight `w`'s coefficient in the NTK (an MLP in the standard
+    /// parameterization: its fan-in).
+    pub(crate) fn set_weight_ntk_coefficient(&mut self, w: Weight, coefficient: f64) {
+        self.weights[w.index].ntk_coef = Some(coefficient);
+    }
+
+    /// Sets bias `b`'s coefficient in the NTK.
+    pub(crate) fn set_bias_ntk_coefficient(&mut self, b: Bias, coefficient: f64) {
+        self.biases[b.index].ntk_coef = Some(coefficient);
     }
 
     fn push(&mut self, op: Op, width: Width) -> Var {
@@ -1034,7 +562,7 @@ impl Program {
     }
 }
 
-fn empty(op: &'static str) -> Error {
+pub(crate) fn empty(op: &'static str) -> Error {
     Error::InvalidParameter {
         parameter: op,
         value: "[]".into(),
@@ -1050,135 +578,20 @@ fn foreign(parameter: &'static str, what: &str, index: usize) -> Error {
     }
 }
 
-/// The program of an MLP: `dense`, `add_bias` and `apply` per hidden layer, then a
-/// readout with the spec's $σ_w$, $σ_b$ and $k$ outputs. Its kernels equal the spec's, and
-/// its network at a width $n$ draws the same parameters, in the same order, as the
-/// spec's with every hidden width $n$.
-///
-/// Programs use the NTK parameterization: a spec in the standard parameterization (or
-/// an invalid one) gives a program whose every use reports that error.
-impl From<&MlpSpec> for Program {
-    fn from(spec: &MlpSpec) -> Program {
-        let standard = spec.parameterization_kind() != Parameterization::Ntk;
-        let built = if standard {
-            Err(Error::InvalidParameter {
-                parameter: "parameterization",
-                value: "Standard".into(),
-                reason: "programs use the NTK parameterization",
-            })
-        } else {
-            Program::mlp(spec, false)
-        };
-        built.unwrap_or_else(|e| {
-            let mut p = Program::new(spec.input_dim());
-            p.deferred = Some(e);
-            p
-        })
-    }
-}
-
-impl Program {
-    /// The program of `spec` whose NTK coefficients follow the spec's
-    /// parameterization and hidden widths (for the per-layer limit of an MLP in
-    /// either parameterization; its finite network is not the spec's in the standard
-    /// parameterization).
-    pub(crate) fn with_widths_of(spec: &MlpSpec) -> Result<Program> {
-        Program::mlp(spec, spec.parameterization_kind() != Parameterization::Ntk)
-    }
-
-    fn mlp(spec: &MlpSpec, standard: bool) -> Result<Program> {
-        spec.validate()?;
-        let mut p = Program::new(spec.input_dim());
-        let (sw, sb) = (spec.sigma_w(), spec.sigma_b());
-        let widths = spec.widths();
-        let mut z = p.input(0..spec.input_dim())?;
-        for (l, (_, activation)) in spec.hidden_layers().iter().enumerate() {
-            let w = p.weight(sw)?;
-            let mut h = p.dense(w, z)?;
-            if standard {
-                p.weights[w.index].ntk_coef = Some(widths[l] as f64);
-            }
-            if spec.has_bias() {
-                let b = p.bias(sb)?;
-                h = p.add_bias(h, b)?;
-                if standard {
-                    p.biases[b.index].ntk_coef = Some(1.0);
-                }
-            }
-            z = p.apply(activation.clone(), h)?;
-        }
-        p.readout(
-            z,
-            Readout::new(sw)
-                .bias_std(if spec.has_bias() { sb } else { 0.0 })
-                .outputs(spec.output_dim()),
-        )?;
-        if standard {
-            let last = widths[widths.len() - 2] as f64;
-            p.readout_ntk_coef = Some((last, 1.0));
-        }
-        Ok(p)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activation::Activation;
+    use crate::mlp::{MlpSpec, Parameterization};
 
     #[test]
-    fn building_checks_its_arguments() {
-        let mut p = Program::new(4);
-        assert!(p.input(0..5).is_err());
-        assert!(p.input(2..2).is_err());
-        let x = p.input(0..2).unwrap();
-        let y = p.input(2..4).unwrap();
-        assert!(p.weight(-1.0).is_err());
-        assert!(p.bias(f64::NAN).is_err());
-        let w = p.weight(1.0).unwrap();
-        let h = p.dense(w, x).unwrap();
-        // The same weight on a hidden vector: a different fan-in.
-        assert!(p.dense(w, h).is_err());
-        assert!(p.add(&[]).is_err());
-        assert!(p.add(&[h, x]).is_err());
-        assert!(p.concat(&[h, y]).is_err());
-        let b = p.bias(0.1).unwrap();
-        assert!(p.add_bias(x, b).is_err());
-        let mut other = Program::new(4);
-        let foreign = other.input(0..1).unwrap();
-        assert!(p.apply(Activation::Relu, foreign).is_err());
-        assert!(p.validate().is_err(), "no output yet");
-        p.output(h, 1.0).unwrap();
-        assert!(p.output(h, 1.0).is_err(), "a second output");
-        assert!(p.validate().is_err(), "bias never used");
-        p.add_bias(h, b).unwrap();
-        p.validate().unwrap();
-    }
-
-    #[test]
-    fn concatenations_flatten_and_add_widths() {
-        let mut p = Program::new(6);
-        let parts: Vec<Var> = (0..3).map(|t| p.input(2 * t..2 * t + 2).unwrap()).collect();
-        let inner = p.concat(&parts[..2]).unwrap();
-        let c = p.concat(&[inner, parts[2]]).unwrap();
-        assert_eq!(p.nodes[c.index].width, Width::Input(6));
-        match &p.nodes[c.index].op {
-            Op::Concat(flat) => assert_eq!(flat.len(), 3),
-            other => panic!("{other:?}"),
-        }
-        let w = p.weight(1.0).unwrap();
-        let h = p.dense(w, c).unwrap();
-        let hh = p.concat(&[h, h]).unwrap();
-        assert_eq!(p.nodes[hh.index].width, Width::Hidden(2));
-    }
-
-    #[test]
-    fn standard_specs_defer_their_error() {
+    fn standard_specs_are_refused() {
         let spec = MlpSpec::new(2)
             .hidden(8, Activation::Relu)
             .parameterization(Parameterization::Standard);
-        let p = Program::from(&spec);
-        assert!(p.validate().is_err());
-        let ok = Program::from(&MlpSpec::new(2).hidden(8, Activation::Relu).bias_std(0.1));
+        assert!(Program::try_from(&spec).is_err());
+        let ok =
+            Program::try_from(&MlpSpec::new(2).hidden(8, Activation::Relu).bias_std(0.1)).unwrap();
         ok.validate().unwrap();
         assert_eq!(ok.groups.len(), 2);
     }

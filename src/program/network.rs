@@ -7,17 +7,18 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
 use crate::error::{Error, Result, check_cols, check_finite, first_non_finite_entry};
-use crate::linalg::{columns_transposed, gemm, try_zeros};
+use crate::linalg::try_zeros;
 use crate::model::NtkModel;
-use crate::tangent::{DenseUse, LayerTangent};
+use crate::tangent::{DenseUse, GroupTangent};
 
+use super::ops::{FiniteBackward, FiniteForward, Gradients, Parameters};
 use super::{Group, Op, Program, Readout, Width};
 
 /// The network a [`Program`] describes, at a hidden width $n$, with its parameters.
 ///
 /// Parameters are laid out group by group in the order the program declared its
 /// weights and biases (each $W$ row-major, $n_{out} × n_{in}$; each $b$), then the readout $V$
-/// ($k × n_{in}$, row-major) and its bias. [`NtkModel::layer_tangents`] returns one
+/// ($k × n_{in}$, row-major) and its bias. [`NtkModel::group_tangents`] returns one
 /// group per weight (one use per `dense`), one per bias (one use per `add_bias`) and
 /// the readout last.
 ///
@@ -36,7 +37,7 @@ use super::{Group, Op, Program, Readout, Width};
 /// let r = p.dense(w2, r)?;
 /// let out = p.add(&[s, r])?;
 /// p.output(out, 1.0)?;
-/// let net = p.init::<f64, _>(64, &mut StdRng::seed_from_u64(1))?;
+/// let net = p.init::<f64>(64, &mut StdRng::seed_from_u64(1))?;
 /// assert_eq!(net.parameter_count(), 64 * 3 + 64 * 64 + 64 + 64);
 /// let x = DMatrix::from_fn(5, 3, |i, j| (i as f64 - j as f64).sin());
 /// assert_eq!(empirical_ntk(&net, &x, &x)?.shape(), (5, 5));
@@ -49,21 +50,19 @@ pub struct ProgramNetwork<T: Scalar> {
     width: usize,
     readout_var: usize,
     readout: Readout,
-    /// $Wᵀ$ ($n_{in} × n$) per weight: its column-major storage is $W$ row-major.
-    weights: Vec<DMatrix<T>>,
-    /// $b$ per bias.
-    biases: Vec<DVector<T>>,
+    /// $Wᵀ$ per weight and $b$ per bias.
+    parameters: Parameters<T>,
     /// $Vᵀ$ ($n_{in} × k$).
     readout_weights: DMatrix<T>,
     /// $b\'$ ($k$), when the readout has a bias.
     readout_bias: Option<DVector<T>>,
 }
 
-/// The values of every variable on a batch ($N × \text{columns}$), the attention weights of
-/// every attention block (per query, $N × \text{keys}$), and the outputs.
+/// The values of every variable on a batch ($N × \text{columns}$), what each operation
+/// kept for its backward pass, and the outputs.
 struct Forward<T: Scalar> {
     values: Vec<DMatrix<T>>,
-    attention: Vec<Vec<DMatrix<T>>>,
+    saved: Vec<Option<DMatrix<T>>>,
     output: DMatrix<T>,
 }
 
@@ -81,52 +80,49 @@ impl<T: Scalar> ProgramNetwork<T> {
                 reason: "the hidden width must be at least 1",
             });
         }
-        // Every size is checked: a width whose matrices overflow `usize` or cannot be
-        // allocated is an error, not an abort.
-        let columns = |w: Width| w.columns(width);
-        let matrix = |rows: Option<usize>, cols: usize, what: String| {
-            try_zeros::<T>(rows.unwrap_or(usize::MAX), cols, "width", || {
-                format!("{width} ({what})")
-            })
+        let describe = || format!("{width} (a program network's parameters)");
+        let columns = |w: Width| {
+            w.checked_columns(width)
+                .ok_or_else(|| Error::AllocationFailed {
+                    what: format!("`width` = {}", describe()),
+                    size: format!("{} times {width} columns", w.describe()),
+                })
         };
         let weights = program
             .weights
             .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let fan_in = w.fan_in.unwrap_or(Width::Hidden(1));
-                matrix(columns(fan_in), width, format!("weight {i}"))
+            .map(|w| {
+                let rows = columns(w.fan_in.unwrap_or(Width::Hidden(1)))?;
+                try_zeros(rows, width, "width", describe)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<_>>()?;
         let biases = program
             .biases
             .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let len = columns(b.width.unwrap_or(Width::Hidden(1)));
-                matrix(len, 1, format!("bias {i}"))
-                    .map(|m| DVector::from_column_slice(m.as_slice()))
+            .map(|b| {
+                let rows = columns(b.width.unwrap_or(Width::Hidden(1)))?;
+                Ok(DVector::from_column_slice(
+                    try_zeros::<T>(rows, 1, "width", describe)?.as_slice(),
+                ))
             })
-            .collect::<Result<Vec<_>>>()?;
-        let fan_in = columns(program.nodes[readout_var].width);
-        let readout_weights = matrix(fan_in, readout.outputs, "the readout".into())?;
-        let readout_bias = if readout.bias_std > 0.0 {
-            let b = matrix(Some(readout.outputs), 1, "the readout bias".into())?;
-            Some(DVector::from_column_slice(b.as_slice()))
-        } else {
-            None
-        };
+            .collect::<Result<_>>()?;
+        let fan_in = columns(program.nodes[readout_var].width)?;
+        let readout_weights = try_zeros(fan_in, readout.outputs, "width", describe)?;
         let mut net = ProgramNetwork {
             program: program.clone(),
             width,
             readout_var,
             readout,
-            weights,
-            biases,
+            parameters: Parameters {
+                width,
+                weights,
+                biases,
+            },
             readout_weights,
-            readout_bias,
+            readout_bias: (readout.bias_std > 0.0).then(|| DVector::zeros(readout.outputs)),
         };
-        // N(0, 1) in parameter order (see `parameters`), drawn in place.
+        // N(0, 1) in parameter order (see `parameters`), drawn in place: no second copy
+        // of a wide network's parameters.
         let mut draw = |values: &mut [T]| {
             for v in values {
                 let z: f64 = StandardNormal.sample(rng);
@@ -135,8 +131,8 @@ impl<T: Scalar> ProgramNetwork<T> {
         };
         for group in &program.groups {
             match *group {
-                Group::Weight(w) => draw(net.weights[w].as_mut_slice()),
-                Group::Bias(b) => draw(net.biases[b].as_mut_slice()),
+                Group::Weight(w) => draw(net.parameters.weights[w].as_mut_slice()),
+                Group::Bias(b) => draw(net.parameters.biases[b].as_mut_slice()),
             }
         }
         draw(net.readout_weights.as_mut_slice());
@@ -158,11 +154,6 @@ impl<T: Scalar> ProgramNetwork<T> {
         self.width
     }
 
-    /// $s_W = σ_W/\sqrt{n_{in}}$ of weight `w`.
-    fn weight_scale(&self, w: usize) -> T {
-        T::from_f64_lossy(self.program.weights[w].std / (self.weights[w].nrows() as f64).sqrt())
-    }
-
     /// $s_v = σ_v/\sqrt{n_{in}}$ of the readout.
     fn readout_scale(&self) -> T {
         T::from_f64_lossy(self.readout.weight_std / (self.readout_weights.nrows() as f64).sqrt())
@@ -178,81 +169,39 @@ impl<T: Scalar> ProgramNetwork<T> {
         check_finite("x", x)
     }
 
-    /// Every variable's value on `x` and the outputs.
+    /// Every variable's value on `x` and the outputs, each variable by its operation's
+    /// finite rule.
     ///
     /// # Errors
     /// [`Error::NonFiniteResult`] naming the first variable (or the output) whose value is
     /// not finite: it overflows the scalar type, or a custom φ returns NaN or ∞.
     fn forward_pass(&self, x: &DMatrix<T>) -> Result<Forward<T>> {
-        let n = x.nrows();
-        let mut values: Vec<DMatrix<T>> = Vec::with_capacity(self.program.nodes.len());
-        let mut attention: Vec<Vec<DMatrix<T>>> = vec![Vec::new(); self.program.attentions.len()];
+        let count = self.program.nodes.len();
+        let mut values: Vec<DMatrix<T>> = Vec::with_capacity(count);
+        let mut saved: Vec<Option<DMatrix<T>>> = Vec::with_capacity(count);
         for node in &self.program.nodes {
-            let value = match &node.op {
-                Op::Input(cols) => x.columns(cols.start, cols.len()).into_owned(),
-                Op::Dense { weight, input } => {
-                    let wt = &self.weights[*weight];
-                    let mut h = DMatrix::<T>::zeros(n, wt.ncols());
-                    gemm(
-                        &mut h,
-                        self.weight_scale(*weight),
-                        &values[*input],
-                        wt,
-                        T::zero(),
-                    );
-                    h
-                }
-                Op::AddBias { input, bias } => {
-                    let mut h = values[*input].clone();
-                    let s = T::from_f64_lossy(self.program.biases[*bias].std);
-                    for (mut col, &b) in h.column_iter_mut().zip(self.biases[*bias].iter()) {
-                        col.add_scalar_mut(s * b);
-                    }
-                    h
-                }
-                Op::Add(parts) => sum_of(parts, &values),
-                Op::Mean(parts) => {
-                    sum_of(parts, &values) * T::from_f64_lossy(1.0 / parts.len() as f64)
-                }
-                Op::Concat(parts) => {
-                    let cols = parts.iter().map(|&p| values[p].ncols()).sum();
-                    let mut c = DMatrix::<T>::zeros(n, cols);
-                    let mut offset = 0;
-                    for &p in parts {
-                        let v = &values[p];
-                        c.columns_mut(offset, v.ncols()).copy_from(v);
-                        offset += v.ncols();
-                    }
-                    c
-                }
-                Op::Apply { activation, input } => activation.elementwise(&values[*input]),
-                Op::LayerNorm { input } => layer_norm(&values[*input]),
-                Op::Attend { block, query } => {
-                    let decl = &self.program.attentions[*block];
-                    if attention[*block].is_empty() {
-                        attention[*block] = decl
-                            .queries
-                            .iter()
-                            .map(|&q| attention_weights(&values[q], &decl.keys, &values))
-                            .collect();
-                    }
-                    let a = &attention[*block][*query];
-                    let mut y = DMatrix::<T>::zeros(n, values[decl.values[0]].ncols());
-                    for (s, &v) in decl.values.iter().enumerate() {
-                        let w = a.column(s);
-                        for (mut yc, vc) in y.column_iter_mut().zip(values[v].column_iter()) {
-                            yc.zip_zip_apply(&vc, &w, |y, v, w| *y += w * v);
-                        }
-                    }
-                    y
-                }
+            let at = FiniteForward {
+                program: &self.program,
+                x,
+                values: &values,
+                parameters: Some(&self.parameters),
             };
-            if let Some(at) = first_non_finite_entry(&value) {
-                return Err(self.not_finite(values.len(), &value, at));
+            let evaluated = node.op.finite::<T>().forward(&at);
+            if let Some((row, col)) = first_non_finite_entry(&evaluated.value) {
+                return Err(Error::NonFiniteResult {
+                    result: "program network forward pass",
+                    reason: format!(
+                        "variable {} is {} at row {row}: {}",
+                        values.len(),
+                        evaluated.value[(row, col)],
+                        node.op.finite::<T>().non_finite_reason()
+                    ),
+                });
             }
-            values.push(value);
+            values.push(evaluated.value);
+            saved.push(evaluated.saved);
         }
-        let mut output = DMatrix::<T>::zeros(n, self.readout.outputs);
+        let mut output = DMatrix::<T>::zeros(x.nrows(), self.readout.outputs);
         output.gemm(
             self.readout_scale(),
             &values[self.readout_var],
@@ -277,192 +226,55 @@ impl<T: Scalar> ProgramNetwork<T> {
         }
         Ok(Forward {
             values,
-            attention,
+            saved,
             output,
         })
     }
 
-    /// The error for variable `v`, whose `value` is not finite at `(row, col)`.
-    fn not_finite(&self, v: usize, value: &DMatrix<T>, (row, col): (usize, usize)) -> Error {
-        let what = match &self.program.nodes[v].op {
-            Op::Apply { activation, input } if !activation.finite_on_finite_inputs() => {
-                format!("activation {activation} applied to variable {input} gives a NaN or ∞")
-            }
-            _ => "it exceeds the range of the scalar type (the inputs, a σ or the depth \
-                  is too large)"
-                .to_string(),
-        };
-        Error::NonFiniteResult {
-            result: "program network forward pass",
-            reason: format!("variable {v} is {} at row {row}: {what}", value[(row, col)]),
-        }
-    }
-
     /// $∂f/∂(\text{every variable})$: $N × (k·\text{columns})$, column block $c$ for output
     /// $c$; `None` for variables that do not reach the output or hold input columns (no
-    /// parameters lie before them).
+    /// parameters lie before them). Each variable sends its gradient to its inputs by
+    /// its operation's finite rule.
     ///
     /// # Errors
-    /// [`Error::NonFiniteResult`] if a LayerNorm's input has zero variance at a sample
-    /// (its coordinates all equal), where LayerNorm has no derivative.
+    /// Where an operation has no derivative at the batch (LayerNorm of a vector whose
+    /// coordinates are all equal).
     fn backward_pass(&self, fwd: &Forward<T>) -> Result<Vec<Option<DMatrix<T>>>> {
         let nodes = &self.program.nodes;
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
-        let mut grads: Vec<Option<DMatrix<T>>> = vec![None; nodes.len()];
+        let mut grads = Gradients {
+            nodes,
+            slots: vec![None; nodes.len()],
+            samples: n,
+            outputs: k,
+        };
         // ∂f_c/∂z = s_v V[c, :] for every sample.
         let fan_in = self.readout_weights.nrows();
         let sv = self.readout_scale();
-        grads[self.readout_var] = Some(DMatrix::from_fn(n, k * fan_in, |_, col| {
+        grads.slots[self.readout_var] = Some(DMatrix::from_fn(n, k * fan_in, |_, col| {
             sv * self.readout_weights[(col % fan_in, col / fan_in)]
         }));
+        let at = FiniteBackward {
+            program: &self.program,
+            values: &fwd.values,
+            saved: &fwd.saved,
+            parameters: &self.parameters,
+        };
         for i in (0..nodes.len()).rev() {
-            let Some(g) = grads[i].take() else { continue };
-            match &nodes[i].op {
-                Op::Input(_) => {}
-                Op::Dense { weight, input } => {
-                    if let Width::Hidden(_) = nodes[*input].width {
-                        // ∂f/∂z = s_W (∂f/∂h) W, per output block.
-                        let wt = &self.weights[*weight];
-                        let (fan, m) = wt.shape();
-                        let w = columns_transposed(wt, 0, m);
-                        let s = self.weight_scale(*weight);
-                        let acc = grad_slot(&mut grads[*input], n, k * fan);
-                        for c in 0..k {
-                            gemm(
-                                &mut acc.columns_mut(c * fan, fan),
-                                s,
-                                &g.columns(c * m, m),
-                                &w,
-                                T::one(),
-                            );
-                        }
-                    }
-                }
-                Op::AddBias { input, .. } => add_into(&mut grads[*input], &g, T::one()),
-                Op::Add(parts) => {
-                    for &p in parts {
-                        add_into(&mut grads[p], &g, T::one());
-                    }
-                }
-                Op::Mean(parts) => {
-                    let s = T::from_f64_lossy(1.0 / parts.len() as f64);
-                    for &p in parts {
-                        add_into(&mut grads[p], &g, s);
-                    }
-                }
-                Op::Concat(parts) => {
-                    let total = g.ncols() / k;
-                    let mut offset = 0;
-                    for &p in parts {
-                        let m = fwd.values[p].ncols();
-                        if let Width::Hidden(_) = nodes[p].width {
-                            let acc = grad_slot(&mut grads[p], n, k * m);
-                            for c in 0..k {
-                                let mut block = acc.columns_mut(c * m, m);
-                                block += g.columns(c * total + offset, m);
-                            }
-                        }
-                        offset += m;
-                    }
-                }
-                Op::LayerNorm { input } => {
-                    let dx = layer_norm_backward(&fwd.values[*input], &fwd.values[i], &g, k)
-                        .map_err(|row| Error::NonFiniteResult {
-                            result: "program network gradient",
-                            reason: format!(
-                                "variable {i} is the LayerNorm of variable {input}, whose \
-                                 coordinates are all equal at row {row} (zero variance, e.g. \
-                                 an all-zero input with no bias before it): LayerNorm is 0 \
-                                 there but has no derivative"
-                            ),
-                        })?;
-                    add_into(&mut grads[*input], &dx, T::one());
-                }
-                Op::Attend { block, query } => {
-                    let decl = &self.program.attentions[*block];
-                    let a = &fwd.attention[*block][*query];
-                    let q = decl.queries[*query];
-                    self.attention_backward(a, q, decl, fwd, &g, &mut grads);
-                }
-                Op::Apply { activation, input } => {
-                    if let Width::Hidden(_) = nodes[*input].width {
-                        let d = fwd.values[*input].map(|v| activation.derivative(v));
-                        let m = d.ncols();
-                        let acc = grad_slot(&mut grads[*input], n, k * m);
-                        for c in 0..k {
-                            let mut block = acc.columns_mut(c * m, m);
-                            block += g.columns(c * m, m).component_mul(&d);
-                        }
-                    }
-                }
-            }
-            grads[i] = Some(g);
+            let Some(g) = grads.slots[i].take() else {
+                continue;
+            };
+            let rule = nodes[i].op.finite::<T>();
+            rule.differentiable(&at, i)?;
+            rule.backward(&at, i, &g, &mut grads);
+            grads.slots[i] = Some(g);
         }
-        Ok(grads)
-    }
-
-    /// Adds what the output gradient `g` of one attention output (query `q`, weights
-    /// `a`, $N × \text{keys}$) sends back to its values, its query and its keys, gradients
-    /// through the softmax included: with $dA_s = g·v_s$ and $dL_s = A_s (dA_s − Σ_r A_r dA_r)$,
-    /// $dv_s$ += $A_s g$, $dq$ += $Σ_s dL_s k_s / n$, $dk_s$ += $dL_s q / n$ (per sample and output).
-    fn attention_backward(
-        &self,
-        a: &DMatrix<T>,
-        q: usize,
-        decl: &super::AttentionDecl,
-        fwd: &Forward<T>,
-        g: &DMatrix<T>,
-        grads: &mut [Option<DMatrix<T>>],
-    ) {
-        let (n, k) = (a.nrows(), self.readout.outputs);
-        let m = fwd.values[q].ncols();
-        let inv_m = T::one() / T::from_usize(m).unwrap_or_else(T::one);
-        let keys = decl.keys.len();
-        for c in 0..k {
-            let gc = g.columns(c * m, m);
-            let mut dl = DMatrix::<T>::zeros(n, keys);
-            for (s, &v) in decl.values.iter().enumerate() {
-                for i in 0..n {
-                    dl[(i, s)] = gc.row(i).dot(&fwd.values[v].row(i));
-                }
-            }
-            for i in 0..n {
-                let mean: T = (0..keys)
-                    .map(|s| a[(i, s)] * dl[(i, s)])
-                    .fold(T::zero(), |x, y| x + y);
-                for s in 0..keys {
-                    dl[(i, s)] = a[(i, s)] * (dl[(i, s)] - mean) * inv_m;
-                }
-            }
-            for (s, (&v, &key)) in decl.values.iter().zip(&decl.keys).enumerate() {
-                let dv = grad_slot(&mut grads[v], n, k * m);
-                for i in 0..n {
-                    let w = a[(i, s)];
-                    for j in 0..m {
-                        dv[(i, c * m + j)] += w * gc[(i, j)];
-                    }
-                }
-                let dk = grad_slot(&mut grads[key], n, k * m);
-                for i in 0..n {
-                    let w = dl[(i, s)];
-                    for j in 0..m {
-                        dk[(i, c * m + j)] += w * fwd.values[q][(i, j)];
-                    }
-                }
-                let dq = grad_slot(&mut grads[q], n, k * m);
-                for i in 0..n {
-                    let w = dl[(i, s)];
-                    for j in 0..m {
-                        dq[(i, c * m + j)] += w * fwd.values[key][(i, j)];
-                    }
-                }
-            }
-        }
+        Ok(grads.slots)
     }
 
     /// The tangent features of every group from one forward and one backward pass.
-    fn tangents(&self, fwd: &Forward<T>) -> Result<Vec<LayerTangent<T>>> {
+    fn tangents(&self, fwd: &Forward<T>) -> Result<Vec<GroupTangent<T>>> {
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
         let mut grads = self.backward_pass(fwd)?;
@@ -482,25 +294,25 @@ impl<T: Scalar> ProgramNetwork<T> {
                         .uses
                         .iter()
                         .map(|&u| {
-                            let Op::Dense { input, .. } = self.program.nodes[u].op else {
+                            let Op::Dense(dense) = &self.program.nodes[u].op else {
                                 unreachable!("weight uses are dense variables")
                             };
                             DenseUse {
-                                input: fwd.values[input].clone(),
+                                input: fwd.values[dense.input].clone(),
                                 output_grad: grad_of(u, self.width),
                             }
                         })
                         .collect();
-                    out.push(LayerTangent::Dense {
-                        weight_scale: self.weight_scale(w),
+                    out.push(GroupTangent::Dense {
+                        weight_scale: self.parameters.weight_scale(&self.program, w),
                         bias_scale: None,
                         uses,
                     });
                 }
                 Group::Bias(b) => {
                     let decl = &self.program.biases[b];
-                    let cols = self.biases[b].len();
-                    out.push(LayerTangent::Bias {
+                    let cols = self.parameters.biases[b].len();
+                    out.push(GroupTangent::Bias {
                         scale: T::from_f64_lossy(decl.std),
                         output_grads: decl.uses.iter().map(|&u| grad_of(u, cols)).collect(),
                     });
@@ -508,7 +320,7 @@ impl<T: Scalar> ProgramNetwork<T> {
             }
         }
         // The readout's gradient is the unit row e_c per output: never stored.
-        out.push(LayerTangent::Readout {
+        out.push(GroupTangent::Readout {
             weight_scale: self.readout_scale(),
             bias_scale: self
                 .readout_bias
@@ -517,145 +329,6 @@ impl<T: Scalar> ProgramNetwork<T> {
             input: fwd.values[self.readout_var].clone(),
         });
         Ok(out)
-    }
-}
-
-/// A row divided by its largest magnitude, its mean subtracted, and the variance of the
-/// result: $(y, \operatorname{var} y)$ with $y = x/\max|x| − \operatorname{mean}$, so that LayerNorm and its
-/// derivative are computed without overflow or underflow at any scale (the squares of
-/// entries near $10^{±200}$ are not representable, their ratios are). $(0, 0)$ for a zero row.
-fn centred<T: Scalar>(row: nalgebra::DMatrixView<'_, T>) -> (DMatrix<T>, T, T) {
-    let m = T::from_usize(row.ncols()).unwrap_or_else(T::one);
-    let scale = row.amax();
-    if scale == T::zero() {
-        return (row.into_owned(), T::zero(), T::zero());
-    }
-    let mut y = row / scale;
-    let mean = y.sum() / m;
-    y.add_scalar_mut(-mean);
-    let var = y.norm_squared() / m;
-    (y, var, scale)
-}
-
-/// LayerNorm of every row: $(x − \operatorname{mean}) / \operatorname{std}$ (biased std, no $ε$),
-/// computed scale-free (see [`centred`]). A row whose coordinates are all equal (zero
-/// variance) normalises to 0, the value of LayerNorm with any $ε > 0$.
-fn layer_norm<T: Scalar>(x: &DMatrix<T>) -> DMatrix<T> {
-    let mut z = DMatrix::<T>::zeros(x.nrows(), x.ncols());
-    for i in 0..x.nrows() {
-        let (y, var, _) = centred(x.rows(i, 1));
-        if var > T::zero() {
-            z.row_mut(i).copy_from(&(y / var.sqrt()));
-        }
-    }
-    z
-}
-
-/// $∂f/∂x$ from $∂f/∂z$ for $z = \operatorname{LayerNorm}(x)$, per row and output block:
-/// $dx = (dz − \operatorname{mean}(dz) − z \operatorname{mean}(dz ⊙ z)) / \operatorname{std}(x)$.
-///
-/// # Errors
-/// The first row whose coordinates are all equal: LayerNorm has no derivative there
-/// (its value jumps from 0 to a unit vector along any perturbation).
-fn layer_norm_backward<T: Scalar>(
-    x: &DMatrix<T>,
-    z: &DMatrix<T>,
-    g: &DMatrix<T>,
-    k: usize,
-) -> std::result::Result<DMatrix<T>, usize> {
-    let m = x.ncols();
-    let mf = T::from_usize(m).unwrap_or_else(T::one);
-    let mut dx = DMatrix::<T>::zeros(g.nrows(), g.ncols());
-    for i in 0..x.nrows() {
-        // std(x) = scale · √var(y): divided by in two steps, so that neither underflows.
-        let (_, var, scale) = centred(x.rows(i, 1));
-        if var <= T::zero() {
-            return Err(i);
-        }
-        let sd = var.sqrt();
-        for c in 0..k {
-            let dz = g.view((i, c * m), (1, m));
-            let zi = z.row(i);
-            let mean_dz = dz.sum() / mf;
-            let mean_dzz = dz.component_mul(&zi).sum() / mf;
-            for j in 0..m {
-                dx[(i, c * m + j)] = (dz[(0, j)] - mean_dz - zi[j] * mean_dzz) / sd / scale;
-            }
-        }
-    }
-    Ok(dx)
-}
-
-/// Softmax over the keys of $q·k_s / n$ for every sample: $N × \text{keys}$. Saturated
-/// logits stay exact: where a logit overflows, the sample's logits are formed from $q$ and
-/// the keys divided by their largest magnitudes, $L_s = ab·l_s$, and
-/// $e^{L_s − L_{max}} = e^{ab(l_s − l_{max})}$ (1 at the maximum, 0 where it underflows).
-fn attention_weights<T: Scalar>(
-    q: &DMatrix<T>,
-    keys: &[usize],
-    values: &[DMatrix<T>],
-) -> DMatrix<T> {
-    let n = q.ncols();
-    let inv = T::one() / T::from_usize(n).unwrap_or_else(T::one);
-    let mut a = DMatrix::<T>::zeros(q.nrows(), keys.len());
-    for (s, &key) in keys.iter().enumerate() {
-        for i in 0..q.nrows() {
-            a[(i, s)] = q.row(i).dot(&values[key].row(i)) * inv;
-        }
-    }
-    for (i, mut row) in a.row_iter_mut().enumerate() {
-        // ab (1 unless a logit overflows), and the logits divided by it.
-        let mut ab = T::one();
-        if row.iter().any(|v| !v.is_finite()) {
-            let qa = q.row(i).amax();
-            let kb = keys
-                .iter()
-                .map(|&key| values[key].row(i).amax())
-                .fold(T::zero(), |m, v| m.max(v));
-            if qa == T::zero() || kb == T::zero() {
-                row.fill(T::zero());
-            } else {
-                let qs = q.row(i) / qa;
-                for (s, &key) in keys.iter().enumerate() {
-                    row[s] = qs.dot(&(values[key].row(i) / kb)) * inv;
-                }
-                ab = qa * kb;
-            }
-        }
-        let max = row.max();
-        row.apply(|v| {
-            let d = *v - max;
-            *v = if d == T::zero() {
-                T::one()
-            } else {
-                (ab * d).exp()
-            };
-        });
-        let total = row.sum();
-        row /= total;
-    }
-    a
-}
-
-/// The sum of the variables `parts`.
-fn sum_of<T: Scalar>(parts: &[usize], values: &[DMatrix<T>]) -> DMatrix<T> {
-    let mut s = values[parts[0]].clone();
-    for &p in &parts[1..] {
-        s += &values[p];
-    }
-    s
-}
-
-/// The gradient accumulator of a variable, created as zeros on first use.
-fn grad_slot<T: Scalar>(slot: &mut Option<DMatrix<T>>, n: usize, cols: usize) -> &mut DMatrix<T> {
-    slot.get_or_insert_with(|| DMatrix::zeros(n, cols))
-}
-
-/// `slot += scale · g`.
-fn add_into<T: Scalar>(slot: &mut Option<DMatrix<T>>, g: &DMatrix<T>, scale: T) {
-    match slot {
-        Some(acc) => acc.zip_apply(g, |a, b| *a += scale * b),
-        None => *slot = Some(g * scale),
     }
 }
 
@@ -669,8 +342,17 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
     }
 
     fn parameter_count(&self) -> usize {
-        self.weights.iter().map(DMatrix::len).sum::<usize>()
-            + self.biases.iter().map(DVector::len).sum::<usize>()
+        self.parameters
+            .weights
+            .iter()
+            .map(DMatrix::len)
+            .sum::<usize>()
+            + self
+                .parameters
+                .biases
+                .iter()
+                .map(DVector::len)
+                .sum::<usize>()
             + self.readout_weights.len()
             + self.readout_bias.as_ref().map_or(0, DVector::len)
     }
@@ -679,8 +361,8 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
         let mut p = Vec::with_capacity(self.parameter_count());
         for group in &self.program.groups {
             match *group {
-                Group::Weight(w) => p.extend_from_slice(self.weights[w].as_slice()),
-                Group::Bias(b) => p.extend_from_slice(self.biases[b].as_slice()),
+                Group::Weight(w) => p.extend_from_slice(self.parameters.weights[w].as_slice()),
+                Group::Bias(b) => p.extend_from_slice(self.parameters.biases[b].as_slice()),
             }
         }
         p.extend_from_slice(self.readout_weights.as_slice());
@@ -699,8 +381,8 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
         };
         for group in &self.program.groups {
             match *group {
-                Group::Weight(w) => take(self.weights[w].as_mut_slice()),
-                Group::Bias(b) => take(self.biases[b].as_mut_slice()),
+                Group::Weight(w) => take(self.parameters.weights[w].as_mut_slice()),
+                Group::Bias(b) => take(self.parameters.biases[b].as_mut_slice()),
             }
         }
         take(self.readout_weights.as_mut_slice());
@@ -715,13 +397,17 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
         Ok(self.forward_pass(x)?.output)
     }
 
-    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<LayerTangent<T>>> {
+    fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
+        self.group_tangents(x)
+    }
+
+    fn group_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
         self.check_x(x)?;
         let fwd = self.forward_pass(x)?;
         self.tangents(&fwd)
     }
 
-    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<LayerTangent<T>>)> {
+    fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<GroupTangent<T>>)> {
         self.check_x(x)?;
         let fwd = self.forward_pass(x)?;
         let tangents = self.tangents(&fwd)?;

@@ -295,7 +295,7 @@ fn steins_lemma_reads_the_derivative_at_the_right_sample() {
         }
     }
     // The per-group split (the backward recursion) sums to the same Θ̊.
-    let groups = ntk::infinite_width_layers(&p, &x, &x).unwrap();
+    let groups = ntk::infinite_width_groups(&p, &x, &x).unwrap();
     let sum = groups
         .iter()
         .fold(DMatrix::zeros(3, 3), |a, g| a + g.total());
@@ -330,7 +330,7 @@ fn concatenations_divide_the_backward_moments_by_their_fan_in() {
             -0.1, 0.9, 0.4, -1.6, 1.0, 0.0, 0.3, 0.3, 0.2, 0.2, -2.0, 0.5,
         ],
     );
-    let groups = ntk::infinite_width_layers(&p, &x1, &x2).unwrap();
+    let groups = ntk::infinite_width_groups(&p, &x1, &x2).unwrap();
     assert_eq!(groups.len(), 3);
     let dot = |a: &DMatrix<f64>, i: usize, b: &DMatrix<f64>, j: usize, u: usize| {
         s1 * s1
@@ -463,15 +463,13 @@ fn attention_group_kernels_match_wide_networks() {
     ];
     for (i, p) in programs.iter().enumerate() {
         let x = crate::common::inputs(3, p.input_dim(), 70 + i as u64) * 2.0;
-        let limit = ntk::infinite_width_layers(p, &x, &x).unwrap();
+        let limit = ntk::infinite_width_groups(p, &x, &x).unwrap();
         let total = ntk::infinite_width(p, &x, &x).unwrap().ntk.norm();
         let seeds = 4;
         let mut mean: Vec<DMatrix<f64>> = vec![DMatrix::zeros(3, 3); limit.len()];
         for s in 0..seeds {
-            let net = p
-                .init::<f64, _>(1024, &mut StdRng::seed_from_u64(s))
-                .unwrap();
-            for (m, g) in mean.iter_mut().zip(net.layer_kernels(&x, &x).unwrap()) {
+            let net = p.init::<f64>(1024, &mut StdRng::seed_from_u64(s)).unwrap();
+            for (m, g) in mean.iter_mut().zip(net.group_kernels(&x, &x).unwrap()) {
                 *m += g.total() / seeds as f64;
             }
         }
@@ -525,7 +523,7 @@ fn multi_output_concatenations_satisfy_the_kernel_contract() {
 
     for (i, p) in [cnn, inner].iter().enumerate() {
         let net = p
-            .init::<f64, _>(4, &mut StdRng::seed_from_u64(i as u64))
+            .init::<f64>(4, &mut StdRng::seed_from_u64(i as u64))
             .unwrap();
         let batches = crate::contract::Batches::random(p.input_dim(), 90 + i as u64);
         crate::contract::check_ntk_model(&net, &batches)

@@ -3,7 +3,7 @@
 //! compilation (checked against a scaling law the kernels must obey, not against the
 //! cache itself).
 
-use ntk::{Activation, InfiniteWidth, Padding, Program, infinite_width, infinite_width_layers};
+use ntk::{Activation, InfiniteWidth, Padding, Program, infinite_width, infinite_width_groups};
 
 use crate::common::{self, rel_err};
 use crate::prec;
@@ -40,10 +40,10 @@ fn repeated_calls_give_identical_kernels() {
     let x1 = common::inputs(5, 12, 1);
     let x2 = common::inputs(3, 12, 2);
     let first = infinite_width(&p, &x1, &x2).unwrap();
-    let layers = infinite_width_layers(&p, &x1, &x2).unwrap();
+    let layers = infinite_width_groups(&p, &x1, &x2).unwrap();
     for q in [p.clone(), cnn(1.3, 0.2, Activation::Erf)] {
         assert_eq!(infinite_width(&q, &x1, &x2).unwrap(), first);
-        assert_eq!(infinite_width_layers(&q, &x1, &x2).unwrap(), layers);
+        assert_eq!(infinite_width_groups(&q, &x1, &x2).unwrap(), layers);
         let held = InfiniteWidth::new(&q).unwrap();
         assert_eq!(held.kernels(&x1, &x2).unwrap(), first);
         assert_eq!(held.kernels(&x1, &x2).unwrap(), first);

@@ -127,8 +127,8 @@ pub fn count_below(m: &DMatrix<f64>, threshold: f64) -> usize {
 /// output).
 pub fn mlp_pre_activations(net: &ntk::Mlp<f64>, x: &DMatrix<f64>) -> Vec<DMatrix<f64>> {
     let spec = net.spec();
-    let (sigma_w, sigma_b) = (spec.sigma_w(), spec.sigma_b());
-    let ntk_param = spec.parameterization_kind() == ntk::Parameterization::Ntk;
+    let (sigma_w, sigma_b) = (spec.weight_std_value(), spec.bias_std_value());
+    let ntk_param = spec.parameterization_value() == ntk::Parameterization::Ntk;
     let mut current = x.clone();
     let mut out = Vec::new();
     for l in 0..net.depth() {
@@ -169,4 +169,32 @@ pub fn assert_root_width_rate(study: &ntk::WidthStudy, tolerance: f64) {
         study.slope,
         study.points.iter().map(|q| q.mean).collect::<Vec<_>>()
     );
+}
+
+/// The case named `name` of a reference file's `cases`.
+pub fn reference_case<'a>(data: &'a Value, name: &str) -> &'a Value {
+    data["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name)
+        .expect("case present")
+}
+
+/// Asserts that `program`'s kernels match a reference case (`x` vs `x` and `x2` vs `x`:
+/// `nngp`, `ntk`, `nngp_x2_x`, `ntk_x2_x`) to relative error `tol`.
+pub fn assert_matches_reference(program: &ntk::Program, c: &Value, tol: f64) {
+    let x = matrix(&c["x"]);
+    let x2 = matrix(&c["x2"]);
+    let k = ntk::infinite_width(program, &x, &x).expect("kernels");
+    let cross = ntk::infinite_width(program, &x2, &x).expect("cross kernels");
+    for (got, key) in [
+        (&k.nngp, "nngp"),
+        (&k.ntk, "ntk"),
+        (&cross.nngp, "nngp_x2_x"),
+        (&cross.ntk, "ntk_x2_x"),
+    ] {
+        let err = rel_err(got, &matrix(&c[key]));
+        assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
+    }
 }

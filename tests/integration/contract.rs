@@ -20,7 +20,7 @@ use std::fmt;
 
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::{
-    Error, LayerKernel, LayerTangent, NtkModel, empirical_ntk, empirical_ntk_block,
+    Error, GroupKernel, GroupTangent, NtkModel, empirical_ntk, empirical_ntk_block,
     empirical_ntk_full,
 };
 
@@ -316,28 +316,28 @@ pub fn check_kernel_fn(
 }
 
 /// The parameter count of each group's weights and bias, in the parameter order.
-fn group_sizes(tangents: &[LayerTangent<f64>], k: usize) -> Result<Vec<(usize, usize)>, Violation> {
+fn group_sizes(tangents: &[GroupTangent<f64>], k: usize) -> Result<Vec<(usize, usize)>, Violation> {
     tangents
         .iter()
         .map(|t| match t {
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 bias_scale, uses, ..
             } => Ok(uses.first().map_or((0, 0), |u| {
                 let n_out = u.output_grad.ncols() / k.max(1);
                 let bias = if bias_scale.is_some() { n_out } else { 0 };
                 (n_out * u.input.ncols(), bias)
             })),
-            LayerTangent::Jacobian(j) => Ok((j.ncols(), 0)),
+            GroupTangent::Jacobian(j) => Ok((j.ncols(), 0)),
             // The output layer: W (k × n_in) and b (k).
-            LayerTangent::Readout {
+            GroupTangent::Readout {
                 bias_scale, input, ..
             } => Ok((k * input.ncols(), if bias_scale.is_some() { k } else { 0 })),
             // A bias on its own: no weight term, n_out bias parameters.
-            LayerTangent::Bias { output_grads, .. } => {
+            GroupTangent::Bias { output_grads, .. } => {
                 Ok((0, output_grads.first().map_or(0, |g| g.ncols() / k.max(1))))
             }
             other => Err(violation(
-                "layer_tangents",
+                "group_tangents",
                 format!("a tangent kind the contract does not know: {other:?}"),
             )),
         })
@@ -345,13 +345,13 @@ fn group_sizes(tangents: &[LayerTangent<f64>], k: usize) -> Result<Vec<(usize, u
 }
 
 /// Σ_groups (weights + bias).
-fn group_sum(parts: &[LayerKernel<f64>], n1: usize, n2: usize) -> DMatrix<f64> {
+fn group_sum(parts: &[GroupKernel<f64>], n1: usize, n2: usize) -> DMatrix<f64> {
     parts
         .iter()
         .fold(DMatrix::zeros(n1, n2), |acc, p| acc + p.total())
 }
 
-/// `model` with [`NtkModel::layer_tangents`] taken from
+/// `model` with [`NtkModel::group_tangents`] taken from
 /// [`NtkModel::forward_with_tangents`], so that its Jacobian is built from the tangents
 /// of the shared pass.
 struct SharedPass<'a, M>(&'a M);
@@ -379,7 +379,7 @@ impl<M: NtkModel<f64>> NtkModel<f64> for SharedPass<'_, M> {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         self.0.forward(x)
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         self.0.forward_with_tangents(x).map(|(_, t)| t)
     }
 }
@@ -398,7 +398,7 @@ impl<M: NtkModel<f64>> NtkModel<f64> for SharedPass<'_, M> {
 ///    (exactly) for (x1, x2), (x1, x1) and the large batch (several row blocks).
 /// 6. **Full vs traced**: `empirical_ntk` is the average of the k diagonal output
 ///    blocks of `empirical_ntk_full`.
-/// 7. **Per group**: each group's `layer_kernels` weight and bias terms are the
+/// 7. **Per group**: each group's `group_kernels` weight and bias terms are the
 ///    contraction of that group's columns of J (averaged over outputs; compared as
 ///    Θ + term, so that round-off is measured against the kernel), and they sum
 ///    to `empirical_ntk`, also on the large batch (blocked total, unblocked parts).
@@ -531,12 +531,12 @@ pub fn check_ntk_model<M: NtkModel<f64> + Clone>(
     )?;
 
     // 7. Per group.
-    let sizes = group_sizes(&ok("layer_tangents", model.layer_tangents(x1))?, k)?;
-    let parts = ok("layer_kernels", model.layer_kernels(x1, x2))?;
+    let sizes = group_sizes(&ok("group_tangents", model.group_tangents(x1))?, k)?;
+    let parts = ok("group_kernels", model.group_kernels(x1, x2))?;
     if parts.len() != sizes.len() {
         return Err(violation(
-            "layer_kernels",
-            format!("{} groups, layer_tangents has {}", parts.len(), sizes.len()),
+            "group_kernels",
+            format!("{} groups, group_tangents has {}", parts.len(), sizes.len()),
         ));
     }
     let columns = |from: usize, len: usize| {
@@ -586,16 +586,16 @@ pub fn check_ntk_model<M: NtkModel<f64> + Clone>(
         ));
     }
     compare(
-        "Σ layer_kernels(x1, x2) = empirical_ntk",
+        "Σ group_kernels(x1, x2) = empirical_ntk",
         &group_sum(&parts, n1, n2),
         &traced12,
         exact,
         &mut report.exact,
     )?;
     let traced_l = ok("empirical_ntk", empirical_ntk(model, large, large))?;
-    let parts_l = ok("layer_kernels", model.layer_kernels(large, large))?;
+    let parts_l = ok("group_kernels", model.group_kernels(large, large))?;
     compare(
-        "Σ layer_kernels(L, L) = empirical_ntk over several row blocks",
+        "Σ group_kernels(L, L) = empirical_ntk over several row blocks",
         &group_sum(&parts_l, nl, nl),
         &traced_l,
         exact,
@@ -605,7 +605,7 @@ pub fn check_ntk_model<M: NtkModel<f64> + Clone>(
     // 8. Kernel-function checks.
     let traced_and_groups = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<Named> {
         let mut all = vec![("empirical_ntk".to_string(), empirical_ntk(model, a, b)?)];
-        for (g, part) in model.layer_kernels(a, b)?.into_iter().enumerate() {
+        for (g, part) in model.group_kernels(a, b)?.into_iter().enumerate() {
             all.push((format!("group {g} weights"), part.weights));
             if let Some(bias) = part.bias {
                 all.push((format!("group {g} bias"), bias));

@@ -7,7 +7,7 @@
 
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
-use ntk::{DenseUse, Error, LayerTangent, NtkModel, empirical_ntk, empirical_ntk_full};
+use ntk::{DenseUse, Error, GroupTangent, NtkModel, empirical_ntk, empirical_ntk_full};
 
 use crate::common::{self, rel_err};
 use crate::contract::{self, Batches, Report};
@@ -155,7 +155,7 @@ impl NtkModel<f64> for TiedResidual {
     }
 
     /// Hand-written backprop, output by output: G = ∂f_c/∂Z for every use.
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         self.check(x)?;
         let (sa, sb, sc, sv) = self.scales();
         let (_, b, _, v, gamma) = self.unpack();
@@ -185,7 +185,7 @@ impl NtkModel<f64> for TiedResidual {
         // ∂f_c/∂γ = U_c: row i·k + c.
         let j_gamma = DMatrix::from_fn(rows * k, 1, |r, _| t.u[(r / k, r % k)]);
         Ok(vec![
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: sa,
                 bias_scale: None,
                 uses: vec![DenseUse {
@@ -193,7 +193,7 @@ impl NtkModel<f64> for TiedResidual {
                     output_grad: g_z0,
                 }],
             },
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: sb,
                 bias_scale: Some(sc),
                 uses: vec![
@@ -207,7 +207,7 @@ impl NtkModel<f64> for TiedResidual {
                     },
                 ],
             },
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: sv,
                 bias_scale: None,
                 uses: vec![DenseUse {
@@ -215,7 +215,7 @@ impl NtkModel<f64> for TiedResidual {
                     output_grad: g_u,
                 }],
             },
-            LayerTangent::Jacobian(j_gamma),
+            GroupTangent::Jacobian(j_gamma),
         ])
     }
 }
@@ -252,15 +252,15 @@ struct WithoutCrossTerms(TiedResidual);
 
 impl NtkModel<f64> for WithoutCrossTerms {
     delegate_parameters_and_forward!();
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         let mut split = Vec::new();
-        for t in self.0.layer_tangents(x)? {
+        for t in self.0.group_tangents(x)? {
             match t {
-                LayerTangent::Dense {
+                GroupTangent::Dense {
                     weight_scale,
                     bias_scale,
                     uses,
-                } => split.extend(uses.into_iter().map(|u| LayerTangent::Dense {
+                } => split.extend(uses.into_iter().map(|u| GroupTangent::Dense {
                     weight_scale,
                     bias_scale,
                     uses: vec![u],
@@ -309,14 +309,14 @@ impl NtkModel<f64> for Tied {
         let h2 = h1.map(f64::tanh) * self.w.transpose() * s;
         Ok(DMatrix::from_fn(x.nrows(), 1, |i, _| h2.row(i).sum()))
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         let s = self.scale();
         let n = self.w.nrows();
         let h1 = x * self.w.transpose() * s;
         let x1 = h1.map(f64::tanh);
         let g2 = DMatrix::from_element(x.nrows(), n, 1.0);
         let g1 = (&g2 * &self.w * s).component_mul(&dtanh(&h1));
-        Ok(vec![LayerTangent::Dense {
+        Ok(vec![GroupTangent::Dense {
             weight_scale: s,
             bias_scale: None,
             uses: vec![
@@ -361,7 +361,7 @@ impl NtkModel<f64> for SineFeatures {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(x.map(f64::sin) * &self.theta)
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         let (d, k) = self.theta.shape();
         let n = x.nrows();
         let j = DMatrix::from_fn(n * k, d * k, |row, col| {
@@ -369,7 +369,7 @@ impl NtkModel<f64> for SineFeatures {
             let (b, c2) = (col / k, col % k);
             if c == c2 { x[(i, b)].sin() } else { 0.0 }
         });
-        Ok(vec![LayerTangent::Jacobian(j)])
+        Ok(vec![GroupTangent::Jacobian(j)])
     }
 }
 
@@ -423,15 +423,15 @@ struct LastUseBiasGradient(TiedResidual);
 
 impl NtkModel<f64> for LastUseBiasGradient {
     delegate_parameters_and_forward!();
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
-        self.0.layer_tangents(x)
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
+        self.0.group_tangents(x)
     }
     fn vjp(&self, x: &DMatrix<f64>, cotangent: &DMatrix<f64>) -> ntk::Result<DVector<f64>> {
         let mut grad = self.0.vjp(x, cotangent)?;
         let (d, n, k) = (self.0.d, self.0.n, self.0.k);
         let (_, _, sc, _) = self.0.scales();
-        let tangents = self.0.layer_tangents(x)?;
-        let LayerTangent::Dense { uses, .. } = &tangents[1] else {
+        let tangents = self.0.group_tangents(x)?;
+        let GroupTangent::Dense { uses, .. } = &tangents[1] else {
             unreachable!("group 1 is B and c")
         };
         // c follows A (n × d) and B (n × n); remove every use's term but the last.
@@ -481,11 +481,11 @@ fn dropping_cross_use_terms_is_detected() {
         // s_B² [(X1_1 X2_2ᵀ) ⊙ (G1_1 G2_2ᵀ) + (X1_2 X2_1ᵀ) ⊙ (G1_2 G2_1ᵀ)] + s_c² (…).
         let right = empirical_ntk_full(&model, &x1, &x2).expect("ok");
         let (t1, t2) = (
-            model.layer_tangents(&x1).expect("ok"),
-            model.layer_tangents(&x2).expect("ok"),
+            model.group_tangents(&x1).expect("ok"),
+            model.group_tangents(&x2).expect("ok"),
         );
-        let uses = |t: &[LayerTangent<f64>]| match &t[1] {
-            LayerTangent::Dense { uses, .. } => uses.clone(),
+        let uses = |t: &[GroupTangent<f64>]| match &t[1] {
+            GroupTangent::Dense { uses, .. } => uses.clone(),
             _ => unreachable!("group 1 is B"),
         };
         let (u1, u2) = (uses(&t1), uses(&t2));
@@ -535,7 +535,7 @@ impl NtkModel<f64> for NoParameters {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(DMatrix::from_fn(x.nrows(), 2, |i, _| x.row(i).sum()))
     }
-    fn layer_tangents(&self, _: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, _: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         Ok(Vec::new())
     }
 }
@@ -557,7 +557,7 @@ fn model_without_parameters_has_zero_kernel() {
         DMatrix::zeros(6, 600)
     );
     assert_eq!(NoParameters.jacobian(&x1).expect("ok").shape(), (6, 0));
-    assert!(NoParameters.layer_kernels(&x1, &x2).expect("ok").is_empty());
+    assert!(NoParameters.group_kernels(&x1, &x2).expect("ok").is_empty());
     // Input checks still apply.
     assert!(empirical_ntk(&NoParameters, &x1, &common::inputs(2, 3, 0)).is_err());
 }
@@ -605,7 +605,7 @@ impl NtkModel<f64> for Malformed {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(DMatrix::from_fn(x.nrows(), 2, |i, _| x.row(i).sum()))
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         let n = x.nrows();
         // One unit (n_out = 1) read by both outputs: ∂f_c/∂h = 1, G is N × (k·1).
         let grad = DMatrix::from_fn(n, 2, |_, _| 1.0);
@@ -613,7 +613,7 @@ impl NtkModel<f64> for Malformed {
             input: x.clone(),
             output_grad: grad.clone(),
         };
-        let dense = |uses: Vec<DenseUse<f64>>| LayerTangent::Dense {
+        let dense = |uses: Vec<DenseUse<f64>>| GroupTangent::Dense {
             weight_scale: 1.0,
             bias_scale: None,
             uses,
@@ -636,7 +636,7 @@ impl NtkModel<f64> for Malformed {
             }])],
             Defect::JacobianRows => vec![
                 dense(vec![good]),
-                LayerTangent::Jacobian(DMatrix::zeros(n, 2)),
+                GroupTangent::Jacobian(DMatrix::zeros(n, 2)),
             ],
             Defect::NoUses => vec![dense(vec![good]), dense(Vec::new())],
             Defect::WidthDependsOnBatch if n == 2 => vec![dense(vec![DenseUse {
@@ -647,7 +647,7 @@ impl NtkModel<f64> for Malformed {
             Defect::WidthDependsOnBatch => vec![dense(vec![good])],
             Defect::GroupsDependOnBatch => vec![
                 dense(vec![good]),
-                LayerTangent::Jacobian(DMatrix::zeros(2 * n, 1)),
+                GroupTangent::Jacobian(DMatrix::zeros(2 * n, 1)),
             ],
         })
     }
@@ -662,7 +662,7 @@ fn malformed_tangents_are_errors_not_panics() {
         (Defect::InputRows, "DenseUse::input"),
         (Defect::SecondUseWidth, "DenseUse::input"),
         (Defect::GradWidth, "DenseUse::output_grad"),
-        (Defect::JacobianRows, "LayerTangent::Jacobian"),
+        (Defect::JacobianRows, "GroupTangent::Jacobian"),
     ] {
         let m = Malformed(defect);
         let is_expected = |r: ntk::Result<DMatrix<f64>>| match r {
@@ -673,19 +673,19 @@ fn malformed_tangents_are_errors_not_panics() {
         assert!(is_expected(empirical_ntk(&m, &big, &big)), "{defect:?}");
         assert!(is_expected(empirical_ntk_full(&m, &x1, &x2)), "{defect:?}");
         assert!(is_expected(m.jacobian(&x1)), "{defect:?}");
-        assert!(m.layer_kernels(&x1, &x2).is_err(), "{defect:?}");
+        assert!(m.group_kernels(&x1, &x2).is_err(), "{defect:?}");
     }
     // Tangents that differ between the two batches (x2 has 2 rows) cannot be
-    // contracted: an error naming `layer_tangents`.
+    // contracted: an error naming `group_tangents`.
     for defect in [Defect::WidthDependsOnBatch, Defect::GroupsDependOnBatch] {
         let m = Malformed(defect);
         let named = |r: ntk::Result<DMatrix<f64>>| match r {
-            Err(Error::ShapeMismatch { argument, .. }) => argument == "layer_tangents",
+            Err(Error::ShapeMismatch { argument, .. }) => argument == "group_tangents",
             _ => false,
         };
         assert!(named(empirical_ntk(&m, &x1, &x2)), "{defect:?}");
         assert!(named(empirical_ntk_full(&m, &x2, &big)), "{defect:?}");
-        assert!(m.layer_kernels(&x1, &x2).is_err(), "{defect:?}");
+        assert!(m.group_kernels(&x1, &x2).is_err(), "{defect:?}");
         // Each batch on its own is consistent.
         assert!(empirical_ntk(&m, &x1, &big).is_ok(), "{defect:?}");
     }
@@ -695,4 +695,74 @@ fn malformed_tangents_are_errors_not_panics() {
     let expected = &x1 * x2.transpose();
     assert!(rel_err(&theta, &expected) <= prec::EXACT_F64);
     assert_eq!(m.jacobian(&x1).expect("ok").shape(), (6, 3));
+}
+
+/// A model written against the deprecated `layer_tangents` still works for one release
+/// (its kernel equals the same model's under the new name), and one that implements
+/// neither name is an error, not a recursion.
+#[test]
+#[allow(deprecated)]
+fn models_written_against_the_old_name_still_work() {
+    struct OldName(SineFeatures);
+    impl NtkModel<f64> for OldName {
+        fn input_dim(&self) -> usize {
+            self.0.input_dim()
+        }
+        fn output_dim(&self) -> usize {
+            self.0.output_dim()
+        }
+        fn parameter_count(&self) -> usize {
+            self.0.parameter_count()
+        }
+        fn parameters(&self) -> DVector<f64> {
+            self.0.parameters()
+        }
+        fn set_parameters(&mut self, p: &DVector<f64>) -> ntk::Result<()> {
+            self.0.set_parameters(p)
+        }
+        fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+            self.0.forward(x)
+        }
+        fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<ntk::LayerTangent<f64>>> {
+            self.0.group_tangents(x)
+        }
+    }
+    struct Neither(SineFeatures);
+    impl NtkModel<f64> for Neither {
+        fn input_dim(&self) -> usize {
+            self.0.input_dim()
+        }
+        fn output_dim(&self) -> usize {
+            self.0.output_dim()
+        }
+        fn parameter_count(&self) -> usize {
+            self.0.parameter_count()
+        }
+        fn parameters(&self) -> DVector<f64> {
+            self.0.parameters()
+        }
+        fn set_parameters(&mut self, p: &DVector<f64>) -> ntk::Result<()> {
+            self.0.set_parameters(p)
+        }
+        fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+            self.0.forward(x)
+        }
+    }
+    let theta = DMatrix::from_fn(3, 2, |b, c| (b as f64 - c as f64 * 0.7).sin());
+    let x = common::gaussian(5, 3, 4);
+    let new = empirical_ntk(
+        &SineFeatures {
+            theta: theta.clone(),
+        },
+        &x,
+        &x,
+    )
+    .unwrap();
+    let old = OldName(SineFeatures {
+        theta: theta.clone(),
+    });
+    assert_eq!(empirical_ntk(&old, &x, &x).unwrap(), new);
+    assert_eq!(old.layer_kernels(&x, &x).unwrap().len(), 1);
+    let err = empirical_ntk(&Neither(SineFeatures { theta }), &x, &x).unwrap_err();
+    assert!(err.to_string().contains("group_tangents"), "{err}");
 }

@@ -123,7 +123,7 @@ fn layer_sum<T: ntk::Scalar>(
     x1: &DMatrix<T>,
     x2: &DMatrix<T>,
 ) -> DMatrix<T> {
-    net.layer_kernels(x1, x2)
+    net.group_kernels(x1, x2)
         .expect("layer kernels")
         .iter()
         .fold(DMatrix::zeros(x1.nrows(), x2.nrows()), |acc, p| {
@@ -403,7 +403,7 @@ fn empty_batches_give_empty_kernels() {
         (0, net.parameter_count())
     );
     assert_eq!(net.forward(&empty).expect("ok").shape(), (0, 2));
-    for part in net.layer_kernels(&empty, &x).expect("ok") {
+    for part in net.group_kernels(&empty, &x).expect("ok") {
         assert_eq!(part.total().shape(), (0, 3));
     }
 }
@@ -560,7 +560,7 @@ fn wrong_input_widths_are_errors() {
         let bad2 = common::inputs(2, w, 1);
         assert_error(empirical_ntk(&net, bad, &bad2), "x1", shape_error("x1"));
         assert_error(empirical_ntk_full(&net, bad, bad), "x1", shape_error("x1"));
-        assert_error(net.layer_kernels(bad, &bad2), "x1", shape_error("x1"));
+        assert_error(net.group_kernels(bad, &bad2), "x1", shape_error("x1"));
         // Only one of them wrong: x1 and x2 differ in width, x2 is named.
         assert_error(empirical_ntk(&net, &good, bad), "x2", shape_error("x2"));
         assert_error(
@@ -568,12 +568,12 @@ fn wrong_input_widths_are_errors() {
             "x2",
             shape_error("x2"),
         );
-        assert_error(net.layer_kernels(&good, bad), "x2", shape_error("x2"));
+        assert_error(net.group_kernels(&good, bad), "x2", shape_error("x2"));
         assert!(empirical_ntk(&net, bad, &good).is_err());
         // Single-batch functions name their argument `x`.
         assert_error(net.forward(bad), "x", shape_error("x"));
         assert_error(net.jacobian(bad), "x", shape_error("x"));
-        assert_error(net.layer_tangents(bad), "x", shape_error("x"));
+        assert_error(net.group_tangents(bad), "x", shape_error("x"));
     }
     let msg = empirical_ntk(&net, &wide, &wide)
         .expect_err("error")
@@ -608,8 +608,8 @@ fn non_finite_inputs_are_errors() {
             "x2",
             non_finite("x2", 1, 2),
         );
-        assert_error(net.layer_kernels(&bad, &good), "x1", non_finite("x1", 1, 2));
-        assert_error(net.layer_kernels(&good, &bad), "x2", non_finite("x2", 1, 2));
+        assert_error(net.group_kernels(&bad, &good), "x1", non_finite("x1", 1, 2));
+        assert_error(net.group_kernels(&good, &bad), "x2", non_finite("x2", 1, 2));
         assert_error(net.forward(&bad), "x", non_finite("x", 1, 2));
         assert_error(net.jacobian(&bad), "x", non_finite("x", 1, 2));
     }
@@ -651,12 +651,12 @@ fn invalid_specs_are_errors() {
     for (spec, name) in cases {
         assert_error(spec.validate(), name, invalid(name));
         assert_error(
-            spec.init::<f64, _>(&mut StdRng::seed_from_u64(0)),
+            spec.init::<f64>(&mut StdRng::seed_from_u64(0)),
             name,
             invalid(name),
         );
         assert_error(
-            spec.init::<f32, _>(&mut StdRng::seed_from_u64(0)),
+            spec.init::<f32>(&mut StdRng::seed_from_u64(0)),
             name,
             invalid(name),
         );

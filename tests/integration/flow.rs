@@ -28,7 +28,7 @@ fn mlp_kernels(n: usize, m: usize) -> (DMatrix<f64>, DMatrix<f64>, DMatrix<f64>)
     let net = MlpSpec::new(3)
         .hidden(64, Activation::Erf)
         .bias_std(0.1)
-        .init::<f64, _>(&mut StdRng::seed_from_u64(11))
+        .init::<f64>(&mut StdRng::seed_from_u64(11))
         .unwrap();
     let x = gaussian(n, 3, 12);
     let xt = gaussian(m, 3, 13);

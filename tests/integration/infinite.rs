@@ -9,7 +9,7 @@ use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
     Activation, Error, InfiniteWidth, Mlp, MlpSpec, NtkModel, Parameterization, empirical_ntk,
-    infinite_width, infinite_width_layers, width_convergence,
+    infinite_width, infinite_width_groups, width_convergence,
 };
 
 use crate::common::{self, rel_err};
@@ -196,7 +196,10 @@ fn numerical_moments_are_accurate_at_any_variance() {
         for q in [0.01, 0.3, 1.0, 4.0, 25.0, 100.0] {
             let err = moments_error(&act, q);
             println!("{act} q = {q}: {err:.1e}");
-            assert!(err <= 1e-11, "{act} at variance {q}: {err:e}");
+            assert!(
+                err <= prec::QUADRATURE_SMOOTH,
+                "{act} at variance {q}: {err:e}"
+            );
         }
     }
 }
@@ -211,7 +214,7 @@ fn fixed_rule_is_accurate_only_at_small_variance() {
         let g = quadrature(&Activation::Tanh, q, 0.3 * q, q, &rule).expect("quadrature");
         (g.phi_phi - r).abs() / trapezoid_moments(&Activation::Tanh, q, q, q).0
     };
-    assert!(error(0.5) < 1e-12);
+    assert!(error(0.5) < prec::ROUND_OFF_DEEP);
     assert!(error(25.0) > 1e-6, "{}", error(25.0));
 }
 
@@ -259,7 +262,10 @@ fn bad_input_is_an_error_not_a_panic() {
     let huge = x.map(|v| v * 1e200);
     assert!(matches!(
         infinite_width(&spec, &huge, &huge),
-        Err(Error::InvalidParameter { .. })
+        Err(Error::NonFiniteResult {
+            result: "infinite_width",
+            ..
+        })
     ));
     for bad in [
         spec.clone().weight_std(-1.0),
@@ -272,7 +278,7 @@ fn bad_input_is_an_error_not_a_panic() {
             infinite_width(&bad, &x, &x),
             Err(Error::InvalidParameter { .. })
         ));
-        assert!(infinite_width_layers(&bad, &x, &x).is_err());
+        assert!(infinite_width_groups(&bad, &x, &x).is_err());
         assert!(width_convergence(&bad, &x, &[4, 8], &[0]).is_err());
     }
     let config = InfiniteWidth::new(&spec).expect("valid spec");
@@ -338,7 +344,7 @@ fn infinite_width_kernels_satisfy_the_kernel_contract() {
         let kernels = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<Named> {
             let k = infinite_width(spec, a, b)?;
             let mut all = vec![("nngp".to_string(), k.nngp), ("ntk".to_string(), k.ntk)];
-            for (l, layer) in infinite_width_layers(spec, a, b)?.into_iter().enumerate() {
+            for (l, layer) in infinite_width_groups(spec, a, b)?.into_iter().enumerate() {
                 all.push((format!("layer {l} weights"), layer.weights));
                 if let Some(bias) = layer.bias {
                     all.push((format!("layer {l} bias"), bias));
@@ -350,7 +356,7 @@ fn infinite_width_kernels_satisfy_the_kernel_contract() {
             .unwrap_or_else(|v| panic!("{spec:?}: {v}"));
         for (a, b) in [(&batches.x1, &batches.x2), (&batches.x1, &batches.x3)] {
             let ntk = infinite_width(spec, a, b).expect("kernels").ntk;
-            let sum = infinite_width_layers(spec, a, b)
+            let sum = infinite_width_groups(spec, a, b)
                 .expect("layers")
                 .iter()
                 .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, l| {
@@ -412,8 +418,14 @@ fn relu_networks_are_homogeneous_at_extreme_scales() {
             // Compared at unit scale: the Frobenius norm of a 1e200 matrix overflows.
             let e_ntk = rel_err(&ks.ntk.map(|v| v / s / s), &k.ntk);
             let e_nngp = rel_err(&ks.nngp.map(|v| v / s / s), &k.nngp);
-            assert!(e_ntk <= 1e-14, "{act:?} NTK at scale {s:e}: {e_ntk:e}");
-            assert!(e_nngp <= 1e-14, "{act:?} NNGP at scale {s:e}: {e_nngp:e}");
+            assert!(
+                e_ntk <= prec::ROUND_OFF,
+                "{act:?} NTK at scale {s:e}: {e_ntk:e}"
+            );
+            assert!(
+                e_nngp <= prec::ROUND_OFF,
+                "{act:?} NNGP at scale {s:e}: {e_nngp:e}"
+            );
         }
     }
 }
@@ -437,11 +449,11 @@ fn deep_relu_networks_give_the_exact_diagonal() {
             let sigma = qi * 0.5_f64.powi(depth as i32);
             let theta = (depth + 1) as f64 * sigma;
             assert!(
-                (k.nngp[(i, i)] - sigma).abs() <= 1e-12 * sigma,
+                (k.nngp[(i, i)] - sigma).abs() <= prec::ROUND_OFF_DEEP * sigma,
                 "Σ at depth {depth}"
             );
             assert!(
-                (k.ntk[(i, i)] - theta).abs() <= 1e-12 * theta,
+                (k.ntk[(i, i)] - theta).abs() <= prec::ROUND_OFF_DEEP * theta,
                 "Θ̊ at depth {depth}"
             );
         }
@@ -450,8 +462,8 @@ fn deep_relu_networks_give_the_exact_diagonal() {
     for (i, &qi) in q.iter().enumerate() {
         let sigma = 4.0 * qi * 2.0_f64.powi(520);
         let theta = 521.0 * sigma;
-        assert!((k.nngp[(i, i)] - sigma).abs() <= 1e-12 * sigma);
-        assert!((k.ntk[(i, i)] - theta).abs() <= 1e-12 * theta);
+        assert!((k.nngp[(i, i)] - sigma).abs() <= prec::ROUND_OFF_DEEP * sigma);
+        assert!((k.ntk[(i, i)] - theta).abs() <= prec::ROUND_OFF_DEEP * theta);
     }
     let err = infinite_width(&deep(1100, 2.0), &x, &x).expect_err("2^1100 overflows");
     assert!(err.to_string().contains("overflows"), "{err}");
@@ -490,8 +502,14 @@ fn tanh_kernels_at_large_variance_match_the_reference() {
                 trapezoid_moments(&Activation::Tanh, gram[(i, i)], gram[(i, j)], gram[(j, j)]);
             let nngp = 25.0 * c;
             let ntk = nngp + 25.0 * cdot * gram[(i, j)];
-            assert!((k.nngp[(i, j)] - nngp).abs() <= 1e-11 * 25.0, "Σ({i}, {j})");
-            assert!((k.ntk[(i, j)] - ntk).abs() <= 1e-11 * 25.0, "Θ̊({i}, {j})");
+            assert!(
+                (k.nngp[(i, j)] - nngp).abs() <= prec::QUADRATURE_SMOOTH * 25.0,
+                "Σ({i}, {j})"
+            );
+            assert!(
+                (k.ntk[(i, j)] - ntk).abs() <= prec::QUADRATURE_SMOOTH * 25.0,
+                "Θ̊({i}, {j})"
+            );
         }
     }
 }
@@ -536,7 +554,7 @@ fn layer_decomposition_is_the_limit_of_layer_kernels() {
             .outputs(4)
             .parameterization(parameterization);
         let x = inputs(5, 3, 6);
-        let limits = infinite_width_layers(&spec, &x, &x).expect("layers");
+        let limits = infinite_width_groups(&spec, &x, &x).expect("layers");
         let total = infinite_width(&spec, &x, &x).expect("kernels").ntk;
         let sum = limits
             .iter()
@@ -544,7 +562,7 @@ fn layer_decomposition_is_the_limit_of_layer_kernels() {
         assert!(rel_err(&sum, &total) <= prec::EXACT_F64);
 
         let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(11)).expect("init");
-        let finite = net.layer_kernels(&x, &x).expect("layer kernels");
+        let finite = net.group_kernels(&x, &x).expect("layer kernels");
         assert_eq!(finite.len(), limits.len());
         for (l, (f, lim)) in finite.iter().zip(&limits).enumerate() {
             let ew = rel_err(&f.weights, &lim.weights);
@@ -747,9 +765,9 @@ mod properties {
             let c = rho * (q1 * q2).sqrt();
             let rule = GaussHermite::new(160).expect("rule");
             for (act, tol) in [
-                (Activation::Erf, 1e-11),
-                (Activation::Gelu, 1e-11),
-                (Activation::Sin, 1e-11),
+                (Activation::Erf, prec::QUADRATURE_SMOOTH),
+                (Activation::Gelu, prec::QUADRATURE_SMOOTH),
+                (Activation::Sin, prec::QUADRATURE_SMOOTH),
                 (Activation::Relu, 1e-2),
             ] {
                 let exact = closed_form(&act, q1, c, q2).expect("valid").expect("closed form");
@@ -761,7 +779,7 @@ mod properties {
                     "{:?} C: {} vs {}", act, exact.phi_phi, quad.phi_phi
                 );
                 prop_assert!(
-                    (exact.dphi_dphi - quad.dphi_dphi).abs() <= tol.max(1e-11) * 5.0,
+                    (exact.dphi_dphi - quad.dphi_dphi).abs() <= tol.max(prec::QUADRATURE_SMOOTH) * 5.0,
                     "{:?} Ċ: {} vs {}", act, exact.dphi_dphi, quad.dphi_dphi
                 );
             }

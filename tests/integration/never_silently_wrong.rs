@@ -7,8 +7,8 @@
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
-    Activation, Error, GradientDescent, GradientFlow, Horizon, InfiniteEnsemble, KernelRegression,
-    KrylovFlow, LayerTangent, Mlp, MlpSpec, NtkModel, empirical_ntk, empirical_ntk_full,
+    Activation, Error, GradientDescent, GradientFlow, GroupTangent, Horizon, InfiniteEnsemble,
+    KernelRegression, KrylovFlow, Mlp, MlpSpec, NtkModel, empirical_ntk, empirical_ntk_full,
     width_convergence,
 };
 use proptest::prelude::*;
@@ -398,7 +398,7 @@ fn gradient_descent_errors_say_why_and_restore_the_model() {
     let mut model = nan_model;
     let run = GradientDescent::new(0.1, 10)
         .unwrap()
-        .train(&mut model, &x, &y, &none);
+        .fit(&mut model, &x, &y, &none);
     assert!(matches!(run, Err(Error::NonFiniteResult { .. })), "{run:?}");
 
     let mut net: Mlp<f64> = MlpSpec::new(2)
@@ -412,7 +412,7 @@ fn gradient_descent_errors_say_why_and_restore_the_model() {
         .max_stable_learning_rate();
     let run = GradientDescent::new(50.0 * limit, 2_000)
         .unwrap()
-        .train(&mut net, &x, &y, &none);
+        .fit(&mut net, &x, &y, &none);
     assert!(matches!(
         run,
         Err(Error::InvalidParameter {
@@ -446,8 +446,8 @@ impl NtkModel<f64> for NanOutputs {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(DMatrix::from_element(x.nrows(), 1, f64::NAN))
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
-        Ok(vec![LayerTangent::Jacobian(DMatrix::zeros(x.nrows(), 1))])
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
+        Ok(vec![GroupTangent::Jacobian(DMatrix::zeros(x.nrows(), 1))])
     }
 }
 
@@ -474,9 +474,9 @@ impl NtkModel<f64> for NoOutputs {
     fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
         Ok(DMatrix::zeros(x.nrows(), 0))
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         Ok(vec![
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: 1.0,
                 bias_scale: None,
                 uses: vec![ntk::DenseUse {
@@ -484,7 +484,7 @@ impl NtkModel<f64> for NoOutputs {
                     output_grad: DMatrix::zeros(x.nrows(), 0),
                 }],
             },
-            LayerTangent::Readout {
+            GroupTangent::Readout {
                 weight_scale: 1.0,
                 bias_scale: Some(1.0),
                 input: x.clone(),
@@ -502,7 +502,7 @@ fn impossible_sizes_are_errors() {
     assert!(empirical_ntk(&model, &x, &x).is_err());
     assert!(empirical_ntk_full(&model, &x, &x).is_err());
     assert!(model.jacobian(&x).is_err());
-    assert!(model.layer_kernels(&x, &x).is_err());
+    assert!(model.group_kernels(&x, &x).is_err());
     assert!(model.vjp(&x, &DMatrix::zeros(3, 0)).is_err());
 
     let huge = MlpSpec::new(2).hidden(usize::MAX, Activation::Relu);
@@ -516,7 +516,7 @@ fn impossible_sizes_are_errors() {
     ));
     // 2^45 weights in the first layer: 256 TB, beyond any address space.
     let wide = MlpSpec::new(2).hidden(1 << 44, Activation::Relu);
-    match wide.init::<f64, _>(&mut StdRng::seed_from_u64(0)) {
+    match wide.init::<f64>(&mut StdRng::seed_from_u64(0)) {
         Err(Error::AllocationFailed { what, .. }) => {
             assert!(what.starts_with("`widths`"), "{what}");
             assert!(what.contains(&(1_usize << 44).to_string()), "{what}");

@@ -1,6 +1,25 @@
 //! Tolerances, in one place (as statrs' `prec`): every comparison in the suite names
 //! one of these instead of a literal, with the reason for its size.
 
+// Three tiers: round-off (two exact routes to one number), quadrature (a numerical
+// integral against a closed form or a finer integral), and Monte Carlo (a statistical
+// bound, in `common::assert_root_width_rate` and the width tests). The constants below
+// refine them; every comparison names one.
+
+/// Round-off, tight: the same number by two exact routes through a few f64 operations
+/// (a closed form against the recursion it unrolls, a rescaled input against the
+/// original, a program against the engine it equals), relative.
+pub const ROUND_OFF: f64 = 1e-13;
+
+/// Round-off through a deep recursion or a long sum (hundreds of layers, a
+/// pseudo-inverse limit), relative.
+pub const ROUND_OFF_DEEP: f64 = 1e-12;
+
+/// Quadrature of a smooth φ at moderate variance (Gauss–Hermite of degree 160 or the
+/// composite rule) against a closed form or a fine trapezoid: the documented accuracy
+/// of the Gaussian expectations, with a margin.
+pub const QUADRATURE_SMOOTH: f64 = 1e-11;
+
 /// Exact identities in f64 (Jacobian contraction, per-group sums, blocks of a kernel,
 /// a formula against the same formula written out by hand): round-off only.
 pub const EXACT_F64: f64 = 1e-10;

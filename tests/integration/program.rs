@@ -6,9 +6,10 @@
 
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
+use ntk::zoo::{self, ImageReadout, SequenceReadout};
 use ntk::{
-    Activation, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight, empirical_ntk,
-    infinite_width, infinite_width_layers, width_convergence,
+    Activation, Error, InfiniteWidth, MlpSpec, NtkModel, Padding, Program, Var, Weight,
+    empirical_ntk, infinite_width, infinite_width_groups, width_convergence,
 };
 use serde_json::Value;
 
@@ -21,16 +22,7 @@ fn reference() -> Value {
     serde_json::from_str(include_str!("../data/programs.json")).expect("programs.json parses")
 }
 
-fn case<'a>(data: &'a Value, name: &str) -> &'a Value {
-    data["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == name)
-        .expect("case present")
-}
-
-/// An RNN over `steps` tokens of `token_dim` entries: s_t = φ(W s_{t−1} + U x_t + b),
+/// An RNN over `steps` tokens of `token_dim` entries (`ntk::zoo::Rnn`): s_t = φ(W s_{t−1} + U x_t + b),
 /// s_0 = 0, read out at the last state or through the mean of the states.
 pub fn rnn(
     steps: usize,
@@ -39,35 +31,24 @@ pub fn rnn(
     (sigma_w, sigma_u, sigma_b, sigma_v): (f64, f64, f64, f64),
     mean_pool: bool,
 ) -> Program {
-    let mut p = Program::new(steps * token_dim);
-    let u = p.weight(sigma_u).unwrap();
-    let w = p.weight(sigma_w).unwrap();
-    let b = (sigma_b > 0.0).then(|| p.bias(sigma_b).unwrap());
-    let mut states: Vec<Var> = Vec::new();
-    for t in 0..steps {
-        let x = p.input(t * token_dim..(t + 1) * token_dim).unwrap();
-        let mut h = p.dense(u, x).unwrap();
-        if let Some(&s) = states.last() {
-            let r = p.dense(w, s).unwrap();
-            h = p.add(&[h, r]).unwrap();
-        }
-        if let Some(b) = b {
-            h = p.add_bias(h, b).unwrap();
-        }
-        states.push(p.apply(activation.clone(), h).unwrap());
-    }
-    let out = if mean_pool {
-        p.mean(&states).unwrap()
-    } else {
-        *states.last().unwrap()
-    };
-    p.output(out, sigma_v).unwrap();
-    p
+    zoo::Rnn::new(steps, token_dim)
+        .activation(activation)
+        .weight_std(sigma_w)
+        .input_std(sigma_u)
+        .bias_std(sigma_b)
+        .readout_std(sigma_v)
+        .readout(if mean_pool {
+            SequenceReadout::MeanState
+        } else {
+            SequenceReadout::LastState
+        })
+        .program()
+        .unwrap()
 }
 
-/// A 1-D CNN: `layers` circular 3-tap convolutions (one weight and bias per layer,
-/// shared over positions) with φ, then global average pooling (or flattening) and a
-/// readout.
+/// A 1-D CNN (`ntk::zoo::Cnn::sequence`): `layers` circular 3-tap convolutions (one
+/// weight and bias per layer, shared over positions) with φ, then global average
+/// pooling (or flattening) and a readout.
 pub fn cnn(
     positions: usize,
     channels: usize,
@@ -76,82 +57,37 @@ pub fn cnn(
     (sigma_w, sigma_b, sigma_v): (f64, f64, f64),
     flatten: bool,
 ) -> Program {
-    let mut p = Program::new(positions * channels);
-    let mut z: Vec<Var> = (0..positions)
-        .map(|q| p.input(q * channels..(q + 1) * channels).unwrap())
-        .collect();
-    for _ in 0..layers {
-        let w = p.weight(sigma_w).unwrap();
-        let b = (sigma_b > 0.0).then(|| p.bias(sigma_b).unwrap());
-        z = (0..positions)
-            .map(|q| {
-                let window = [
-                    z[(q + positions - 1) % positions],
-                    z[q],
-                    z[(q + 1) % positions],
-                ];
-                let c = p.concat(&window).unwrap();
-                let mut h = p.dense(w, c).unwrap();
-                if let Some(b) = b {
-                    h = p.add_bias(h, b).unwrap();
-                }
-                p.apply(activation.clone(), h).unwrap()
-            })
-            .collect();
-    }
-    let pooled = if flatten {
-        p.concat(&z).unwrap()
-    } else {
-        p.mean(&z).unwrap()
-    };
-    p.output(pooled, sigma_v).unwrap();
-    p
+    zoo::Cnn::sequence(positions, channels)
+        .layers(layers)
+        .activation(activation)
+        .weight_std(sigma_w)
+        .bias_std(sigma_b)
+        .readout_std(sigma_v)
+        .readout(if flatten {
+            ImageReadout::Flatten
+        } else {
+            ImageReadout::GlobalAverage
+        })
+        .program()
+        .unwrap()
 }
 
 /// neural-tangents' `serial(Dense(n, 1, b), FanOut(2), parallel(serial(φ, Dense(n, 1, b)),
-/// Identity()), FanInSum(), φ, Dense(1, σ_v))`: one residual block.
+/// Identity()), FanInSum(), φ, Dense(1, σ_v))`: one residual block (`ntk::zoo::ResidualMlp`).
 pub fn resnet(input_dim: usize, activation: Activation, sigma_b: f64, sigma_v: f64) -> Program {
-    let mut p = Program::new(input_dim);
-    let x = p.input(0..input_dim).unwrap();
-    let (w0, b0, w1, b1) = (
-        p.weight(1.0).unwrap(),
-        p.bias(sigma_b).unwrap(),
-        p.weight(1.0).unwrap(),
-        p.bias(sigma_b).unwrap(),
-    );
-    let h = p.dense(w0, x).unwrap();
-    let h = p.add_bias(h, b0).unwrap();
-    let r = p.apply(activation.clone(), h).unwrap();
-    let r = p.dense(w1, r).unwrap();
-    let r = p.add_bias(r, b1).unwrap();
-    let s = p.add(&[h, r]).unwrap();
-    let out = p.apply(activation, s).unwrap();
-    p.output(out, sigma_v).unwrap();
-    p
-}
-
-/// Asserts that `program`'s kernels match the reference case (x vs x and x2 vs x).
-fn assert_matches_reference(program: &Program, c: &Value, tol: f64) {
-    let x = common::matrix(&c["x"]);
-    let x2 = common::matrix(&c["x2"]);
-    let k = infinite_width(program, &x, &x).expect("kernels");
-    let cross = infinite_width(program, &x2, &x).expect("cross kernels");
-    for (got, key) in [
-        (&k.nngp, "nngp"),
-        (&k.ntk, "ntk"),
-        (&cross.nngp, "nngp_x2_x"),
-        (&cross.ntk, "ntk_x2_x"),
-    ] {
-        let want = common::matrix(&c[key]);
-        let err = rel_err(got, &want);
-        assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
-    }
+    zoo::ResidualMlp::new(input_dim, 1)
+        .activation(activation)
+        .weight_std(1.0)
+        .bias_std(sigma_b)
+        .readout_std(sigma_v)
+        .program()
+        .unwrap()
 }
 
 #[test]
 fn residual_mlp_matches_neural_tangents() {
     let data = reference();
-    let c = case(&data, "resnet_relu1");
+    let c = common::reference_case(&data, "resnet_relu1");
     let a = &c["architecture"];
     let p = resnet(
         a["input_dim"].as_u64().unwrap() as usize,
@@ -159,13 +95,13 @@ fn residual_mlp_matches_neural_tangents() {
         a["bias_std"].as_f64().unwrap(),
         a["readout_std"].as_f64().unwrap(),
     );
-    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 #[test]
 fn circular_cnn_with_pooling_matches_neural_tangents() {
     let data = reference();
-    let c = case(&data, "cnn_erf_pool");
+    let c = common::reference_case(&data, "cnn_erf_pool");
     let a = &c["architecture"];
     let p = cnn(
         a["positions"].as_u64().unwrap() as usize,
@@ -179,7 +115,7 @@ fn circular_cnn_with_pooling_matches_neural_tangents() {
         ),
         false,
     );
-    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 /// The reference CNN of `tests/data/conv_paddings.json` on `positions` inputs of
@@ -238,8 +174,8 @@ fn conv_padding(c: &Value) -> Padding {
 /// Asserts that two programs on `x` draw the same parameters at width 16 and give the
 /// same finite network: outputs and empirical NTK.
 fn assert_same_finite_network(a: &Program, b: &Program, x: &DMatrix<f64>) {
-    let a = a.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
-    let b = b.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+    let a = a.init::<f64>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+    let b = b.init::<f64>(16, &mut StdRng::seed_from_u64(1)).unwrap();
     assert_eq!(a.parameters(), b.parameters());
     assert!(rel_err(&a.forward(x).unwrap(), &b.forward(x).unwrap()) < prec::EXACT_F64);
     let (ka, kb) = (
@@ -422,7 +358,7 @@ fn bad_convolutions_are_errors() {
 #[test]
 fn last_state_rnn_matches_independent_recursion() {
     let data = reference();
-    let c = case(&data, "rnn_relu_last");
+    let c = common::reference_case(&data, "rnn_relu_last");
     let a = &c["architecture"];
     let p = rnn(
         a["steps"].as_u64().unwrap() as usize,
@@ -436,7 +372,7 @@ fn last_state_rnn_matches_independent_recursion() {
         ),
         false,
     );
-    assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 /// Tensor Programs II: a 2-hidden-layer ReLU MLP with σ_w = σ_b = σ_v = 1 has
@@ -459,7 +395,7 @@ fn two_layer_relu_mlp_has_the_papers_unit_value() {
         let q = x.row(i).norm_squared() / d as f64;
         let expected = 0.75 * q + 1.75;
         assert!(
-            (k.ntk[(i, i)] - expected).abs() < 1e-14 * expected,
+            (k.ntk[(i, i)] - expected).abs() < prec::ROUND_OFF * expected,
             "row {i}"
         );
     }
@@ -486,12 +422,18 @@ fn the_program_of_an_mlp_has_its_kernels() {
     let x1 = common::inputs(7, 3, 11);
     let x2 = common::inputs(5, 3, 12);
     for spec in &specs {
-        let p = Program::from(spec);
+        let p = Program::try_from(spec).unwrap();
         for (a, b) in [(&x1, &x1), (&x1, &x2)] {
             let want = infinite_width(spec, a, b).unwrap();
             let got = infinite_width(&p, a, b).unwrap();
-            assert!(rel_err(&got.nngp, &want.nngp) < 1e-14, "{spec:?} nngp");
-            assert!(rel_err(&got.ntk, &want.ntk) < 1e-14, "{spec:?} ntk");
+            assert!(
+                rel_err(&got.nngp, &want.nngp) < prec::ROUND_OFF,
+                "{spec:?} nngp"
+            );
+            assert!(
+                rel_err(&got.ntk, &want.ntk) < prec::ROUND_OFF,
+                "{spec:?} ntk"
+            );
         }
     }
 }
@@ -505,9 +447,9 @@ fn the_program_network_of_an_mlp_is_the_mlp() {
         .hidden(24, Activation::Relu)
         .bias_std(0.3)
         .outputs(2);
-    let p = Program::from(&spec);
-    let mlp = spec.init::<f64, _>(&mut StdRng::seed_from_u64(4)).unwrap();
-    let net = p.init::<f64, _>(24, &mut StdRng::seed_from_u64(4)).unwrap();
+    let p = Program::try_from(&spec).unwrap();
+    let mlp = spec.init::<f64>(&mut StdRng::seed_from_u64(4)).unwrap();
+    let net = p.init::<f64>(24, &mut StdRng::seed_from_u64(4)).unwrap();
     assert_eq!(net.parameters(), mlp.parameters());
     let x = common::inputs(6, 3, 2);
     assert!(rel_err(&net.forward(&x).unwrap(), &mlp.forward(&x).unwrap()) < prec::EXACT_F64);
@@ -548,7 +490,7 @@ fn shared_weight_programs() -> Vec<Program> {
 fn program_networks_satisfy_the_kernel_contract() {
     for (i, program) in shared_weight_programs().iter().enumerate() {
         let net = program
-            .init::<f64, _>(5, &mut StdRng::seed_from_u64(i as u64))
+            .init::<f64>(5, &mut StdRng::seed_from_u64(i as u64))
             .unwrap();
         let batches = contract::Batches::random(program.input_dim(), 20 + i as u64);
         contract::check_ntk_model(&net, &batches).unwrap_or_else(|v| panic!("program {i}: {v}"));
@@ -568,7 +510,7 @@ fn program_limits_satisfy_the_kernel_contract() {
         let kernels = |a: &DMatrix<f64>, b: &DMatrix<f64>| -> ntk::Result<contract::Named> {
             let k = limit.kernels(a, b)?;
             let mut all = vec![("nngp".to_string(), k.nngp), ("ntk".to_string(), k.ntk)];
-            for (g, group) in limit.layer_kernels(a, b)?.into_iter().enumerate() {
+            for (g, group) in limit.group_kernels(a, b)?.into_iter().enumerate() {
                 all.push((format!("group {g} weights"), group.weights));
                 if let Some(bias) = group.bias {
                     all.push((format!("group {g} bias"), bias));
@@ -590,15 +532,13 @@ fn group_kernels_sum_to_the_limit_and_approach_it() {
     let p = rnn(3, 2, Activation::Erf, (1.0, 1.4, 0.3, 1.0), true);
     let x = common::inputs(4, 6, 5);
     let limit = infinite_width(&p, &x, &x).unwrap();
-    let groups = infinite_width_layers(&p, &x, &x).unwrap();
+    let groups = infinite_width_groups(&p, &x, &x).unwrap();
     let sum = groups
         .iter()
         .fold(DMatrix::zeros(4, 4), |acc, l| acc + l.total());
     assert!(rel_err(&sum, &limit.ntk) < prec::EXACT_F64);
-    let net = p
-        .init::<f64, _>(1024, &mut StdRng::seed_from_u64(9))
-        .unwrap();
-    let finite = net.layer_kernels(&x, &x).unwrap();
+    let net = p.init::<f64>(1024, &mut StdRng::seed_from_u64(9)).unwrap();
+    let finite = net.group_kernels(&x, &x).unwrap();
     assert_eq!(finite.len(), groups.len());
     for (g, (a, b)) in finite.iter().zip(&groups).enumerate() {
         let err = rel_err(&a.total(), &b.total());
@@ -639,10 +579,22 @@ fn nonlinearity_of_a_non_gaussian_vector_is_an_error_in_the_limit_only() {
     let x = common::inputs(3, 2, 0);
     let err = infinite_width(&p, &x, &x).unwrap_err();
     assert!(
-        format!("{err}").contains(&format!("variable {}", zz.index())),
-        "{err}"
+        matches!(err, Error::OutsideLimit { variable, .. } if variable == zz.index()),
+        "{err:?}"
     );
-    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    // One sentence: which variable, why, and what still works.
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the infinite-width limit of variable {} cannot be computed: it applies Relu to \
+             variable {}, which is not Gaussian in the limit because it holds the output of a \
+             nonlinearity (φ(ψ(h)) and φ(h + ψ(g)) have no 2-D Gaussian reduction); the \
+             finite network (`Program::init`) still works",
+            zz.index(),
+            z.index()
+        )
+    );
+    let net = p.init::<f64>(8, &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(empirical_ntk(&net, &x, &x).is_ok());
 }
 
@@ -653,10 +605,10 @@ fn incomplete_programs_are_errors() {
     let x = p.input(0..2).unwrap();
     let x2 = common::inputs(3, 2, 0);
     assert!(infinite_width(&p, &x2, &x2).is_err(), "no output");
-    assert!(p.init::<f64, _>(4, &mut StdRng::seed_from_u64(0)).is_err());
+    assert!(p.init::<f64>(4, &mut StdRng::seed_from_u64(0)).is_err());
     p.output(x, 1.0).unwrap();
     assert!(
-        p.init::<f64, _>(0, &mut StdRng::seed_from_u64(0)).is_err(),
+        p.init::<f64>(0, &mut StdRng::seed_from_u64(0)).is_err(),
         "width 0"
     );
     let wrong = common::inputs(3, 3, 0);
@@ -668,8 +620,31 @@ fn incomplete_programs_are_errors() {
     assert!(InfiniteWidth::new(&p).unwrap().program().is_some());
 }
 
+/// A width too large for memory, or whose K·n overflows `usize` (a concatenation of
+/// hidden vectors), is an allocation error, not an abort.
+#[test]
+fn networks_too_wide_for_memory_are_errors() {
+    let mut p = Program::new(3);
+    let (w, v) = (p.weight(1.0).unwrap(), p.weight(1.0).unwrap());
+    let x = p.input(0..3).unwrap();
+    let h = p.dense(w, x).unwrap();
+    let h = p.apply(Activation::Relu, h).unwrap();
+    let c = p.concat(&[h, h]).unwrap();
+    let out = p.dense(v, c).unwrap();
+    p.output(out, 1.0).unwrap();
+    for width in [1 << 40, usize::MAX / 2 + 1] {
+        let err = p
+            .init::<f64>(width, &mut StdRng::seed_from_u64(0))
+            .expect_err("too wide");
+        assert!(
+            matches!(err, ntk::Error::AllocationFailed { .. }),
+            "{width}: {err}"
+        );
+    }
+}
+
 /// Θ̊ two ways: forward (tangent moments, `infinite_width`) and backward (gradient
-/// moments per group, `infinite_width_layers`) are adjoint recursions over the same
+/// moments per group, `infinite_width_groups`) are adjoint recursions over the same
 /// paths, so they agree to round-off on every architecture, attention included (a
 /// Transformer, and an attention block with unequal weights).
 #[test]
@@ -707,14 +682,44 @@ fn forward_and_backward_limits_agree() {
         let x2 = common::inputs(3, p.input_dim(), 40 + i as u64);
         for (a, b) in [(&x1, &x1), (&x1, &x2)] {
             let forward = infinite_width(p, a, b).unwrap().ntk;
-            let backward = infinite_width_layers(p, a, b)
+            let backward = infinite_width_groups(p, a, b)
                 .unwrap()
                 .iter()
                 .fold(DMatrix::zeros(a.nrows(), b.nrows()), |acc, l| {
                     acc + l.total()
                 });
             let err = rel_err(&backward, &forward);
-            assert!(err < 1e-13, "program {i}: {err:e}");
+            assert!(err < prec::ROUND_OFF, "program {i}: {err:e}");
         }
     }
+}
+
+/// Every builder call checks its arguments: malformed programs are errors, not panics.
+#[test]
+fn building_checks_its_arguments() {
+    let mut p = Program::new(4);
+    assert!(p.input(0..5).is_err());
+    assert!(p.input(2..2).is_err());
+    let x = p.input(0..2).unwrap();
+    let y = p.input(2..4).unwrap();
+    assert!(p.weight(-1.0).is_err());
+    assert!(p.bias(f64::NAN).is_err());
+    let w = p.weight(1.0).unwrap();
+    let h = p.dense(w, x).unwrap();
+    // The same weight on a hidden vector: a different fan-in.
+    assert!(p.dense(w, h).is_err());
+    assert!(p.add(&[]).is_err());
+    assert!(p.add(&[h, x]).is_err());
+    assert!(p.concat(&[h, y]).is_err());
+    let b = p.bias(0.1).unwrap();
+    assert!(p.add_bias(x, b).is_err());
+    let mut other = Program::new(4);
+    let foreign = other.input(0..1).unwrap();
+    assert!(p.apply(Activation::Relu, foreign).is_err());
+    assert!(p.validate().is_err(), "no output yet");
+    p.output(h, 1.0).unwrap();
+    assert!(p.output(h, 1.0).is_err(), "a second output");
+    assert!(p.validate().is_err(), "bias never used");
+    p.add_bias(h, b).unwrap();
+    p.validate().unwrap();
 }

@@ -11,7 +11,7 @@ use ntk::rand::{SeedableRng, rngs::StdRng};
 use ntk::{
     Activation, Error, GradientDescent, NtkModel, Padding, Program, Readout, Var, empirical_ntk,
     empirical_ntk_block, empirical_ntk_full, infinite_width, infinite_width_block,
-    infinite_width_layers, width_convergence,
+    infinite_width_groups, width_convergence,
 };
 
 use crate::common::{self, rel_err};
@@ -76,7 +76,7 @@ fn program_networks_too_wide_to_allocate_are_errors() {
     p.output(h, 1.0).unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     for width in [1_usize << 44, 1 << 40, usize::MAX] {
-        match p.init::<f64, _>(width, &mut rng) {
+        match p.init::<f64>(width, &mut rng) {
             Err(Error::AllocationFailed { what, size }) => {
                 assert!(what.contains(&format!("`width` = {width}")), "{what}");
                 assert!(size.contains("numbers"), "{size}");
@@ -92,7 +92,7 @@ fn program_networks_too_wide_to_allocate_are_errors() {
     let flat = c.concat(&[h, h, h]).unwrap();
     c.output(flat, 1.0).unwrap();
     assert!(matches!(
-        c.init::<f64, _>(usize::MAX / 2, &mut rng),
+        c.init::<f64>(usize::MAX / 2, &mut rng),
         Err(Error::AllocationFailed { .. })
     ));
     // A readout of usize::MAX outputs, an input of usize::MAX columns.
@@ -102,7 +102,7 @@ fn program_networks_too_wide_to_allocate_are_errors() {
     let h = r.dense(w, x).unwrap();
     r.readout(h, Readout::new(1.0).outputs(usize::MAX)).unwrap();
     assert!(matches!(
-        r.init::<f64, _>(4, &mut rng),
+        r.init::<f64>(4, &mut rng),
         Err(Error::AllocationFailed { .. })
     ));
     let mut wide = Program::new(usize::MAX);
@@ -111,12 +111,12 @@ fn program_networks_too_wide_to_allocate_are_errors() {
     let h = wide.dense(w, x).unwrap();
     wide.output(h, 1.0).unwrap();
     assert!(matches!(
-        wide.init::<f64, _>(4, &mut rng),
+        wide.init::<f64>(4, &mut rng),
         Err(Error::AllocationFailed { .. })
     ));
     // The same programs at a small width work, with the parameter draws of before.
     assert_eq!(
-        p.init::<f64, _>(3, &mut rng).unwrap().parameter_count(),
+        p.init::<f64>(3, &mut rng).unwrap().parameter_count(),
         6 + 9 + 3
     );
 }
@@ -158,7 +158,7 @@ fn convolutions_too_large_to_lay_out_are_errors() {
 fn nan_and_infinite_data_are_errors_in_every_entry_point() {
     for (i, p) in programs().iter().enumerate() {
         let mut net = p
-            .init::<f64, _>(4, &mut StdRng::seed_from_u64(i as u64))
+            .init::<f64>(4, &mut StdRng::seed_from_u64(i as u64))
             .unwrap();
         let d = p.input_dim();
         let good = common::inputs(3, d, 1);
@@ -167,7 +167,7 @@ fn nan_and_infinite_data_are_errors_in_every_entry_point() {
             bad[(1, 2)] = bad_value;
             let at = (1, 2);
             assert_non_finite("forward", net.forward(&bad), "x", at);
-            assert_non_finite("layer_tangents", net.layer_tangents(&bad), "x", at);
+            assert_non_finite("layer_tangents", net.group_tangents(&bad), "x", at);
             assert_non_finite(
                 "forward_with_tangents",
                 net.forward_with_tangents(&bad),
@@ -199,27 +199,27 @@ fn nan_and_infinite_data_are_errors_in_every_entry_point() {
                 at,
             );
             assert!(empirical_ntk_block(&net, &bad, &bad, 0..3, 0..3).is_err());
-            assert_non_finite("layer_kernels", net.layer_kernels(&bad, &good), "x1", at);
+            assert_non_finite("layer_kernels", net.group_kernels(&bad, &good), "x1", at);
             let y = DMatrix::from_element(3, p.output_dim(), 0.1);
             let gd = GradientDescent::new(0.1, 3).unwrap();
             let before = net.parameters();
             assert_non_finite(
-                "train x_train",
-                gd.train(&mut net, &bad, &y, &good),
+                "fit x_train",
+                gd.fit(&mut net, &bad, &y, &good),
                 "x_train",
                 at,
             );
             assert_non_finite(
-                "train x_test",
-                gd.train(&mut net, &good, &y, &bad),
+                "fit x_test",
+                gd.fit(&mut net, &good, &y, &bad),
                 "x_test",
                 at,
             );
             let mut bad_y = y.clone();
             bad_y[(0, 0)] = bad_value;
             assert_non_finite(
-                "train y_train",
-                gd.train(&mut net, &good, &bad_y, &good),
+                "fit y_train",
+                gd.fit(&mut net, &good, &bad_y, &good),
                 "y_train",
                 (0, 0),
             );
@@ -240,8 +240,8 @@ fn nan_and_infinite_data_are_errors_in_every_entry_point() {
             assert_non_finite("infinite_width", infinite_width(p, &bad, &good), "x1", at);
             assert!(infinite_width_block(p, &good, &bad, 0..3, 0..3).is_err());
             assert_non_finite(
-                "infinite_width_layers",
-                infinite_width_layers(p, &good, &bad),
+                "infinite_width_groups",
+                infinite_width_groups(p, &good, &bad),
                 "x2",
                 at,
             );
@@ -261,7 +261,7 @@ fn values_that_overflow_inside_a_program_network_are_errors() {
     let h = p.dense(w, x).unwrap();
     let z = p.apply(Activation::Relu, h).unwrap();
     p.output(z, 1.0).unwrap();
-    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    let net = p.init::<f64>(8, &mut StdRng::seed_from_u64(0)).unwrap();
     let huge = common::inputs(2, 3, 5) * 1e300;
     for result in [
         net.forward(&huge).map(|_| ()),
@@ -295,7 +295,7 @@ fn values_that_overflow_inside_a_program_network_are_errors() {
     let h = q.dense(w, x).unwrap();
     let z = q.apply(clipped, h).unwrap();
     q.output(z, 1.0).unwrap();
-    let net = q.init::<f64, _>(16, &mut StdRng::seed_from_u64(0)).unwrap();
+    let net = q.init::<f64>(16, &mut StdRng::seed_from_u64(0)).unwrap();
     match net.forward(&(common::inputs(2, 3, 5) * 1e3)) {
         Err(Error::NonFiniteResult { reason, .. }) => {
             assert!(reason.contains("nan_above_20"), "{reason}");
@@ -329,7 +329,7 @@ fn layer_norm_of_dense(input_dim: usize) -> (Program, Var) {
 #[test]
 fn layer_norm_of_a_constant_vector_is_zero_and_has_no_gradient() {
     let (p, z) = layer_norm_of_dense(3);
-    let net = p.init::<f64, _>(16, &mut StdRng::seed_from_u64(2)).unwrap();
+    let net = p.init::<f64>(16, &mut StdRng::seed_from_u64(2)).unwrap();
     let mut x = common::inputs(3, 3, 4);
     x.row_mut(1).fill(0.0);
     let f = net.forward(&x).unwrap();
@@ -339,7 +339,7 @@ fn layer_norm_of_a_constant_vector_is_zero_and_has_no_gradient() {
     for result in [
         empirical_ntk(&net, &x, &x).map(|_| ()),
         net.vjp(&x, &DMatrix::from_element(3, 1, 1.0)).map(|_| ()),
-        net.layer_tangents(&x).map(|_| ()),
+        net.group_tangents(&x).map(|_| ()),
     ] {
         match result {
             Err(Error::NonFiniteResult { reason, .. }) => {
@@ -408,7 +408,7 @@ fn regression_random_program_33_layer_norm_after_dead_relu_units() {
     let out = p.mean(&[out]).unwrap();
     p.readout(out, Readout::new(1.04).bias_std(0.43)).unwrap();
 
-    let net = p.init::<f64, _>(3, &mut StdRng::seed_from_u64(33)).unwrap();
+    let net = p.init::<f64>(3, &mut StdRng::seed_from_u64(33)).unwrap();
     let b = crate::contract::Batches::random(4, 1033);
     let f = net.forward(&b.x1).unwrap();
     assert!(f.iter().all(|v| v.is_finite()));
@@ -418,9 +418,7 @@ fn regression_random_program_33_layer_norm_after_dead_relu_units() {
         "{err}"
     );
     // At width 32 some unit lives for every sample, and the whole contract holds.
-    let wide = p
-        .init::<f64, _>(32, &mut StdRng::seed_from_u64(33))
-        .unwrap();
+    let wide = p.init::<f64>(32, &mut StdRng::seed_from_u64(33)).unwrap();
     crate::contract::check_ntk_model(&wide, &b).unwrap();
 }
 
@@ -433,7 +431,7 @@ fn regression_random_program_33_layer_norm_after_dead_relu_units() {
 #[test]
 fn layer_norm_programs_are_scale_free_at_extreme_scales() {
     let (p, _) = layer_norm_of_dense(3);
-    let net = p.init::<f64, _>(32, &mut StdRng::seed_from_u64(7)).unwrap();
+    let net = p.init::<f64>(32, &mut StdRng::seed_from_u64(7)).unwrap();
     let x = common::inputs(4, 3, 8);
     let f = net.forward(&x).unwrap();
     let theta = empirical_ntk(&net, &x, &x).unwrap();
@@ -508,10 +506,10 @@ fn saturated_softmax_is_exact_at_any_logit_size() {
         f64::from(u8::from(t == c)) + 0.1 * noise[(i, j)]
     });
     let a = attention
-        .init::<f64, _>(256, &mut StdRng::seed_from_u64(4))
+        .init::<f64>(256, &mut StdRng::seed_from_u64(4))
         .unwrap();
     let b = identity
-        .init::<f64, _>(256, &mut StdRng::seed_from_u64(4))
+        .init::<f64>(256, &mut StdRng::seed_from_u64(4))
         .unwrap();
     assert_eq!(a.parameters(), b.parameters());
     // Unsaturated at scale 1: attention changes the network.
@@ -660,7 +658,7 @@ fn long_recurrences_in_the_finite_network() {
         .stack_size(512 << 10)
         .spawn(move || {
             let p = long_rnn(steps, (1.0, 1.3, 0.3, 1.1), true);
-            let mut net = p.init::<f64, _>(16, &mut StdRng::seed_from_u64(1)).unwrap();
+            let mut net = p.init::<f64>(16, &mut StdRng::seed_from_u64(1)).unwrap();
             let x = common::inputs(2, steps, 13);
             let theta = empirical_ntk(&net, &x, &x).unwrap();
             common::assert_psd(&theta, prec::PSD_TRACE_FRACTION);
@@ -737,7 +735,7 @@ fn relu_programs_are_homogeneous_at_extreme_scales() {
         let x = common::inputs(4, p.input_dim(), 20 + i as u64);
         let k = infinite_width(p, &x, &x).unwrap();
         let net = p
-            .init::<f64, _>(8, &mut StdRng::seed_from_u64(i as u64))
+            .init::<f64>(8, &mut StdRng::seed_from_u64(i as u64))
             .unwrap();
         let theta = empirical_ntk(&net, &x, &x).unwrap();
         for c in [1e100, 1e-100] {

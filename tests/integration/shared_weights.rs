@@ -1,6 +1,6 @@
 //! A recurrent network defined outside the crate, described through shared weights
 //! and a bias used at every step without a weight of its own
-//! ([`LayerTangent::Bias`]): its Jacobian against central finite differences, and its
+//! ([`GroupTangent::Bias`]): its Jacobian against central finite differences, and its
 //! empirical NTK (averaged and with all output pairs, blocked, per group) against
 //! J₁ J₂ᵀ. With many steps the input weight is contracted through its per-sample
 //! gradients, with few through its uses: both must give the same kernel.
@@ -8,7 +8,7 @@
 use ntk::nalgebra::{DMatrix, DVector};
 use ntk::rand::{RngExt, SeedableRng, rngs::StdRng};
 use ntk::{
-    DenseUse, Error, LayerTangent, NtkModel, empirical_ntk, empirical_ntk_block, empirical_ntk_full,
+    DenseUse, Error, GroupTangent, NtkModel, empirical_ntk, empirical_ntk_block, empirical_ntk_full,
 };
 
 use crate::common::{finite_difference_jacobian, inputs, rel_err, trace_over_outputs};
@@ -112,7 +112,7 @@ impl NtkModel<f64> for Rnn {
         let h = zs.last().expect("at least one step").map(f64::tanh);
         Ok(h * v.transpose() * sv)
     }
-    fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<LayerTangent<f64>>> {
+    fn group_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<GroupTangent<f64>>> {
         self.forward(x)?;
         let (tokens, zs) = self.run(x);
         let (su, sw, sb, sv) = self.scales();
@@ -141,7 +141,7 @@ impl NtkModel<f64> for Rnn {
             },
         );
         Ok(vec![
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: su,
                 bias_scale: None,
                 uses: tokens
@@ -153,7 +153,7 @@ impl NtkModel<f64> for Rnn {
                     })
                     .collect(),
             },
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: sw,
                 bias_scale: None,
                 uses: (1..self.steps)
@@ -163,11 +163,11 @@ impl NtkModel<f64> for Rnn {
                     })
                     .collect(),
             },
-            LayerTangent::Bias {
+            GroupTangent::Bias {
                 scale: sb,
                 output_grads: grads,
             },
-            LayerTangent::Dense {
+            GroupTangent::Dense {
                 weight_scale: sv,
                 bias_scale: None,
                 uses: vec![DenseUse {
@@ -193,7 +193,7 @@ fn rnn_jacobian_matches_finite_differences() {
     for (steps, k, n) in CASES {
         let rnn = Rnn::new(steps, 2, n, k, steps as u64);
         let x = inputs(5, steps * 2, 7);
-        let fd = finite_difference_jacobian(&rnn, &x, 1e-6);
+        let fd = finite_difference_jacobian(&rnn, &x, prec::FD_STEP);
         let jac = rnn.jacobian(&x).expect("jacobian");
         assert!(rel_err(&jac, &fd) <= prec::FINITE_DIFFERENCE, "T = {steps}");
     }
@@ -216,7 +216,7 @@ fn rnn_kernels_equal_the_jacobian_contraction() {
         let theta = empirical_ntk(&rnn, &x1, &x2).unwrap();
         assert!(rel_err(&theta, &traced) <= prec::EXACT_F64, "T = {steps}");
         let sum = rnn
-            .layer_kernels(&x1, &x2)
+            .group_kernels(&x1, &x2)
             .unwrap()
             .iter()
             .fold(DMatrix::zeros(70, 40), |acc, l| acc + l.total());

@@ -85,7 +85,7 @@ fn gradient_descent_steps_are_plain_updates() {
     let mut trained = net.clone();
     let run = GradientDescent::new(eta, 2)
         .unwrap()
-        .train(&mut trained, &x, &y, &DMatrix::zeros(0, 3))
+        .fit(&mut trained, &x, &y, &DMatrix::zeros(0, 3))
         .unwrap();
     // Relative to how far the parameters moved.
     let diff = (trained.parameters() - by_hand.parameters()).norm();
@@ -120,28 +120,28 @@ fn gradient_descent_validates() {
     assert!(gd.clone().record_every(0).is_err());
     assert!(gd.clone().record_at(&[4]).is_err());
     assert!(matches!(
-        gd.train(&mut net, &x, &gaussian(3, 1, 1), &none),
+        gd.fit(&mut net, &x, &gaussian(3, 1, 1), &none),
         Err(Error::ShapeMismatch {
             argument: "y_train",
             ..
         })
     ));
     assert!(matches!(
-        gd.train(&mut net, &x, &gaussian(4, 2, 1), &none),
+        gd.fit(&mut net, &x, &gaussian(4, 2, 1), &none),
         Err(Error::ShapeMismatch {
             argument: "y_train",
             ..
         })
     ));
     assert!(matches!(
-        gd.train(&mut net, &x, &y, &DMatrix::zeros(2, 2)),
+        gd.fit(&mut net, &x, &y, &DMatrix::zeros(2, 2)),
         Err(Error::ShapeMismatch {
             argument: "x_test",
             ..
         })
     ));
     assert!(matches!(
-        gd.train(&mut net, &gaussian(4, 2, 1), &y, &none),
+        gd.fit(&mut net, &gaussian(4, 2, 1), &y, &none),
         Err(Error::ShapeMismatch {
             argument: "x_train",
             ..
@@ -150,7 +150,7 @@ fn gradient_descent_validates() {
     let mut bad_y = y.clone();
     bad_y[0] = f64::INFINITY;
     assert!(matches!(
-        gd.train(&mut net, &x, &bad_y, &none),
+        gd.fit(&mut net, &x, &bad_y, &none),
         Err(Error::NonFinite {
             argument: "y_train",
             ..
@@ -163,7 +163,7 @@ fn gradient_descent_validates() {
         .max_stable_learning_rate();
     let diverging = GradientDescent::new(50.0 * limit, 2_000).unwrap();
     assert!(matches!(
-        diverging.train(&mut net, &x, &y, &none),
+        diverging.fit(&mut net, &x, &y, &none),
         Err(Error::InvalidParameter {
             parameter: "learning_rate",
             ..
@@ -191,7 +191,7 @@ fn deviation_from_linearisation(width: usize, seed: u64) -> f64 {
         .unwrap()
         .record_every(20)
         .unwrap()
-        .train(&mut net, &x, &y, &x_test)
+        .fit(&mut net, &x, &y, &x_test)
         .unwrap();
     let flow = GradientFlow::new(&theta, &y, eta).unwrap();
     let lin = flow.train_at(&Horizon::steps(&run.steps), &f0).unwrap();

@@ -6,46 +6,27 @@
 
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, NtkModel, Program, Var, empirical_ntk, infinite_width, width_convergence};
+use ntk::{Activation, NtkModel, Program, empirical_ntk, infinite_width, width_convergence};
 use serde_json::Value;
 
 use crate::common::{self, rel_err};
 use crate::prec;
 
 /// k_t = dense(U, x_t); y = attention(k, k, k); z_t = LN(y_t + k_t);
-/// o_t = LN(dense(W₂, φ(dense(W₁, z_t))) + z_t); f = readout(mean_t o_t).
+/// o_t = LN(dense(W₂, φ(dense(W₁, z_t))) + z_t); f = readout(mean_t o_t) (`ntk::zoo::Transformer`).
 pub fn transformer(
     tokens: usize,
     token_dim: usize,
     activation: Activation,
     (sigma_u, sigma_w, sigma_v): (f64, f64, f64),
 ) -> Program {
-    let mut p = Program::new(tokens * token_dim);
-    let (u, w1, w2) = (
-        p.weight(sigma_u).unwrap(),
-        p.weight(sigma_w).unwrap(),
-        p.weight(sigma_w).unwrap(),
-    );
-    let keys: Vec<Var> = (0..tokens)
-        .map(|t| {
-            let x = p.input(t * token_dim..(t + 1) * token_dim).unwrap();
-            p.dense(u, x).unwrap()
-        })
-        .collect();
-    let attended = p.attention(&keys, &keys, &keys).unwrap();
-    let mut outs = Vec::new();
-    for (y, k) in attended.into_iter().zip(&keys) {
-        let y = p.add(&[y, *k]).unwrap();
-        let z = p.layer_norm(y).unwrap();
-        let g = p.dense(w1, z).unwrap();
-        let a = p.apply(activation.clone(), g).unwrap();
-        let h = p.dense(w2, a).unwrap();
-        let s = p.add(&[h, z]).unwrap();
-        outs.push(p.layer_norm(s).unwrap());
-    }
-    let pooled = p.mean(&outs).unwrap();
-    p.output(pooled, sigma_v).unwrap();
-    p
+    ntk::zoo::Transformer::new(tokens, token_dim)
+        .activation(activation)
+        .input_std(sigma_u)
+        .weight_std(sigma_w)
+        .readout_std(sigma_v)
+        .program()
+        .unwrap()
 }
 
 /// The reference case of `tests/data/transformer.json` (see tests/data/README.md).
@@ -65,19 +46,7 @@ fn one_layer_transformer_matches_two_independent_implementations() {
             a["readout_std"].as_f64().unwrap(),
         ),
     );
-    let x = common::matrix(&c["x"]);
-    let x2 = common::matrix(&c["x2"]);
-    let k = infinite_width(&p, &x, &x).unwrap();
-    let cross = infinite_width(&p, &x2, &x).unwrap();
-    for (got, key) in [
-        (&k.nngp, "nngp"),
-        (&k.ntk, "ntk"),
-        (&cross.nngp, "nngp_x2_x"),
-        (&cross.ntk, "ntk_x2_x"),
-    ] {
-        let err = rel_err(got, &common::matrix(&c[key]));
-        assert!(err < prec::NEURAL_TANGENTS, "{key}: {err:e}");
-    }
+    common::assert_matches_reference(&p, c, prec::NEURAL_TANGENTS);
 }
 
 /// E relu(u) relu(v) and E relu'(u) relu'(v) for (u, v) ~ N(0, [[a, c], [c, b]]).
@@ -188,11 +157,11 @@ fn relu_transformer_matches_the_papers_matrix_formulas() {
             let xj: Vec<f64> = x2.row(j).iter().copied().collect();
             let (nngp, ntk) = matrix_formulas(&xi, &xj, tokens, d);
             assert!(
-                (k.nngp[(i, j)] - nngp).abs() < 1e-13 * nngp.abs().max(1.0),
+                (k.nngp[(i, j)] - nngp).abs() < prec::ROUND_OFF * nngp.abs().max(1.0),
                 "nngp ({i}, {j})"
             );
             assert!(
-                (k.ntk[(i, j)] - ntk).abs() < 1e-13 * ntk.abs().max(1.0),
+                (k.ntk[(i, j)] - ntk).abs() < prec::ROUND_OFF * ntk.abs().max(1.0),
                 "ntk ({i}, {j})"
             );
         }
@@ -204,9 +173,9 @@ fn relu_transformer_matches_the_papers_matrix_formulas() {
 #[test]
 fn finite_transformer_matches_finite_differences() {
     let p = transformer(3, 2, Activation::Gelu, (1.0, 1.2, 1.0));
-    let net = p.init::<f64, _>(6, &mut StdRng::seed_from_u64(3)).unwrap();
+    let net = p.init::<f64>(6, &mut StdRng::seed_from_u64(3)).unwrap();
     let x = common::inputs(3, 6, 4);
-    let jac = common::finite_difference_jacobian(&net, &x, 1e-6);
+    let jac = common::finite_difference_jacobian(&net, &x, prec::FD_STEP);
     let exact = net.jacobian(&x).unwrap();
     assert!(
         rel_err(&exact, &jac) < prec::FINITE_DIFFERENCE,
@@ -244,7 +213,7 @@ fn layer_norm_of_a_non_gaussian_vector_and_bad_attention_are_errors() {
         err.contains("LayerNorm") && err.contains(&format!("variable {}", z.index())),
         "{err}"
     );
-    let net = p.init::<f64, _>(8, &mut StdRng::seed_from_u64(0)).unwrap();
+    let net = p.init::<f64>(8, &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(empirical_ntk(&net, &xs, &xs).is_ok());
 
     let mut q = Program::new(4);

@@ -7,26 +7,26 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::activation::Activation;
-use crate::error::Result;
-use crate::program::{Op, Width};
+use crate::error::{Error, Result};
+use crate::program::Width;
 
-use super::{Compiler, not_gaussian};
+use super::Compiler;
 
 /// Interns values: equal values get equal ids, and are shared, not copied.
-pub(super) struct Interner<T: Eq + Hash> {
+pub(crate) struct Interner<T: Eq + Hash> {
     map: HashMap<Rc<T>, u32>,
     items: Vec<Rc<T>>,
 }
 
 impl<T: Eq + Hash> Interner<T> {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Interner {
             map: HashMap::default(),
             items: Vec::new(),
         }
     }
 
-    pub(super) fn id(&mut self, item: T) -> u32 {
+    pub(crate) fn id(&mut self, item: T) -> u32 {
         if let Some(&id) = self.map.get(&item) {
             return id;
         }
@@ -38,25 +38,25 @@ impl<T: Eq + Hash> Interner<T> {
     }
 
     /// The value of `id`, shared.
-    pub(super) fn get(&self, id: u32) -> Rc<T> {
+    pub(crate) fn get(&self, id: u32) -> Rc<T> {
         Rc::clone(&self.items[id as usize])
     }
 }
 
 /// A coefficient as its bits (hashable); never zero in a combination.
-pub(super) type Coef = u64;
+pub(crate) type Coef = u64;
 
 /// An interned product of per-sample scalars; [`ONE`] is the empty product.
-pub(super) type Mono = u32;
+pub(crate) type Mono = u32;
 
 /// The empty monomial (the interner is seeded with it).
-pub(super) const ONE: Mono = 0;
+pub(crate) const ONE: Mono = 0;
 
 /// A linear combination Σ c·m(x)·k: sorted by (key, monomial), equal ones merged,
 /// zero coefficients dropped.
-pub(super) type Lin<K> = Vec<((K, Mono), Coef)>;
+pub(crate) type Lin<K> = Vec<((K, Mono), Coef)>;
 
-pub(super) fn lin<K: Ord + Copy>(mut terms: Vec<((K, Mono), f64)>) -> Lin<K> {
+pub(crate) fn lin<K: Ord + Copy>(mut terms: Vec<((K, Mono), f64)>) -> Lin<K> {
     terms.sort_by_key(|t| t.0);
     let mut out: Vec<((K, Mono), f64)> = Vec::with_capacity(terms.len());
     for (k, c) in terms {
@@ -71,13 +71,13 @@ pub(super) fn lin<K: Ord + Copy>(mut terms: Vec<((K, Mono), f64)>) -> Lin<K> {
         .collect()
 }
 
-pub(super) fn coef(c: Coef) -> f64 {
+pub(crate) fn coef(c: Coef) -> f64 {
     f64::from_bits(c)
 }
 
 /// A Gaussian base vector of the limit.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub(super) enum Gauss {
+pub(crate) enum Gauss {
     /// The output of a `dense` variable.
     Dense(usize),
     /// Block `1` of bias `0`.
@@ -87,7 +87,7 @@ pub(super) enum Gauss {
 /// An atom of a hidden vector: a Gaussian base, or φ of a Gaussian combination (an
 /// interned (activation, combination) pair).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub(super) enum Atom {
+pub(crate) enum Atom {
     Gauss(u32),
     Phi(u32),
 }
@@ -95,7 +95,7 @@ pub(super) enum Atom {
 /// A base vector of the backward pass: the readout vector (block k), or Wᵀ times the
 /// output gradient of use `node` of `weight` (block k of the use's input).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub(super) enum Base {
+pub(crate) enum Base {
     Readout(usize),
     Transposed {
         weight: usize,
@@ -106,37 +106,34 @@ pub(super) enum Base {
 
 /// A backward atom: a base times 1 or φ'(g) (the interned φ-atom (φ, g)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub(super) struct BAtom {
-    pub(super) factor: Option<u32>,
-    pub(super) base: Base,
+pub(crate) struct BAtom {
+    pub(crate) factor: Option<u32>,
+    pub(crate) base: Base,
 }
 
-/// A deterministic per-sample scalar of the limit.
+/// A deterministic per-sample scalar of the limit: scalar `index` of the variable
+/// `node` that introduced it (a LayerNorm's scale, an attention weight), computed by
+/// that variable's operation ([`LimitRule::sample_scalar`](crate::program::ops::LimitRule)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub(super) enum SampleScalar {
-    /// 1/√Var(g) of an interned Gaussian combination: LayerNorm's scale.
-    InvStd(u32),
-    /// softmax over the keys of E[q·k_s] for one query of an attention block.
-    Attention {
-        block: usize,
-        query: usize,
-        key: usize,
-    },
+pub(crate) struct SampleScalar {
+    pub(crate) node: usize,
+    pub(crate) index: u32,
 }
 
 /// The limit form of a variable.
 #[derive(Clone, Debug)]
-pub(super) enum Form {
+pub(crate) enum Form {
     /// Input columns or a deterministic function of them: evaluated exactly.
     Fixed(usize),
     /// K blocks, each an interned combination of atoms.
     Blocks(Vec<u32>),
-    /// A vector with no limit form (φ of a non-Gaussian vector), and why.
-    NotGaussian(String),
+    /// A vector with no limit form (φ of a non-Gaussian vector), and the
+    /// [`Error::OutsideLimit`] that says why.
+    NotGaussian(Error),
 }
 
 impl Compiler<'_> {
-    pub(super) fn activation_id(&mut self, act: &Activation) -> u32 {
+    pub(crate) fn activation_id(&mut self, act: &Activation) -> u32 {
         if let Some(i) = self
             .activations
             .iter()
@@ -148,12 +145,12 @@ impl Compiler<'_> {
         (self.activations.len() - 1) as u32
     }
 
-    fn gauss_atom(&mut self, g: Gauss) -> (Atom, Mono) {
+    pub(crate) fn gauss_atom(&mut self, g: Gauss) -> (Atom, Mono) {
         (Atom::Gauss(self.gauss.id(g)), ONE)
     }
 
     /// The monomial m·s.
-    pub(super) fn times(&mut self, m: Mono, s: SampleScalar) -> Mono {
+    pub(crate) fn times(&mut self, m: Mono, s: SampleScalar) -> Mono {
         let s = self.scalars.id(s);
         let mut product = (*self.monos.get(m)).clone();
         let at = product.partition_point(|&x| x <= s);
@@ -161,108 +158,21 @@ impl Compiler<'_> {
         self.monos.id(product)
     }
 
-    /// The limit form of every variable, in order.
-    pub(super) fn build_forms(&mut self) {
+    /// The limit form of every variable, in order: input-width variables are
+    /// evaluated exactly, every other one by its operation's limit rule.
+    pub(crate) fn build_forms(&mut self) {
         let program = self.program;
         for (i, node) in program.nodes.iter().enumerate() {
-            let form = if let Width::Input(_) = node.width {
-                Form::Fixed(i)
-            } else {
-                match &node.op {
-                    Op::Input(_) => Form::Fixed(i),
-                    Op::Dense { .. } => {
-                        let a = self.gauss_atom(Gauss::Dense(i));
-                        Form::Blocks(vec![self.hlin.id(vec![(a, 1.0_f64.to_bits())])])
-                    }
-                    Op::AddBias { input, bias } => self.map_blocks(*input, |c, k, block| {
-                        let a = c.gauss_atom(Gauss::Bias(*bias, k));
-                        let mut terms = c.hlin_terms(block);
-                        terms.push((a, 1.0));
-                        Ok(c.hlin.id(lin(terms)))
-                    }),
-                    Op::Add(parts) => self.combine(parts, 1.0),
-                    Op::Mean(parts) => self.combine(parts, 1.0 / parts.len() as f64),
-                    Op::Concat(parts) => {
-                        let mut blocks = Vec::new();
-                        let mut bad = None;
-                        for &p in parts {
-                            match &self.forms[p] {
-                                Form::Blocks(b) => blocks.extend_from_slice(b),
-                                Form::NotGaussian(why) => bad = Some(why.clone()),
-                                Form::Fixed(_) => {
-                                    unreachable!("hidden concatenations have hidden parts")
-                                }
-                            }
-                        }
-                        bad.map_or(Form::Blocks(blocks), Form::NotGaussian)
-                    }
-                    Op::Apply { activation, input } => {
-                        if let Activation::Identity = activation {
-                            self.forms[*input].clone()
-                        } else {
-                            let act = self.activation_id(activation);
-                            let name = format!("{activation}");
-                            self.map_blocks(*input, |c, _, block| match c.as_gaussian(block) {
-                                Some(g) => {
-                                    let p = c.phi.id((act, g));
-                                    Ok(c.hlin.id(vec![((Atom::Phi(p), ONE), 1.0_f64.to_bits())]))
-                                }
-                                None => Err(format!(
-                                    "variable {i} applies {name} to variable {input}, which is \
-                                     not Gaussian in the infinite-width limit (it contains a \
-                                     nonlinearity's output): the limit of φ(ψ(h)) or φ(h + ψ(g)) \
-                                     has no 2-D Gaussian reduction"
-                                )),
-                            })
-                        }
-                    }
-                    Op::LayerNorm { input } => self.map_blocks(*input, |c, _, block| {
-                        // LayerNorm of a Gaussian g: g / √E[g²] (its mean over the
-                        // coordinates vanishes), a per-sample scale.
-                        let g = c.as_gaussian(block).ok_or_else(|| {
-                            format!(
-                                "variable {i} is the LayerNorm of variable {input}, which is \
-                                 not Gaussian in the infinite-width limit (its mean over the \
-                                 coordinates does not vanish)"
-                            )
-                        })?;
-                        Ok(c.scaled_block(block, SampleScalar::InvStd(g)))
-                    }),
-                    Op::Attend { block, query } => {
-                        // y_t = Σ_s A_ts v_s with A_ts = softmax_s E[q_t k_s] per sample.
-                        let decl = &program.attentions[*block];
-                        let mut terms = Vec::new();
-                        let mut bad = None;
-                        for (key, &v) in decl.values.iter().enumerate() {
-                            match self.forms[v].clone() {
-                                Form::Blocks(b) => {
-                                    let s = SampleScalar::Attention {
-                                        block: *block,
-                                        query: *query,
-                                        key,
-                                    };
-                                    for (a, c) in self.hlin_terms(b[0]) {
-                                        let m = self.times(a.1, s);
-                                        terms.push(((a.0, m), c));
-                                    }
-                                }
-                                Form::NotGaussian(why) => bad = Some(why),
-                                Form::Fixed(_) => unreachable!("attention values are hidden"),
-                            }
-                        }
-                        match bad {
-                            Some(why) => Form::NotGaussian(why),
-                            None => Form::Blocks(vec![self.hlin.id(lin(terms))]),
-                        }
-                    }
-                }
+            let form = match node.width {
+                Width::Input(_) => Form::Fixed(i),
+                Width::Hidden(_) => node.op.limit().form(self, i),
             };
             self.forms.push(form);
         }
     }
 
     /// The block with every term's monomial multiplied by `s`.
-    fn scaled_block(&mut self, block: u32, s: SampleScalar) -> u32 {
+    pub(crate) fn scaled_block(&mut self, block: u32, s: SampleScalar) -> u32 {
         let mut terms = Vec::new();
         for (a, c) in self.hlin_terms(block) {
             let m = self.times(a.1, s);
@@ -271,7 +181,7 @@ impl Compiler<'_> {
         self.hlin.id(lin(terms))
     }
 
-    pub(super) fn hlin_terms(&self, id: u32) -> Vec<((Atom, Mono), f64)> {
+    pub(crate) fn hlin_terms(&self, id: u32) -> Vec<((Atom, Mono), f64)> {
         self.hlin
             .get(id)
             .iter()
@@ -279,11 +189,12 @@ impl Compiler<'_> {
             .collect()
     }
 
-    /// The form of `input` with every block mapped by `f(compiler, block index, block)`.
-    fn map_blocks(
+    /// The form of `input` with every block mapped by `f(compiler, block index, block)`,
+    /// or the first error of `f` as the form (outside the limit).
+    pub(crate) fn map_blocks(
         &mut self,
         input: usize,
-        mut f: impl FnMut(&mut Self, usize, u32) -> std::result::Result<u32, String>,
+        mut f: impl FnMut(&mut Self, usize, u32) -> Result<u32>,
     ) -> Form {
         match self.forms[input].clone() {
             Form::Blocks(blocks) => {
@@ -301,7 +212,7 @@ impl Compiler<'_> {
     }
 
     /// Σ scale · parts, blockwise.
-    fn combine(&mut self, parts: &[usize], scale: f64) -> Form {
+    pub(crate) fn combine(&mut self, parts: &[usize], scale: f64) -> Form {
         let first = match &self.forms[parts[0]] {
             Form::Blocks(b) => b.len(),
             other => return other.clone(),
@@ -323,7 +234,7 @@ impl Compiler<'_> {
     }
 
     /// The block as a Gaussian combination, if every atom is Gaussian.
-    pub(super) fn as_gaussian(&mut self, block: u32) -> Option<u32> {
+    pub(crate) fn as_gaussian(&mut self, block: u32) -> Option<u32> {
         let mut g = Vec::new();
         for ((a, m), c) in self.hlin_terms(block) {
             match a {
@@ -335,162 +246,54 @@ impl Compiler<'_> {
     }
 
     /// The form of variable `v`, or the error that keeps it from having one.
-    pub(super) fn form(&self, v: usize) -> Result<&Form> {
+    pub(crate) fn form(&self, v: usize) -> Result<&Form> {
         match &self.forms[v] {
-            Form::NotGaussian(why) => Err(not_gaussian(why)),
+            Form::NotGaussian(why) => Err(why.clone()),
             f => Ok(f),
         }
     }
 
-    /// The backward combination of every variable that reaches the output.
-    pub(super) fn build_grads(&mut self, out: usize) -> Result<()> {
-        type Terms = Vec<((BAtom, Mono), f64)>;
+    /// The error that keeps variable `i` (whose form is known) from having a limit.
+    pub(crate) fn outside(&self, i: usize) -> Error {
+        match &self.forms[i] {
+            Form::NotGaussian(why) => why.clone(),
+            _ => Error::OutsideLimit {
+                variable: i,
+                reason: "its gradient has no limit form".into(),
+            },
+        }
+    }
+
+    /// The backward combination of every variable that reaches the output, each
+    /// variable sending its own to its inputs by its operation's limit rule.
+    pub(crate) fn build_grads(&mut self, out: usize) -> Result<()> {
         let program = self.program;
         let nodes = &program.nodes;
-        let mut acc: Vec<Vec<Terms>> = vec![Vec::new(); nodes.len()];
-        let blocks_of = |w: Width| match w {
-            Width::Hidden(k) => k,
-            Width::Input(_) => 0,
+        let mut grads = LimitGradients {
+            blocks: nodes.iter().map(|n| n.width.hidden_blocks()).collect(),
+            terms: vec![Vec::new(); nodes.len()],
         };
-        let readout = |k| {
-            let base = Base::Readout(k);
-            vec![((BAtom { factor: None, base }, ONE), 1.0)]
-        };
-        acc[out] = (0..blocks_of(nodes[out].width)).map(readout).collect();
-        let add = |acc: &mut Vec<Vec<Terms>>,
-                   v: usize,
-                   k: usize,
-                   terms: &[((BAtom, Mono), f64)],
-                   s: f64| {
-            let blocks = blocks_of(nodes[v].width);
-            if blocks == 0 {
-                return;
-            }
-            if acc[v].is_empty() {
-                acc[v] = vec![Vec::new(); blocks];
-            }
-            acc[v][k].extend(terms.iter().map(|&(a, c)| (a, s * c)));
-        };
+        for k in 0..grads.blocks[out] {
+            grads.add(out, k, &[backward_atom(None, Base::Readout(k))], 1.0);
+        }
         for i in (0..nodes.len()).rev() {
-            let here = std::mem::take(&mut acc[i]);
+            let here = std::mem::take(&mut grads.terms[i]);
             if here.iter().all(Vec::is_empty) {
                 continue;
             }
             // A variable the output depends on must have a limit form.
             self.form(i)?;
-            match &nodes[i].op {
-                Op::Input(_) => {}
-                Op::Dense { weight, input } => {
-                    for k in 0..blocks_of(nodes[*input].width) {
-                        let base = Base::Transposed {
-                            weight: *weight,
-                            node: i,
-                            block: k,
-                        };
-                        add(
-                            &mut acc,
-                            *input,
-                            k,
-                            &[((BAtom { factor: None, base }, ONE), 1.0)],
-                            1.0,
-                        );
-                    }
-                }
-                Op::AddBias { input, .. } => {
-                    for (k, t) in here.iter().enumerate() {
-                        add(&mut acc, *input, k, t, 1.0);
-                    }
-                }
-                Op::Add(parts) | Op::Mean(parts) => {
-                    let s = match &nodes[i].op {
-                        Op::Mean(_) => 1.0 / parts.len() as f64,
-                        _ => 1.0,
-                    };
-                    for &p in parts {
-                        for (k, t) in here.iter().enumerate() {
-                            add(&mut acc, p, k, t, s);
-                        }
-                    }
-                }
-                Op::Concat(parts) => {
-                    let mut offset = 0;
-                    for &p in parts {
-                        let kp = blocks_of(nodes[p].width);
-                        for k in 0..kp {
-                            add(&mut acc, p, k, &here[offset + k], 1.0);
-                        }
-                        offset += kp;
-                    }
-                }
-                Op::Apply { activation, input } => {
-                    if let Activation::Identity = activation {
-                        for (k, t) in here.iter().enumerate() {
-                            add(&mut acc, *input, k, t, 1.0);
-                        }
-                        continue;
-                    }
-                    let Form::Blocks(blocks) = self.form(*input)?.clone() else {
-                        continue;
-                    };
-                    let act = self.activation_id(activation);
-                    for (k, t) in here.iter().enumerate() {
-                        let g = self
-                            .as_gaussian(blocks[k])
-                            .ok_or_else(|| not_gaussian(&format!("variable {input}")))?;
-                        let p = self.phi.id((act, g));
-                        let mut scaled = Vec::with_capacity(t.len());
-                        for &((a, m), c) in t {
-                            if a.factor.is_some() {
-                                return Err(not_gaussian(&format!(
-                                    "the gradient at variable {i} passes through two \
-                                     nonlinearities of Gaussian vectors"
-                                )));
-                            }
-                            let a = BAtom {
-                                factor: Some(p),
-                                base: a.base,
-                            };
-                            scaled.push(((a, m), c));
-                        }
-                        add(&mut acc, *input, k, &scaled, 1.0);
-                    }
-                }
-                Op::LayerNorm { input } => {
-                    // The projection terms of LayerNorm's Jacobian vanish in the limit:
-                    // the gradient is divided by the same per-sample scale.
-                    let Form::Blocks(blocks) = self.form(*input)?.clone() else {
-                        continue;
-                    };
-                    let g = self
-                        .as_gaussian(blocks[0])
-                        .ok_or_else(|| not_gaussian(&format!("variable {input}")))?;
-                    let scaled = self.scale_terms(&here[0], SampleScalar::InvStd(g));
-                    add(&mut acc, *input, 0, &scaled, 1.0);
-                }
-                Op::Attend { block, query } => {
-                    // The values receive Σ_t A_ts dy_t; the logits' gradients vanish.
-                    let decl = &program.attentions[*block];
-                    for (key, &v) in decl.values.iter().enumerate() {
-                        let s = SampleScalar::Attention {
-                            block: *block,
-                            query: *query,
-                            key,
-                        };
-                        let scaled = self.scale_terms(&here[0], s);
-                        add(&mut acc, v, 0, &scaled, 1.0);
-                    }
-                }
-            }
-            acc[i] = here;
+            nodes[i].op.limit().backward(self, i, &here, &mut grads)?;
+            grads.terms[i] = here;
         }
-        for (i, blocks) in acc.into_iter().enumerate() {
+        for (i, blocks) in grads.terms.into_iter().enumerate() {
             self.grads[i] = blocks.into_iter().map(|t| self.blin.id(lin(t))).collect();
         }
         Ok(())
     }
 
     /// Backward terms with their monomials multiplied by `s`.
-    fn scale_terms(
+    pub(crate) fn scale_terms(
         &mut self,
         terms: &[((BAtom, Mono), f64)],
         s: SampleScalar,
@@ -499,5 +302,45 @@ impl Compiler<'_> {
             .iter()
             .map(|&((a, m), c)| ((a, self.times(m, s)), c))
             .collect()
+    }
+}
+
+/// The backward terms of one block: Σ c·m(x)·(factor · base).
+pub(crate) type BackwardTerms = Vec<((BAtom, Mono), f64)>;
+
+/// The single backward term `factor · base` with coefficient 1.
+pub(crate) fn backward_atom(factor: Option<u32>, base: Base) -> ((BAtom, Mono), f64) {
+    ((BAtom { factor, base }, ONE), 1.0)
+}
+
+impl BAtom {
+    /// The atom multiplied by the derivative of φ-atom `p`.
+    pub(crate) fn with_factor(self, p: u32) -> BAtom {
+        BAtom {
+            factor: Some(p),
+            base: self.base,
+        }
+    }
+}
+
+/// The backward combinations being accumulated, per variable and block.
+pub(crate) struct LimitGradients {
+    /// Per variable, its number of hidden blocks (0: input columns, which take none).
+    blocks: Vec<usize>,
+    terms: Vec<Vec<BackwardTerms>>,
+}
+
+impl LimitGradients {
+    /// Adds `scale` · `terms` to block `k` of variable `v`'s combination.
+    pub(crate) fn add(&mut self, v: usize, k: usize, terms: &[((BAtom, Mono), f64)], scale: f64) {
+        let blocks = self.blocks[v];
+        if blocks == 0 {
+            return;
+        }
+        let acc = &mut self.terms[v];
+        if acc.is_empty() {
+            *acc = vec![Vec::new(); blocks];
+        }
+        acc[k].extend(terms.iter().map(|&(a, c)| (a, scale * c)));
     }
 }

@@ -54,23 +54,19 @@ use nalgebra::DMatrix;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::activation::Activation;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::linalg::mirror_upper;
 use crate::parallel;
 use crate::program::Program;
 
 use super::dual::{PairDual, mean_derivative, same_activation};
 use super::quadrature::GaussHermite;
-use super::tape::{Entries, Env, Kind, Runnable, Src, Tape, Val};
-use forms::{Atom, BAtom, Form, Gauss, Interner, Lin, SampleScalar};
-
-/// Which pair of samples a quantity belongs to.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Mode {
-    /// One sample with itself (run per sample).
-    Diag,
-    /// x from batch 1 with x̄ from batch 2.
-    Cross,
-}
+pub(crate) use super::tape::Mode;
+use super::tape::{Entries, Env, Runnable, Src, Tape, Val};
+pub(crate) use forms::{
+    Atom, BackwardTerms, Base, Form, Gauss, LimitGradients, ONE, SampleScalar, backward_atom, lin,
+};
+use forms::{BAtom, Interner, Lin};
 
 /// Which sample of a cross pair a one-sample quantity belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -140,14 +136,17 @@ struct GroupTerms {
     bias: Option<Val>,
 }
 
-struct Compiler<'p> {
-    program: &'p Program,
+/// The compiler of one program's limit: interned forms, memoised moments, and the two
+/// tapes being written. Operations reach it through their
+/// [`LimitRule`](crate::program::ops::LimitRule).
+pub(crate) struct Compiler<'p> {
+    pub(crate) program: &'p Program,
     rule: Arc<GaussHermite>,
     gauss: Interner<Gauss>,
     glin: Interner<Lin<u32>>,
     /// (activation id, Gaussian combination id).
-    phi: Interner<(u32, u32)>,
-    hlin: Interner<Lin<Atom>>,
+    pub(crate) phi: Interner<(u32, u32)>,
+    pub(crate) hlin: Interner<Lin<Atom>>,
     blin: Interner<Lin<BAtom>>,
     scalars: Interner<SampleScalar>,
     /// Sorted lists of scalar ids; id 0 is the empty product.
@@ -155,13 +154,15 @@ struct Compiler<'p> {
     activations: Vec<Activation>,
     pairs: Vec<PairDual>,
     pair_ids: HashMap<(u32, u32), u32>,
-    forms: Vec<Form>,
+    /// The limit form of every variable built so far.
+    pub(crate) forms: Vec<Form>,
     /// Per variable, its backward combination per block (empty if it does not reach
     /// the output).
     grads: Vec<Vec<u32>>,
     memo: HashMap<(Key, Mode), Val>,
     duals: HashMap<(u32, u32, Mode), (Val, Val)>,
-    diag: Tape,
+    /// The per-sample tape.
+    pub(crate) diag: Tape,
     cross: Tape,
     fixed: Vec<usize>,
 }
@@ -191,8 +192,8 @@ pub(crate) fn compile(
         grads: vec![Vec::new(); program.nodes.len()],
         memo: HashMap::default(),
         duals: HashMap::default(),
-        diag: Tape::new(Kind::Diag),
-        cross: Tape::new(Kind::Cross),
+        diag: Tape::new(Mode::Diag),
+        cross: Tape::new(Mode::Cross),
         fixed: Vec::new(),
     };
     c.monos.id(Vec::new());
@@ -275,7 +276,7 @@ pub(crate) fn compile(
 }
 
 impl Val {
-    pub(super) fn constant(self) -> Option<f64> {
+    pub(crate) fn constant(self) -> Option<f64> {
         match self {
             Val::Zero => Some(0.0),
             Val::Const(c) => Some(c),
@@ -283,18 +284,8 @@ impl Val {
         }
     }
 
-    pub(super) fn constant_or_zero(c: f64) -> Val {
+    pub(crate) fn constant_or_zero(c: f64) -> Val {
         if c == 0.0 { Val::Zero } else { Val::Const(c) }
-    }
-}
-
-fn not_gaussian(why: &str) -> Error {
-    Error::InvalidParameter {
-        parameter: "program",
-        value: why.to_string(),
-        reason: "infinite_width needs every nonlinearity (and LayerNorm) to act on a \
-                 Gaussian vector (dense outputs, biases and their sums); the finite \
-                 network still works",
     }
 }
 
@@ -411,13 +402,7 @@ impl Compiled {
             }
         }
         if symmetric {
-            for o in &mut out {
-                for j in 0..n2 {
-                    for i in (j + 1)..n1 {
-                        o[(i, j)] = o[(j, i)];
-                    }
-                }
-            }
+            out.iter_mut().for_each(mirror_upper);
         }
         out
     }

@@ -3,10 +3,10 @@
 //! weights) their combinations carry.
 
 use crate::error::{Error, Result};
-use crate::program::{Group, Op, Width};
+use crate::program::Group;
 
 use super::forms::{Atom, Base, Form, Gauss, Mono, ONE, SampleScalar, coef};
-use super::{Compiler, GroupTerms, Key, Mode, Side, not_gaussian};
+use super::{Compiler, GroupTerms, Key, Mode, Side};
 use crate::infinite::tape::{Tape, Term, Val};
 
 /// A term c·a·b of a sum whose two factors carry the monomials m(x) and m'(x̄).
@@ -67,7 +67,7 @@ impl Compiler<'_> {
     /// in the limit). It is the adjoint of the backward recursion (the same sums over
     /// the same paths), so Θ̊ = c_v M(out) + σ_v² T(out) + c_b' equals the sum of the
     /// group terms.
-    pub(super) fn tangent_of_forms(&mut self, a: &Form, b: &Form) -> Result<Val> {
+    pub(crate) fn tangent_of_forms(&mut self, a: &Form, b: &Form) -> Result<Val> {
         match (a, b) {
             (Form::Blocks(x), Form::Blocks(y)) => {
                 let k = x.len();
@@ -78,7 +78,7 @@ impl Compiler<'_> {
                 }
                 Ok(self.poly(Mode::Cross, 0.0, terms))
             }
-            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(not_gaussian(why)),
+            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(why.clone()),
             _ => Ok(Val::Zero),
         }
     }
@@ -144,37 +144,8 @@ impl Compiler<'_> {
             return Ok(v);
         }
         let v = match (*self.gauss.get(g), *self.gauss.get(h)) {
-            (Gauss::Dense(u), Gauss::Dense(v)) => {
-                let (
-                    Op::Dense {
-                        weight: w1,
-                        input: a,
-                    },
-                    Op::Dense {
-                        weight: w2,
-                        input: b,
-                    },
-                ) = (&self.program.nodes[u].op, &self.program.nodes[v].op)
-                else {
-                    unreachable!("dense atoms come from dense variables")
-                };
-                if w1 == w2 {
-                    let decl = &self.program.weights[*w1];
-                    let s2 = decl.std * decl.std;
-                    let coef_w = decl.ntk_coef.unwrap_or(s2);
-                    let (a, b) = (*a, *b);
-                    let (fa, fb) = (self.form(a)?.clone(), self.form(b)?.clone());
-                    let t = self.tangent_of_forms(&fa, &fb)?;
-                    let m = self.fan_in_moment(u, v, Mode::Cross)?;
-                    self.poly(Mode::Cross, 0.0, vec![(coef_w, m, None), (s2, t, None)])
-                } else {
-                    Val::Zero
-                }
-            }
-            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) if b1 == b2 && k1 == k2 => {
-                let decl = &self.program.biases[b1];
-                Val::Const(decl.ntk_coef.unwrap_or(decl.std * decl.std))
-            }
+            (Gauss::Dense(u), Gauss::Dense(v)) => self.dense_tangent(u, v)?,
+            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) => self.bias_tangent((b1, k1), (b2, k2)),
             _ => Val::Zero,
         };
         self.memo.insert(key, v);
@@ -189,7 +160,7 @@ impl Compiler<'_> {
         Ok(match group {
             Group::Weight(w) => {
                 let decl = &program.weights[w];
-                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
+                let s2 = decl.ntk_coefficient();
                 let mut terms = Vec::new();
                 for &u in &decl.uses {
                     for &v in &decl.uses {
@@ -208,11 +179,8 @@ impl Compiler<'_> {
             }
             Group::Bias(b) => {
                 let decl = &program.biases[b];
-                let s2 = decl.ntk_coef.unwrap_or(decl.std * decl.std);
-                let blocks = match decl.width {
-                    Some(Width::Hidden(k)) => k,
-                    _ => 1,
-                };
+                let s2 = decl.ntk_coefficient();
+                let blocks = decl.width.map_or(1, |w| w.hidden_blocks().max(1));
                 let mut terms = Vec::new();
                 for &u in &decl.uses {
                     for &v in &decl.uses {
@@ -233,7 +201,7 @@ impl Compiler<'_> {
     }
 
     /// D of block `k` of variables u (batch 1) and v (batch 2).
-    fn grad_of_nodes(&mut self, u: usize, v: usize, k: usize) -> Result<Val> {
+    pub(crate) fn grad_of_nodes(&mut self, u: usize, v: usize, k: usize) -> Result<Val> {
         let (Some(&a), Some(&b)) = (self.grads[u].get(k), self.grads[v].get(k)) else {
             return Ok(Val::Zero);
         };
@@ -267,10 +235,7 @@ impl Compiler<'_> {
         match (x, y) {
             (Base::Readout(k), Base::Readout(l)) if k == l => {
                 let (out, readout) = self.program.readout_of()?;
-                let blocks = match self.program.nodes[out].width {
-                    Width::Hidden(kk) => kk,
-                    Width::Input(_) => 1,
-                };
+                let blocks = self.program.nodes[out].width.hidden_blocks().max(1);
                 Ok(Val::Const(
                     readout.weight_std_value().powi(2) / blocks as f64,
                 ))
@@ -286,16 +251,7 @@ impl Compiler<'_> {
                     node: v,
                     block: l,
                 },
-            ) if w1 == w2 && k == l => {
-                let decl = &self.program.weights[w1];
-                let blocks = match decl.fan_in {
-                    Some(Width::Hidden(kk)) => kk,
-                    _ => 1,
-                };
-                let s = decl.std * decl.std / blocks as f64;
-                let d = self.grad_of_nodes(u, v, 0)?;
-                Ok(self.poly(Mode::Cross, 0.0, vec![(s, d, None)]))
-            }
+            ) => self.transposed_covariance((w1, u, k), (w2, v, l)),
             _ => Ok(Val::Zero),
         }
     }
@@ -312,19 +268,8 @@ impl Compiler<'_> {
 
     // ---------------------------------------------------------------- forward moments
 
-    /// M(z_u, z̄_v) of the inputs of two dense uses: (1/K) Σ_k E[z_k z̄_k] or z·z̄/d.
-    pub(super) fn fan_in_moment(&mut self, u: usize, v: usize, mode: Mode) -> Result<Val> {
-        let input = |n: usize| match self.program.nodes[n].op {
-            Op::Dense { input, .. } => input,
-            _ => unreachable!("weight uses are dense variables"),
-        };
-        let (a, b) = (input(u), input(v));
-        let (fa, fb) = (self.form(a)?.clone(), self.form(b)?.clone());
-        self.moment_of_forms(&fa, &fb, mode, a)
-    }
-
     /// M of two forms of equal width (`var` names the first in messages).
-    pub(super) fn moment_of_forms(
+    pub(crate) fn moment_of_forms(
         &mut self,
         a: &Form,
         b: &Form,
@@ -342,11 +287,11 @@ impl Compiler<'_> {
                 }
                 Ok(self.poly(mode, 0.0, terms))
             }
-            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(not_gaussian(why)),
-            _ => Err(Error::InvalidParameter {
-                parameter: "program",
-                value: format!("variable {var}"),
-                reason: "a weight sees input columns at one use and hidden vectors at another",
+            (Form::NotGaussian(why), _) | (_, Form::NotGaussian(why)) => Err(why.clone()),
+            _ => Err(Error::OutsideLimit {
+                variable: var,
+                reason: "a weight sees input columns at one use and hidden vectors at another"
+                    .into(),
             }),
         }
     }
@@ -422,23 +367,8 @@ impl Compiler<'_> {
             return Ok(v);
         }
         let v = match (*self.gauss.get(g), *self.gauss.get(h)) {
-            (Gauss::Dense(u), Gauss::Dense(v)) => {
-                let (Op::Dense { weight: w1, .. }, Op::Dense { weight: w2, .. }) =
-                    (&self.program.nodes[u].op, &self.program.nodes[v].op)
-                else {
-                    unreachable!("dense atoms come from dense variables")
-                };
-                if w1 == w2 {
-                    let s2 = self.program.weights[*w1].std.powi(2);
-                    let m = self.fan_in_moment(u, v, mode)?;
-                    self.poly(mode, 0.0, vec![(s2, m, None)])
-                } else {
-                    Val::Zero
-                }
-            }
-            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) if b1 == b2 && k1 == k2 => {
-                Val::Const(self.program.biases[b1].std.powi(2))
-            }
+            (Gauss::Dense(u), Gauss::Dense(v)) => self.dense_covariance(u, v, mode)?,
+            (Gauss::Bias(b1, k1), Gauss::Bias(b2, k2)) => self.bias_covariance((b1, k1), (b2, k2)),
             _ => Val::Zero,
         };
         self.memo.insert(key, v);
@@ -446,7 +376,7 @@ impl Compiler<'_> {
     }
 
     /// Cov of two Gaussian combinations.
-    fn cov(&mut self, g: u32, h: u32, mode: Mode) -> Result<Val> {
+    pub(crate) fn cov(&mut self, g: u32, h: u32, mode: Mode) -> Result<Val> {
         let (g, h) = if mode == Mode::Diag && h < g {
             (h, g)
         } else {
@@ -605,47 +535,22 @@ impl Compiler<'_> {
         if let Some(&v) = self.memo.get(&key) {
             return Ok(v);
         }
-        let v = match *self.scalars.get(s) {
-            SampleScalar::InvStd(g) => match self.cov(g, g, Mode::Diag)? {
-                Val::Const(q) if q > 0.0 => Val::Const(1.0 / q.sqrt()),
-                Val::Zero | Val::Const(_) => {
-                    return Err(Error::InvalidParameter {
-                        parameter: "program",
-                        value: "layer_norm".into(),
-                        reason: "LayerNorm of a vector that vanishes in the limit",
-                    });
-                }
-                q => self.diag.push_inv_sqrt(q),
-            },
-            SampleScalar::Attention { block, query, .. } => {
-                // All keys of this query at once: softmax over E[q·k_s] (the 1/n logits).
-                let decl = &self.program.attentions[block];
-                let qv = decl.queries[query];
-                let qf = self.form(qv)?.clone();
-                let mut logits = Vec::with_capacity(decl.keys.len());
-                for &k in &decl.keys {
-                    let kf = self.form(k)?.clone();
-                    logits.push(self.moment_of_forms(&qf, &kf, Mode::Diag, qv)?);
-                }
-                let weights = match logits
-                    .iter()
-                    .map(|v| v.constant())
-                    .collect::<Option<Vec<f64>>>()
-                {
-                    Some(l) => softmax(&l).into_iter().map(Val::constant_or_zero).collect(),
-                    None => self.diag.push_softmax(logits),
-                };
-                for (key, w) in weights.into_iter().enumerate() {
-                    let id = self
-                        .scalars
-                        .id(SampleScalar::Attention { block, query, key });
-                    self.memo.insert((Key::Scalar(id), Mode::Diag), w);
-                }
-                return Ok(self.memo[&key]);
-            }
-        };
+        let scalar = *self.scalars.get(s);
+        let program = self.program;
+        let v =
+            program.nodes[scalar.node]
+                .op
+                .limit()
+                .sample_scalar(self, scalar.node, scalar.index)?;
         self.memo.insert(key, v);
         Ok(v)
+    }
+
+    /// Records the value of a per-sample scalar computed alongside another (an
+    /// attention block's weights are computed together).
+    pub(crate) fn remember_scalar(&mut self, s: SampleScalar, v: Val) {
+        let id = self.scalars.id(s);
+        self.memo.insert((Key::Scalar(id), Mode::Diag), v);
     }
 
     // ---------------------------------------------------------------- emission
@@ -658,15 +563,7 @@ impl Compiler<'_> {
     }
 
     /// `constant + Σ c·a·b`, folded (see [`Tape::poly`]).
-    pub(super) fn poly(&mut self, mode: Mode, constant: f64, terms: Vec<Term>) -> Val {
+    pub(crate) fn poly(&mut self, mode: Mode, constant: f64, terms: Vec<Term>) -> Val {
         self.tape(mode).poly(constant, terms)
     }
-}
-
-/// softmax(l) = e^{l − max} / Σ e^{l − max}.
-pub(super) fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-    let total: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / total).collect()
 }

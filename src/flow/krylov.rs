@@ -19,12 +19,12 @@
 
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
-use crate::Scalar;
-use crate::error::{Error, Result, check_time};
-use crate::problem::{
+use super::problem::{
     TrainingProblem, check_test_inputs, check_train_outputs, flow_decay, flow_integral,
     psd_spectrum,
 };
+use crate::Scalar;
+use crate::error::{Error, Result, check_time};
 
 /// Gradient-flow predictions at a single time by the Lanczos method, without
 /// eigendecomposing $Θ$: the same results as [`GradientFlow::train`] and

@@ -1,0 +1,77 @@
+"""ntk.zoo: the standard architectures reproduce the shared reference cases (the same
+cases the hand-built programs of test_references.py reproduce), and refuse bad
+settings."""
+
+import pytest
+
+import ntk
+from conftest import load
+from test_references import assert_matches, program_case
+
+
+def test_residual_mlp_matches_neural_tangents():
+    c = program_case("resnet_relu1")
+    a = c["architecture"]
+    p = ntk.zoo.residual_mlp(a["input_dim"], 1, weight_std=1.0, bias_std=a["bias_std"], readout_std=a["readout_std"])
+    assert_matches(p, c)
+
+
+def test_cnn_matches_neural_tangents():
+    c = program_case("cnn_erf_pool")
+    a = c["architecture"]
+    p = ntk.zoo.cnn(
+        (1, a["positions"]),
+        a["channels"],
+        layers=a["layers"],
+        taps=(1, 3),
+        activation="erf",
+        weight_std=a["weight_std"],
+        bias_std=a["bias_std"],
+        readout_std=a["readout_std"],
+    )
+    assert_matches(p, c)
+
+
+def test_last_state_rnn_matches_independent_recursion():
+    c = program_case("rnn_relu_last")
+    a = c["architecture"]
+    p = ntk.zoo.rnn(
+        a["steps"],
+        a["token_dim"],
+        activation="relu",
+        input_std=a["input_std"],
+        weight_std=a["hidden_std"],
+        bias_std=a["bias_std"],
+        readout_std=a["readout_std"],
+        readout="last",
+    )
+    assert_matches(p, c)
+
+
+def test_transformer_matches_two_independent_implementations():
+    c = load("transformer.json")["cases"][0]
+    a = c["architecture"]
+    p = ntk.zoo.transformer(
+        a["tokens"],
+        a["token_dim"],
+        activation=a["activation"],
+        input_std=a["input_std"],
+        weight_std=a["weight_std"],
+        readout_std=a["readout_std"],
+    )
+    assert_matches(p, c)
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="steps"):
+        ntk.zoo.rnn(0, 3)
+    with pytest.raises(ValueError, match="'mean' or 'last'"):
+        ntk.zoo.rnn(3, 2, readout="first")
+    with pytest.raises(ValueError, match="'global_average' or 'flatten'"):
+        ntk.zoo.cnn((4, 4), 3, readout="max")
+    with pytest.raises(ValueError, match="taps"):
+        ntk.zoo.cnn((2, 2), 1, padding="valid")
+    with pytest.raises(ValueError, match="weight_std"):
+        ntk.zoo.transformer(2, 2, weight_std=-1.0)
+    with pytest.raises(TypeError):
+        ntk.zoo.residual_mlp(3, 1, activation=3)
