@@ -9,7 +9,16 @@
 //! cargo run --release --example blockwise_kernel -- --n 4096 --tile 1024 --check
 //! # the whole kernel in memory at once, to measure peak memory:
 //! /usr/bin/time -v cargo run --release --example blockwise_kernel -- --n 16384 --direct
+//! # the infinite-width NTK of a 1-D CNN instead (compiled once per process):
+//! cargo run --release --example blockwise_kernel -- --kernel infinite --n 1024 --tile 256
 //! ```
+//!
+//! `--kernel empirical` (the default) is the empirical NTK of a fixed-seed MLP;
+//! `--kernel infinite` is the infinite-width NTK Θ̊ of a program, a 1-D CNN over the
+//! inputs read as 8 positions × 4 channels (two circular 3-tap ReLU convolutions with
+//! biases, average pooling). Its recursion is compiled once, by the first tile a process
+//! computes, and every later tile of the task (and the check) runs the compiled tapes:
+//! the task holds one `InfiniteWidth`.
 //!
 //! The file is a NumPy `.npy` file (format version 1.0: a 128-byte header, then Θ as
 //! N × N little-endian `f64` in C order), which `numpy.load(path, mmap_mode='r')` opens
@@ -33,15 +42,21 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use ntk::nalgebra::DMatrix;
 use ntk::rand::{SeedableRng, rngs::StdRng};
-use ntk::{Activation, Mlp, MlpSpec, empirical_ntk, empirical_ntk_block};
+use ntk::{
+    Activation, InfiniteWidth, Mlp, MlpSpec, Padding, Program, empirical_ntk, empirical_ntk_block,
+};
 
 mod support;
 use support::{Context, Result};
 
-/// The empirical NTK of a 32 → 512 → 512 → 512 → 1 ReLU MLP (fixed seed) on N points,
-/// computed tile by tile into a .npy file, as the tasks of a cluster job array would.
+/// The empirical NTK of a 32 → 512 → 512 → 512 → 1 ReLU MLP (fixed seed), or the
+/// infinite-width NTK of a 1-D CNN, on N points, computed tile by tile into a .npy file,
+/// as the tasks of a cluster job array would.
 #[derive(Parser)]
 struct Args {
+    /// Which kernel: the empirical NTK of an MLP, or the infinite-width NTK of a CNN.
+    #[arg(long, value_enum, default_value_t = Kernel::Empirical)]
+    kernel: Kernel,
     /// Number of points N; the kernel is N × N.
     #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     n: usize,
@@ -71,6 +86,84 @@ struct Args {
     /// reference for a tiled file); writes it only if --out is given.
     #[arg(long, conflicts_with_all = ["task", "tasks", "tile"])]
     direct: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Kernel {
+    /// The empirical NTK of a 32 → 512 → 512 → 512 → 1 ReLU MLP drawn from seed 42.
+    Empirical,
+    /// The infinite-width NTK Θ̊ of a 1-D CNN on 8 positions × 4 channels.
+    Infinite,
+}
+
+/// The kernel's model: a finite network, or a program's limit compiled once.
+enum Model {
+    Empirical(Mlp<f64>),
+    Infinite(Box<InfiniteWidth>),
+}
+
+impl Model {
+    fn new(kernel: Kernel) -> ntk::Result<Self> {
+        Ok(match kernel {
+            Kernel::Empirical => {
+                let spec = MlpSpec::new(32)
+                    .hidden(512, Activation::Relu)
+                    .hidden(512, Activation::Relu)
+                    .hidden(512, Activation::Relu);
+                Model::Empirical(spec.init(&mut StdRng::seed_from_u64(42))?)
+            }
+            // Compiles on its first call and keeps the tapes for every later tile.
+            Kernel::Infinite => Model::Infinite(Box::new(InfiniteWidth::new(&cnn()?)?)),
+        })
+    }
+
+    /// The kernel between the rows of `a` and `b`.
+    fn kernel(&self, a: &DMatrix<f64>, b: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
+        match self {
+            Model::Empirical(net) => empirical_ntk(net, a, b),
+            Model::Infinite(limit) => Ok(limit.kernels(a, b)?.ntk),
+        }
+    }
+
+    /// The tile `rows` × `cols` of the kernel of `x` with itself, from those samples only.
+    fn tile(
+        &self,
+        x: &DMatrix<f64>,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) -> ntk::Result<DMatrix<f64>> {
+        match self {
+            Model::Empirical(net) => empirical_ntk_block(net, x, x, rows, cols),
+            Model::Infinite(_) => {
+                let a = x.rows(rows.start, rows.len()).into_owned();
+                let b = x.rows(cols.start, cols.len()).into_owned();
+                self.kernel(&a, &b)
+            }
+        }
+    }
+}
+
+/// The program of `--kernel infinite`: the 32 input columns as 8 positions × 4
+/// channels, two circular 3-tap ReLU convolutions (σ_w 1.4, σ_b 0.1), average pooling.
+fn cnn() -> ntk::Result<Program> {
+    let mut p = Program::new(32);
+    let mut z = (0..8)
+        .map(|q| p.input(4 * q..4 * q + 4))
+        .collect::<ntk::Result<Vec<_>>>()?;
+    for _ in 0..2 {
+        let (w, b) = (p.weight(1.4)?, p.bias(0.1)?);
+        z = p
+            .conv(w, &z, 3, Padding::Circular)?
+            .into_iter()
+            .map(|h| {
+                let h = p.add_bias(h, b)?;
+                p.apply(Activation::Relu, h)
+            })
+            .collect::<ntk::Result<_>>()?;
+    }
+    let pooled = p.mean(&z)?;
+    p.output(pooled, 1.0)?;
+    Ok(p)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -283,11 +376,7 @@ fn run(args: Args) -> Result {
         .into());
     }
     let layout = Layout::new(args.n, args.format)?;
-    let spec = MlpSpec::new(32)
-        .hidden(512, Activation::Relu)
-        .hidden(512, Activation::Relu)
-        .hidden(512, Activation::Relu);
-    let net: Mlp<f64> = spec.init(&mut StdRng::seed_from_u64(42))?;
+    let model = Model::new(args.kernel)?;
     let x = inputs(args.n)?;
 
     let out = match (&args.out, args.direct) {
@@ -304,7 +393,7 @@ fn run(args: Args) -> Result {
     if args.direct {
         let start = Instant::now();
         let spinner = support::spinner(format!("{0} × {0} kernel in memory", args.n));
-        let theta = empirical_ntk(&net, &x, &x)?;
+        let theta = model.kernel(&x, &x)?;
         spinner.finish_and_clear();
         println!(
             "direct: N = {}, {:.2} s, trace {:.6e}, output {:.2} GB",
@@ -348,7 +437,7 @@ fn run(args: Args) -> Result {
             )
             .into());
         }
-        return check(&mut file, &layout, &net, &x, tiles, &range, out);
+        return check(&mut file, &layout, &model, &x, tiles, &range, out);
     }
 
     check_existing(out, &layout, args.format)?;
@@ -380,7 +469,7 @@ fn run(args: Args) -> Result {
     for &p in &mine {
         let (i, j) = pairs[p];
         let (ri, rj) = (range(i), range(j));
-        let tile = empirical_ntk_block(&net, &x, &x, ri.clone(), rj.clone())?;
+        let tile = model.tile(&x, ri.clone(), rj.clone())?;
         write_tile(&mut file, &layout, ri.start, rj.start, &tile)
             .and_then(|()| {
                 if i == j {
@@ -406,7 +495,7 @@ fn run(args: Args) -> Result {
     );
 
     if args.task.is_none() && !args.no_check {
-        check(&mut file, &layout, &net, &x, tiles, &range, out)?;
+        check(&mut file, &layout, &model, &x, tiles, &range, out)?;
     }
     Ok(())
 }
@@ -423,7 +512,7 @@ struct Block {
 fn check(
     file: &mut File,
     layout: &Layout,
-    net: &Mlp<f64>,
+    model: &Model,
     x: &DMatrix<f64>,
     tiles: usize,
     range: &dyn Fn(usize) -> std::ops::Range<usize>,
@@ -458,7 +547,7 @@ fn check(
             .context(|| format!("cannot read {name} from --out {}", out.display()))?;
         let a = x.rows(r0, h).into_owned();
         let b = x.rows(c0, w).into_owned();
-        let direct = empirical_ntk(net, &a, &b)?;
+        let direct = model.kernel(&a, &b)?;
         let err = (&from_file - &direct).amax() / direct.amax();
         println!("{name}: max |file − direct| / max |direct| = {err:.1e}");
         if err.is_nan() || err > 1e-12 {

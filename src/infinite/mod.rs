@@ -52,6 +52,7 @@
 //! [`width_convergence`] measures it, for MLPs and programs alike.
 
 mod architecture;
+mod cache;
 mod convergence;
 mod dual;
 mod engine;
@@ -90,6 +91,12 @@ pub struct Kernels<T: Scalar = f64> {
 /// The infinite-width kernels of an [`Architecture`] (an [`MlpSpec`] or a
 /// [`Program`]), with the quadrature degree to use for activations without a closed
 /// form.
+///
+/// A program's recursion is compiled on the first call of [`kernels`](Self::kernels)
+/// (and, separately, of [`layer_kernels`](Self::layer_kernels)) and kept by the
+/// instance for every later call, on any batches; a compilation of a structurally equal
+/// program with the same degree made anywhere in the process is reused (see
+/// [`infinite_width`]). Changing the degree discards it.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
@@ -146,13 +153,15 @@ impl InfiniteWidth {
         Ok(self)
     }
 
-    /// The compiled recursion of `program`, with the group terms when `groups`.
+    /// The compiled recursion of `program`, with the group terms when `groups`: this
+    /// instance's, else the process-wide cache's (see [`infinite_width`]), else compiled
+    /// now.
     fn compiled(&self, program: &Program, groups: bool) -> Result<Arc<program::Compiled>> {
         let cell = &self.compiled[usize::from(groups)];
         if let Some(c) = cell.get() {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(program::compile(program, &self.rule, groups)?);
+        let c = cache::global().compiled(program, &self.rule, groups)?;
         Ok(Arc::clone(cell.get_or_init(|| c)))
     }
 
@@ -213,8 +222,8 @@ impl InfiniteWidth {
                 let mut out = compiled.run(p, &x1f, x2f.as_ref()).into_iter();
                 let nngp = out.next().unwrap_or_default();
                 let ntk = out.next().unwrap_or_default();
-                check_kernel(&nngp, "nngp")?;
-                check_kernel(&ntk, "ntk")?;
+                check_kernel(&nngp, "nngp", p)?;
+                check_kernel(&ntk, "ntk", p)?;
                 (nngp, ntk)
             }
         };
@@ -255,9 +264,9 @@ impl InfiniteWidth {
         for &has_bias in compiled.layout() {
             let weights = out.next().unwrap_or_default();
             let bias = if has_bias { out.next() } else { None };
-            check_kernel(&weights, "layer kernel")?;
+            check_kernel(&weights, "layer kernel", &program)?;
             if let Some(b) = &bias {
-                check_kernel(b, "layer kernel")?;
+                check_kernel(b, "layer kernel", &program)?;
             }
             groups.push((weights, bias));
         }
@@ -300,16 +309,27 @@ impl InfiniteWidth {
     }
 }
 
-/// Errors unless every entry of a computed kernel is finite.
-fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
+/// Errors unless every entry of a computed kernel of `program` is finite.
+fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Result<()> {
+    let layer_norm = program
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, crate::program::Op::LayerNorm(_)));
     match first_non_finite_entry(k) {
         None => Ok(()),
         Some((row, col)) => Err(Error::NonFiniteResult {
             result: "infinite_width",
             reason: format!(
-                "the {what} entry ({row}, {col}) = {} overflows f64 (inputs or standard \
-                 deviations too large for the depth)",
-                k[(row, col)]
+                "the {what} entry ({row}, {col}) = {} {}",
+                k[(row, col)],
+                if layer_norm {
+                    "is not finite: it overflows f64 (inputs or standard deviations too \
+                     large for the depth), or a LayerNorm's input has zero variance at one \
+                     of the two samples (e.g. an all-zero input with no bias before it), \
+                     where LayerNorm has no derivative"
+                } else {
+                    "overflows f64 (inputs or standard deviations too large for the depth)"
+                }
             ),
         }),
     }
@@ -329,6 +349,20 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str) -> Result<()> {
 /// integrated to about $10^{−13}$ relative at any pre-activation variance (see the table at
 /// [`GaussHermite::DEFAULT_DEGREE`]), for $φ$ smooth away from 0 on the scale of $|x|$, as
 /// every common activation is.
+///
+/// **What is computed once.** For a [`Program`], the first call compiles its recursion:
+/// Tensor Programs II's rules expanded from the output into two straight-line tapes,
+/// which depend on the program's structure (its operations, standard deviations and
+/// activations), the quadrature degree and nothing else — not on `x1` or `x2`. It can
+/// cost far more than a run: for a 2-D CNN on 16 × 16 images, about 20 runs on 4 images
+/// (`benches/programs.rs`). Compilations are kept in a process-wide cache of the 8 most recently used,
+/// keyed by that structure, so a later call on the same program, a clone of it, or one
+/// built by the same calls (any batches, e.g. the tiles of
+/// [`infinite_width_block`] in a loop) runs the tapes only. To keep a compilation
+/// regardless of what else the process compiles, hold one [`InfiniteWidth`]: it
+/// compiles on its first call and keeps its tapes as long as it lives (it also sets the
+/// quadrature degree). An [`MlpSpec`] has nothing to compile: its layer recursion runs
+/// directly.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
@@ -363,6 +397,37 @@ pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
 /// As with [`empirical_ntk_block`](crate::empirical_ntk_block), every entry depends
 /// only on its two samples, so a large kernel can be computed tile by tile by any
 /// scheduler (threads, or the tasks of a cluster job array).
+///
+/// A program is compiled on the first call only (see [`infinite_width`]): the tiles of
+/// a loop share one compilation through the process-wide cache. A task that computes
+/// many tiles can also hold one [`InfiniteWidth`] and call
+/// [`kernels`](InfiniteWidth::kernels) on each tile's rows and columns, which keeps
+/// the compilation for as long as the task runs:
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{Activation, InfiniteWidth, Padding, Program};
+/// # fn main() -> Result<(), ntk::Error> {
+/// // A circular 1-D CNN over 6 positions of 2 channels, with average pooling.
+/// let mut p = Program::new(12);
+/// let z = (0..6).map(|q| p.input(2 * q..2 * q + 2)).collect::<Result<Vec<_>, _>>()?;
+/// let w = p.weight(1.4)?;
+/// let h = p.conv(w, &z, 3, Padding::Circular)?;
+/// let a = h.into_iter().map(|h| p.apply(Activation::Relu, h)).collect::<Result<Vec<_>, _>>()?;
+/// let pooled = p.mean(&a)?;
+/// p.output(pooled, 1.0)?;
+///
+/// let x = DMatrix::from_fn(8, 12, |i, j| ((i * 12 + j) as f64 * 0.3).sin());
+/// let limit = InfiniteWidth::new(&p)?; // compiles on its first call, then reuses it
+/// let rows = |r: std::ops::Range<usize>| x.rows(r.start, r.len()).into_owned();
+/// for (r, c) in [(0..4, 0..4), (0..4, 4..8), (4..8, 4..8)] {
+///     let tile = limit.kernels(&rows(r.clone()), &rows(c.clone()))?;
+///     let block = ntk::infinite_width_block(&p, &x, &x, r, c)?;
+///     assert!((tile.ntk - block.ntk).amax() < 1e-14);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;

@@ -84,6 +84,9 @@ impl Program {
         taps: usize,
         padding: Padding,
     ) -> Result<Vec<Var>> {
+        if positions.is_empty() {
+            return Err(empty("conv"));
+        }
         let windows = windows(&[positions.len()], &[taps], &[1], padding)?;
         Ok(self.conv_windows(weight, positions, windows)?.0)
     }
@@ -238,9 +241,16 @@ fn check_grid(
 /// The windows over a row-major grid of shape `dims` of a filter of shape `taps` at
 /// `strides` (see the [table at `Padding`](Padding)).
 fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) -> Result<Windows> {
-    // Per axis: the number of outputs, and the input index of tap j at output q.
-    let mut axes: Vec<(usize, Vec<Vec<Option<usize>>>)> = Vec::with_capacity(dims.len());
+    // Per axis: the number of outputs.
+    let mut counts: Vec<usize> = Vec::with_capacity(dims.len());
     for ((&count, &k), &s) in dims.iter().zip(taps).zip(strides) {
+        if count == 0 {
+            return Err(Error::InvalidParameter {
+                parameter: "grid",
+                value: format!("{dims:?}"),
+                reason: "every side of the grid needs at least one position",
+            });
+        }
         if k == 0 {
             return Err(Error::InvalidParameter {
                 parameter: "taps",
@@ -266,6 +276,33 @@ fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) 
             }
             Padding::Circular | Padding::Same => count.div_ceil(s),
         };
+        counts.push(outputs);
+    }
+    // The windows hold Π outputs × Π taps positions: a filter too large to lay out is an
+    // error, not an abort (checked before any window is built).
+    let fits = |n: Option<usize>| {
+        n.is_some_and(|n| {
+            n <= isize::MAX as usize / 16
+                && Vec::<Option<usize>>::new().try_reserve_exact(n).is_ok()
+        })
+    };
+    let entries = counts
+        .iter()
+        .chain(taps)
+        .try_fold(1_usize, |acc, &v| acc.checked_mul(v));
+    let per_axis = counts
+        .iter()
+        .zip(taps)
+        .all(|(&o, &k)| fits(o.checked_mul(k)));
+    if !per_axis || !fits(entries) {
+        return Err(Error::AllocationFailed {
+            what: format!("the windows of a {dims:?} grid with {taps:?} taps"),
+            size: format!("{counts:?} outputs × {taps:?} taps positions"),
+        });
+    }
+    // Per axis: the number of outputs, and the input index of tap j at output q.
+    let mut axes: Vec<(usize, Vec<Vec<Option<usize>>>)> = Vec::with_capacity(dims.len());
+    for (((&count, &k), &s), &outputs) in dims.iter().zip(taps).zip(strides).zip(&counts) {
         // TensorFlow's SAME split: ⌊total/2⌋ before, the rest after.
         let before = ((outputs - 1) * s + k).saturating_sub(count) / 2;
         let index = |q: usize, j: usize| -> Option<usize> {
@@ -280,17 +317,6 @@ fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) 
             .map(|q| (0..k).map(|j| index(q, j)).collect())
             .collect();
         axes.push((outputs, windows));
-    }
-    let outputs: usize = axes.iter().map(|(count, _)| *count).product();
-    let taps_total: usize = taps.iter().product();
-    if outputs
-        .checked_mul(taps_total)
-        .is_none_or(|n| n > isize::MAX as usize / 16)
-    {
-        return Err(Error::AllocationFailed {
-            what: format!("the windows of a {dims:?} grid with {taps:?} taps"),
-            size: format!("{outputs} windows of {taps_total} positions"),
-        });
     }
     // Row-major products over the axes: output positions, and each one's window.
     let mut out: Vec<Vec<usize>> = vec![Vec::new()];

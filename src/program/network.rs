@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::Scalar;
-use crate::error::{Error, Result, check_cols, check_finite};
+use crate::error::{Error, Result, check_cols, check_finite, first_non_finite_entry};
 use crate::linalg::try_zeros;
 use crate::model::NtkModel;
 use crate::tangent::{DenseUse, GroupTangent};
@@ -121,12 +121,24 @@ impl<T: Scalar> ProgramNetwork<T> {
             readout_weights,
             readout_bias: (readout.bias_std > 0.0).then(|| DVector::zeros(readout.outputs)),
         };
-        let count = net.parameter_count();
-        let params = DVector::<T>::from_fn(count, |_, _| {
-            let z: f64 = StandardNormal.sample(rng);
-            T::from_f64_lossy(z)
-        });
-        net.set_parameters(&params)?;
+        // N(0, 1) in parameter order (see `parameters`), drawn in place: no second copy
+        // of a wide network's parameters.
+        let mut draw = |values: &mut [T]| {
+            for v in values {
+                let z: f64 = StandardNormal.sample(rng);
+                *v = T::from_f64_lossy(z);
+            }
+        };
+        for group in &program.groups {
+            match *group {
+                Group::Weight(w) => draw(net.parameters.weights[w].as_mut_slice()),
+                Group::Bias(b) => draw(net.parameters.biases[b].as_mut_slice()),
+            }
+        }
+        draw(net.readout_weights.as_mut_slice());
+        if let Some(b) = net.readout_bias.as_mut() {
+            draw(b.as_mut_slice());
+        }
         Ok(net)
     }
 
@@ -159,7 +171,11 @@ impl<T: Scalar> ProgramNetwork<T> {
 
     /// Every variable's value on `x` and the outputs, each variable by its operation's
     /// finite rule.
-    fn forward_pass(&self, x: &DMatrix<T>) -> Forward<T> {
+    ///
+    /// # Errors
+    /// [`Error::NonFiniteResult`] naming the first variable (or the output) whose value is
+    /// not finite: it overflows the scalar type, or a custom φ returns NaN or ∞.
+    fn forward_pass(&self, x: &DMatrix<T>) -> Result<Forward<T>> {
         let count = self.program.nodes.len();
         let mut values: Vec<DMatrix<T>> = Vec::with_capacity(count);
         let mut saved: Vec<Option<DMatrix<T>>> = Vec::with_capacity(count);
@@ -171,6 +187,17 @@ impl<T: Scalar> ProgramNetwork<T> {
                 parameters: Some(&self.parameters),
             };
             let evaluated = node.op.finite::<T>().forward(&at);
+            if let Some((row, col)) = first_non_finite_entry(&evaluated.value) {
+                return Err(Error::NonFiniteResult {
+                    result: "program network forward pass",
+                    reason: format!(
+                        "variable {} is {} at row {row}: {}",
+                        values.len(),
+                        evaluated.value[(row, col)],
+                        node.op.finite::<T>().non_finite_reason()
+                    ),
+                });
+            }
             values.push(evaluated.value);
             saved.push(evaluated.saved);
         }
@@ -187,18 +214,32 @@ impl<T: Scalar> ProgramNetwork<T> {
                 col.add_scalar_mut(s * bc);
             }
         }
-        Forward {
+        if let Some((i, c)) = first_non_finite_entry(&output) {
+            return Err(Error::NonFiniteResult {
+                result: "program network forward pass",
+                reason: format!(
+                    "output {c} is {} at row {i}: the readout exceeds the range of the \
+                     scalar type",
+                    output[(i, c)]
+                ),
+            });
+        }
+        Ok(Forward {
             values,
             saved,
             output,
-        }
+        })
     }
 
     /// $∂f/∂(\text{every variable})$: $N × (k·\text{columns})$, column block $c$ for output
     /// $c$; `None` for variables that do not reach the output or hold input columns (no
     /// parameters lie before them). Each variable sends its gradient to its inputs by
     /// its operation's finite rule.
-    fn backward_pass(&self, fwd: &Forward<T>) -> Vec<Option<DMatrix<T>>> {
+    ///
+    /// # Errors
+    /// Where an operation has no derivative at the batch (LayerNorm of a vector whose
+    /// coordinates are all equal).
+    fn backward_pass(&self, fwd: &Forward<T>) -> Result<Vec<Option<DMatrix<T>>>> {
         let nodes = &self.program.nodes;
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
@@ -224,17 +265,19 @@ impl<T: Scalar> ProgramNetwork<T> {
             let Some(g) = grads.slots[i].take() else {
                 continue;
             };
-            nodes[i].op.finite::<T>().backward(&at, i, &g, &mut grads);
+            let rule = nodes[i].op.finite::<T>();
+            rule.differentiable(&at, i)?;
+            rule.backward(&at, i, &g, &mut grads);
             grads.slots[i] = Some(g);
         }
-        grads.slots
+        Ok(grads.slots)
     }
 
     /// The tangent features of every group from one forward and one backward pass.
-    fn tangents(&self, fwd: &Forward<T>) -> Vec<GroupTangent<T>> {
+    fn tangents(&self, fwd: &Forward<T>) -> Result<Vec<GroupTangent<T>>> {
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
-        let mut grads = self.backward_pass(fwd);
+        let mut grads = self.backward_pass(fwd)?;
         let mut grad_of = |v: usize, cols: usize| {
             grads[v]
                 .take()
@@ -285,7 +328,7 @@ impl<T: Scalar> ProgramNetwork<T> {
                 .map(|_| T::from_f64_lossy(self.readout.bias_std)),
             input: fwd.values[self.readout_var].clone(),
         });
-        out
+        Ok(out)
     }
 }
 
@@ -351,7 +394,7 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
 
     fn forward(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         self.check_x(x)?;
-        Ok(self.forward_pass(x).output)
+        Ok(self.forward_pass(x)?.output)
     }
 
     fn layer_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
@@ -360,14 +403,14 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
 
     fn group_tangents(&self, x: &DMatrix<T>) -> Result<Vec<GroupTangent<T>>> {
         self.check_x(x)?;
-        let fwd = self.forward_pass(x);
-        Ok(self.tangents(&fwd))
+        let fwd = self.forward_pass(x)?;
+        self.tangents(&fwd)
     }
 
     fn forward_with_tangents(&self, x: &DMatrix<T>) -> Result<(DMatrix<T>, Vec<GroupTangent<T>>)> {
         self.check_x(x)?;
-        let fwd = self.forward_pass(x);
-        let tangents = self.tangents(&fwd);
+        let fwd = self.forward_pass(x)?;
+        let tangents = self.tangents(&fwd)?;
         Ok((fwd.output, tangents))
     }
 }

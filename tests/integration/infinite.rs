@@ -204,21 +204,6 @@ fn numerical_moments_are_accurate_at_any_variance() {
     }
 }
 
-/// The table at `GaussHermite::DEFAULT_DEGREE`: `cargo test --release -- --ignored
-/// moments_error_table --nocapture`.
-#[test]
-#[ignore = "prints the documented accuracy table (about a minute)"]
-fn moments_error_table() {
-    let variances = [0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4];
-    for act in numerical_activations() {
-        let row: Vec<String> = variances
-            .iter()
-            .map(|&q| format!("{:.0e}", moments_error(&act, q)))
-            .collect();
-        println!("| {act} | {} |", row.join(" | "));
-    }
-}
-
 /// The fixed Gauss–Hermite tensor rule converges fast at small variance, slowly at
 /// large (the reason `gaussian_moments` does not use it alone there).
 #[test]

@@ -6,6 +6,8 @@
 //! model goes through one kernel contract (`contract.rs`); tolerances live in
 //! `prec.rs`.
 
+mod audit;
+mod cache;
 mod common;
 mod contract;
 mod custom_model;
@@ -17,6 +19,8 @@ mod never_silently_wrong;
 mod parallel;
 mod prec;
 mod program;
+mod program_guarantees;
+mod random_programs;
 mod shared_weights;
 mod train;
 mod training_dynamics;

@@ -645,7 +645,8 @@ fn networks_too_wide_for_memory_are_errors() {
 
 /// Θ̊ two ways: forward (tangent moments, `infinite_width`) and backward (gradient
 /// moments per group, `infinite_width_groups`) are adjoint recursions over the same
-/// paths, so they agree to round-off on every architecture.
+/// paths, so they agree to round-off on every architecture, attention included (a
+/// Transformer, and an attention block with unequal weights).
 #[test]
 fn forward_and_backward_limits_agree() {
     let mut mixed = Program::new(4);
@@ -672,6 +673,9 @@ fn forward_and_backward_limits_agree() {
         cnn(3, 2, 2, Activation::Gelu, (1.0, 0.2, 1.0), false),
         resnet(3, Activation::Relu, 0.2, 1.0),
         mixed,
+        // Attention: the values' gradients carry the attention weights.
+        crate::transformer::transformer(3, 2, Activation::Gelu, (1.0, 1.2, 1.0)),
+        crate::audit::attention_block(),
     ];
     for (i, p) in programs.iter().enumerate() {
         let x1 = common::inputs(4, p.input_dim(), 30 + i as u64);

@@ -70,6 +70,21 @@ impl<T: Scalar> FiniteRule<T> for Apply {
             block += g.columns(c * m, m).component_mul(&d);
         }
     }
+
+    fn non_finite_reason(&self) -> String {
+        if self.activation.finite_on_finite_inputs() {
+            format!(
+                "{} of variable {} exceeds the range of the scalar type (the inputs, a σ or \
+                 the depth is too large)",
+                self.activation, self.input
+            )
+        } else {
+            format!(
+                "activation {} applied to variable {} gives a NaN or ∞",
+                self.activation, self.input
+            )
+        }
+    }
 }
 
 impl LimitRule for Apply {

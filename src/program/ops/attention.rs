@@ -96,6 +96,45 @@ pub(crate) fn softmax_in_place<T: RealField + Copy>(logits: &mut [T]) {
     }
 }
 
+impl Attend {
+    /// The softmax of sample `i`'s logits q·k_s/n when one of them overflows: formed from
+    /// q and the keys divided by their largest magnitudes a and b, L_s = ab·l_s, so that
+    /// $e^{L_s − L_{max}} = e^{ab(l_s − l_{max})}$ (1 at the maximum, 0 where it underflows):
+    /// the saturated weights, exactly.
+    fn saturated_softmax<T: Scalar>(&self, at: &FiniteForward<'_, T>, i: usize, logits: &mut [T]) {
+        let q = at.values[self.query].row(i);
+        let qa = q.amax();
+        let kb = self
+            .keys
+            .iter()
+            .map(|&key| at.values[key].row(i).amax())
+            .fold(T::zero(), |m, v| m.max(v));
+        if qa == T::zero() || kb == T::zero() {
+            logits.fill(T::zero());
+            softmax_in_place(logits);
+            return;
+        }
+        let inv = T::one() / T::from_usize(q.ncols()).unwrap_or_else(T::one);
+        let qs = q / qa;
+        for (l, &key) in logits.iter_mut().zip(self.keys.iter()) {
+            *l = qs.dot(&(at.values[key].row(i) / kb)) * inv;
+        }
+        let ab = qa * kb;
+        let Some(max) = logits.iter().copied().reduce(|m, v| m.max(v)) else {
+            return;
+        };
+        let mut total = T::zero();
+        for l in logits.iter_mut() {
+            let d = *l - max;
+            *l = if d == T::zero() { T::one() } else { (ab * d).exp() };
+            total += *l;
+        }
+        for l in logits.iter_mut() {
+            *l /= total;
+        }
+    }
+}
+
 impl<T: Scalar> FiniteRule<T> for Attend {
     fn forward(&self, at: &FiniteForward<'_, T>) -> Evaluated<T> {
         let q = &at.values[self.query];
@@ -108,7 +147,11 @@ impl<T: Scalar> FiniteRule<T> for Attend {
             for (l, &key) in logits.iter_mut().zip(self.keys.iter()) {
                 *l = q.row(i).dot(&at.values[key].row(i)) * inv;
             }
-            softmax_in_place(&mut logits);
+            if logits.iter().all(|l| l.is_finite()) {
+                softmax_in_place(&mut logits);
+            } else {
+                self.saturated_softmax(at, i, &mut logits);
+            }
             for (s, &w) in logits.iter().enumerate() {
                 a[(i, s)] = w;
             }

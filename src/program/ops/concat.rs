@@ -28,7 +28,8 @@ impl Program {
     ///
     /// # Errors
     /// An empty list, a foreign handle, or a mix of input-width and hidden parts (a
-    /// fan-in is either finite or grows with $n$).
+    /// fan-in is either finite or grows with $n$); [`Error::AllocationFailed`] if the
+    /// input widths add up beyond `usize`.
     pub fn concat(&mut self, parts: &[Var]) -> Result<Var> {
         if parts.is_empty() {
             return Err(empty("concat"));
@@ -41,13 +42,19 @@ impl Program {
                 _ => flat.push(v),
             }
         }
-        let mut input = 0;
-        let mut hidden = 0;
+        let mut input = 0_usize;
+        let mut hidden = 0_usize;
         for &v in &flat {
-            match self.nodes[v].width {
-                Width::Input(d) => input += d,
-                Width::Hidden(k) => hidden += k,
-            }
+            let (sum, part) = match self.nodes[v].width {
+                Width::Input(d) => (&mut input, d),
+                Width::Hidden(k) => (&mut hidden, k),
+            };
+            *sum = sum
+                .checked_add(part)
+                .ok_or_else(|| Error::AllocationFailed {
+                    what: format!("a concatenation of {} parts", flat.len()),
+                    size: "a width that overflows usize".into(),
+                })?;
         }
         let width = match (input, hidden) {
             (d, 0) => Width::Input(d),

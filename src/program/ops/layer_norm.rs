@@ -2,9 +2,13 @@
 //! $z = (x − \operatorname{mean}(x)) / \operatorname{std}(x)$ over the coordinates of each sample.
 //!
 //! - **Finite:** per sample, the biased standard deviation; backward
-//!   $dx = (dz − \operatorname{mean}(dz) − z \operatorname{mean}(dz ⊙ z)) / \operatorname{std}(x)$.
-//!   A sample whose coordinates are all equal has $\operatorname{std}(x) = 0$ and no
-//!   LayerNorm: its values are not finite, and the finite network reports it.
+//!   $dx = (dz − \operatorname{mean}(dz) − z \operatorname{mean}(dz ⊙ z)) / \operatorname{std}(x)$,
+//!   both computed on the row divided by its largest magnitude (exact at any scale: the
+//!   squares of entries near $10^{±200}$ are not representable, their ratios are). A
+//!   sample whose coordinates are all equal ($\operatorname{std}(x) = 0$) normalises to
+//!   0, LayerNorm's value with any $ε > 0$; LayerNorm has no derivative there (its value
+//!   jumps to a unit vector along any perturbation), so the network's gradients at that
+//!   sample are an error naming the variable and the sample.
 //! - **Limit (Tensor Programs II, Appendix):** the mean over the coordinates of a
 //!   Gaussian $g$ vanishes, so $z = g/\sqrt{E[g²]}$: $g$ with the per-sample coefficient
 //!   $1/\sqrt{E[g²]}$, which the gradient carries as well (the projection terms of the
@@ -32,6 +36,13 @@ impl Program {
     /// $(x − \operatorname{mean}(x)) / \operatorname{std}(x)$, the mean and the (biased)
     /// standard deviation taken over the $n$ coordinates of each sample.
     ///
+    /// A vector whose coordinates are all equal (zero variance, e.g. the dense output of
+    /// an all-zero input without a bias) normalises to 0, LayerNorm's value with any
+    /// $ε > 0$. LayerNorm has no derivative there (its value jumps to a unit vector along
+    /// any perturbation), so the finite network's gradients, kernels and training steps
+    /// on such a sample are [`Error::NonFiniteResult`], and so are the infinite-width
+    /// kernels (an error naming the entry).
+    ///
     /// # Errors
     /// A foreign handle, or a variable that is not one hidden vector (input columns or
     /// a concatenation).
@@ -42,16 +53,31 @@ impl Program {
     }
 }
 
+/// A row divided by its largest magnitude, its mean subtracted, and the variance of the
+/// result, with the scale: $(y, \operatorname{var} y, \max|x|)$ for
+/// $y = x/\max|x| − \operatorname{mean}$; $(x, 0, 0)$ for a zero row.
+fn centred<T: Scalar>(row: nalgebra::DMatrixView<'_, T>) -> (DMatrix<T>, T, T) {
+    let m = T::from_usize(row.ncols()).unwrap_or_else(T::one);
+    let scale = row.amax();
+    if scale == T::zero() {
+        return (row.into_owned(), T::zero(), T::zero());
+    }
+    let mut y = row / scale;
+    let mean = y.sum() / m;
+    y.add_scalar_mut(-mean);
+    let var = y.norm_squared() / m;
+    (y, var, scale)
+}
+
 impl<T: Scalar> FiniteRule<T> for LayerNorm {
     fn forward(&self, at: &FiniteForward<'_, T>) -> Evaluated<T> {
         let x = &at.values[self.input];
-        let m = T::from_usize(x.ncols()).unwrap_or_else(T::one);
-        let mut z = x.clone();
-        for mut row in z.row_iter_mut() {
-            let mean = row.sum() / m;
-            row.add_scalar_mut(-mean);
-            let sd = (row.norm_squared() / m).sqrt();
-            row /= sd;
+        let mut z = DMatrix::<T>::zeros(x.nrows(), x.ncols());
+        for r in 0..x.nrows() {
+            let (y, var, _) = centred(x.rows(r, 1));
+            if var > T::zero() {
+                z.row_mut(r).copy_from(&(y / var.sqrt()));
+            }
         }
         z.into()
     }
@@ -68,20 +94,37 @@ impl<T: Scalar> FiniteRule<T> for LayerNorm {
         let mf = T::from_usize(m).unwrap_or_else(T::one);
         let mut dx = DMatrix::<T>::zeros(g.nrows(), g.ncols());
         for r in 0..x.nrows() {
-            let row = x.row(r);
-            let mean = row.sum() / mf;
-            let sd = (row.map(|v| (v - mean) * (v - mean)).sum() / mf).sqrt();
+            // std(x) = scale · √var(y), divided by in two steps so that neither underflows
+            // (`differentiable` has checked that var(y) > 0).
+            let (_, var, scale) = centred(x.rows(r, 1));
+            let sd = var.sqrt();
             for c in 0..grads.outputs {
                 let dz = g.view((r, c * m), (1, m));
                 let zr = z.row(r);
                 let mean_dz = dz.sum() / mf;
                 let mean_dzz = dz.component_mul(&zr).sum() / mf;
                 for j in 0..m {
-                    dx[(r, c * m + j)] = (dz[(0, j)] - mean_dz - zr[j] * mean_dzz) / sd;
+                    dx[(r, c * m + j)] = (dz[(0, j)] - mean_dz - zr[j] * mean_dzz) / sd / scale;
                 }
             }
         }
         grads.add(self.input, &dx, T::one());
+    }
+
+    fn differentiable(&self, at: &FiniteBackward<'_, T>, i: usize) -> Result<()> {
+        let x = &at.values[self.input];
+        match (0..x.nrows()).find(|&r| centred(x.rows(r, 1)).1 <= T::zero()) {
+            None => Ok(()),
+            Some(row) => Err(Error::NonFiniteResult {
+                result: "program network gradient",
+                reason: format!(
+                    "variable {i} is the LayerNorm of variable {}, whose coordinates are all \
+                     equal at row {row} (zero variance, e.g. an all-zero input with no bias \
+                     before it): LayerNorm is 0 there but has no derivative",
+                    self.input
+                ),
+            }),
+        }
     }
 }
 

@@ -174,6 +174,23 @@ pub(crate) trait FiniteRule<T: Scalar> {
         g: &DMatrix<T>,
         grads: &mut Gradients<'_, T>,
     );
+
+    /// Checked before [`backward`](Self::backward): whether the operation has a
+    /// derivative at every sample of the batch (every operation but LayerNorm always does).
+    ///
+    /// # Errors
+    /// [`crate::Error::NonFiniteResult`] naming variable `i` and the sample.
+    fn differentiable(&self, _at: &FiniteBackward<'_, T>, _i: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// Why the variable's value can fail to be finite on finite inputs, as a clause for
+    /// the forward pass's error.
+    fn non_finite_reason(&self) -> String {
+        "it exceeds the range of the scalar type (the inputs, a σ or the depth is too \
+         large)"
+            .into()
+    }
 }
 
 /// An operation's infinite-width rules (see [`crate::infinite`] for the recursion).
