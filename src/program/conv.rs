@@ -1,22 +1,8 @@
 //! Convolutions and average pooling as sugar: one shared weight applied to the stacked
 //! windows of a sequence or an image, and means over windows, so that their finite and
 //! limit rules are those of [`dense`](Program::dense), [`concat`](Program::concat),
-//! [`mean`](Program::mean) and, for zero padding, the zero vector.
-//!
-//! Windows follow neural-tangents' `stax.Conv` and `stax.AvgPool` (JAX's
-//! `conv_general_dilated` and `reduce_window`) exactly. Along an axis of $P$ positions,
-//! with $k$ taps and stride $s$:
-//!
-//! | padding | outputs | window of output $q$ |
-//! |---|---|---|
-//! | [`Padding::Valid`] | $⌊(P − k)/s⌋ + 1$ | $qs, …, qs + k − 1$ |
-//! | [`Padding::Same`] | $⌈P/s⌉$ | $qs − b, …, qs − b + k − 1$, zeros past the edges |
-//! | [`Padding::Circular`] | $⌈P/s⌉$ | the same positions modulo $P$ |
-//!
-//! where $b = ⌊t/2⌋$ of TensorFlow's total padding $t = \max((⌈P/s⌉ − 1)s + k − P, 0)$
-//! ($b = ⌊(k − 1)/2⌋$ at stride 1). The fan-in is the filter's taps times a position's
-//! width at every output, also where the window reaches past the edge (`stax.Conv`'s
-//! normalisation).
+//! [`mean`](Program::mean) and, for zero padding, the zero vector. The windows are
+//! documented at [`Padding`].
 
 use crate::error::{Error, Result};
 
@@ -25,6 +11,21 @@ use super::{Program, Var, Weight, empty};
 /// How a convolution ([`Program::conv`], [`Program::conv2d`],
 /// [`Program::conv2d_strided`]) treats the ends of the sequence or the edges of the
 /// image.
+///
+/// Windows follow neural-tangents' `stax.Conv` and `stax.AvgPool` (JAX's
+/// `conv_general_dilated` and `reduce_window`) exactly. Along an axis of $P$ positions,
+/// with $k$ taps and stride $s$:
+///
+/// | padding | outputs | window of output $q$ |
+/// |---|---|---|
+/// | [`Padding::Valid`] | $⌊(P − k)/s⌋ + 1$ | $qs, …, qs + k − 1$ |
+/// | [`Padding::Same`] | $⌈P/s⌉$ | $qs − b, …, qs − b + k − 1$, zeros past the edges |
+/// | [`Padding::Circular`] | $⌈P/s⌉$ | the same positions modulo $P$ |
+///
+/// where $b = ⌊t/2⌋$ of TensorFlow's total padding $t = \max((⌈P/s⌉ − 1)s + k − P, 0)$
+/// ($b = ⌊(k − 1)/2⌋$ at stride 1). The fan-in is the filter's taps times a position's
+/// width at every output, also where the window reaches past the edge (`stax.Conv`'s
+/// normalisation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Padding {
@@ -45,8 +46,8 @@ impl Program {
     /// A 1-D convolution over a sequence of positions (one variable each, all of the
     /// same width): output $q$ is `dense(weight, concat(window_q))`, the same weight at
     /// every position, so its fan-in is `taps` times a position's width
-    /// (neural-tangents' `Conv` normalisation). The windows are those of the [module
-    /// table](self) at stride 1: positions $q − ⌊(\text{taps} − 1)/2⌋, …$ for
+    /// (neural-tangents' `Conv` normalisation). The windows are those of the [table at
+    /// `Padding`](Padding) at stride 1: positions $q − ⌊(\text{taps} − 1)/2⌋, …$ for
     /// [`Padding::Circular`] (modulo the length) and [`Padding::Same`] (zeros past the
     /// ends), $q, …, q + \text{taps} − 1$ for [`Padding::Valid`]. Returns the
     /// pre-activations, one per output position (add a bias and apply $φ$ to each). For
@@ -95,7 +96,7 @@ impl Program {
     /// filter at stride 1: output $(r, c)$ is `dense(weight, concat(window_{r,c}))`, the
     /// window's pixels row-major, so the fan-in is $\text{taps}_0 · \text{taps}_1$ times a
     /// pixel's width. Returns the outputs row-major, with their grid's shape (see the
-    /// [module table](self)); neural-tangents' `Conv(·, taps, padding)` on NHWC images.
+    /// [table at `Padding`](Padding)); neural-tangents' `Conv(·, taps, padding)` on NHWC images.
     ///
     /// ```
     /// use ntk::{Activation, Padding, Program};
@@ -126,7 +127,7 @@ impl Program {
 
     /// [`conv2d`](Program::conv2d) with strides `(rows, columns)`: output $(r, c)$'s
     /// window starts at row $r·s_0$ and column $c·s_1$ of the (padded) grid (see the
-    /// [module table](self)); neural-tangents' `Conv(·, taps, strides, padding)`.
+    /// [table at `Padding`](Padding)); neural-tangents' `Conv(·, taps, strides, padding)`.
     ///
     /// # Errors
     /// As [`conv2d`](Program::conv2d), and [`Error::InvalidParameter`] for a zero stride.
@@ -238,7 +239,7 @@ fn check_grid(
 }
 
 /// The windows over a row-major grid of shape `dims` of a filter of shape `taps` at
-/// `strides` (see the [module table](self)).
+/// `strides` (see the [table at `Padding`](Padding)).
 fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) -> Result<Windows> {
     // Per axis: the number of outputs.
     let mut counts: Vec<usize> = Vec::with_capacity(dims.len());
