@@ -276,6 +276,10 @@ impl Plan {
                 let update = self.update(layer.width);
                 if l == 0
                     && let Some(closed) = layer.dual.needs_determinant()
+                    && self.determinant_may_be_lost(
+                        &s1.q[0].q()[first..first + s.len()],
+                        s2.q[0].q()[j],
+                    )
                 {
                     let (q, qj) = (s1.q[0].q(), s2.q[0].q()[j]);
                     for (i, (si, ti)) in s.iter_mut().zip(t.iter_mut()).enumerate() {
@@ -297,6 +301,15 @@ impl Plan {
 }
 
 impl Plan {
+    /// Whether any entry between rows of first-layer variances `rows` and a column of
+    /// variance `qj` may need its determinant from the inputs (see
+    /// [`Plan::first_determinant_root`]): a bound over the chunk, so that inputs of
+    /// moderate norm keep the vectorised loop.
+    fn determinant_may_be_lost(&self, rows: &[f64], qj: f64) -> bool {
+        let qmax = rows.iter().fold(0.0_f64, |m, &q| m.max(q));
+        4.0 * self.input_dim.sqrt() * f64::EPSILON * qmax * qj > 1e-14 * (0.25 + 0.5 * qj)
+    }
+
     /// $\sqrt{q_1q_2 − c^2}$ for the first layer's pre-activations at rows `a` of x1 and
     /// `b` of x2, whose variances and covariance are `q1`, `q2`, `c`. From the correlation
     /// when that is accurate; otherwise from the inputs themselves, by the Lagrange
