@@ -206,7 +206,8 @@ impl Plan {
                     let j = j0 + jj;
                     let len = if symmetric { j + 1 } else { n1 };
                     let col = jj * n1..jj * n1 + len;
-                    self.column(&s1, s2, j, &mut s[col.clone()], &mut t[col.clone()]);
+                    let inputs = (x1, x2, j);
+                    self.column(&s1, s2, inputs, &mut s[col.clone()], &mut t[col.clone()]);
                     // Checked while the column is in cache.
                     if first_non_finite(&s[col.clone()])
                         .or(first_non_finite(&t[col]))
@@ -240,8 +241,15 @@ impl Plan {
     }
 
     /// Runs the recursion on column j: `s` holds x1_i · x2_j on entry, Σ(i, j) on exit;
-    /// `t` receives Θ̊(i, j).
-    fn column(&self, s1: &Stats, s2: &Stats, j: usize, s: &mut [f64], t: &mut [f64]) {
+    /// `t` receives Θ̊(i, j). The inputs are there for the first layer's determinant.
+    fn column(
+        &self,
+        s1: &Stats,
+        s2: &Stats,
+        (x1, x2, j): (&DMatrix<f64>, &DMatrix<f64>, usize),
+        s: &mut [f64],
+        t: &mut [f64],
+    ) {
         let (sw2, sb2) = (self.sw2, self.sb2);
         let scale = sw2 / self.input_dim;
         if self.standard {
@@ -266,6 +274,22 @@ impl Plan {
             let first = k * ROW_CHUNK;
             for (l, layer) in self.hidden.iter().enumerate() {
                 let update = self.update(layer.width);
+                if l == 0
+                    && let Some(closed) = layer.dual.needs_determinant()
+                    && self.determinant_may_be_lost(
+                        &s1.q[0].q()[first..first + s.len()],
+                        s2.q[0].q()[j],
+                    )
+                {
+                    let (q, qj) = (s1.q[0].q(), s2.q[0].q()[j]);
+                    for (i, (si, ti)) in s.iter_mut().zip(t.iter_mut()).enumerate() {
+                        let (q1, c) = (q[first + i], *si);
+                        let r = self.first_determinant_root((x1, first + i), (x2, j), q1, c, qj);
+                        let (cc, cd) = closed.eval_with_determinant(q1, c, qj, r);
+                        (*si, *ti) = update.step(cc, cd, *ti);
+                    }
+                    continue;
+                }
                 layer
                     .dual
                     .eval_column_then(&s1.q[l], first, s, &s2.q[l], j, t, |c, cdot, t| {
@@ -274,6 +298,102 @@ impl Plan {
             }
         }
     }
+}
+
+impl Plan {
+    /// Whether any entry between rows of first-layer variances `rows` and a column of
+    /// variance `qj` may need its determinant from the inputs (see
+    /// [`Plan::first_determinant_root`]): a bound over the chunk, so that inputs of
+    /// moderate norm keep the vectorised loop.
+    fn determinant_may_be_lost(&self, rows: &[f64], qj: f64) -> bool {
+        let qmax = rows.iter().fold(0.0_f64, |m, &q| m.max(q));
+        4.0 * self.input_dim.sqrt() * f64::EPSILON * qmax * qj > 1e-14 * (0.25 + 0.5 * qj)
+    }
+
+    /// $\sqrt{q_1q_2 − c^2}$ for the first layer's pre-activations at rows `a` of x1 and
+    /// `b` of x2, whose variances and covariance are `q1`, `q2`, `c`. From the correlation
+    /// when that is accurate; otherwise from the inputs themselves, by the Lagrange
+    /// identity for the features $u = (σ_w x/\sqrt d, σ_b)$ and $v = (σ_w x̄/\sqrt d, σ_b)$
+    /// (then $q_1 = |u|^2$, $c = u·v$): the rounded Gram entries
+    /// determine $q_1q_2 − c^2$ only to about $\sqrt d ε q_1q_2$, which at nearly parallel
+    /// inputs of large norm is all of it (Erf and GELU kernels several percent off at
+    /// $q ≈ 10^{16}$).
+    fn first_determinant_root(
+        &self,
+        (x1, a): (&DMatrix<f64>, usize),
+        (x2, b): (&DMatrix<f64>, usize),
+        q1: f64,
+        c: f64,
+        q2: f64,
+    ) -> f64 {
+        let std = q1.sqrt() * q2.sqrt();
+        let rho = if std > 0.0 {
+            (c / std).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        let r = std * ((1.0 - rho) * (1.0 + rho)).sqrt();
+        // The rounding of q1, q2 and c (dot products of d terms) moves g = r² by about
+        // 4 √d ε q1 q2; the forms read g through 1/4 + q1/2 + q2/2 + g (Erf) or
+        // 1 + q1 + q2 + g (GELU).
+        let uncertainty = 4.0 * self.input_dim.sqrt() * f64::EPSILON * std * std;
+        if uncertainty <= 1e-14 * (0.25 + 0.5 * (q1 + q2) + r * r) {
+            return r;
+        }
+        // With s = σ_w/√d, the features u = (s x, σ_b), v = (s x̄, σ_b) have, by the
+        // Lagrange identity, g = s⁴ (|x|²|x̄|² − (x·x̄)²) + s² σ_b² |x − x̄|²: both terms from
+        // the inputs as stored (scaling them first would round away the part of x̄
+        // orthogonal to x).
+        let (x, y): (Vec<f64>, Vec<f64>) = (
+            x1.row(a).iter().copied().collect(),
+            x2.row(b).iter().copied().collect(),
+        );
+        let s = (self.sw2 / self.input_dim).sqrt();
+        let difference: Vec<f64> = x.iter().zip(&y).map(|(p, q)| p - q).collect();
+        s * (s * determinant_root(&x, &y)).hypot(self.sb2.sqrt() * norm(&difference))
+    }
+}
+
+/// The Euclidean norm, computed on the vector divided by its largest magnitude.
+fn norm(v: &[f64]) -> f64 {
+    let m = v.iter().fold(0.0_f64, |m, x| m.max(x.abs()));
+    if m == 0.0 {
+        return 0.0;
+    }
+    m * v.iter().map(|x| (x / m) * (x / m)).sum::<f64>().sqrt()
+}
+
+/// $\sqrt{|u|^2|v|^2 − (u·v)^2} = |u| |v_⊥|$ with $v_⊥$ the part of $v$ orthogonal to $u$,
+/// found by two projections with fused multiply-adds (each component of $v − tu$ is
+/// rounded once, relative to itself, and the second pass removes what the rounding of
+/// $t$ left along $u$): accurate to about $d ε$ relative unless $u$ and $v$ are parallel
+/// to within rounding, where the result is at round-off of $|u||v|$. Computed on $u$ and
+/// $v$ divided by powers of two near their largest magnitudes (exact), so that nothing
+/// over- or underflows.
+fn determinant_root(u: &[f64], v: &[f64]) -> f64 {
+    let power = |w: &[f64]| {
+        let m = w.iter().fold(0.0_f64, |m, x| m.max(x.abs()));
+        if m == 0.0 {
+            0.0
+        } else {
+            2.0_f64.powi(m.log2().floor() as i32)
+        }
+    };
+    let (su, sv) = (power(u), power(v));
+    if su == 0.0 || sv == 0.0 {
+        return 0.0;
+    }
+    let u: Vec<f64> = u.iter().map(|x| x / su).collect();
+    let mut w: Vec<f64> = v.iter().map(|x| x / sv).collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+    let uu = dot(&u, &u);
+    for _ in 0..2 {
+        let t = dot(&u, &w) / uu;
+        for (wk, &uk) in w.iter_mut().zip(&u) {
+            *wk = (-t).mul_add(uk, *wk);
+        }
+    }
+    su * sv * uu.sqrt() * norm(&w)
 }
 
 /// One layer's affine update of an entry from C and Ċ: Σ ← σ_w² C + σ_b² and
@@ -304,5 +424,64 @@ impl Update {
     #[inline(always)]
     fn apply(self, s: &mut f64, t: &mut f64, cdot: f64) {
         (*s, *t) = self.step(*s, cdot, *t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Σ_{i<j} (u_i v_j − u_j v_i)², each 2 × 2 determinant by Kahan's fused algorithm.
+    fn lagrange(u: &[f64], v: &[f64]) -> f64 {
+        let mut sum = 0.0;
+        for i in 0..u.len() {
+            for j in i + 1..u.len() {
+                let w = u[j] * v[i];
+                let e = (-u[j]).mul_add(v[i], w);
+                sum += (u[i].mul_add(v[j], -w) + e).powi(2);
+            }
+        }
+        sum.sqrt()
+    }
+
+    /// The determinant's root from the inputs against the Lagrange identity: generic,
+    /// nearly parallel (1 − ρ ~ 1e-17), exactly parallel and at 1e70; homogeneous of
+    /// degree 2 at 2^±465 ≈ 1e±140 (exact scalings), where the naive |u|²|v|² over- or
+    /// underflows.
+    #[test]
+    fn determinant_root_is_the_lagrange_identity() {
+        let u = [1.2e8, -0.7e8, 0.9e8, 3.0];
+        let cases: [(Vec<f64>, Vec<f64>); 4] = [
+            (vec![0.3, -1.2, 2.0, 0.5], vec![1.1, 0.4, -0.3, 2.2]),
+            (
+                u.to_vec(),
+                vec![1.2e8 + 0.75, -0.7e8 - 1.5, 0.9e8 + 0.5, 3.0],
+            ),
+            (u.to_vec(), u.iter().map(|x| 2.0 * x).collect()),
+            (
+                vec![1e70, 3e69, -2e70, 1e69],
+                vec![1e70, 3e69, -2e70, 1.5e69],
+            ),
+        ];
+        for (a, b) in &cases {
+            let want = lagrange(a, b);
+            assert!(want.is_finite());
+            let got = determinant_root(a, b);
+            assert!(
+                (got - want).abs() <= 1e-14 * want,
+                "{a:?}, {b:?}: {got:e} vs {want:e}"
+            );
+            for c in [2.0_f64.powi(465), 2.0_f64.powi(-465)] {
+                if !(got * c * c).is_normal() {
+                    continue;
+                }
+                let scaled = |w: &[f64]| w.iter().map(|x| x * c).collect::<Vec<_>>();
+                let at = determinant_root(&scaled(a), &scaled(b));
+                assert!(
+                    (at / (c * c) - got).abs() <= 1e-14 * got,
+                    "{a:?}, {b:?} at {c:e}: {at:e}"
+                );
+            }
+        }
     }
 }

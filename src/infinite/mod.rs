@@ -311,27 +311,48 @@ impl InfiniteWidth {
 
 /// Errors unless every entry of a computed kernel of `program` is finite.
 fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Result<()> {
+    use crate::program::ops::{Apply, Op};
     let layer_norm = program
         .nodes
         .iter()
-        .any(|n| matches!(n.op, crate::program::Op::LayerNorm(_)));
+        .any(|n| matches!(n.op, Op::LayerNorm(_)));
+    let erf_or_gelu = program.nodes.iter().any(|n| {
+        matches!(
+            &n.op,
+            Op::Apply(Apply {
+                activation: crate::Activation::Erf | crate::Activation::Gelu,
+                ..
+            })
+        )
+    });
     match first_non_finite_entry(k) {
         None => Ok(()),
-        Some((row, col)) => Err(Error::NonFiniteResult {
-            result: "infinite_width",
-            reason: format!(
-                "the {what} entry ({row}, {col}) = {} {}",
-                k[(row, col)],
-                if layer_norm {
-                    "is not finite: it overflows f64 (inputs or standard deviations too \
-                     large for the depth), or a LayerNorm's input has zero variance at one \
-                     of the two samples (e.g. an all-zero input with no bias before it), \
-                     where LayerNorm has no derivative"
-                } else {
-                    "overflows f64 (inputs or standard deviations too large for the depth)"
-                }
-            ),
-        }),
+        Some((row, col)) => {
+            let mut causes =
+                vec!["it overflows f64 (inputs or standard deviations too large for the depth)"];
+            if layer_norm {
+                causes.push(
+                    "a LayerNorm's input has zero variance at one of the two samples (e.g. an \
+                     all-zero input with no bias before it), where LayerNorm has no derivative",
+                );
+            }
+            if erf_or_gelu {
+                causes.push(
+                    "an Erf or GELU of a pair of nearly parallel inputs of large norm, whose \
+                     determinant q₁q₂ − c² the rounded second moments no longer determine (to \
+                     1e-8): scale the inputs down, or for an MLP use its MlpSpec, whose \
+                     engine computes the determinant from the inputs",
+                );
+            }
+            Err(Error::NonFiniteResult {
+                result: "infinite_width",
+                reason: format!(
+                    "the {what} entry ({row}, {col}) = {} is not finite: {}",
+                    k[(row, col)],
+                    causes.join(", or ")
+                ),
+            })
+        }
     }
 }
 
@@ -349,6 +370,16 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Resu
 /// integrated to about $10^{−13}$ relative at any pre-activation variance (see the table at
 /// [`GaussHermite::DEFAULT_DEGREE`]), for $φ$ smooth away from 0 on the scale of $|x|$, as
 /// every common activation is.
+///
+/// Erf and GELU read the determinant $q_1q_2 − c^2$ of a pair's covariance, which at nearly
+/// parallel inputs of large norm is a difference of nearly equal numbers that the
+/// rounded second moments no longer determine (at $q ≈ 10^{16}$ it is all rounding). For
+/// an [`MlpSpec`] the first layer's determinant is computed from the inputs themselves
+/// (the Lagrange identity, by compensated projections), so these kernels stay exact to
+/// round-off. For a [`Program`] the second moments are all the limit has: where the
+/// rounding could move the result by more than $10^{−8}$ relative ($q ≳ 10^6$ and nearly
+/// parallel), the call is an error that says so (and so is an MLP's per-layer split,
+/// [`infinite_width_groups`], which runs the program recursion).
 ///
 /// **What is computed once.** For a [`Program`], the first call compiles its recursion:
 /// Tensor Programs II's rules expanded from the output into two straight-line tapes,

@@ -14,7 +14,7 @@ use nalgebra::{DMatrix, DMatrixViewMut};
 
 use crate::activation::Activation;
 
-use super::dual::{PairDual, mean_derivative};
+use super::dual::{Closed, PairDual, mean_derivative};
 use super::quadrature::GaussHermite;
 
 /// A value the compiler refers to.
@@ -794,7 +794,20 @@ impl Runnable {
                     fill(&mut oc[..len], *c, arena);
                     let q1s = operand(*q1, arena, &mut t3, len);
                     let q2s = operand(*q2, arena, &mut t4, len);
-                    env.pairs[*pair as usize].eval_slice(q1s, &mut oc[..len], q2s, &mut od[..len]);
+                    let dual = &env.pairs[*pair as usize];
+                    // Erf and GELU read q₁q₂ − c², which these second moments may no longer
+                    // determine: such entries become NaN, reported by the caller.
+                    let lost: Vec<usize> = if dual.needs_determinant().is_some() {
+                        (0..len)
+                            .filter(|&e| Closed::determinant_is_lost(q1s[e], oc[e], q2s[e]))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    dual.eval_slice(q1s, &mut oc[..len], q2s, &mut od[..len]);
+                    for e in lost {
+                        (oc[e], od[e]) = (f64::NAN, f64::NAN);
+                    }
                     match out_c {
                         Some(s) => arena[*s as usize] = oc,
                         None => t1 = oc,

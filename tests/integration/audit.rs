@@ -530,3 +530,134 @@ fn multi_output_concatenations_satisfy_the_kernel_contract() {
             .unwrap_or_else(|v| panic!("program {i}: {v}"));
     }
 }
+
+// ------------------------------------------------------------------ the cancellation class
+
+/// √(|u|²|v|² − (u·v)²) by the Lagrange identity, Σ_{i<j} (u_i v_j − u_j v_i)², each
+/// 2 × 2 determinant by Kahan's fused multiply-add algorithm (accurate to an ulp or two
+/// of the determinant however close u and v are to parallel).
+fn lagrange_gap_root(u: &[f64], v: &[f64]) -> f64 {
+    let det = |a: f64, b: f64, c: f64, d: f64| {
+        // a d − b c
+        let w = b * c;
+        let e = (-b).mul_add(c, w);
+        a.mul_add(d, -w) + e
+    };
+    let mut sum = 0.0;
+    for i in 0..u.len() {
+        for j in i + 1..u.len() {
+            sum += det(u[i], u[j], v[i], v[j]).powi(2);
+        }
+    }
+    sum.sqrt()
+}
+
+/// One hidden Erf or GELU layer at inputs of norm ~1e8 that are nearly parallel
+/// (x̄ = x + δ with |δ| ~ 1, so q ≈ 1e16 and 1 − ρ ~ 1e-17): the first layer's
+/// determinant q₁q₂ − c² is not determined by the rounded Gram entries. The kernels must
+/// match the closed forms with that determinant computed from the inputs (the Lagrange
+/// identity on the features (σ_w x/√d, σ_b): g = s⁴ Σ_{i<j} (x_i x̄_j − x_j x̄_i)² +
+/// s² σ_b² |x − x̄|² with s² = σ_w²/d), for the MLP engine and the MLP's program (or
+/// be an error that says why).
+#[test]
+fn erf_and_gelu_kernels_at_huge_nearly_parallel_inputs_are_exact_or_errors() {
+    let (d, sw, sb) = (3, 1.3, 0.2);
+    let base = [1.2e8, -0.7e8, 0.9e8];
+    let x = DMatrix::from_row_slice(
+        3,
+        d,
+        &[
+            base[0],
+            base[1],
+            base[2],
+            base[0] + 0.75,
+            base[1] - 1.5,
+            base[2] + 0.5,
+            base[0] - 2.0,
+            base[1] + 0.25,
+            base[2] + 1.0,
+        ],
+    );
+    for act in [Activation::Erf, Activation::Gelu] {
+        let spec = ntk::MlpSpec::new(d)
+            .hidden(64, act.clone())
+            .weight_std(sw)
+            .bias_std(sb);
+        let want = |i: usize, j: usize| -> (f64, f64) {
+            let features = |r: usize| -> Vec<f64> {
+                let mut f: Vec<f64> = (0..d).map(|k| sw * x[(r, k)] / (d as f64).sqrt()).collect();
+                f.push(sb);
+                f
+            };
+            let (u, v) = (features(i), features(j));
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            let (q1, q2, c) = (dot(&u, &u), dot(&v, &v), dot(&u, &v));
+            // g = s⁴ L(x, x̄) + s² σ_b² |x − x̄|², from the inputs as stored (rounding the
+            // features first would round away x̄'s part orthogonal to x).
+            let (xi, xj): (Vec<f64>, Vec<f64>) = (
+                (0..d).map(|k| x[(i, k)]).collect(),
+                (0..d).map(|k| x[(j, k)]).collect(),
+            );
+            let s2 = sw * sw / d as f64;
+            let diff2: f64 = xi.iter().zip(&xj).map(|(a, b)| (a - b) * (a - b)).sum();
+            let r = (s2 * s2 * lagrange_gap_root(&xi, &xj).powi(2) + s2 * sb * sb * diff2).sqrt();
+            let pi = std::f64::consts::PI;
+            let (cc, cd) = match act {
+                Activation::Erf => {
+                    let half = (0.25 + 0.5 * q1 + 0.5 * q2 + r * r).sqrt();
+                    (2.0 / pi * c.atan2(half), 2.0 / pi / half)
+                }
+                _ => {
+                    // GELU: C = c/4 + (c A + G/D)/(2π), Ċ = 1/4 + A/(2π) + c(2k − 1 + G/D²)/(2πD)
+                    // with s_i = 1 + q_i, D = √(s₁s₂ − c²) = √(1 + q₁ + q₂ + g), A = atan2(c, D),
+                    // k = 1/s₁ + 1/s₂, G = g + k c²; and since c² = s₁s₂ − D²,
+                    // 2k − 1 + G/D² = k + 1/D² (no cancellation).
+                    let (s1, s2) = (1.0 + q1, 1.0 + q2);
+                    let dd = (1.0 + q1 + q2 + r * r).sqrt();
+                    let a = c.atan2(dd);
+                    let k = 1.0 / s1 + 1.0 / s2;
+                    let g = r * r + k * c * c;
+                    (
+                        c / 4.0 + (c * a + g / dd) / (2.0 * pi),
+                        0.25 + a / (2.0 * pi) + c * (k + 1.0 / (dd * dd)) / (2.0 * pi * dd),
+                    )
+                }
+            };
+            let nngp = sw * sw * cc + sb * sb;
+            (nngp, nngp + sw * sw * cd * c)
+        };
+        let program = ntk::Program::try_from(&spec).unwrap();
+        for (what, k) in [
+            ("MLP", ntk::infinite_width(&spec, &x, &x)),
+            ("program", ntk::infinite_width(&program, &x, &x)),
+        ] {
+            match k {
+                Ok(k) => {
+                    for i in 0..3 {
+                        for j in 0..3 {
+                            let (s, t) = want(i, j);
+                            let (es, et) = (
+                                (k.nngp[(i, j)] - s).abs() / s.abs(),
+                                (k.ntk[(i, j)] - t).abs() / t.abs(),
+                            );
+                            assert!(
+                                es < 1e-12 && et < 1e-12,
+                                "{act} {what} ({i}, {j}): NNGP {es:e}, NTK {et:e}"
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The MLP engine computes the determinant from the inputs; a program's
+                    // limit may refuse, saying why.
+                    let message = e.to_string();
+                    assert!(what == "program", "{act} {what}: {message}");
+                    assert!(
+                        message.contains("nearly parallel"),
+                        "{act} {what}: {message}"
+                    );
+                }
+            }
+        }
+    }
+}

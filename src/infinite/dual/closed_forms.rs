@@ -57,6 +57,44 @@ impl Closed {
         }
     }
 
+    /// Whether (C, Ċ) depend on the determinant $g = q_1q_2 − c^2$ beyond what the
+    /// correlation gives: Erf's $Δ = 1 + 2q_1 + 2q_2 + 4g$ and GELU's $D^2 = 1 + q_1 + q_2 + g$,
+    /// where at large nearly parallel inputs $g$ is a difference of nearly equal numbers.
+    pub(crate) fn needs_determinant(self) -> bool {
+        matches!(self, Closed::Erf | Closed::Gelu)
+    }
+
+    /// Whether the determinant $g = q_1q_2 − c^2$ (for the forms that
+    /// [need it](Self::needs_determinant)) is lost in the rounding of $q_1, c, q_2$ beyond
+    /// what the result may carry: second moments accurate to about $2^6 ε$ relative move
+    /// $g$ by up to $2^8 ε q_1q_2$, which the forms read through $1/4 + (q_1 + q_2)/2 + g$;
+    /// flagged where that moves (C, Ċ) by more than $10^{−8}$ relative (nearly parallel
+    /// inputs with $q ≳ 10^6$). Identical samples ($c = q_1 = q_2$, whose $g = 0$ is exact)
+    /// are never flagged.
+    pub(crate) fn determinant_is_lost(q1: f64, c: f64, q2: f64) -> bool {
+        #[allow(clippy::float_cmp)]
+        let identical = c == q1 && q1 == q2;
+        if identical {
+            return false;
+        }
+        let (std, rho) = std_and_correlation(q1, c, q2);
+        let g = std * std * ((1.0 - rho) * (1.0 + rho));
+        256.0 * f64::EPSILON * std * std > 2e-8 * (0.25 + 0.5 * (q1 + q2) + g)
+    }
+
+    /// (C, Ċ) at one covariance with the determinant's root $r = \sqrt{q_1q_2 − c^2}$ given
+    /// (computed from the inputs themselves, not from the rounded $q_1, c, q_2$), for the
+    /// forms that [need it](Self::needs_determinant); [`eval`](Self::eval) otherwise.
+    pub(crate) fn eval_with_determinant(self, q1: f64, c: f64, q2: f64, r: f64) -> (f64, f64) {
+        let bound = q1.sqrt() * q2.sqrt();
+        let c = c.clamp(-bound, bound);
+        match self {
+            Closed::Erf => erf_at(q1, c, q2, r),
+            Closed::Gelu => gelu_at(q1, c, q2, r),
+            _ => self.eval(q1, c, q2),
+        }
+    }
+
     /// $E φ\'(u)$ for $u ∼ N(0, q)$.
     pub(super) fn mean_derivative(self, q: f64) -> f64 {
         match self {
@@ -175,6 +213,12 @@ fn covariance_gap_root(q1: f64, c: f64, q2: f64) -> (f64, f64) {
 #[inline(always)]
 fn erf_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     let (c, r) = covariance_gap_root(q1, c, q2);
+    erf_at(q1, c, q2, r)
+}
+
+/// Erf's (C, Ċ) from the covariance and $r = \sqrt{q_1q_2 − c^2}$.
+#[inline(always)]
+fn erf_at(q1: f64, c: f64, q2: f64, r: f64) -> (f64, f64) {
     // √Δ/2 = √(1/4 + q₁/2 + q₂/2 + g) ≥ 1/2, halved so that nothing overflows.
     let half_root = (0.25 + 0.5 * q1 + 0.5 * q2).sqrt().hypot(r);
     (
@@ -199,6 +243,12 @@ fn sin_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
 #[inline(always)]
 fn gelu_moments(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     let (c, r) = covariance_gap_root(q1, c, q2);
+    gelu_at(q1, c, q2, r)
+}
+
+/// GELU's (C, Ċ) from the covariance and $r = \sqrt{q_1q_2 − c^2}$.
+#[inline(always)]
+fn gelu_at(q1: f64, c: f64, q2: f64, r: f64) -> (f64, f64) {
     let (s1, s2) = (1.0 + q1, 1.0 + q2);
     let d = (1.0 + q1 + q2).sqrt().hypot(r);
     let (r_d, c_d) = (r / d, c / d);

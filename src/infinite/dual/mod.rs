@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 
 use super::quadrature::GaussHermite;
 
-use closed_forms::Closed;
+pub(crate) use closed_forms::Closed;
 use pair::tensor_quadrature;
 pub(crate) use pair::{PairDual, Variances, mean_derivative, same_activation};
 

@@ -112,6 +112,11 @@ pub(crate) struct Variances {
 }
 
 impl Variances {
+    /// The variances.
+    pub(crate) fn q(&self) -> &[f64] {
+        &self.q
+    }
+
     pub(crate) fn new(q: Vec<f64>) -> Variances {
         let sd: Vec<f64> = q.iter().map(|v| v.sqrt()).collect();
         let inv_sd = sd
@@ -178,6 +183,15 @@ impl PairDual {
             }
         };
         PairDual { kind }
+    }
+
+    /// The closed form, when it [needs the determinant](Closed::needs_determinant)
+    /// $q_1q_2 − c^2$ beyond what the correlation gives.
+    pub(crate) fn needs_determinant(&self) -> Option<Closed> {
+        match self.kind {
+            PairKind::Closed(closed) if closed.needs_determinant() => Some(closed),
+            _ => None,
+        }
     }
 
     /// $(C, \dot C) = (E φ(u) ψ(v), E φ\'(u) ψ\'(v))$ at $u$'s variance `q1`, the covariance `c`
