@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::activation::Activation;
 use crate::error::Result;
-use crate::program::ops::{
-    AddBias, Apply, Attend, Concat, Dense, Input, LayerNorm, Op, Sum, Zeros,
-};
+use crate::program::ops::Op;
 use crate::program::{BiasDecl, Group, Node, Program, WeightDecl, Width};
 
 use super::dual::same_activation;
@@ -142,24 +140,25 @@ impl Structure {
     }
 }
 
-/// Writes a program's parts as numbers.
+/// Writes a program's parts as numbers (each operation writes its own fields through
+/// [`LimitRule::write_structure`](crate::program::ops::LimitRule::write_structure)).
 #[derive(Default)]
-struct Writer {
+pub(crate) struct Writer {
     tokens: Vec<u64>,
     custom: Vec<Activation>,
 }
 
 impl Writer {
-    fn usize(&mut self, v: usize) {
+    pub(crate) fn usize(&mut self, v: usize) {
         self.tokens.push(v as u64);
     }
 
-    fn pair(&mut self, tag: usize, v: usize) {
+    pub(crate) fn pair(&mut self, tag: usize, v: usize) {
         self.usize(tag);
         self.usize(v);
     }
 
-    fn f64(&mut self, v: f64) {
+    pub(crate) fn f64(&mut self, v: f64) {
         self.tokens.push(v.to_bits());
     }
 
@@ -173,7 +172,7 @@ impl Writer {
         }
     }
 
-    fn list(&mut self, vs: &[usize]) {
+    pub(crate) fn list(&mut self, vs: &[usize]) {
         self.usize(vs.len());
         for &v in vs {
             self.usize(v);
@@ -187,48 +186,14 @@ impl Writer {
         }
     }
 
+    /// The operation's tag (its place in the registry), then its fields as the
+    /// operation writes them.
     fn op(&mut self, op: &Op) {
-        match op {
-            Op::Input(Input { columns }) => {
-                self.pair(0, columns.start);
-                self.usize(columns.end);
-            }
-            Op::Dense(Dense { weight, input }) => {
-                self.pair(1, *weight);
-                self.usize(*input);
-            }
-            Op::AddBias(AddBias { input, bias }) => {
-                self.pair(2, *input);
-                self.usize(*bias);
-            }
-            Op::Sum(Sum { parts, mean }) => {
-                self.pair(3, usize::from(*mean));
-                self.list(parts);
-            }
-            Op::Concat(Concat { parts }) => {
-                self.usize(4);
-                self.list(parts);
-            }
-            Op::Apply(Apply { activation, input }) => {
-                self.usize(5);
-                self.activation(activation);
-                self.usize(*input);
-            }
-            Op::LayerNorm(LayerNorm { input }) => self.pair(6, *input),
-            Op::Attend(Attend {
-                query,
-                keys,
-                values,
-            }) => {
-                self.pair(7, *query);
-                self.list(keys);
-                self.list(values);
-            }
-            Op::Zeros(Zeros) => self.usize(8),
-        }
+        self.usize(op.tag());
+        op.limit().write_structure(self);
     }
 
-    fn activation(&mut self, activation: &Activation) {
+    pub(crate) fn activation(&mut self, activation: &Activation) {
         match activation {
             Activation::Identity => self.usize(0),
             Activation::Relu => self.usize(1),

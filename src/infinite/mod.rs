@@ -52,7 +52,7 @@
 //! [`width_convergence`] measures it, for MLPs and programs alike.
 
 mod architecture;
-mod cache;
+pub(crate) mod cache;
 mod convergence;
 mod dual;
 mod engine;
@@ -311,38 +311,17 @@ impl InfiniteWidth {
 
 /// Errors unless every entry of a computed kernel of `program` is finite.
 fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Result<()> {
-    use crate::program::ops::{Apply, Op};
-    let layer_norm = program
-        .nodes
-        .iter()
-        .any(|n| matches!(n.op, Op::LayerNorm(_)));
-    let erf_or_gelu = program.nodes.iter().any(|n| {
-        matches!(
-            &n.op,
-            Op::Apply(Apply {
-                activation: crate::Activation::Erf | crate::Activation::Gelu,
-                ..
-            })
-        )
-    });
     match first_non_finite_entry(k) {
         None => Ok(()),
         Some((row, col)) => {
             let mut causes =
                 vec!["it overflows f64 (inputs or standard deviations too large for the depth)"];
-            if layer_norm {
-                causes.push(
-                    "a LayerNorm's input has zero variance at one of the two samples (e.g. an \
-                     all-zero input with no bias before it), where LayerNorm has no derivative",
-                );
-            }
-            if erf_or_gelu {
-                causes.push(
-                    "an Erf or GELU of a pair of nearly parallel inputs of large norm, whose \
-                     determinant q₁q₂ − c² the rounded second moments no longer determine (to \
-                     1e-8): scale the inputs down, or for an MLP use its MlpSpec, whose \
-                     engine computes the determinant from the inputs",
-                );
+            for node in &program.nodes {
+                if let Some(cause) = node.op.limit().non_finite_cause()
+                    && !causes.contains(&cause)
+                {
+                    causes.push(cause);
+                }
             }
             Err(Error::NonFiniteResult {
                 result: "infinite_width",

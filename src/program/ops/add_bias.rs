@@ -10,6 +10,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, Gauss, LimitGradients, lin};
 use crate::infinite::tape::Val;
 use crate::program::{Bias, Program, Var, Width};
@@ -100,6 +101,10 @@ impl LimitRule for AddBias {
             grads.add(self.input, k, t, 1.0);
         }
         Ok(())
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.pair(self.input, self.bias);
     }
 }
 

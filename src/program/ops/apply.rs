@@ -14,6 +14,7 @@ use nalgebra::DMatrix;
 use crate::Scalar;
 use crate::activation::Activation;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{Atom, BackwardTerms, Compiler, Form, LimitGradients, ONE};
 use crate::program::{Program, Var};
 
@@ -146,5 +147,19 @@ impl LimitRule for Apply {
             grads.add(self.input, k, &scaled, 1.0);
         }
         Ok(())
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.activation(&self.activation);
+        w.usize(self.input);
+    }
+
+    fn non_finite_cause(&self) -> Option<&'static str> {
+        matches!(self.activation, Activation::Erf | Activation::Gelu).then_some(
+            "an Erf or GELU of a pair of nearly parallel inputs of large norm, whose \
+             determinant q₁q₂ − c² the rounded second moments no longer determine (to \
+             1e-8): scale the inputs down, or for an MLP use its MlpSpec, whose engine \
+             computes the determinant from the inputs",
+        )
     }
 }

@@ -15,6 +15,7 @@ use nalgebra::{DMatrix, RealField};
 
 use crate::Scalar;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{
     BackwardTerms, Compiler, Form, LimitGradients, Mode, SampleScalar, lin,
 };
@@ -286,6 +287,12 @@ impl LimitRule for Attend {
             c.remember_scalar(weight_of(i, key), w);
         }
         Ok(weights[index as usize])
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.usize(self.query);
+        w.list(&self.keys);
+        w.list(&self.values);
     }
 }
 

@@ -10,6 +10,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, LimitGradients};
 use crate::program::{Program, Var, Width, empty};
 
@@ -136,6 +137,10 @@ impl LimitRule for Concat {
             offset += kp;
         }
         Ok(())
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.list(&self.parts);
     }
 }
 

@@ -15,6 +15,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{
     Base, BackwardTerms, Compiler, Form, Gauss, LimitGradients, Mode, backward_atom,
 };
@@ -123,6 +124,10 @@ impl LimitRule for Dense {
             grads.add(self.input, k, &[backward_atom(None, base)], 1.0);
         }
         Ok(())
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.pair(self.weight, self.input);
     }
 }
 

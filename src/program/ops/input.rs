@@ -7,6 +7,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, LimitGradients};
 use crate::program::{Program, Var, Width};
 
@@ -64,5 +65,9 @@ impl LimitRule for Input {
         _: &mut LimitGradients,
     ) -> Result<()> {
         Ok(())
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.pair(self.columns.start, self.columns.end);
     }
 }

@@ -19,6 +19,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::{Error, Result};
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, LimitGradients, SampleScalar};
 use crate::infinite::tape::Val;
 use crate::program::{Program, Var, Width};
@@ -183,5 +184,16 @@ impl LimitRule for LayerNorm {
             }
             q => c.diag.push_inv_sqrt(q),
         })
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.usize(self.input);
+    }
+
+    fn non_finite_cause(&self) -> Option<&'static str> {
+        Some(
+            "a LayerNorm's input has zero variance at one of the two samples (e.g. an \
+             all-zero input with no bias before it), where LayerNorm has no derivative",
+        )
     }
 }

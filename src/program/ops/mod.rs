@@ -20,6 +20,7 @@ use nalgebra::{DMatrix, DVector};
 
 use crate::Scalar;
 use crate::error::Result;
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, LimitGradients};
 use crate::infinite::tape::Val;
 
@@ -49,6 +50,19 @@ macro_rules! operations {
             /// The operation's infinite-width rules.
             pub(crate) fn limit(&self) -> &dyn LimitRule {
                 match self { $(Op::$name(op) => op,)* }
+            }
+
+            /// The operation's place in the registry (tells operations apart in a
+            /// program's structure).
+            pub(crate) fn tag(&self) -> usize {
+                let mut tag = 0;
+                $(
+                    if let Op::$name(_) = self {
+                        return tag;
+                    }
+                    tag += 1;
+                )*
+                tag
             }
         }
     };
@@ -219,5 +233,16 @@ pub(crate) trait LimitRule {
     /// Where the scalar is undefined (e.g. LayerNorm of a vanishing vector).
     fn sample_scalar(&self, _c: &mut Compiler<'_>, i: usize, _index: u32) -> Result<Val> {
         unreachable!("variable {i} introduces no per-sample scalars")
+    }
+
+    /// Writes the operation's fields (variables, parameters, activations) into a
+    /// program's structure, the key of its compiled limit: equal structures compute
+    /// the same kernels.
+    fn write_structure(&self, w: &mut Writer);
+
+    /// Why a limit kernel of a program with this operation may fail to be finite,
+    /// beyond overflow (named in the error).
+    fn non_finite_cause(&self) -> Option<&'static str> {
+        None
     }
 }

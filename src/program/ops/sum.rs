@@ -10,6 +10,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::Result;
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, LimitGradients};
 use crate::program::{Program, Var};
 
@@ -99,5 +100,10 @@ impl LimitRule for Sum {
             }
         }
         Ok(())
+    }
+
+    fn write_structure(&self, w: &mut Writer) {
+        w.usize(usize::from(self.mean));
+        w.list(&self.parts);
     }
 }

@@ -10,6 +10,7 @@ use nalgebra::DMatrix;
 
 use crate::Scalar;
 use crate::error::Result;
+use crate::infinite::cache::Writer;
 use crate::infinite::program::{BackwardTerms, Compiler, Form, LimitGradients};
 use crate::program::{Program, Var, Width};
 
@@ -58,4 +59,6 @@ impl LimitRule for Zeros {
     ) -> Result<()> {
         Ok(())
     }
+
+    fn write_structure(&self, _: &mut Writer) {}
 }
