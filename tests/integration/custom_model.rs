@@ -705,48 +705,14 @@ fn malformed_tangents_are_errors_not_panics() {
 fn models_written_against_the_old_name_still_work() {
     struct OldName(SineFeatures);
     impl NtkModel<f64> for OldName {
-        fn input_dim(&self) -> usize {
-            self.0.input_dim()
-        }
-        fn output_dim(&self) -> usize {
-            self.0.output_dim()
-        }
-        fn parameter_count(&self) -> usize {
-            self.0.parameter_count()
-        }
-        fn parameters(&self) -> DVector<f64> {
-            self.0.parameters()
-        }
-        fn set_parameters(&mut self, p: &DVector<f64>) -> ntk::Result<()> {
-            self.0.set_parameters(p)
-        }
-        fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
-            self.0.forward(x)
-        }
+        delegate_parameters_and_forward!();
         fn layer_tangents(&self, x: &DMatrix<f64>) -> ntk::Result<Vec<ntk::LayerTangent<f64>>> {
             self.0.group_tangents(x)
         }
     }
     struct Neither(SineFeatures);
     impl NtkModel<f64> for Neither {
-        fn input_dim(&self) -> usize {
-            self.0.input_dim()
-        }
-        fn output_dim(&self) -> usize {
-            self.0.output_dim()
-        }
-        fn parameter_count(&self) -> usize {
-            self.0.parameter_count()
-        }
-        fn parameters(&self) -> DVector<f64> {
-            self.0.parameters()
-        }
-        fn set_parameters(&mut self, p: &DVector<f64>) -> ntk::Result<()> {
-            self.0.set_parameters(p)
-        }
-        fn forward(&self, x: &DMatrix<f64>) -> ntk::Result<DMatrix<f64>> {
-            self.0.forward(x)
-        }
+        delegate_parameters_and_forward!();
     }
     let theta = DMatrix::from_fn(3, 2, |b, c| (b as f64 - c as f64 * 0.7).sin());
     let x = common::gaussian(5, 3, 4);
