@@ -145,21 +145,6 @@ fn reference_moments(act: &Activation, q1: f64, c: f64, q2: f64) -> (f64, f64) {
     (outer(true), outer(false))
 }
 
-/// The activations without a closed form, and a custom one (swish, x σ(x)).
-fn numerical_activations() -> Vec<Activation> {
-    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    vec![
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Softplus,
-        Activation::custom(
-            "swish",
-            move |x| x * sigmoid(x),
-            move |x| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
-        ),
-    ]
-}
-
 /// The largest error of `gaussian_moments` against [`reference_moments`] at variances
 /// (q, q) and (q, 4q), over `correlations`, relative to √(C(x,x) C(x̄,x̄)) (the same for
 /// Ċ): the measure of the table at `GaussHermite::DEFAULT_DEGREE`.
@@ -191,7 +176,7 @@ const CORRELATIONS: [f64; 8] = [-1.0, -0.9, 0.0, 0.5, 0.9, 0.99, 0.9999, 1.0];
 #[test]
 fn numerical_moments_have_the_documented_accuracy() {
     let variances = [10.0, 100.0, 1e3, 1e4];
-    for act in numerical_activations() {
+    for act in crate::common::numerical_activations() {
         let errors: Vec<f64> = variances
             .iter()
             .map(|&q| moments_error(&act, q, &CORRELATIONS))
@@ -211,7 +196,7 @@ fn numerical_moments_have_the_documented_accuracy() {
 #[test]
 #[ignore = "slow: the quadrature's accuracy on a fine grid of variances; CI runs it once"]
 fn slow_numerical_moments_are_accurate_between_the_table_variances() {
-    for act in numerical_activations() {
+    for act in crate::common::numerical_activations() {
         let mut q: f64 = 10.0;
         while q <= 1e4 {
             let e = moments_error(&act, q, &[-0.95, 0.5, 0.9999]);

@@ -198,3 +198,18 @@ pub fn assert_matches_reference(program: &ntk::Program, c: &Value, tol: f64) {
         assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
     }
 }
+
+/// The activations without a closed form, and a custom one (swish, x σ(x)).
+pub fn numerical_activations() -> Vec<ntk::Activation> {
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    vec![
+        ntk::Activation::Tanh,
+        ntk::Activation::Sigmoid,
+        ntk::Activation::Softplus,
+        ntk::Activation::custom(
+            "swish",
+            move |x| x * sigmoid(x),
+            move |x| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
+        ),
+    ]
+}

@@ -172,27 +172,12 @@ fn moments_error(act: &Activation, q: f64) -> f64 {
     worst
 }
 
-/// The activations without a closed form, and a custom one (swish, x σ(x)).
-fn numerical_activations() -> Vec<Activation> {
-    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    vec![
-        Activation::Tanh,
-        Activation::Sigmoid,
-        Activation::Softplus,
-        Activation::custom(
-            "swish",
-            move |x| x * sigmoid(x),
-            move |x| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))),
-        ),
-    ]
-}
-
 /// The Gaussian expectations of activations without a closed form are accurate to
 /// 1e-11 at every variance (the fixed Gauss–Hermite rule is off by 59% for Tanh at
 /// variance 100).
 #[test]
 fn numerical_moments_are_accurate_at_any_variance() {
-    for act in numerical_activations() {
+    for act in common::numerical_activations() {
         for q in [0.01, 0.3, 1.0, 4.0, 25.0, 100.0] {
             let err = moments_error(&act, q);
             println!("{act} q = {q}: {err:.1e}");
