@@ -38,6 +38,24 @@ pub enum Padding {
     Same,
 }
 
+/// What a convolution or an average pooling built, recorded so that the infinite-width
+/// engine can compute its limit as one array operation on the covariances over pairs of
+/// positions (a stencil), rather than position by position. The program's variables
+/// are unchanged by it: it only names a structure they already have.
+#[derive(Clone, Debug)]
+pub(crate) struct GridLayer {
+    /// The convolution's weight, by index (`None`: average pooling).
+    pub(crate) weight: Option<usize>,
+    /// The input positions' variables, row-major over `input_dims`.
+    pub(crate) input: Vec<usize>,
+    /// The input grid's (rows, columns); a sequence is one row.
+    pub(crate) input_dims: [usize; 2],
+    /// The output positions' variables, row-major.
+    pub(crate) output: Vec<usize>,
+    /// The windows along the rows and along the columns.
+    pub(crate) axes: [AxisWindows; 2],
+}
+
 /// The windows of a row-major grid: per output position (row-major), its positions
 /// row-major (`None` past the edge of a zero-padded grid), and the outputs' grid shape.
 type Windows = (Vec<Vec<Option<usize>>>, Vec<usize>);
@@ -87,8 +105,9 @@ impl Program {
         if positions.is_empty() {
             return Err(empty("conv"));
         }
-        let windows = windows(&[positions.len()], &[taps], &[1], padding)?;
-        Ok(self.conv_windows(weight, positions, windows)?.0)
+        let axes = axis_windows(&[positions.len()], &[taps], &[1], padding)?;
+        let layer = [vec![vec![Some(0)]], axes[0].clone()];
+        Ok(self.conv_windows(weight, positions, [1, positions.len()], layer)?)
     }
 
     /// A 2-D convolution over a `height × width` grid of positions (an image, one
@@ -141,14 +160,17 @@ impl Program {
         padding: Padding,
     ) -> Result<(Vec<Var>, (usize, usize))> {
         check_grid("conv2d positions", positions, height, width)?;
-        let windows = windows(
+        let [rows, columns]: [AxisWindows; 2] = axis_windows(
             &[height, width],
             &[taps.0, taps.1],
             &[strides.0, strides.1],
             padding,
-        )?;
-        let (out, shape) = self.conv_windows(weight, positions, windows)?;
-        Ok((out, (shape[0], shape[1])))
+        )?
+        .try_into()
+        .expect("two axes");
+        let shape = (rows.len(), columns.len());
+        let out = self.conv_windows(weight, positions, [height, width], [rows, columns])?;
+        Ok((out, shape))
     }
 
     /// Average pooling over a `height × width` grid of positions (one variable per
@@ -171,34 +193,45 @@ impl Program {
     ) -> Result<(Vec<Var>, (usize, usize))> {
         check_grid("avg_pool2d positions", positions, height, width)?;
         self.same_width("avg_pool2d positions", positions)?;
-        let (windows, shape) = windows(
+        let axes = axis_windows(
             &[height, width],
             &[window.0, window.1],
             &[strides.0, strides.1],
             Padding::Valid,
         )?;
-        let pooled = windows
+        let (windows, shape) = grid_windows(&[height, width], &axes);
+        let pooled: Vec<Var> = windows
             .iter()
             .map(|window| {
                 let parts: Vec<Var> = window.iter().flatten().map(|&i| positions[i]).collect();
                 self.mean(&parts)
             })
             .collect::<Result<_>>()?;
+        self.grid_layers.push(GridLayer {
+            weight: None,
+            input: positions.iter().map(|v| v.index).collect(),
+            input_dims: [height, width],
+            output: pooled.iter().map(|v| v.index).collect(),
+            axes: axes.try_into().expect("two axes"),
+        });
         Ok((pooled, (shape[0], shape[1])))
     }
 
-    /// One `dense(weight, concat(window))` per window, the windows' missing positions
-    /// zero vectors.
+    /// One `dense(weight, concat(window))` per window of the `dims` grid whose axes have
+    /// the windows `axes`, the windows' missing positions zero vectors; recorded as a
+    /// [`GridLayer`].
     fn conv_windows(
         &mut self,
         weight: Weight,
         positions: &[Var],
-        (windows, shape): Windows,
-    ) -> Result<(Vec<Var>, Vec<usize>)> {
+        dims: [usize; 2],
+        axes: [AxisWindows; 2],
+    ) -> Result<Vec<Var>> {
         if positions.is_empty() {
             return Err(empty("conv"));
         }
         self.same_width("conv positions", positions)?;
+        let (windows, _) = grid_windows(&dims, &axes);
         let mut zero = None;
         let vars = windows
             .iter()
@@ -213,8 +246,15 @@ impl Program {
                 let stacked = self.concat(&parts)?;
                 self.dense(weight, stacked)
             })
-            .collect::<Result<_>>()?;
-        Ok((vars, shape))
+            .collect::<Result<Vec<Var>>>()?;
+        self.grid_layers.push(GridLayer {
+            weight: Some(weight.index),
+            input: positions.iter().map(|v| v.index).collect(),
+            input_dims: dims,
+            output: vars.iter().map(|v| v.index).collect(),
+            axes,
+        });
+        Ok(vars)
     }
 }
 
@@ -238,9 +278,18 @@ fn check_grid(
     Ok(())
 }
 
-/// The windows over a row-major grid of shape `dims` of a filter of shape `taps` at
+/// One axis of a filter's windows: per output, per tap, the input position along the
+/// axis (`None` past the edge of a zero-padded axis).
+pub(crate) type AxisWindows = Vec<Vec<Option<usize>>>;
+
+/// The windows along every axis of a grid of shape `dims` of a filter of shape `taps` at
 /// `strides` (see the [table at `Padding`](Padding)).
-fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) -> Result<Windows> {
+fn axis_windows(
+    dims: &[usize],
+    taps: &[usize],
+    strides: &[usize],
+    padding: Padding,
+) -> Result<Vec<AxisWindows>> {
     // Per axis: the number of outputs.
     let mut counts: Vec<usize> = Vec::with_capacity(dims.len());
     for ((&count, &k), &s) in dims.iter().zip(taps).zip(strides) {
@@ -300,8 +349,8 @@ fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) 
             size: format!("{counts:?} outputs × {taps:?} taps positions"),
         });
     }
-    // Per axis: the number of outputs, and the input index of tap j at output q.
-    let mut axes: Vec<(usize, Vec<Vec<Option<usize>>>)> = Vec::with_capacity(dims.len());
+    // Per axis: the input index of tap j at output q.
+    let mut axes: Vec<AxisWindows> = Vec::with_capacity(dims.len());
     for (((&count, &k), &s), &outputs) in dims.iter().zip(taps).zip(strides).zip(&counts) {
         // TensorFlow's SAME split: ⌊total/2⌋ before, the rest after.
         let before = ((outputs - 1) * s + k).saturating_sub(count) / 2;
@@ -313,26 +362,32 @@ fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) 
                 Padding::Same => (0..count as i128).contains(&at).then_some(at as usize),
             }
         };
-        let windows = (0..outputs)
-            .map(|q| (0..k).map(|j| index(q, j)).collect())
-            .collect();
-        axes.push((outputs, windows));
+        axes.push(
+            (0..outputs)
+                .map(|q| (0..k).map(|j| index(q, j)).collect())
+                .collect(),
+        );
     }
-    // Row-major products over the axes: output positions, and each one's window.
+    Ok(axes)
+}
+
+/// The windows over a row-major grid of shape `dims` whose axes have the windows
+/// `axes`: per output position (row-major), its positions row-major.
+fn grid_windows(dims: &[usize], axes: &[AxisWindows]) -> Windows {
     let mut out: Vec<Vec<usize>> = vec![Vec::new()];
-    for (count, _) in &axes {
+    for axis in axes {
         out = out
             .iter()
-            .flat_map(|o| (0..*count).map(move |q| [o.as_slice(), &[q]].concat()))
+            .flat_map(|o| (0..axis.len()).map(move |q| [o.as_slice(), &[q]].concat()))
             .collect();
     }
-    let shape = axes.iter().map(|(count, _)| *count).collect();
+    let shape = axes.iter().map(Vec::len).collect();
     let windows = out
         .iter()
         .map(|o| {
             let mut window: Vec<Option<usize>> = vec![Some(0)];
             for (axis, &q) in o.iter().enumerate() {
-                let (dim, taps) = (dims[axis], &axes[axis].1[q]);
+                let (dim, taps) = (dims[axis], &axes[axis][q]);
                 window = window
                     .iter()
                     .flat_map(|&flat| {
@@ -344,7 +399,14 @@ fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) 
             window
         })
         .collect();
-    Ok((windows, shape))
+    (windows, shape)
+}
+
+/// The windows over a row-major grid of shape `dims` of a filter of shape `taps` at
+/// `strides` (see the [table at `Padding`](Padding)).
+#[cfg(test)]
+fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) -> Result<Windows> {
+    Ok(grid_windows(dims, &axis_windows(dims, taps, strides, padding)?))
 }
 
 #[cfg(test)]

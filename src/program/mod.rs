@@ -80,6 +80,7 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result, check_std};
 
+pub(crate) use conv::{AxisWindows, GridLayer};
 pub use conv::Padding;
 pub use network::ProgramNetwork;
 use ops::FiniteForward;
@@ -290,6 +291,9 @@ pub struct Program {
     /// The readout's weight and bias coefficients in the NTK when they are not $σ^2$
     /// (an MLP in the standard parameterization).
     pub(crate) readout_ntk_coef: Option<(f64, f64)>,
+    /// The convolutions and poolings, as the grids they map (for the infinite-width
+    /// engine's array operations).
+    pub(crate) grid_layers: Vec<GridLayer>,
 }
 
 impl Program {
@@ -305,6 +309,7 @@ impl Program {
             groups: Vec::new(),
             output: None,
             readout_ntk_coef: None,
+            grid_layers: Vec::new(),
         }
     }
 
