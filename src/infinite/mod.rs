@@ -58,6 +58,7 @@ mod dual;
 mod engine;
 mod expectation;
 mod fastmath;
+mod grid;
 pub(crate) mod program;
 mod quadrature;
 pub(crate) mod tape;
@@ -219,7 +220,7 @@ impl InfiniteWidth {
             }
             Described::Program(p) => {
                 let compiled = self.compiled(p, false)?;
-                let mut out = compiled.run(p, &x1f, x2f.as_ref()).into_iter();
+                let mut out = compiled.run(p, &x1f, x2f.as_ref())?.into_iter();
                 let nngp = out.next().unwrap_or_default();
                 let ntk = out.next().unwrap_or_default();
                 check_kernel(&nngp, "nngp", p)?;
@@ -257,7 +258,7 @@ impl InfiniteWidth {
         };
         let compiled = self.compiled(&program, true)?;
         let mut out = compiled
-            .run(&program, &x1f, x2f.as_ref())
+            .run(&program, &x1f, x2f.as_ref())?
             .into_iter()
             .skip(2);
         let mut groups = Vec::with_capacity(compiled.layout().len());

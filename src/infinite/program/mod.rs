@@ -59,6 +59,7 @@ use crate::linalg::mirror_upper;
 use crate::parallel;
 use crate::program::Program;
 
+use super::grid::GridPlan;
 use super::dual::{PairDual, mean_derivative, same_activation};
 use super::quadrature::GaussHermite;
 pub(crate) use super::tape::Mode;
@@ -102,8 +103,46 @@ enum Key {
     Monomial(u32),
 }
 
-/// The compiled recursion of one program.
-pub(crate) struct Compiled {
+/// The compiled recursion of one program: straight-line tapes, or, for a chain of
+/// recorded convolutions and poolings, array operations over pairs of positions.
+#[derive(Debug)]
+pub(crate) enum Compiled {
+    /// The symbolic engine's tapes.
+    Tapes(Tapes),
+    /// The array engine of convolutional chains.
+    Grid(GridPlan),
+}
+
+impl Compiled {
+    /// The results (Σ, Θ̊, then the group terms) between the rows of `x1` and `x2`
+    /// (`None`: x2 = x1).
+    ///
+    /// # Errors
+    /// [`Error::AllocationFailed`](crate::Error::AllocationFailed) if the arrays of a
+    /// convolutional chain do not fit in memory.
+    pub(crate) fn run(
+        &self,
+        program: &Program,
+        x1: &DMatrix<f64>,
+        x2: Option<&DMatrix<f64>>,
+    ) -> Result<Vec<DMatrix<f64>>> {
+        match self {
+            Compiled::Tapes(t) => Ok(t.run(program, x1, x2)),
+            Compiled::Grid(g) => g.run(x1, x2),
+        }
+    }
+
+    /// Per group, whether it has a bias term among the results.
+    pub(crate) fn layout(&self) -> &[bool] {
+        match self {
+            Compiled::Tapes(t) => t.layout(),
+            Compiled::Grid(g) => g.layout(),
+        }
+    }
+}
+
+/// The compiled tapes of one program.
+pub(crate) struct Tapes {
     /// Per-sample quantities; its results are the columns of a batch's diagonal table.
     diag: Runnable,
     /// Per-pair quantities; its results are Σ, Θ̊ and, when asked, each group's
@@ -119,9 +158,9 @@ pub(crate) struct Compiled {
     input_dim: usize,
 }
 
-impl std::fmt::Debug for Compiled {
+impl std::fmt::Debug for Tapes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compiled")
+        f.debug_struct("Tapes")
             .field("diagonal_slots", &self.diag.slots)
             .field("cross_slots", &self.cross.slots)
             .field("groups", &self.layout.len())
@@ -174,6 +213,19 @@ pub(crate) fn compile(
     rule: &Arc<GaussHermite>,
     with_groups: bool,
 ) -> Result<Compiled> {
+    program.readout_of()?;
+    if let Some(plan) = GridPlan::of(program, rule, with_groups) {
+        return Ok(Compiled::Grid(plan));
+    }
+    compile_tapes(program, rule, with_groups).map(Compiled::Tapes)
+}
+
+/// Compiles `program` (validated) into tapes, whatever its structure.
+pub(crate) fn compile_tapes(
+    program: &Program,
+    rule: &Arc<GaussHermite>,
+    with_groups: bool,
+) -> Result<Tapes> {
     let (out, readout) = program.readout_of()?;
     let mut c = Compiler {
         program,
@@ -263,7 +315,7 @@ pub(crate) fn compile(
         .enumerate()
         .map(|(i, &s)| (s, i))
         .collect();
-    Ok(Compiled {
+    Ok(Tapes {
         diag: diag.finish(&diag_roots, &HashMap::default()),
         cross: cross.finish(&roots, &columns),
         layout: groups.iter().map(|g| g.bias.is_some()).collect(),
@@ -292,7 +344,7 @@ impl Val {
 /// Most bytes of slot buffers per thread: the tile size follows from it.
 const ARENA_BYTES: usize = 1 << 20;
 
-impl Compiled {
+impl Tapes {
     /// The fixed values and the diagonal table (N × diagonal results) of a batch.
     fn diagonal(&self, program: &Program, x: &DMatrix<f64>) -> (Vec<DMatrix<f64>>, DMatrix<f64>) {
         let fixed = program.fixed_values(&self.fixed, x);

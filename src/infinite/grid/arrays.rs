@@ -1,0 +1,225 @@
+//! The array operations of a convolutional limit: what a convolution, an average pooling
+//! and a readout do to a covariance over pairs of positions.
+//!
+//! Arrays are column-major $P × Q$ matrices, entry $(p, q)$ a quantity of position $p$ of
+//! the first sample and position $q$ of the second (positions row-major over the grid).
+
+use nalgebra::DMatrix;
+
+use crate::program::AxisWindows;
+
+/// A run of a window map: outputs `out..out + len` read inputs `inp, inp + step, …`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    out: usize,
+    inp: usize,
+    len: usize,
+    step: usize,
+}
+
+/// For each tap of a filter, the input position of every output position that has one,
+/// as runs (row-major positions on both sides).
+#[derive(Clone, Debug)]
+struct TapMaps {
+    /// Per tap, the runs.
+    runs: Vec<Vec<Run>>,
+    /// Per tap, per output position, the input position (`None`: zero padding).
+    index: Vec<Vec<Option<usize>>>,
+}
+
+impl TapMaps {
+    /// The maps of a filter whose windows along the rows and columns are `axes`, over an
+    /// input grid `columns` wide.
+    fn new(axes: &[AxisWindows; 2], columns: usize) -> TapMaps {
+        let [rows, cols] = axes;
+        let (taps_r, taps_c) = (rows[0].len(), cols[0].len());
+        let mut runs = Vec::with_capacity(taps_r * taps_c);
+        let mut index = Vec::with_capacity(taps_r * taps_c);
+        for ar in 0..taps_r {
+            for ac in 0..taps_c {
+                let map: Vec<Option<usize>> = rows
+                    .iter()
+                    .flat_map(|r| {
+                        cols.iter()
+                            .map(move |c| r[ar].zip(c[ac]).map(|(i, j)| i * columns + j))
+                    })
+                    .collect();
+                runs.push(runs_of(&map));
+                index.push(map);
+            }
+        }
+        TapMaps { runs, index }
+    }
+}
+
+/// The runs of a position map.
+fn runs_of(map: &[Option<usize>]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (out, inp) in map.iter().enumerate() {
+        let Some(inp) = *inp else { continue };
+        if let Some(last) = runs.last_mut()
+            && last.out + last.len == out
+        {
+            let next = last.inp + last.len * last.step;
+            if last.len == 1 && inp > last.inp {
+                last.step = inp - last.inp;
+                last.len = 2;
+                continue;
+            }
+            if inp == next {
+                last.len += 1;
+                continue;
+            }
+        }
+        runs.push(Run {
+            out,
+            inp,
+            len: 1,
+            step: 1,
+        });
+    }
+    runs
+}
+
+/// `out[run] += column[inputs of run]` for every run.
+#[inline]
+fn add_runs(runs: &[Run], column: &[f64], out: &mut [f64]) {
+    for r in runs {
+        let dst = &mut out[r.out..r.out + r.len];
+        if r.step == 1 {
+            for (d, s) in dst.iter_mut().zip(&column[r.inp..r.inp + r.len]) {
+                *d += s;
+            }
+        } else {
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d += column[r.inp + k * r.step];
+            }
+        }
+    }
+}
+
+/// A convolution's action on arrays: $A\'(p, q) = \text{scale} · Σ_a A(w_a(p), w_a(q))$,
+/// the same tap $a$ on both sides (the weights of different taps are independent), taps
+/// past a zero-padded edge contributing 0.
+#[derive(Clone, Debug)]
+pub(crate) struct Stencil {
+    maps: TapMaps,
+    outputs: usize,
+    scale: f64,
+}
+
+impl Stencil {
+    /// The stencil of a filter with windows `axes` over an input grid `columns` wide,
+    /// averaging over its taps.
+    pub(crate) fn new(axes: &[AxisWindows; 2], columns: usize) -> Stencil {
+        let maps = TapMaps::new(axes, columns);
+        let taps = maps.runs.len();
+        Stencil {
+            outputs: axes[0].len() * axes[1].len(),
+            maps,
+            scale: 1.0 / taps as f64,
+        }
+    }
+
+    /// `out_k = scale · S(a_k)` for every pair of arrays: one pass over the taps for all.
+    pub(crate) fn apply(&self, arrays: &[&DMatrix<f64>], outs: &mut [DMatrix<f64>]) {
+        let n = self.outputs;
+        for out in outs.iter_mut() {
+            if out.shape() != (n, n) {
+                *out = DMatrix::zeros(n, n);
+            } else {
+                out.fill(0.0);
+            }
+        }
+        for (runs, index) in self.maps.runs.iter().zip(&self.maps.index) {
+            for (q_out, q_in) in index.iter().enumerate() {
+                let Some(q_in) = *q_in else { continue };
+                for (a, out) in arrays.iter().zip(outs.iter_mut()) {
+                    let m = a.nrows();
+                    let column = &a.as_slice()[q_in * m..(q_in + 1) * m];
+                    add_runs(runs, column, &mut out.as_mut_slice()[q_out * n..(q_out + 1) * n]);
+                }
+            }
+        }
+        for out in outs.iter_mut() {
+            *out *= self.scale;
+        }
+    }
+}
+
+/// An average pooling's action on arrays: $A\'(P, Q) = \frac{1}{|w|^2} Σ_{p ∈ w(P)} Σ_{q ∈ w(Q)} A(p, q)$,
+/// every pair of positions of the two windows (a mean of vectors, not a filter).
+#[derive(Clone, Debug)]
+pub(crate) struct Pool {
+    /// Per output position, its window's input positions.
+    windows: Vec<Vec<usize>>,
+    inputs: usize,
+}
+
+impl Pool {
+    /// The pooling with windows `axes` over an input grid of shape `dims`.
+    pub(crate) fn new(axes: &[AxisWindows; 2], dims: [usize; 2]) -> Pool {
+        let [rows, cols] = axes;
+        let windows = rows
+            .iter()
+            .flat_map(|r| {
+                cols.iter().map(move |c| {
+                    r.iter()
+                        .flatten()
+                        .flat_map(|&i| c.iter().flatten().map(move |&j| i * dims[1] + j))
+                        .collect()
+                })
+            })
+            .collect();
+        Pool {
+            windows,
+            inputs: dims[0] * dims[1],
+        }
+    }
+
+    /// The pooled array.
+    pub(crate) fn apply(&self, a: &DMatrix<f64>) -> DMatrix<f64> {
+        debug_assert_eq!(a.shape(), (self.inputs, self.inputs));
+        let n = self.windows.len();
+        // Along the second side (columns), then the first (rows).
+        let mut half = DMatrix::<f64>::zeros(self.inputs, n);
+        let m = self.inputs;
+        for (q, window) in self.windows.iter().enumerate() {
+            let out = &mut half.as_mut_slice()[q * m..(q + 1) * m];
+            for &i in window {
+                for (o, v) in out.iter_mut().zip(&a.as_slice()[i * m..(i + 1) * m]) {
+                    *o += v;
+                }
+            }
+        }
+        let mut pooled = DMatrix::<f64>::zeros(n, n);
+        for q in 0..n {
+            let column = half.column(q);
+            for (p, window) in self.windows.iter().enumerate() {
+                pooled[(p, q)] = window.iter().map(|&i| column[i]).sum::<f64>();
+            }
+        }
+        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
+        pooled / (size * size) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_consecutive_and_strided_positions() {
+        let map = [None, Some(0), Some(1), Some(2), Some(5), Some(7), Some(9), None];
+        let runs = runs_of(&map);
+        let expanded: Vec<Option<usize>> = (0..map.len())
+            .map(|o| {
+                runs.iter()
+                    .find(|r| (r.out..r.out + r.len).contains(&o))
+                    .map(|r| r.inp + (o - r.out) * r.step)
+            })
+            .collect();
+        assert_eq!(expanded, map);
+        assert!(runs.len() <= 3, "{runs:?}");
+    }
+}

@@ -1,0 +1,650 @@
+//! The limit of convolutional programs as array operations (CNN-GP and CNTK; Novak et
+//! al. 2019, Arora et al. 2019), for programs whose convolutions and poolings the
+//! program recorded ([`GridLayer`]).
+//!
+//! For one pair of samples $(x, x̄)$, a layer of positions has the array
+//! $M(p, q) = E[z_p(x) z_q(x̄)]$ over pairs of positions, and its NTK array $Θ(p, q)$. A chain
+//! of these operations maps them:
+//!
+//! - **input** pixels: $M(p, q) = x_p · x̄_q / C$, $Θ = 0$;
+//! - **convolution** $h = \mathrm{conv}(W, z)$ with $K$ taps: $M\'(p, q) = (σ_W^2/K) Σ_a M(w_a(p), w_a(q))$ and
+//!   $Θ\'(p, q) = (c_W/K) Σ_a M(⋯) + (σ_W^2/K) Σ_a Θ(⋯)$, the same tap $a$ on both sides
+//!   (the weights of different taps are independent), taps past a zero-padded edge
+//!   contributing 0 (the [`Stencil`]);
+//! - **bias**: $M\' = M + σ_b^2$, $Θ\' = Θ + c_b$ (one bias shared by all positions);
+//! - **φ** of a Gaussian layer: $M\'(p, q) = E φ(u) φ(v)$ and $Θ\'(p, q) = Θ(p, q) · E φ\'(u) φ\'(v)$,
+//!   $(u, v)$ with variances $M_{xx}(p, p)$, $M_{x̄x̄}(q, q)$ and covariance $M(p, q)$;
+//! - **average pooling**: the mean over both windows of every pair ([`Pool`]);
+//! - **readout** $f = (σ_v/\sqrt{n_{in}}) vᵀ r$: $Σ = σ_v^2 R(M) + σ_b^2$, $Θ̊ = c_v R(M) + σ_v^2 R(Θ) + c_b$, with
+//!   $R$ the mean of all entries (global average pooling) or of the diagonal
+//!   (flattening).
+//!
+//! This is Tensor Programs II's recursion for these programs, entry for entry (the
+//! symbolic engine computes the same numbers, one instruction per pair of positions),
+//! but its size does not grow with the number of positions: a pair of samples costs
+//! $O(P^2 · \text{taps})$ time and $O(P^2)$ memory, and the plan only lists the layers.
+//! The variances of each sample come from its own pair $(x, x)$, computed first.
+
+mod arrays;
+
+use std::sync::Arc;
+
+use nalgebra::DMatrix;
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::error::{Error, Result};
+use crate::parallel;
+use crate::program::{Group, GridLayer, Op, Program, Width};
+
+use super::dual::{PairDual, Variances};
+use super::quadrature::GaussHermite;
+use arrays::{Pool, Stencil};
+
+/// One layer of a convolutional chain.
+#[derive(Clone, Debug)]
+enum Step {
+    /// A convolution: $σ_W^2$, the weight's NTK coefficient $c_W$ and its group.
+    Conv {
+        stencil: Stencil,
+        sigma2: f64,
+        coef: f64,
+        group: usize,
+    },
+    /// A bias shared by every position.
+    Bias { sigma2: f64, coef: f64, group: usize },
+    /// φ of a Gaussian layer; `layer` numbers the φ layers (the per-sample variances).
+    Phi { dual: PairDual, layer: usize },
+    /// Average pooling.
+    Pool(Pool),
+}
+
+/// What the readout does to the last layer's arrays.
+#[derive(Clone, Copy, Debug)]
+enum Reduce {
+    /// The mean (`scale` = 1/P²) or sum (1) of all entries: a global average or sum.
+    All { scale: f64 },
+    /// The mean of the diagonal: flattening (the readout's fan-in is P·n).
+    Diagonal,
+}
+
+/// The compiled limit of a convolutional chain.
+#[derive(Debug)]
+pub(crate) struct GridPlan {
+    /// Per input position, its first column; each is `channels` wide.
+    starts: Vec<usize>,
+    channels: usize,
+    steps: Vec<Step>,
+    reduce: Reduce,
+    /// $σ_v^2$, $σ_b\'^2$ and the readout's NTK coefficients.
+    readout: [f64; 4],
+    /// Per program group, its result's index (when the group terms are computed).
+    group_results: Option<Vec<usize>>,
+    /// Per group (the readout last), whether it has a bias term among the results.
+    layout: Vec<bool>,
+    results: usize,
+    phi_layers: usize,
+    /// The largest number of positions of a layer.
+    widest: usize,
+}
+
+/// What kind of vectors a layer holds, for the φ rule's precondition.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Deterministic (the input pixels).
+    Fixed,
+    /// Centred Gaussian.
+    Gaussian,
+    /// Anything else (after φ).
+    Other,
+}
+
+impl GridPlan {
+    /// The plan of `program` when it is a chain of convolutions, biases, activations and
+    /// poolings from the input pixels to a readout that averages or flattens (and at
+    /// least one recorded convolution); `None` otherwise (the symbolic engine computes
+    /// it then).
+    pub(crate) fn of(
+        program: &Program,
+        rule: &Arc<GaussHermite>,
+        with_groups: bool,
+    ) -> Option<GridPlan> {
+        let (out, readout) = program.readout_of().ok()?;
+        let hidden_one = |v: usize| program.nodes[v].width == Width::Hidden(1);
+        let (mut grid, reduce) = match &program.nodes[out].op {
+            Op::Sum(s) => {
+                let p = s.parts.len() as f64;
+                let scale = if s.mean { 1.0 / (p * p) } else { 1.0 };
+                (s.parts.clone(), Reduce::All { scale })
+            }
+            Op::Concat(c) => (c.parts.clone(), Reduce::Diagonal),
+            _ => (vec![out], Reduce::All { scale: 1.0 }),
+        };
+        let by_output: HashMap<usize, &GridLayer> = program
+            .grid_layers
+            .iter()
+            .map(|l| (l.output[0], l))
+            .collect();
+        let group_of = |g: Group| program.groups.iter().position(|&h| h == g);
+        // From the readout back to the pixels.
+        let mut backward: Vec<Step> = Vec::new();
+        let mut widest = grid.len();
+        let (starts, channels) = loop {
+            widest = widest.max(grid.len());
+            let first = grid[0];
+            if let Some(layer) = by_output.get(&first).filter(|l| l.output == grid) {
+                let columns = layer.input_dims[1];
+                match layer.weight {
+                    Some(w) => {
+                        let decl = &program.weights[w];
+                        if decl.uses.len() != grid.len() {
+                            return None;
+                        }
+                        backward.push(Step::Conv {
+                            stencil: Stencil::new(&layer.axes, columns),
+                            sigma2: decl.std * decl.std,
+                            coef: decl.ntk_coefficient(),
+                            group: group_of(Group::Weight(w))?,
+                        });
+                    }
+                    None => backward.push(Step::Pool(Pool::new(&layer.axes, layer.input_dims))),
+                }
+                if !grid.iter().all(|&v| hidden_one(v)) {
+                    return None;
+                }
+                grid.clone_from(&layer.input);
+                continue;
+            }
+            match &program.nodes[first].op {
+                Op::Apply(a) => {
+                    let inputs = grid
+                        .iter()
+                        .map(|&v| match &program.nodes[v].op {
+                            Op::Apply(b)
+                                if super::dual::same_activation(&a.activation, &b.activation)
+                                    && hidden_one(v) =>
+                            {
+                                Some(b.input)
+                            }
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<usize>>>()?;
+                    backward.push(Step::Phi {
+                        dual: PairDual::new(&a.activation, &a.activation, rule),
+                        layer: 0,
+                    });
+                    grid = inputs;
+                }
+                Op::AddBias(b) => {
+                    let decl = &program.biases[b.bias];
+                    let inputs = grid
+                        .iter()
+                        .map(|&v| match &program.nodes[v].op {
+                            Op::AddBias(c) if c.bias == b.bias && hidden_one(v) => Some(c.input),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<usize>>>()?;
+                    if decl.uses.len() != grid.len() {
+                        return None;
+                    }
+                    backward.push(Step::Bias {
+                        sigma2: decl.std * decl.std,
+                        coef: decl.ntk_coefficient(),
+                        group: group_of(Group::Bias(b.bias))?,
+                    });
+                    grid = inputs;
+                }
+                Op::Input(_) => {
+                    let ranges = grid
+                        .iter()
+                        .map(|&v| match &program.nodes[v].op {
+                            Op::Input(i) => Some(i.columns.clone()),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    let channels = ranges[0].len();
+                    if channels == 0 || ranges.iter().any(|r| r.len() != channels) {
+                        return None;
+                    }
+                    break (ranges.iter().map(|r| r.start).collect::<Vec<_>>(), channels);
+                }
+                _ => return None,
+            }
+        };
+        let mut steps: Vec<Step> = backward.into_iter().rev().collect();
+        // The rules' preconditions, from the pixels forward.
+        let (mut kind, mut convolutions, mut phi_layers) = (Kind::Fixed, 0, 0);
+        for step in &mut steps {
+            kind = match step {
+                Step::Conv { .. } => {
+                    convolutions += 1;
+                    Kind::Gaussian
+                }
+                Step::Bias { .. } if kind == Kind::Fixed => return None,
+                Step::Bias { .. } | Step::Pool(_) => kind,
+                Step::Phi { layer, .. } => {
+                    if kind != Kind::Gaussian {
+                        return None;
+                    }
+                    *layer = phi_layers;
+                    phi_layers += 1;
+                    Kind::Other
+                }
+            };
+        }
+        if convolutions == 0 {
+            return None;
+        }
+        let sv2 = readout.weight_std_value().powi(2);
+        let sb2 = readout.bias_std_value().powi(2);
+        let (coef_v, coef_b) = program.readout_ntk_coef.unwrap_or((sv2, sb2));
+        let mut layout: Vec<bool> = program
+            .groups
+            .iter()
+            .map(|g| matches!(g, Group::Bias(_)))
+            .collect();
+        layout.push(sb2 > 0.0);
+        let mut next = 2;
+        let group_results = with_groups.then(|| {
+            layout[..layout.len() - 1]
+                .iter()
+                .map(|&bias| {
+                    next += 1 + usize::from(bias);
+                    next - 1
+                })
+                .collect()
+        });
+        let results = if with_groups {
+            next + 1 + usize::from(sb2 > 0.0)
+        } else {
+            2
+        };
+        if !with_groups {
+            layout.clear();
+        }
+        Some(GridPlan {
+            starts,
+            channels,
+            steps,
+            reduce,
+            readout: [sv2, sb2, coef_v, coef_b],
+            group_results,
+            layout,
+            results,
+            phi_layers,
+            widest,
+        })
+    }
+
+    /// Per group (the readout last), whether it has a bias term among the results.
+    pub(crate) fn layout(&self) -> &[bool] {
+        &self.layout
+    }
+
+    /// Σ, Θ̊ and (when planned) the group terms between the rows of `x1` and `x2`
+    /// (`None`: x2 = x1, each pair computed once).
+    ///
+    /// # Errors
+    /// [`Error::AllocationFailed`] if the arrays of a pair of samples do not fit in
+    /// memory.
+    pub(crate) fn run(
+        &self,
+        x1: &DMatrix<f64>,
+        x2: Option<&DMatrix<f64>>,
+    ) -> Result<Vec<DMatrix<f64>>> {
+        self.check_memory()?;
+        let rows = |x: &DMatrix<f64>| -> Vec<Vec<f64>> {
+            (0..x.nrows())
+                .map(|i| x.row(i).iter().copied().collect())
+                .collect()
+        };
+        let a = rows(x1);
+        let b = x2.map(rows);
+        // Each sample with itself: its variances, and the kernels' diagonal.
+        let own = |samples: &[Vec<f64>]| {
+            let items: Vec<usize> = (0..samples.len()).collect();
+            parallel::map(&items, |&i| {
+                let mut work = Workspace::default();
+                let mut variances = Vec::with_capacity(self.phi_layers);
+                let values = self.pair(&samples[i], &samples[i], Sides::Own(&mut variances), &mut work);
+                (values, variances)
+            })
+        };
+        let own_a = own(&a);
+        let own_b = b.as_deref().map(own);
+        let (n1, n2) = (a.len(), b.as_ref().map_or(a.len(), Vec::len));
+        let mut out = vec![DMatrix::<f64>::zeros(n1, n2); self.results];
+        let pairs: Vec<(usize, usize)> = match &b {
+            None => (0..n1)
+                .flat_map(|j| (0..j).map(move |i| (i, j)))
+                .collect(),
+            Some(_) => (0..n2)
+                .flat_map(|j| (0..n1).map(move |i| (i, j)))
+                .collect(),
+        };
+        let second = b.as_ref().unwrap_or(&a);
+        let own_second = own_b.as_ref().unwrap_or(&own_a);
+        let chunk = pairs.len().div_ceil(64).max(1);
+        let chunks: Vec<&[(usize, usize)]> = pairs.chunks(chunk).collect();
+        let values = parallel::map(&chunks, |chunk| {
+            let mut work = Workspace::default();
+            chunk
+                .iter()
+                .map(|&(i, j)| {
+                    let sides = Sides::Cross(&own_a[i].1, &own_second[j].1);
+                    self.pair(&a[i], &second[j], sides, &mut work)
+                })
+                .collect::<Vec<_>>()
+        });
+        for (&(i, j), v) in pairs.iter().zip(values.into_iter().flatten()) {
+            for (o, value) in out.iter_mut().zip(v) {
+                o[(i, j)] = value;
+                if b.is_none() {
+                    o[(j, i)] = value;
+                }
+            }
+        }
+        if b.is_none() {
+            for (i, (v, _)) in own_a.iter().enumerate() {
+                for (o, &value) in out.iter_mut().zip(v) {
+                    o[(i, i)] = value;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Errors unless a thread's arrays for one pair fit in memory.
+    fn check_memory(&self) -> Result<()> {
+        let tangents = self.group_results.as_ref().map_or(1, Vec::len);
+        let arrays = 2 * (tangents + 1) + 1;
+        let entries = self
+            .widest
+            .checked_mul(self.widest)
+            .and_then(|e| e.checked_mul(arrays));
+        let fits = entries.is_some_and(|e| {
+            e <= isize::MAX as usize / 8 && Vec::<f64>::new().try_reserve_exact(e).is_ok()
+        });
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::AllocationFailed {
+                what: format!(
+                    "the covariance arrays of a convolutional kernel ({} positions)",
+                    self.widest
+                ),
+                size: format!("{arrays} arrays of {0} × {0} f64 per thread", self.widest),
+            })
+        }
+    }
+
+    /// The results at one pair of samples.
+    fn pair(&self, a: &[f64], b: &[f64], mut sides: Sides<'_>, work: &mut Workspace) -> Vec<f64> {
+        let c = self.channels;
+        let pixels = |x: &[f64]| {
+            DMatrix::from_fn(self.starts.len(), c, |p, k| x[self.starts[p] + k])
+        };
+        let (pa, pb) = (pixels(a), pixels(b));
+        work.m = &pa * pb.transpose() / c as f64;
+        // The NTK arrays: one (Θ), or one per group with its result index.
+        work.thetas.clear();
+        let grouped = self.group_results.is_some();
+        for step in &self.steps {
+            match step {
+                Step::Conv {
+                    stencil,
+                    sigma2,
+                    coef,
+                    group,
+                } => {
+                    let k = 1 + work.thetas.len();
+                    work.outs.resize_with(k, || DMatrix::zeros(0, 0));
+                    {
+                        let inputs: Vec<&DMatrix<f64>> =
+                            std::iter::once(&work.m).chain(work.thetas.iter().map(|t| &t.1)).collect();
+                        stencil.apply(&inputs, &mut work.outs[..k]);
+                    }
+                    std::mem::swap(&mut work.m, &mut work.outs[0]);
+                    for (t, s) in work.thetas.iter_mut().zip(&mut work.outs[1..k]) {
+                        std::mem::swap(&mut t.1, s);
+                        t.1 *= *sigma2;
+                    }
+                    // The weight's own term, c_W · S(M), before M is scaled by σ_W².
+                    let own = &work.m * *coef;
+                    work.m *= *sigma2;
+                    self.add_term(&mut work.thetas, grouped, *group, own);
+                }
+                Step::Bias {
+                    sigma2,
+                    coef,
+                    group,
+                } => {
+                    work.m.add_scalar_mut(*sigma2);
+                    let n = work.m.nrows();
+                    let own = DMatrix::from_element(n, n, *coef);
+                    self.add_term(&mut work.thetas, grouped, *group, own);
+                }
+                Step::Phi { dual, layer } => {
+                    let (rows, cols) = match &mut sides {
+                        Sides::Own(record) => {
+                            record.push(Variances::new(work.m.diagonal().iter().copied().collect()));
+                            let v = &record[*layer];
+                            (v, v)
+                        }
+                        Sides::Cross(ra, rb) => (&ra[*layer], &rb[*layer]),
+                    };
+                    let n = work.m.nrows();
+                    if let [(_, theta)] = work.thetas.as_mut_slice() {
+                        for q in 0..work.m.ncols() {
+                            let c = &mut work.m.as_mut_slice()[q * n..(q + 1) * n];
+                            let t = &mut theta.as_mut_slice()[q * n..(q + 1) * n];
+                            dual.eval_column_then(rows, 0, c, cols, q, t, |c, cd, t| (c, t * cd));
+                        }
+                    } else {
+                        let mut cdot = DMatrix::<f64>::zeros(n, work.m.ncols());
+                        for q in 0..work.m.ncols() {
+                            let c = &mut work.m.as_mut_slice()[q * n..(q + 1) * n];
+                            let d = &mut cdot.as_mut_slice()[q * n..(q + 1) * n];
+                            dual.eval_column_then(rows, 0, c, cols, q, d, |c, cd, _| (c, cd));
+                        }
+                        for (_, t) in &mut work.thetas {
+                            t.component_mul_assign(&cdot);
+                        }
+                    }
+                }
+                Step::Pool(pool) => {
+                    work.m = pool.apply(&work.m);
+                    for (_, t) in &mut work.thetas {
+                        *t = pool.apply(t);
+                    }
+                }
+            }
+        }
+        let reduce = |a: &DMatrix<f64>| match self.reduce {
+            Reduce::All { scale } => a.sum() * scale,
+            Reduce::Diagonal => a.trace() / a.nrows() as f64,
+        };
+        let [sv2, sb2, coef_v, coef_b] = self.readout;
+        let m = reduce(&work.m);
+        let mut values = vec![0.0; self.results];
+        values[0] = sv2 * m + sb2;
+        let readout_bias = if sb2 > 0.0 { coef_b } else { 0.0 };
+        let mut ntk = coef_v * m + readout_bias;
+        for (slot, t) in &work.thetas {
+            let term = sv2 * reduce(t);
+            ntk += term;
+            if grouped {
+                values[*slot] = term;
+            }
+        }
+        values[1] = ntk;
+        if grouped {
+            let readout_slot = self.results - 1 - usize::from(sb2 > 0.0);
+            values[readout_slot] = coef_v * m;
+            if sb2 > 0.0 {
+                values[readout_slot + 1] = readout_bias;
+            }
+        }
+        values
+    }
+
+    /// Adds a group's own term to the NTK arrays: as the group's array when the groups
+    /// are computed, else into the one Θ.
+    fn add_term(
+        &self,
+        thetas: &mut Vec<(usize, DMatrix<f64>)>,
+        grouped: bool,
+        group: usize,
+        term: DMatrix<f64>,
+    ) {
+        match (&self.group_results, thetas.first_mut()) {
+            (Some(slots), _) if grouped => thetas.push((slots[group], term)),
+            (_, Some((_, theta))) => *theta += term,
+            (_, None) => thetas.push((1, term)),
+        }
+    }
+}
+
+/// Where the variances of a pair's two samples come from.
+enum Sides<'a> {
+    /// The pair of a sample with itself: read off the arrays, and recorded.
+    Own(&'a mut Vec<Variances>),
+    /// Recorded earlier, per φ layer, for each sample.
+    Cross(&'a [Variances], &'a [Variances]),
+}
+
+/// A thread's arrays, reused from pair to pair.
+#[derive(Default)]
+struct Workspace {
+    m: DMatrix<f64>,
+    thetas: Vec<(usize, DMatrix<f64>)>,
+    outs: Vec<DMatrix<f64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::Activation;
+    use crate::infinite::program::compile_tapes;
+    use crate::program::{Padding, Readout};
+    use crate::zoo::{Cnn, ImageReadout, myrtle};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    fn images(n: usize, d: usize, seed: u64) -> DMatrix<f64> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        DMatrix::from_fn(n, d, |_, _| rng.random_range(-1.0..1.0))
+    }
+
+    /// The array engine against the symbolic one (one instruction per pair of
+    /// positions): every result, between two batches and within one.
+    fn agrees_with_tapes(program: &Program) {
+        let rule = GaussHermite::new(GaussHermite::DEFAULT_DEGREE).unwrap();
+        let d = program.input_dim();
+        let (x1, x2) = (images(3, d, 1), images(2, d, 2));
+        for groups in [false, true] {
+            let plan = GridPlan::of(program, &rule, groups).expect("a convolutional chain");
+            let tapes = compile_tapes(program, &rule, groups).unwrap();
+            assert_eq!(plan.layout(), tapes.layout());
+            for second in [Some(&x2), None] {
+                let fast = plan.run(&x1, second).unwrap();
+                let slow = tapes.run(program, &x1, second);
+                assert_eq!(fast.len(), slow.len());
+                for (k, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                    let scale = s.norm().max(1e-300);
+                    assert!(
+                        (f - s).norm() <= 1e-12 * scale,
+                        "result {k} (groups {groups}): {f} against {s}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_padded_erf_convolutions_with_biases_under_a_global_average() {
+        let cnn = Cnn::new((4, 5), 2)
+            .layers(2)
+            .taps((3, 2))
+            .padding(Padding::Same)
+            .activation(Activation::Erf)
+            .bias_std(0.3);
+        agrees_with_tapes(&cnn.program().unwrap());
+    }
+
+    #[test]
+    fn circular_tanh_convolutions_flattened() {
+        let cnn = Cnn::new((3, 4), 2)
+            .layers(2)
+            .padding(Padding::Circular)
+            .activation(Activation::Tanh)
+            .readout(ImageReadout::Flatten);
+        agrees_with_tapes(&cnn.program().unwrap());
+    }
+
+    #[test]
+    fn valid_sequence_convolutions() {
+        let cnn = Cnn::sequence(7, 3).layers(2).padding(Padding::Valid).bias_std(0.2);
+        agrees_with_tapes(&cnn.program().unwrap());
+    }
+
+    #[test]
+    fn myrtle_on_small_images() {
+        agrees_with_tapes(&myrtle(5, (8, 8), 2).unwrap());
+    }
+
+    #[test]
+    fn strided_convolutions_pooling_windows_and_a_biased_readout() {
+        let (h, w, c) = (6, 5, 2);
+        let mut p = Program::new(h * w * c);
+        let pixels: Vec<_> = (0..h * w).map(|q| p.input(c * q..c * q + c).unwrap()).collect();
+        let (w1, b1) = (p.weight(1.3).unwrap(), p.bias(0.4).unwrap());
+        let (hs, shape) = p
+            .conv2d_strided(w1, &pixels, (h, w), (3, 2), (2, 1), Padding::Same)
+            .unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| {
+                let v = p.add_bias(v, b1).unwrap();
+                p.apply(Activation::Relu, v).unwrap()
+            })
+            .collect();
+        let (z, shape) = p.avg_pool2d(&z, shape, (2, 2), (1, 2)).unwrap();
+        let w2 = p.weight(0.9).unwrap();
+        let (hs, _) = p.conv2d(w2, &z, shape, (1, 2), Padding::Valid).unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| p.apply(Activation::Gelu, v).unwrap())
+            .collect();
+        let pooled = p.mean(&z).unwrap();
+        p.readout(pooled, Readout::new(1.1).bias_std(0.2).outputs(2))
+            .unwrap();
+        agrees_with_tapes(&p);
+    }
+
+    #[test]
+    fn other_structures_are_left_to_the_symbolic_engine() {
+        let rule = GaussHermite::new(8).unwrap();
+        // A residual connection around a convolution.
+        let mut p = Program::new(4 * 2);
+        let pixels: Vec<_> = (0..4).map(|q| p.input(2 * q..2 * q + 2).unwrap()).collect();
+        let w = p.weight(1.0).unwrap();
+        let hs = p.conv(w, &pixels, 3, Padding::Circular).unwrap();
+        let z: Vec<_> = hs
+            .iter()
+            .map(|&v| p.apply(Activation::Relu, v).unwrap())
+            .collect();
+        let w2 = p.weight(1.0).unwrap();
+        let hs2 = p.conv(w2, &z, 3, Padding::Circular).unwrap();
+        let sums: Vec<_> = hs2
+            .iter()
+            .zip(&hs)
+            .map(|(&a, &b)| p.add(&[a, b]).unwrap())
+            .collect();
+        let out = p.mean(&sums).unwrap();
+        p.output(out, 1.0).unwrap();
+        assert!(GridPlan::of(&p, &rule, false).is_none());
+        // An MLP.
+        let spec = crate::MlpSpec::new(3).hidden(8, Activation::Relu);
+        let mlp = Program::try_from(&spec).unwrap();
+        assert!(GridPlan::of(&mlp, &rule, false).is_none());
+    }
+}
