@@ -81,18 +81,25 @@ fn runs_of(map: &[Option<usize>]) -> Vec<Run> {
     runs
 }
 
-/// `out[run] += column[inputs of run]` for every run.
-#[inline]
-fn add_runs(runs: &[Run], column: &[f64], out: &mut [f64]) {
-    for r in runs {
-        let dst = &mut out[r.out..r.out + r.len];
-        if r.step == 1 {
-            for (d, s) in dst.iter_mut().zip(&column[r.inp..r.inp + r.len]) {
-                *d += s;
-            }
-        } else {
-            for (k, d) in dst.iter_mut().enumerate() {
-                *d += column[r.inp + k * r.step];
+/// `out[run] += column[inputs of run]` for every run of every tap: one output column
+/// of a stencil, `taps` pairing each tap's runs with its input column. Multiversioned
+/// (AVX-512, AVX2, baseline; the same IEEE results).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn add_runs(taps: &[(&[Run], &[f64])], out: &mut [f64]) {
+    for &(runs, column) in taps {
+        for r in runs {
+            let dst = &mut out[r.out..r.out + r.len];
+            if r.step == 1 {
+                for (d, s) in dst.iter_mut().zip(&column[r.inp..r.inp + r.len]) {
+                    *d += s;
+                }
+            } else {
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d += column[r.inp + k * r.step];
+                }
             }
         }
     }
@@ -121,28 +128,45 @@ impl Stencil {
         }
     }
 
-    /// `out_k = scale · S(a_k)` for every pair of arrays: one pass over the taps for all.
-    pub(crate) fn apply(&self, arrays: &[&DMatrix<f64>], outs: &mut [DMatrix<f64>]) {
+    /// The averaging factor 1/taps.
+    pub(crate) fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// `out_k = S(a_k)` (unscaled: the sum over taps) for every input array, output
+    /// column by output column; `finish` then receives that column of every output,
+    /// including outputs past the inputs (left zero for it to fill), while it is hot in
+    /// cache. Outputs are resized to the stencil's output positions.
+    pub(crate) fn apply(
+        &self,
+        arrays: &[&DMatrix<f64>],
+        outs: &mut [DMatrix<f64>],
+        mut finish: impl FnMut(&mut [&mut [f64]]),
+    ) {
         let n = self.outputs;
+        debug_assert!(outs.len() >= arrays.len());
         for out in outs.iter_mut() {
-            if out.shape() != (n, n) {
-                *out = DMatrix::zeros(n, n);
-            } else {
-                out.fill(0.0);
-            }
+            reshape(out, n, n);
         }
-        for (runs, index) in self.maps.runs.iter().zip(&self.maps.index) {
-            for (q_out, q_in) in index.iter().enumerate() {
-                let Some(q_in) = *q_in else { continue };
-                for (a, out) in arrays.iter().zip(outs.iter_mut()) {
-                    let m = a.nrows();
-                    let column = &a.as_slice()[q_in * m..(q_in + 1) * m];
-                    add_runs(runs, column, &mut out.as_mut_slice()[q_out * n..(q_out + 1) * n]);
+        let mut taps: Vec<(&[Run], &[f64])> = Vec::with_capacity(self.maps.runs.len());
+        for q_out in 0..n {
+            let mut columns: Vec<&mut [f64]> = outs
+                .iter_mut()
+                .map(|o| &mut o.as_mut_slice()[q_out * n..(q_out + 1) * n])
+                .collect();
+            for (k, column) in columns.iter_mut().enumerate() {
+                column.fill(0.0);
+                let Some(a) = arrays.get(k) else { continue };
+                let m = a.nrows();
+                taps.clear();
+                for (runs, index) in self.maps.runs.iter().zip(&self.maps.index) {
+                    if let Some(q_in) = index[q_out] {
+                        taps.push((runs, &a.as_slice()[q_in * m..(q_in + 1) * m]));
+                    }
                 }
+                add_runs(&taps, column);
             }
-        }
-        for out in outs.iter_mut() {
-            *out *= self.scale;
+            finish(&mut columns);
         }
     }
 }
@@ -177,30 +201,41 @@ impl Pool {
         }
     }
 
-    /// The pooled array.
-    pub(crate) fn apply(&self, a: &DMatrix<f64>) -> DMatrix<f64> {
+    /// The pooled array into `out`, through `half` (pooled along the second side only).
+    pub(crate) fn apply(&self, a: &DMatrix<f64>, half: &mut DMatrix<f64>, out: &mut DMatrix<f64>) {
         debug_assert_eq!(a.shape(), (self.inputs, self.inputs));
         let n = self.windows.len();
-        // Along the second side (columns), then the first (rows).
-        let mut half = DMatrix::<f64>::zeros(self.inputs, n);
         let m = self.inputs;
+        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
+        let scale = 1.0 / (size * size) as f64;
+        // Along the second side (columns), then the first (rows).
+        reshape(half, m, n);
         for (q, window) in self.windows.iter().enumerate() {
-            let out = &mut half.as_mut_slice()[q * m..(q + 1) * m];
+            let column = &mut half.as_mut_slice()[q * m..(q + 1) * m];
+            column.fill(0.0);
             for &i in window {
-                for (o, v) in out.iter_mut().zip(&a.as_slice()[i * m..(i + 1) * m]) {
+                for (o, v) in column.iter_mut().zip(&a.as_slice()[i * m..(i + 1) * m]) {
                     *o += v;
                 }
             }
         }
-        let mut pooled = DMatrix::<f64>::zeros(n, n);
+        reshape(out, n, n);
         for q in 0..n {
-            let column = half.column(q);
+            let column = &half.as_slice()[q * m..(q + 1) * m];
             for (p, window) in self.windows.iter().enumerate() {
-                pooled[(p, q)] = window.iter().map(|&i| column[i]).sum::<f64>();
+                out[(p, q)] = scale * window.iter().map(|&i| column[i]).sum::<f64>();
             }
         }
-        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
-        pooled / (size * size) as f64
+    }
+}
+
+/// Gives `m` the shape `rows × cols`, reusing its buffer; the entries are left
+/// unspecified (the caller writes every one).
+pub(crate) fn reshape(m: &mut DMatrix<f64>, rows: usize, cols: usize) {
+    if m.shape() != (rows, cols) {
+        let mut data: Vec<f64> = std::mem::replace(m, DMatrix::zeros(0, 0)).data.into();
+        data.resize(rows * cols, 0.0);
+        *m = DMatrix::from_vec(rows, cols, data);
     }
 }
 

@@ -27,7 +27,7 @@
 
 mod arrays;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nalgebra::DMatrix;
 use rustc_hash::FxHashMap as HashMap;
@@ -38,7 +38,7 @@ use crate::program::{Group, GridLayer, Op, Program, Width};
 
 use super::dual::{PairDual, Variances};
 use super::quadrature::GaussHermite;
-use arrays::{Pool, Stencil};
+use arrays::{Pool, Stencil, reshape};
 
 /// One layer of a convolutional chain.
 #[derive(Clone, Debug)]
@@ -300,12 +300,25 @@ impl GridPlan {
         let a = rows(x1);
         let b = x2.map(rows);
         // Each sample with itself: its variances, and the kernels' diagonal.
+        // Each thread's arrays are reused from pair to pair: a pool of workspaces, at
+        // most one per thread.
+        let pool: Mutex<Vec<Workspace>> = Mutex::new(Vec::new());
+        let with_workspace = |f: &mut dyn FnMut(&mut Workspace) -> Vec<f64>| {
+            let taken = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let mut work = taken.unwrap_or_default();
+            let values = f(&mut work);
+            if let Ok(mut p) = pool.lock() {
+                p.push(work);
+            }
+            values
+        };
         let own = |samples: &[Vec<f64>]| {
             let items: Vec<usize> = (0..samples.len()).collect();
             parallel::map(&items, |&i| {
-                let mut work = Workspace::default();
                 let mut variances = Vec::with_capacity(self.phi_layers);
-                let values = self.pair(&samples[i], &samples[i], Sides::Own(&mut variances), &mut work);
+                let values = with_workspace(&mut |work| {
+                    self.pair(&samples[i], &samples[i], Sides::Own(&mut variances), work)
+                });
                 (values, variances)
             })
         };
@@ -323,19 +336,13 @@ impl GridPlan {
         };
         let second = b.as_ref().unwrap_or(&a);
         let own_second = own_b.as_ref().unwrap_or(&own_a);
-        let chunk = pairs.len().div_ceil(64).max(1);
-        let chunks: Vec<&[(usize, usize)]> = pairs.chunks(chunk).collect();
-        let values = parallel::map(&chunks, |chunk| {
-            let mut work = Workspace::default();
-            chunk
-                .iter()
-                .map(|&(i, j)| {
-                    let sides = Sides::Cross(&own_a[i].1, &own_second[j].1);
-                    self.pair(&a[i], &second[j], sides, &mut work)
-                })
-                .collect::<Vec<_>>()
+        let values = parallel::map(&pairs, |&(i, j)| {
+            with_workspace(&mut |work| {
+                let sides = Sides::Cross(&own_a[i].1, &own_second[j].1);
+                self.pair(&a[i], &second[j], sides, work)
+            })
         });
-        for (&(i, j), v) in pairs.iter().zip(values.into_iter().flatten()) {
+        for (&(i, j), v) in pairs.iter().zip(values) {
             for (o, value) in out.iter_mut().zip(v) {
                 o[(i, j)] = value;
                 if b.is_none() {
@@ -384,10 +391,13 @@ impl GridPlan {
             DMatrix::from_fn(self.starts.len(), c, |p, k| x[self.starts[p] + k])
         };
         let (pa, pb) = (pixels(a), pixels(b));
-        work.m = &pa * pb.transpose() / c as f64;
-        // The NTK arrays: one (Θ), or one per group with its result index.
-        work.thetas.clear();
+        let positions = self.starts.len();
+        reshape(&mut work.m, positions, positions);
+        work.m.gemm(1.0 / c as f64, &pa, &pb.transpose(), 0.0);
+        // The NTK arrays: one (Θ), or one per group with its result index; their
+        // buffers are reused from the last pair.
         let grouped = self.group_results.is_some();
+        work.spare.extend(work.thetas.drain(..).map(|(_, t)| t));
         for step in &self.steps {
             match step {
                 Step::Conv {
@@ -396,22 +406,46 @@ impl GridPlan {
                     coef,
                     group,
                 } => {
-                    let k = 1 + work.thetas.len();
-                    work.outs.resize_with(k, || DMatrix::zeros(0, 0));
+                    let (scale_m, scale_own) = (sigma2 * stencil.scale(), coef * stencil.scale());
+                    let k = work.thetas.len();
+                    // Without groups the weight's own term c_W·S(M) folds into the one
+                    // Θ; otherwise it is a new array, the last output.
+                    let fold = !grouped && k == 1;
+                    let total = if fold { 1 + k } else { 2 + k };
+                    while work.outs.len() < total {
+                        work.outs.push(work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0)));
+                    }
                     {
-                        let inputs: Vec<&DMatrix<f64>> =
-                            std::iter::once(&work.m).chain(work.thetas.iter().map(|t| &t.1)).collect();
-                        stencil.apply(&inputs, &mut work.outs[..k]);
+                        let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
+                            .chain(work.thetas.iter().map(|t| &t.1))
+                            .collect();
+                        stencil.apply(&inputs, &mut work.outs[..total], |columns| {
+                            let (m, thetas) = columns.split_first_mut().expect("M's column");
+                            if fold {
+                                for (t, &m) in thetas[0].iter_mut().zip(m.iter()) {
+                                    *t = scale_m * *t + scale_own * m;
+                                }
+                            } else {
+                                let (own, carried) = thetas.split_last_mut().expect("a new array");
+                                for t in carried {
+                                    t.iter_mut().for_each(|t| *t *= scale_m);
+                                }
+                                for (o, &m) in own.iter_mut().zip(m.iter()) {
+                                    *o = scale_own * m;
+                                }
+                            }
+                            m.iter_mut().for_each(|m| *m *= scale_m);
+                        });
                     }
                     std::mem::swap(&mut work.m, &mut work.outs[0]);
-                    for (t, s) in work.thetas.iter_mut().zip(&mut work.outs[1..k]) {
+                    for (t, s) in work.thetas.iter_mut().zip(&mut work.outs[1..=k]) {
                         std::mem::swap(&mut t.1, s);
-                        t.1 *= *sigma2;
                     }
-                    // The weight's own term, c_W · S(M), before M is scaled by σ_W².
-                    let own = &work.m * *coef;
-                    work.m *= *sigma2;
-                    self.add_term(&mut work.thetas, grouped, *group, own);
+                    if !fold {
+                        let spare = work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
+                        let own = std::mem::replace(&mut work.outs[k + 1], spare);
+                        work.thetas.push((self.slot(*group), own));
+                    }
                 }
                 Step::Bias {
                     sigma2,
@@ -419,9 +453,15 @@ impl GridPlan {
                     group,
                 } => {
                     work.m.add_scalar_mut(*sigma2);
-                    let n = work.m.nrows();
-                    let own = DMatrix::from_element(n, n, *coef);
-                    self.add_term(&mut work.thetas, grouped, *group, own);
+                    if !grouped && work.thetas.len() == 1 {
+                        work.thetas[0].1.add_scalar_mut(*coef);
+                    } else {
+                        let n = work.m.nrows();
+                        let mut own = work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
+                        reshape(&mut own, n, n);
+                        own.fill(*coef);
+                        work.thetas.push((self.slot(*group), own));
+                    }
                 }
                 Step::Phi { dual, layer } => {
                     let (rows, cols) = match &mut sides {
@@ -452,9 +492,11 @@ impl GridPlan {
                     }
                 }
                 Step::Pool(pool) => {
-                    work.m = pool.apply(&work.m);
+                    pool.apply(&work.m, &mut work.half, &mut work.pooled);
+                    std::mem::swap(&mut work.m, &mut work.pooled);
                     for (_, t) in &mut work.thetas {
-                        *t = pool.apply(t);
+                        pool.apply(t, &mut work.half, &mut work.pooled);
+                        std::mem::swap(t, &mut work.pooled);
                     }
                 }
             }
@@ -487,20 +529,9 @@ impl GridPlan {
         values
     }
 
-    /// Adds a group's own term to the NTK arrays: as the group's array when the groups
-    /// are computed, else into the one Θ.
-    fn add_term(
-        &self,
-        thetas: &mut Vec<(usize, DMatrix<f64>)>,
-        grouped: bool,
-        group: usize,
-        term: DMatrix<f64>,
-    ) {
-        match (&self.group_results, thetas.first_mut()) {
-            (Some(slots), _) if grouped => thetas.push((slots[group], term)),
-            (_, Some((_, theta))) => *theta += term,
-            (_, None) => thetas.push((1, term)),
-        }
+    /// The result index of a group's own NTK array (1, Θ̊ itself, without groups).
+    fn slot(&self, group: usize) -> usize {
+        self.group_results.as_ref().map_or(1, |slots| slots[group])
     }
 }
 
@@ -518,6 +549,11 @@ struct Workspace {
     m: DMatrix<f64>,
     thetas: Vec<(usize, DMatrix<f64>)>,
     outs: Vec<DMatrix<f64>>,
+    /// Buffers free for the next array.
+    spare: Vec<DMatrix<f64>>,
+    /// A pooling's half-pooled array and its output.
+    half: DMatrix<f64>,
+    pooled: DMatrix<f64>,
 }
 
 #[cfg(test)]
