@@ -149,11 +149,14 @@ impl Stencil {
             reshape(out, n, n);
         }
         let mut taps: Vec<(&[Run], &[f64])> = Vec::with_capacity(self.maps.runs.len());
+        let mut chunks: Vec<_> = outs
+            .iter_mut()
+            .map(|o| o.as_mut_slice().chunks_exact_mut(n.max(1)))
+            .collect();
+        let mut columns: Vec<&mut [f64]> = Vec::with_capacity(chunks.len());
         for q_out in 0..n {
-            let mut columns: Vec<&mut [f64]> = outs
-                .iter_mut()
-                .map(|o| &mut o.as_mut_slice()[q_out * n..(q_out + 1) * n])
-                .collect();
+            columns.clear();
+            columns.extend(chunks.iter_mut().map(|c| c.next().expect("an output column")));
             for (k, column) in columns.iter_mut().enumerate() {
                 column.fill(0.0);
                 let Some(a) = arrays.get(k) else { continue };

@@ -275,6 +275,15 @@ impl GridPlan {
         })
     }
 
+    /// Whether the arrays beat the symbolic tapes, which vectorise across pairs of
+    /// samples: on grids of more than 16 positions. Measured (`benches/programs.rs`):
+    /// at 16 positions (`programs/cnn_infinite/256`) the tapes take 71 ms against the
+    /// arrays' 93 ms; at 64 (`programs/cnn2d_infinite/32`) the arrays take 19 ms against
+    /// 57 ms, and their compiled size does not grow with the square of the positions.
+    pub(crate) fn pays_off(&self) -> bool {
+        self.widest > 16
+    }
+
     /// Per group (the readout last), whether it has a bias term among the results.
     pub(crate) fn layout(&self) -> &[bool] {
         &self.layout
@@ -292,9 +301,16 @@ impl GridPlan {
         x2: Option<&DMatrix<f64>>,
     ) -> Result<Vec<DMatrix<f64>>> {
         self.check_memory()?;
-        let rows = |x: &DMatrix<f64>| -> Vec<Vec<f64>> {
+        // Each sample's pixels (P × C) and their transpose.
+        let rows = |x: &DMatrix<f64>| -> Vec<Pixels> {
             (0..x.nrows())
-                .map(|i| x.row(i).iter().copied().collect())
+                .map(|i| {
+                    let pixels = DMatrix::from_fn(self.starts.len(), self.channels, |p, k| {
+                        x[(i, self.starts[p] + k)]
+                    });
+                    let transposed = pixels.transpose();
+                    (pixels, transposed)
+                })
                 .collect()
         };
         let a = rows(x1);
@@ -312,7 +328,7 @@ impl GridPlan {
             }
             values
         };
-        let own = |samples: &[Vec<f64>]| {
+        let own = |samples: &[Pixels]| {
             let items: Vec<usize> = (0..samples.len()).collect();
             parallel::map(&items, |&i| {
                 let mut variances = Vec::with_capacity(self.phi_layers);
@@ -385,15 +401,11 @@ impl GridPlan {
     }
 
     /// The results at one pair of samples.
-    fn pair(&self, a: &[f64], b: &[f64], mut sides: Sides<'_>, work: &mut Workspace) -> Vec<f64> {
+    fn pair(&self, a: &Pixels, b: &Pixels, mut sides: Sides<'_>, work: &mut Workspace) -> Vec<f64> {
         let c = self.channels;
-        let pixels = |x: &[f64]| {
-            DMatrix::from_fn(self.starts.len(), c, |p, k| x[self.starts[p] + k])
-        };
-        let (pa, pb) = (pixels(a), pixels(b));
         let positions = self.starts.len();
         reshape(&mut work.m, positions, positions);
-        work.m.gemm(1.0 / c as f64, &pa, &pb.transpose(), 0.0);
+        work.m.gemm(1.0 / c as f64, &a.0, &b.1, 0.0);
         // The NTK arrays: one (Θ), or one per group with its result index; their
         // buffers are reused from the last pair.
         let grouped = self.group_results.is_some();
@@ -534,6 +546,10 @@ impl GridPlan {
         self.group_results.as_ref().map_or(1, |slots| slots[group])
     }
 }
+
+/// A sample's pixels, one row per position and one column per channel, and their
+/// transpose.
+type Pixels = (DMatrix<f64>, DMatrix<f64>);
 
 /// Where the variances of a pair's two samples come from.
 enum Sides<'a> {

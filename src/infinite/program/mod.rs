@@ -214,7 +214,7 @@ pub(crate) fn compile(
     with_groups: bool,
 ) -> Result<Compiled> {
     program.readout_of()?;
-    if let Some(plan) = GridPlan::of(program, rule, with_groups) {
+    if let Some(plan) = GridPlan::of(program, rule, with_groups).filter(GridPlan::pays_off) {
         return Ok(Compiled::Grid(plan));
     }
     compile_tapes(program, rule, with_groups).map(Compiled::Tapes)
