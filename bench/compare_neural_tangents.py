@@ -37,7 +37,14 @@ d = 32, W_std = 1, no bias, one output, f64;
   N = 128 (structured derivatives), the weights written in the crate's `Program` order;
 - a 2-D CNN (`benches/programs.rs`): `serial(Conv(1, (3, 3), padding='CIRCULAR',
   W_std=1.4, b_std=0.1), Relu()) x 2, GlobalAvgPool(), Dense(1))` on 8 x 8 images of 3
-  channels (NHWC): infinite-width NNGP and NTK at N in {32, 64}.
+  channels (NHWC): infinite-width NNGP and NTK at N in {32, 64};
+- Myrtle-5 (`zoo::myrtle(5, (32, 32), 3)`, neural-tangents' Myrtle notebook network:
+  SAME 3 x 3 ReLU convolutions, W_std = sqrt(2), b_std = 0, 2 x 2 average pools after
+  the first two stages, a global average, Dense(1)) on 32 x 32 x 3 images: infinite-width
+  NNGP and NTK at N = 4 (about 0.3 s per kernel entry in neural-tangents on 2 cores).
+
+Sections can be chosen: `... compare_neural_tangents.py target/nt-compare myrtle` runs
+only the Myrtle section (names: mlp, flow, cnn, cnn2d, myrtle).
 """
 
 import json
@@ -76,6 +83,8 @@ CNN_INFINITE_N = [128, 256]
 CNN_EMPIRICAL_N = [128]
 CNN2D_SIDE = 8
 CNN2D_INFINITE_N = [32, 64]
+MYRTLE_SIDE = 32
+MYRTLE_N = [4]
 
 
 def network():
@@ -190,6 +199,17 @@ def cnn_program(grid, taps, channels, layers):
     return p
 
 
+def myrtle5():
+    """neural-tangents' Myrtle-5 (its Myrtle notebook): stages of 2, 1 and 1 SAME 3 x 3
+    ReLU convolutions, average pools after the first two, a global average."""
+    def conv():
+        return [stax.Conv(1, (3, 3), padding="SAME", W_std=np.sqrt(2.0), b_std=0.0),
+                stax.Relu()]
+    pool = stax.AvgPool((2, 2), strides=(2, 2))
+    return stax.serial(*conv(), *conv(), pool, *conv(), pool, *conv(),
+                       stax.GlobalAvgPool(), stax.Dense(1, W_std=np.sqrt(2.0), b_std=0.0))
+
+
 def save(out, name, array):
     array = np.ascontiguousarray(np.asarray(array, dtype="<f8"))
     array.tofile(os.path.join(out, name + ".f64"))
@@ -243,7 +263,10 @@ def inputs(rng, n):
     return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(DIM)
 
 
-def main(out):
+def main(out, only=()):
+    def want(section):
+        return not only or section in only
+
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(2026)
     init_fn, apply_fn, kernel_fn = network()
@@ -260,6 +283,25 @@ def main(out):
     }
 
     spec = mlp_spec() if ntk is not None else None
+    if want("mlp"):
+        mlp_sections(out, manifest, rng, apply_fn, params, kernel_fn, spec)
+    if want("flow"):
+        flow_section(out, manifest, rng, kernel_fn)
+    if want("cnn"):
+        cnn_section(out, manifest, rng)
+    if want("cnn2d"):
+        cnn2d_section(out, manifest, rng)
+    if want("myrtle"):
+        myrtle_section(out, manifest, rng)
+
+    with open(os.path.join(out, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1)
+    report()
+    print(f"wrote {out}/manifest.json; now run:")
+    print(f"  cargo run --release --example compare_neural_tangents -- {out}")
+
+
+def mlp_sections(out, manifest, rng, apply_fn, params, kernel_fn, spec):
     manifest["empirical"] = empirical_cases(
         out, apply_fn, params, lambda n: inputs(rng, n), EMPIRICAL_N, "empirical NTK", "emp",
         ours_net=ntk.Mlp.from_parameters(spec, flat) if ntk is not None else None)
@@ -268,6 +310,9 @@ def main(out):
         out, kfn, lambda n: inputs(rng, n), INFINITE_N, "infinite width", "inf",
         ours_fn=(lambda x: ntk.infinite_width(spec, x)) if ntk is not None else None)
 
+
+def flow_section(out, manifest, rng, kernel_fn):
+    kfn = jax.jit(kernel_fn, static_argnames="get")
     for n in FLOW_N:
         x = jnp.asarray(inputs(rng, n))
         theta = np.asarray(kfn(x, None, get="ntk"))
@@ -291,6 +336,8 @@ def main(out):
             "f_t": save(out, f"flow_ft_{n}", f_t),
             "nt_learning_rate": 1.0, "seconds": secs})
 
+
+def cnn_section(out, manifest, rng):
     init_fn, apply_fn, kernel_fn = cnn()
     _, params = init_fn(jax.random.PRNGKey(1), (-1, CNN_POSITIONS, CNN_CHANNELS))
     manifest["cnn"] = {
@@ -310,6 +357,8 @@ def main(out):
         out, apply_fn, params, lambda n: cnn_inputs(rng, n), CNN_EMPIRICAL_N,
         "CNN empirical", "cnn_emp", ours_net=cnn_net)
 
+
+def cnn2d_section(out, manifest, rng):
     _, _, kernel_fn = stax.serial(
         *[layer for _ in range(2) for layer in (
             stax.Conv(1, (3, 3), padding="CIRCULAR", W_std=1.4, b_std=0.1), stax.Relu())],
@@ -324,12 +373,18 @@ def main(out):
             ours_fn=ntk.InfiniteWidth(cnn_program(
                 (CNN2D_SIDE, CNN2D_SIDE), (3, 3), CNN_CHANNELS, 2)).kernels if ntk is not None else None)}
 
-    with open(os.path.join(out, "manifest.json"), "w") as fh:
-        json.dump(manifest, fh, indent=1)
-    report()
-    print(f"wrote {out}/manifest.json; now run:")
-    print(f"  cargo run --release --example compare_neural_tangents -- {out}")
+
+def myrtle_section(out, manifest, rng):
+    _, _, kernel_fn = myrtle5()
+    manifest["myrtle5"] = {
+        "side": MYRTLE_SIDE, "channels": CNN_CHANNELS,
+        "infinite": infinite_cases(
+            out, jax.jit(kernel_fn, static_argnames="get"),
+            lambda n: rng.standard_normal((n, MYRTLE_SIDE, MYRTLE_SIDE, CNN_CHANNELS)),
+            MYRTLE_N, "Myrtle-5 32x32", "myrtle5",
+            ours_fn=ntk.InfiniteWidth(ntk.zoo.myrtle(5, (MYRTLE_SIDE, MYRTLE_SIDE), CNN_CHANNELS)).kernels
+            if ntk is not None else None)}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "target/nt-compare")
+    main(sys.argv[1] if len(sys.argv) > 1 else "target/nt-compare", tuple(sys.argv[2:]))

@@ -121,6 +121,50 @@ fn myrtle5_matches_neural_tangents() {
     );
 }
 
+/// Our own cases from neural-tangents' `kernel_fn` (`bench/images_reference.py`): SAME
+/// with odd and even filters, strided SAME and VALID convolutions, pooling windows,
+/// Flatten and global-average readouts, and Myrtle-5 on 16 × 16 and 32 × 32 images
+/// (computed by the array engine: 1,024 positions per side of a pair).
+#[test]
+fn padding_strides_pooling_and_myrtle_at_full_size_match_neural_tangents() {
+    let data: Value =
+        serde_json::from_str(include_str!("../data/images_nt.json")).expect("parses");
+    let cases = data["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6, "every case is run");
+    for c in cases {
+        let program = match c["myrtle_depth"].as_u64() {
+            Some(depth) => {
+                let image = &c["architecture"]["image"];
+                let dim = |i: usize| image[i].as_u64().unwrap() as usize;
+                zoo::myrtle(depth as usize, (dim(0), dim(1)), dim(2)).unwrap()
+            }
+            None => network(&c["architecture"]),
+        };
+        // Flatten reads only the pairs of a position with itself: within one image
+        // their correlation is 1, where neural-tangents' arccos carries ~√ε round-off.
+        let flattened = c["architecture"]["layers"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|layer| layer[0] == "flatten"));
+        let within = if flattened {
+            prec::NEURAL_TANGENTS
+        } else {
+            prec::NEURAL_TANGENTS_ROUND_OFF
+        };
+        let (x, x2) = (common::matrix(&c["x"]), common::matrix(&c["x2"]));
+        let k = ntk::infinite_width(&program, &x, &x).unwrap();
+        let cross = ntk::infinite_width(&program, &x2, &x).unwrap();
+        for (got, key, tol) in [
+            (&k.nngp, "nngp", within),
+            (&k.ntk, "ntk", within),
+            (&cross.nngp, "nngp_x2_x", prec::NEURAL_TANGENTS_ROUND_OFF),
+            (&cross.ntk, "ntk_x2_x", prec::NEURAL_TANGENTS_ROUND_OFF),
+        ] {
+            let err = common::rel_err(got, &common::matrix(&c[key]));
+            assert!(err < tol, "{} {key}: relative error {err:e}", c["name"]);
+        }
+    }
+}
+
 /// Zero padding, strides and pooling in the finite network: its Jacobian, VJP and
 /// kernels against finite differences and explicit contractions (the kernel contract),
 /// with three outputs.
