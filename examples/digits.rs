@@ -108,12 +108,7 @@ fn run(args: Args) -> Result {
     let total = Instant::now();
     let digits = data::load()?;
     let n_train = args.train as usize;
-    let split = data::split(
-        data::IMAGES,
-        n_train,
-        data::IMAGES - n_train,
-        args.seed,
-    )?;
+    let split = data::split(data::IMAGES, n_train, data::IMAGES - n_train, args.seed)?;
     let x = data::standardise(&digits.pixels, &split.train)?;
     let (x_train, x_test) = (x.select_rows(&split.train), x.select_rows(&split.test));
     let (train_labels, test_labels) = (
@@ -162,8 +157,12 @@ fn run(args: Args) -> Result {
     }
     let myrtle: Program = zoo::myrtle(5, (data::SIDE, data::SIDE), 1)?;
     let name = "Myrtle-5 CNN (CNN-GP / CNTK)".to_string();
-    let (k_train, k_test, seconds) =
-        kernels(&name, |a, b| infinite_width(&myrtle, a, b), &x_train, &x_test)?;
+    let (k_train, k_test, seconds) = kernels(
+        &name,
+        |a, b| infinite_width(&myrtle, a, b),
+        &x_train,
+        &x_test,
+    )?;
     let (nngp, ntk) = classify(&k_train, &k_test)?;
     rows.push(Row {
         name,

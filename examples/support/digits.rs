@@ -252,7 +252,9 @@ pub fn predict(
     let n = k_train.nrows();
     let mean_diagonal = k_train.trace() / n as f64;
     if !(mean_diagonal > 0.0) {
-        return Err(format!("predict: the training kernel's mean diagonal is {mean_diagonal}").into());
+        return Err(
+            format!("predict: the training kernel's mean diagonal is {mean_diagonal}").into(),
+        );
     }
     let fit = KernelRegression::new(k_train, y_train, ridge * mean_diagonal)?;
     let zeros = |rows| DMatrix::zeros(rows, y_train.ncols());

@@ -399,14 +399,23 @@ impl BarChart {
     }
 
     /// Adds one bar per category (`None`: no bar there).
-    pub fn series(mut self, label: impl Into<String>, values: Vec<Option<f64>>, color: RGBColor) -> Self {
+    pub fn series(
+        mut self,
+        label: impl Into<String>,
+        values: Vec<Option<f64>>,
+        color: RGBColor,
+    ) -> Self {
         self.series.push((label.into(), values, color));
         self
     }
 
     /// Writes the chart to an SVG file of `size` pixels.
     pub fn save(&self, path: &Path, size: (u32, u32)) -> Result {
-        if self.series.iter().any(|s| s.1.len() != self.categories.len()) {
+        if self
+            .series
+            .iter()
+            .any(|s| s.1.len() != self.categories.len())
+        {
             return Err("a bar series needs one value per category".into());
         }
         let root = SVGBackend::new(path, size).into_drawing_area();
@@ -445,7 +454,10 @@ impl BarChart {
             let bars = values.iter().enumerate().filter_map(|(i, v)| {
                 v.map(|v| {
                     Rectangle::new(
-                        [(left(i) + 0.01, bottom), (left(i) + width - 0.01, v.min(top))],
+                        [
+                            (left(i) + 0.01, bottom),
+                            (left(i) + width - 0.01, v.min(top)),
+                        ],
                         color.filled(),
                     )
                 })
@@ -454,7 +466,9 @@ impl BarChart {
             chart
                 .draw_series(bars)?
                 .label(label.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
             let decimals = self.decimals;
             chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
                 v.map(|v| {
