@@ -35,7 +35,7 @@ use std::time::Instant;
 use clap::Parser;
 use ntk::nalgebra::DMatrix;
 use ntk::{Activation, Kernels, MlpSpec, Program, infinite_width, zoo};
-use plotters::prelude::RGBColor;
+use plotters::prelude::{RGBColor, SeriesLabelPosition};
 
 mod support;
 use support::Result;
@@ -218,7 +218,7 @@ fn plot(path: &std::path::Path, rows: &[Row], n_test: usize) -> Result {
         .flat_map(|r| [r.nngp.test, r.ntk.test])
         .fold(1.0, f64::min);
     // Bars rise from a round floor below the lowest accuracy.
-    let bottom = ((lowest - 0.01) * 100.0).floor() / 100.0;
+    let bottom = ((lowest - 0.005) * 100.0).floor() / 100.0;
     let categories = rows
         .iter()
         .map(|r| {
@@ -240,5 +240,6 @@ fn plot(path: &std::path::Path, rows: &[Row], n_test: usize) -> Result {
         RGBColor(40, 90, 200),
     )
     .series("NTK / CNTK", values(|r| r.ntk.test), RGBColor(210, 60, 40))
+    .legend(SeriesLabelPosition::UpperLeft)
     .save(path, (900, 520))
 }

@@ -7,6 +7,7 @@ use plotters::coord::Shift;
 use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::Result;
 
@@ -377,6 +378,7 @@ pub struct BarChart {
     y_range: (f64, f64),
     /// Decimals of the values written above the bars.
     decimals: usize,
+    legend: SeriesLabelPosition,
 }
 
 impl BarChart {
@@ -395,7 +397,13 @@ impl BarChart {
             series: Vec::new(),
             y_range,
             decimals: 3,
+            legend: SeriesLabelPosition::UpperRight,
         }
+    }
+
+    /// Where the legend goes.
+    pub fn legend(self, legend: SeriesLabelPosition) -> Self {
+        BarChart { legend, ..self }
     }
 
     /// Adds one bar per category (`None`: no bar there).
@@ -470,19 +478,21 @@ impl BarChart {
                     Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
                 });
             let decimals = self.decimals;
+            let above = TextStyle::from(("sans-serif", 13).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
             chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
                 v.map(|v| {
                     Text::new(
                         format!("{v:.decimals$}"),
-                        (left(i) + 0.15 * width, v.min(top) + 0.01 * (top - bottom)),
-                        ("sans-serif", 13),
+                        (left(i) + 0.5 * width, v.min(top) + 0.005 * (top - bottom)),
+                        above.clone(),
                     )
                 })
             }))?;
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(self.legend.clone())
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
