@@ -190,7 +190,7 @@ pub fn standardise(pixels: &DMatrix<f64>, train: &[usize]) -> Result<DMatrix<f64
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-    if !(std > 0.0) {
+    if !(std.is_finite() && std > 0.0) {
         return Err(format!("standardise: the training pixels are all {mean}").into());
     }
     Ok(pixels.map(|v| (v - mean) / std))
@@ -251,7 +251,7 @@ pub fn predict(
 ) -> Result<DMatrix<f64>> {
     let n = k_train.nrows();
     let mean_diagonal = k_train.trace() / n as f64;
-    if !(mean_diagonal > 0.0) {
+    if !(mean_diagonal.is_finite() && mean_diagonal > 0.0) {
         return Err(
             format!("predict: the training kernel's mean diagonal is {mean_diagonal}").into(),
         );
@@ -313,28 +313,33 @@ pub fn classify(
     let validation_labels = &train_labels[fit_n..];
     let y_validation = one_hot(validation_labels);
 
-    // (accuracy, −squared error, ridge): the best is the largest.
-    let mut best: Option<(f64, f64, f64)> = None;
+    // (right, squared error, ridge): the most right, then the smallest error.
+    let mut best: Option<(usize, f64, f64)> = None;
     let mut last_error = None;
     for &ridge in ridges {
         match predict(&k_fit, &y_fit, &k_validation, ridge) {
             Ok(scores) => {
-                let acc = accuracy(&scores, validation_labels)?;
+                let right = classes(&scores)?
+                    .iter()
+                    .zip(validation_labels)
+                    .filter(|(p, l)| p == l)
+                    .count();
                 let error = (&scores - &y_validation).norm_squared();
-                if best.is_none_or(|(a, e, _)| acc > a || (acc == a && -error > e)) {
-                    best = Some((acc, -error, ridge));
+                if best.is_none_or(|(r, e, _)| right > r || (right == r && error < e)) {
+                    best = Some((right, error, ridge));
                 }
             }
             Err(e) => last_error = Some(e),
         }
     }
-    let Some((validation, _, ridge)) = best else {
+    let Some((right, _, ridge)) = best else {
         return Err(format!(
             "classify: no ridge fits the validation split (the last: {})",
             last_error.map_or_else(String::new, |e| e.to_string())
         )
         .into());
     };
+    let validation = right as f64 / n_validation as f64;
     let scores = predict(k_train, &one_hot(train_labels), k_test_train, ridge)?;
     Ok(Fit {
         ridge,
