@@ -24,7 +24,7 @@
 //! A finite CNN trained by gradient descent is left out: see the README.
 //!
 //! ```sh
-//! cargo run --release --example digits              # about a minute on 2 cores
+//! cargo run --release --example digits              # about 1.5 minutes on 2 cores
 //! cargo run --release --example digits -- --help
 //! ```
 
