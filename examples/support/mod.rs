@@ -1,9 +1,10 @@
-//! What the examples share: error reports as sentences, progress bars, log-log slopes
-//! and SVG line charts ([`plot`]).
+//! What the examples share: error reports as sentences, progress bars, log-log slopes,
+//! SVG line and bar charts ([`plot`]) and the handwritten digits data set ([`digits`]).
 //!
 //! Each example includes it with `mod support;` and uses the part it needs.
 #![allow(dead_code)]
 
+pub mod digits;
 pub mod plot;
 
 use std::borrow::Cow;

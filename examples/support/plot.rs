@@ -7,6 +7,7 @@ use plotters::coord::Shift;
 use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::Result;
 
@@ -362,5 +363,141 @@ fn pad(values: &[f64], scale: Scale) -> (f64, f64) {
             let factor = (hi / lo).powf(0.06).max(1.25);
             (lo / factor, hi * factor)
         }
+    }
+}
+
+/// A grouped bar chart: one group of bars per category, one bar per series (a
+/// missing value leaves a gap), the value written above each bar.
+pub struct BarChart {
+    title: String,
+    y_label: String,
+    categories: Vec<String>,
+    /// (label, one value per category, colour).
+    series: Vec<(String, Vec<Option<f64>>, RGBColor)>,
+    /// The y axis, `(bottom, top)`; bars start at the bottom.
+    y_range: (f64, f64),
+    /// Decimals of the values written above the bars.
+    decimals: usize,
+    legend: SeriesLabelPosition,
+}
+
+impl BarChart {
+    /// An empty chart over `categories` with the y axis `y_range` (bars rise from its
+    /// bottom, which need not be 0: say so in `y_label`).
+    pub fn new(
+        title: impl Into<String>,
+        y_label: impl Into<String>,
+        categories: Vec<String>,
+        y_range: (f64, f64),
+    ) -> Self {
+        BarChart {
+            title: title.into(),
+            y_label: y_label.into(),
+            categories,
+            series: Vec::new(),
+            y_range,
+            decimals: 3,
+            legend: SeriesLabelPosition::UpperRight,
+        }
+    }
+
+    /// Where the legend goes.
+    pub fn legend(self, legend: SeriesLabelPosition) -> Self {
+        BarChart { legend, ..self }
+    }
+
+    /// Adds one bar per category (`None`: no bar there).
+    pub fn series(
+        mut self,
+        label: impl Into<String>,
+        values: Vec<Option<f64>>,
+        color: RGBColor,
+    ) -> Self {
+        self.series.push((label.into(), values, color));
+        self
+    }
+
+    /// Writes the chart to an SVG file of `size` pixels.
+    pub fn save(&self, path: &Path, size: (u32, u32)) -> Result {
+        if self
+            .series
+            .iter()
+            .any(|s| s.1.len() != self.categories.len())
+        {
+            return Err("a bar series needs one value per category".into());
+        }
+        let root = SVGBackend::new(path, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        let groups = self.categories.len() as f64;
+        let (bottom, top) = self.y_range;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..groups, bottom..top)?;
+        let categories = &self.categories;
+        let category = |x: &f64| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-9 && i < categories.len() {
+                categories[i].clone()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .y_desc(self.y_label.as_str())
+            .x_labels(2 * self.categories.len() + 1)
+            .x_label_formatter(&category)
+            .y_label_formatter(&tick)
+            .y_labels(8)
+            .disable_x_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(BLACK.mix(0.12))
+            .draw()?;
+        let width = 0.8 / self.series.len().max(1) as f64;
+        for (k, (label, values, color)) in self.series.iter().enumerate() {
+            let left = |i: usize| i as f64 + 0.1 + k as f64 * width;
+            let bars = values.iter().enumerate().filter_map(|(i, v)| {
+                v.map(|v| {
+                    Rectangle::new(
+                        [
+                            (left(i) + 0.01, bottom),
+                            (left(i) + width - 0.01, v.min(top)),
+                        ],
+                        color.filled(),
+                    )
+                })
+            });
+            let color = *color;
+            chart
+                .draw_series(bars)?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
+            let decimals = self.decimals;
+            let above = TextStyle::from(("sans-serif", 13).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
+                v.map(|v| {
+                    Text::new(
+                        format!("{v:.decimals$}"),
+                        (left(i) + 0.5 * width, v.min(top) + 0.005 * (top - bottom)),
+                        above.clone(),
+                    )
+                })
+            }))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(self.legend.clone())
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()
+            .map_err(|e| format!("cannot write the plot {}: {e}", path.display()))?;
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ mod cache;
 mod common;
 mod contract;
 mod custom_model;
+mod digits;
 mod empirical;
 mod flow;
 mod images;
