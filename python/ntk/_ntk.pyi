@@ -148,6 +148,25 @@ class Program:
         taps: Tuple[int, int],
         padding: str = "circular",
     ) -> Tuple[List[Var], Tuple[int, int]]: ...
+    def conv2d_strided(
+        self,
+        weight: Weight,
+        positions: Sequence[Var],
+        shape: Tuple[int, int],
+        taps: Tuple[int, int],
+        strides: Tuple[int, int],
+        padding: str = "circular",
+    ) -> Tuple[List[Var], Tuple[int, int]]:
+        """``conv2d`` with strides (``stax.Conv(strides=...)``); padding 'circular',
+        'valid' or 'same'."""
+    def avg_pool2d(
+        self,
+        positions: Sequence[Var],
+        shape: Tuple[int, int],
+        window: Tuple[int, int],
+        strides: Tuple[int, int],
+    ) -> Tuple[List[Var], Tuple[int, int]]:
+        """``stax.AvgPool(window, strides)`` (VALID windows) over a row-major grid."""
     def apply(self, activation: str, h: Var) -> Var: ...
     def layer_norm(self, x: Var) -> Var: ...
     def attention(self, queries: Sequence[Var], keys: Sequence[Var], values: Sequence[Var]) -> List[Var]: ...

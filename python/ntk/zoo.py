@@ -7,6 +7,7 @@ order, each token's or pixel's entries contiguous (NHWC for images).
 >>> import ntk
 >>> p = ntk.zoo.rnn(5, 3)                          # Tensor Programs II's RNN
 >>> p = ntk.zoo.cnn((8, 8), 3, layers=2, readout="flatten")
+>>> p = ntk.zoo.myrtle(5, (32, 32), 3)              # neural-tangents' Myrtle-5
 """
 
 from ntk._ntk import zoo as _zoo
@@ -15,5 +16,6 @@ rnn = _zoo.rnn
 transformer = _zoo.transformer
 residual_mlp = _zoo.residual_mlp
 cnn = _zoo.cnn
+myrtle = _zoo.myrtle
 
-__all__ = ["rnn", "transformer", "residual_mlp", "cnn"]
+__all__ = ["rnn", "transformer", "residual_mlp", "cnn", "myrtle"]

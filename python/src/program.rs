@@ -73,8 +73,9 @@ pub fn padding(name: &str) -> PyResult<Padding> {
     match name.to_ascii_lowercase().as_str() {
         "circular" => Ok(Padding::Circular),
         "valid" => Ok(Padding::Valid),
+        "same" => Ok(Padding::Same),
         _ => Err(PyValueError::new_err(format!(
-            "`padding` = '{name}' is invalid: 'circular' or 'valid'"
+            "`padding` = '{name}' is invalid: 'circular', 'valid' or 'same'"
         ))),
     }
 }
@@ -197,7 +198,8 @@ impl Program {
     }
 
     /// A 1-D convolution over `positions` (one variable each) with a `taps`-tap filter,
-    /// one shared weight; padding 'circular' (one output per position) or 'valid'.
+    /// one shared weight; padding 'circular' (one output per position), 'valid' or
+    /// 'same' (zero padding, `stax.Conv(padding='SAME')`).
     /// Returns the pre-activations, one per output position.
     #[pyo3(signature = (weight, positions, taps, padding="circular"))]
     fn conv(
@@ -237,6 +239,49 @@ impl Program {
             filter,
             self::padding(padding)?,
         ))?;
+        Ok((var_list(out), dims))
+    }
+
+    /// `conv2d` with `strides` = (rows, columns): `stax.Conv(strides=...)`; the outputs
+    /// row-major and their grid's shape.
+    #[pyo3(signature = (weight, positions, shape, taps, strides, padding="circular"))]
+    fn conv2d_strided(
+        &mut self,
+        weight: Weight,
+        positions: Vec<Var>,
+        shape: (i64, i64),
+        taps: (i64, i64),
+        strides: (i64, i64),
+        padding: &str,
+    ) -> PyResult<(Vec<Var>, (usize, usize))> {
+        let grid = (count(shape.0, "shape")?, count(shape.1, "shape")?);
+        let filter = (count(taps.0, "taps")?, count(taps.1, "taps")?);
+        let steps = (count(strides.0, "strides")?, count(strides.1, "strides")?);
+        let (out, dims) = checked(self.inner.conv2d_strided(
+            weight.inner,
+            &vars(&positions),
+            grid,
+            filter,
+            steps,
+            self::padding(padding)?,
+        ))?;
+        Ok((var_list(out), dims))
+    }
+
+    /// Average pooling over `window` = (rows, columns) windows moved by `strides`, VALID
+    /// windows only (`stax.AvgPool`'s default); the outputs row-major and their shape.
+    fn avg_pool2d(
+        &mut self,
+        positions: Vec<Var>,
+        shape: (i64, i64),
+        window: (i64, i64),
+        strides: (i64, i64),
+    ) -> PyResult<(Vec<Var>, (usize, usize))> {
+        let grid = (count(shape.0, "shape")?, count(shape.1, "shape")?);
+        let window = (count(window.0, "window")?, count(window.1, "window")?);
+        let steps = (count(strides.0, "strides")?, count(strides.1, "strides")?);
+        let (out, dims) =
+            checked(self.inner.avg_pool2d(&vars(&positions), grid, window, steps))?;
         Ok((var_list(out), dims))
     }
 

@@ -136,6 +136,20 @@ pub fn cnn(
     program(b.program())
 }
 
+/// neural-tangents' Myrtle network of `depth` 5, 7 or 10 on `shape` = (h, w) images of
+/// `channels` (h and w divisible by 4): SAME 3 × 3 ReLU convolutions (W_std √2, no
+/// biases), 2 × 2 average pools after the first two stages, a global average, a
+/// Dense(1) readout (W_std √2).
+#[pyfunction]
+pub fn myrtle(depth: i64, shape: (i64, i64), channels: i64) -> PyResult<Program> {
+    let grid = (count(shape.0, "shape")?, count(shape.1, "shape")?);
+    program(zoo::myrtle(
+        count(depth, "depth")?,
+        grid,
+        count(channels, "channels")?,
+    ))
+}
+
 fn sequence_readout(name: &str) -> PyResult<SequenceReadout> {
     match name {
         "mean" => Ok(SequenceReadout::MeanState),
@@ -163,5 +177,6 @@ pub fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transformer, &m)?)?;
     m.add_function(wrap_pyfunction!(residual_mlp, &m)?)?;
     m.add_function(wrap_pyfunction!(cnn, &m)?)?;
+    m.add_function(wrap_pyfunction!(myrtle, &m)?)?;
     parent.add_submodule(&m)
 }

@@ -183,7 +183,7 @@ def test_bad_programs(x):
     with pytest.raises(ValueError, match="unknown activation"):
         p.apply("softmax", h)
     with pytest.raises(ValueError, match="padding"):
-        p.conv(w, [z], 1, "same")
+        p.conv(w, [z], 1, "reflect")
     with pytest.raises(ValueError, match="at least one tap"):
         p.conv(w, [z], 0)
     with pytest.raises(ValueError, match="one variable per pixel"):

@@ -75,3 +75,37 @@ def test_bad_settings_raise():
         ntk.zoo.transformer(2, 2, weight_std=-1.0)
     with pytest.raises(TypeError):
         ntk.zoo.residual_mlp(3, 1, activation=3)
+
+
+def test_myrtle5_matches_neural_tangents():
+    c = next(c for c in load("images.json")["cases"] if c["name"] == "public_myrtle5_8")
+    assert_matches(ntk.zoo.myrtle(5, (8, 8), 3), c)
+
+
+def test_same_padding_strides_and_pooling_match_neural_tangents():
+    # public_same_relu_gap: SAME 3x3 (bias), ReLU, AvgPool 2x2 stride 1, SAME 3x2, ReLU, GAP.
+    c = next(c for c in load("images.json")["cases"] if c["name"] == "public_same_relu_gap")
+    a = c["architecture"]
+    (h, w, ch), ws, bs = a["image"], a["W_std"], a["b_std"]
+    p = ntk.Program(h * w * ch)
+    z = [p.input(q * ch, (q + 1) * ch) for q in range(h * w)]
+    shape = (h, w)
+    for layer in a["layers"]:
+        kind = layer[0]
+        if kind == "conv":
+            weight, bias = p.weight(ws), p.bias(bs)
+            z, shape = p.conv2d_strided(weight, z, shape, (layer[1], layer[2]), (layer[3], layer[4]), layer[5].lower())
+            z = [p.apply("relu", p.add_bias(v, bias)) for v in z]
+        elif kind == "avgpool":
+            z, shape = p.avg_pool2d(z, shape, (layer[1], layer[2]), (layer[3], layer[4]))
+        elif kind == "gap":
+            z = [p.mean(z)]
+    p.output(z[0], ws)
+    assert_matches(p, c)
+
+
+def test_myrtle_refuses_bad_depths_and_sizes():
+    with pytest.raises(ValueError, match="depth"):
+        ntk.zoo.myrtle(6, (8, 8), 3)
+    with pytest.raises(ValueError):
+        ntk.zoo.myrtle(5, (6, 8), 3)
