@@ -11,14 +11,20 @@
 //! /usr/bin/time -v cargo run --release --example blockwise_kernel -- --n 16384 --direct
 //! # the infinite-width NTK of a 1-D CNN instead (compiled once per process):
 //! cargo run --release --example blockwise_kernel -- --kernel infinite --n 1024 --tile 256
+//! # the Myrtle-5 NTK of 32 × 32 × 3 images (random images), tile by tile:
+//! cargo run --release --example blockwise_kernel -- --arch myrtle5 --image 32x32 --n 64 --tile 16
 //! ```
 //!
 //! `--kernel empirical` (the default) is the empirical NTK of a fixed-seed MLP;
 //! `--kernel infinite` is the infinite-width NTK Θ̊ of a program, a 1-D CNN over the
 //! inputs read as 8 positions × 4 channels (two circular 3-tap ReLU convolutions with
-//! biases, average pooling). Its recursion is compiled once, by the first tile a process
-//! computes, and every later tile of the task (and the check) runs the compiled tapes:
-//! the task holds one `InfiniteWidth`.
+//! biases, average pooling). `--arch myrtle5` (or `myrtle7`, `myrtle10`) is the
+//! infinite-width NTK of neural-tangents' Myrtle network (`zoo::myrtle`) on `--image`
+//! H×W × 3 images (default 32x32), the inputs fixed pseudo-random images; it prints
+//! the cost per kernel entry, from which the cost of a whole data set's kernel follows.
+//! A program's recursion is compiled once, by the first tile a process computes, and
+//! every later tile of the task (and the check) reuses it: the task holds one
+//! `InfiniteWidth`.
 //!
 //! The file is a NumPy `.npy` file (format version 1.0: a 128-byte header, then Θ as
 //! N × N little-endian `f64` in C order), which `numpy.load(path, mmap_mode='r')` opens
@@ -57,6 +63,12 @@ struct Args {
     /// Which kernel: the empirical NTK of an MLP, or the infinite-width NTK of a CNN.
     #[arg(long, value_enum, default_value_t = Kernel::Empirical)]
     kernel: Kernel,
+    /// A Myrtle network's infinite-width NTK on images instead (overrides --kernel).
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+    /// The images' height × width for --arch, e.g. 32x32 (3 channels; divisible by 4).
+    #[arg(long, default_value = "32x32", value_parser = image_size)]
+    image: (usize, usize),
     /// Number of points N; the kernel is N × N.
     #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
     n: usize,
@@ -96,6 +108,16 @@ enum Kernel {
     Infinite,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Arch {
+    /// neural-tangents' Myrtle-5 (`zoo::myrtle(5, image, 3)`).
+    Myrtle5,
+    /// Myrtle-7.
+    Myrtle7,
+    /// Myrtle-10.
+    Myrtle10,
+}
+
 /// The kernel's model: a finite network, or a program's limit compiled once.
 enum Model {
     Empirical(Mlp<f64>),
@@ -103,7 +125,16 @@ enum Model {
 }
 
 impl Model {
-    fn new(kernel: Kernel) -> ntk::Result<Self> {
+    fn new(kernel: Kernel, arch: Option<Arch>, image: (usize, usize)) -> ntk::Result<Self> {
+        if let Some(arch) = arch {
+            let depth = match arch {
+                Arch::Myrtle5 => 5,
+                Arch::Myrtle7 => 7,
+                Arch::Myrtle10 => 10,
+            };
+            let program = ntk::zoo::myrtle(depth, image, 3)?;
+            return Ok(Model::Infinite(Box::new(InfiniteWidth::new(&program)?)));
+        }
         Ok(match kernel {
             Kernel::Empirical => {
                 let spec = MlpSpec::new(32)
@@ -184,6 +215,17 @@ impl std::fmt::Display for Format {
     }
 }
 
+/// `HxW`, e.g. `32x32`.
+fn image_size(text: &str) -> std::result::Result<(usize, usize), String> {
+    let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|&v| v > 0);
+    match text.split_once(['x', 'X', '×']) {
+        Some((h, w)) => parse(h)
+            .zip(parse(w))
+            .ok_or_else(|| format!("'{text}' is not HxW with positive whole numbers")),
+        None => Err(format!("'{text}' is not HxW, e.g. 32x32")),
+    }
+}
+
 fn at_least_one(text: &str) -> std::result::Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -245,15 +287,15 @@ fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
     header
 }
 
-/// The data set: N points on the sphere of radius √d in d = 32 dimensions.
-/// An allocation that cannot succeed is an error naming `--n`, not an abort.
-fn inputs(n: usize) -> Result<DMatrix<f64>> {
-    let d = 32;
+/// The data set: N points on the sphere of radius √d in d dimensions (32, or an
+/// image's pixels × channels). An allocation that cannot succeed is an error naming
+/// `--n`, not an abort.
+fn inputs(n: usize, d: usize) -> Result<DMatrix<f64>> {
     let mut values = Vec::new();
     values.try_reserve_exact(n.saturating_mul(d)).map_err(|_| {
         format!(
             "--n {n}: cannot allocate the {n} × {d} inputs ({:.1} GB)",
-            n as f64 * 256e-9
+            (n * d) as f64 * 8e-9
         )
     })?;
     values.extend((0..n * d).map(|k| (((k % n) * 31 + (k / n) * 17) as f64 * 0.618).sin()));
@@ -376,8 +418,12 @@ fn run(args: Args) -> Result {
         .into());
     }
     let layout = Layout::new(args.n, args.format)?;
-    let model = Model::new(args.kernel)?;
-    let x = inputs(args.n)?;
+    let model = Model::new(args.kernel, args.arch, args.image)?;
+    let dim = match args.arch {
+        Some(_) => args.image.0 * args.image.1 * 3,
+        None => 32,
+    };
+    let x = inputs(args.n, dim)?;
 
     let out = match (&args.out, args.direct) {
         (Some(path), _) => path.clone(),
@@ -415,6 +461,8 @@ fn run(args: Args) -> Result {
     }
 
     let tiles = args.n.div_ceil(args.tile);
+    // The check recomputes the corner tiles and, where that is cheap, the whole kernel.
+    let whole = args.arch.is_none() && args.n <= 4096;
     let range = |t: usize| t * args.tile..((t + 1) * args.tile).min(args.n);
 
     if args.check {
@@ -437,7 +485,7 @@ fn run(args: Args) -> Result {
             )
             .into());
         }
-        return check(&mut file, &layout, &model, &x, tiles, &range, out);
+        return check(&mut file, &layout, &model, &x, tiles, &range, out, whole);
     }
 
     check_existing(out, &layout, args.format)?;
@@ -483,19 +531,24 @@ fn run(args: Args) -> Result {
     file.flush()
         .context(|| format!("cannot write --out {}", out.display()))?;
     bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let entries: usize = mine
+        .iter()
+        .map(|&p| range(pairs[p].0).len() * range(pairs[p].1).len())
+        .sum();
     println!(
-        "wrote {} of {} tiles ({} × {} kernel, tile {}) to {} in {:.2} s",
+        "wrote {} of {} tiles ({} × {} kernel, tile {}) to {} in {seconds:.2} s: {:.3} ms per entry computed",
         mine.len(),
         pairs.len(),
         args.n,
         args.n,
         args.tile,
         out.display(),
-        start.elapsed().as_secs_f64()
+        seconds * 1e3 / entries.max(1) as f64
     );
 
     if args.task.is_none() && !args.no_check {
-        check(&mut file, &layout, &model, &x, tiles, &range, out)?;
+        check(&mut file, &layout, &model, &x, tiles, &range, out, whole)?;
     }
     Ok(())
 }
@@ -507,8 +560,9 @@ struct Block {
     shape: (usize, usize),
 }
 
-/// The corner tiles (and, up to N = 4096, the whole kernel) from the file against a
+/// The corner tiles (and, when `whole`, the whole kernel) from the file against a
 /// direct computation on just their rows and columns: one call, no file.
+#[allow(clippy::too_many_arguments)]
 fn check(
     file: &mut File,
     layout: &Layout,
@@ -517,6 +571,7 @@ fn check(
     tiles: usize,
     range: &dyn Fn(usize) -> std::ops::Range<usize>,
     out: &Path,
+    whole: bool,
 ) -> Result {
     let last = tiles - 1;
     let mut blocks: Vec<Block> = [(0, 0), (0, last), (last, 0), (last, last)]
@@ -530,7 +585,7 @@ fn check(
             }
         })
         .collect();
-    if layout.n <= 4096 {
+    if whole {
         blocks.push(Block {
             name: "whole kernel".into(),
             origin: (0, 0),

@@ -107,7 +107,7 @@ impl Program {
         }
         let axes = axis_windows(&[positions.len()], &[taps], &[1], padding)?;
         let layer = [vec![vec![Some(0)]], axes[0].clone()];
-        Ok(self.conv_windows(weight, positions, [1, positions.len()], layer)?)
+        self.conv_windows(weight, positions, [1, positions.len()], layer)
     }
 
     /// A 2-D convolution over a `height × width` grid of positions (an image, one
@@ -406,7 +406,10 @@ fn grid_windows(dims: &[usize], axes: &[AxisWindows]) -> Windows {
 /// `strides` (see the [table at `Padding`](Padding)).
 #[cfg(test)]
 fn windows(dims: &[usize], taps: &[usize], strides: &[usize], padding: Padding) -> Result<Windows> {
-    Ok(grid_windows(dims, &axis_windows(dims, taps, strides, padding)?))
+    Ok(grid_windows(
+        dims,
+        &axis_windows(dims, taps, strides, padding)?,
+    ))
 }
 
 #[cfg(test)]

@@ -80,8 +80,8 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result, check_std};
 
-pub(crate) use conv::{AxisWindows, GridLayer};
 pub use conv::Padding;
+pub(crate) use conv::{AxisWindows, GridLayer};
 pub use network::ProgramNetwork;
 use ops::FiniteForward;
 pub(crate) use ops::Op;

@@ -156,7 +156,11 @@ impl Stencil {
         let mut columns: Vec<&mut [f64]> = Vec::with_capacity(chunks.len());
         for q_out in 0..n {
             columns.clear();
-            columns.extend(chunks.iter_mut().map(|c| c.next().expect("an output column")));
+            columns.extend(
+                chunks
+                    .iter_mut()
+                    .map(|c| c.next().expect("an output column")),
+            );
             for (k, column) in columns.iter_mut().enumerate() {
                 column.fill(0.0);
                 let Some(a) = arrays.get(k) else { continue };
@@ -248,7 +252,16 @@ mod tests {
 
     #[test]
     fn runs_merge_consecutive_and_strided_positions() {
-        let map = [None, Some(0), Some(1), Some(2), Some(5), Some(7), Some(9), None];
+        let map = [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(5),
+            Some(7),
+            Some(9),
+            None,
+        ];
         let runs = runs_of(&map);
         let expanded: Vec<Option<usize>> = (0..map.len())
             .map(|o| {

@@ -34,7 +34,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{Error, Result};
 use crate::parallel;
-use crate::program::{Group, GridLayer, Op, Program, Width};
+use crate::program::{GridLayer, Group, Op, Program, Width};
 
 use super::dual::{PairDual, Variances};
 use super::quadrature::GaussHermite;
@@ -51,7 +51,11 @@ enum Step {
         group: usize,
     },
     /// A bias shared by every position.
-    Bias { sigma2: f64, coef: f64, group: usize },
+    Bias {
+        sigma2: f64,
+        coef: f64,
+        group: usize,
+    },
     /// φ of a Gaussian layer; `layer` numbers the φ layers (the per-sample variances).
     Phi { dual: PairDual, layer: usize },
     /// Average pooling.
@@ -343,12 +347,8 @@ impl GridPlan {
         let (n1, n2) = (a.len(), b.as_ref().map_or(a.len(), Vec::len));
         let mut out = vec![DMatrix::<f64>::zeros(n1, n2); self.results];
         let pairs: Vec<(usize, usize)> = match &b {
-            None => (0..n1)
-                .flat_map(|j| (0..j).map(move |i| (i, j)))
-                .collect(),
-            Some(_) => (0..n2)
-                .flat_map(|j| (0..n1).map(move |i| (i, j)))
-                .collect(),
+            None => (0..n1).flat_map(|j| (0..j).map(move |i| (i, j))).collect(),
+            Some(_) => (0..n2).flat_map(|j| (0..n1).map(move |i| (i, j))).collect(),
         };
         let second = b.as_ref().unwrap_or(&a);
         let own_second = own_b.as_ref().unwrap_or(&own_a);
@@ -425,7 +425,8 @@ impl GridPlan {
                     let fold = !grouped && k == 1;
                     let total = if fold { 1 + k } else { 2 + k };
                     while work.outs.len() < total {
-                        work.outs.push(work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0)));
+                        work.outs
+                            .push(work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0)));
                     }
                     {
                         let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
@@ -478,7 +479,8 @@ impl GridPlan {
                 Step::Phi { dual, layer } => {
                     let (rows, cols) = match &mut sides {
                         Sides::Own(record) => {
-                            record.push(Variances::new(work.m.diagonal().iter().copied().collect()));
+                            record
+                                .push(Variances::new(work.m.diagonal().iter().copied().collect()));
                             let v = &record[*layer];
                             (v, v)
                         }
@@ -634,7 +636,10 @@ mod tests {
 
     #[test]
     fn valid_sequence_convolutions() {
-        let cnn = Cnn::sequence(7, 3).layers(2).padding(Padding::Valid).bias_std(0.2);
+        let cnn = Cnn::sequence(7, 3)
+            .layers(2)
+            .padding(Padding::Valid)
+            .bias_std(0.2);
         agrees_with_tapes(&cnn.program().unwrap());
     }
 
@@ -647,7 +652,9 @@ mod tests {
     fn strided_convolutions_pooling_windows_and_a_biased_readout() {
         let (h, w, c) = (6, 5, 2);
         let mut p = Program::new(h * w * c);
-        let pixels: Vec<_> = (0..h * w).map(|q| p.input(c * q..c * q + c).unwrap()).collect();
+        let pixels: Vec<_> = (0..h * w)
+            .map(|q| p.input(c * q..c * q + c).unwrap())
+            .collect();
         let (w1, b1) = (p.weight(1.3).unwrap(), p.bias(0.4).unwrap());
         let (hs, shape) = p
             .conv2d_strided(w1, &pixels, (h, w), (3, 2), (2, 1), Padding::Same)

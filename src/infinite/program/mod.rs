@@ -59,8 +59,8 @@ use crate::linalg::mirror_upper;
 use crate::parallel;
 use crate::program::Program;
 
-use super::grid::GridPlan;
 use super::dual::{PairDual, mean_derivative, same_activation};
+use super::grid::GridPlan;
 use super::quadrature::GaussHermite;
 pub(crate) use super::tape::Mode;
 use super::tape::{Entries, Env, Runnable, Src, Tape, Val};
