@@ -307,6 +307,26 @@ fn run(args: Args) -> Result {
         }
     }
 
+    if let Some(c) = manifest.get("myrtle5") {
+        let field = |k: &str| c[k].as_u64().map(|v| v as usize).ok_or("myrtle5 field");
+        let side = field("side")?;
+        let program = ntk::zoo::myrtle(5, (side, side), field("channels")?)?;
+        let prepared = InfiniteWidth::new(&program)?;
+        for case in c["infinite"].as_array().ok_or("myrtle5 infinite")? {
+            let x = load(&dir, &case["x"])?;
+            let k = prepared.kernels(&x, &x)?;
+            let (nngp, ntk) = (load(&dir, &case["nngp"])?, load(&dir, &case["ntk"])?);
+            rows.push(Row {
+                what: format!("Myrtle-5 ({side}×{side}) infinite NNGP+NTK"),
+                n: x.nrows(),
+                diff: off_diagonal_diff(&k.nngp, &nngp).max(off_diagonal_diff(&k.ntk, &ntk)),
+                diag: Some(rel_diff(&k.nngp, &nngp).max(rel_diff(&k.ntk, &ntk))),
+                ours: median_seconds(|| prepared.kernels(&x, &x)),
+                theirs: case["seconds"].as_f64().ok_or("seconds")?,
+            });
+        }
+    }
+
     println!(
         "neural-tangents {} (jax {}), f64, median of {REPEATS} runs each\n",
         manifest["neural_tangents"].as_str().unwrap_or("?"),
