@@ -364,9 +364,13 @@ fn check_kernel(k: &DMatrix<f64>, what: &'static str, program: &Program) -> Resu
 /// **What is computed once.** For a [`Program`], the first call compiles its recursion:
 /// Tensor Programs II's rules expanded from the output into two straight-line tapes,
 /// which depend on the program's structure (its operations, standard deviations and
-/// activations), the quadrature degree and nothing else — not on `x1` or `x2`. It can
-/// cost far more than a run: for a 2-D CNN on 16 × 16 images, about 20 runs on 4 images
-/// (`benches/programs.rs`). Compilations are kept in a process-wide cache of the 8 most recently used,
+/// activations), the quadrature degree and nothing else — not on `x1` or `x2`. A chain
+/// of convolutions, shared biases, φ, average poolings and a pooled or flattened
+/// readout on a grid of more than 16 positions compiles instead to a short plan of
+/// array operations on each pair's $P × P$ position covariance (a stencil per
+/// convolution, the dual entry by entry per φ, window means per pooling): its cost
+/// per pair is $O(P^2 · \text{taps})$ and nothing compiled grows with $P^2$, so
+/// Myrtle networks on 32 × 32 images take milliseconds per kernel entry. Compilations are kept in a process-wide cache of the 8 most recently used,
 /// keyed by that structure, so a later call on the same program, a clone of it, or one
 /// built by the same calls (any batches, e.g. the tiles of
 /// [`infinite_width_block`] in a loop) runs the tapes only. To keep a compilation
