@@ -128,6 +128,22 @@ impl Stencil {
         }
     }
 
+    /// The unscaled diagonal of `S(a)`, $Σ_a A(w_a(p), w_a(p))$, summed in the order
+    /// [`Stencil::apply`] sums (so equal to its diagonal to the last bit).
+    pub(crate) fn diagonal(&self, a: &DMatrix<f64>) -> Vec<f64> {
+        (0..self.outputs)
+            .map(|p| {
+                let mut sum = 0.0;
+                for index in &self.maps.index {
+                    if let Some(i) = index[p] {
+                        sum += a[(i, i)];
+                    }
+                }
+                sum
+            })
+            .collect()
+    }
+
     /// The averaging factor 1/taps.
     pub(crate) fn scale(&self) -> f64 {
         self.scale
@@ -141,7 +157,7 @@ impl Stencil {
         &self,
         arrays: &[&DMatrix<f64>],
         outs: &mut [DMatrix<f64>],
-        mut finish: impl FnMut(&mut [&mut [f64]]),
+        mut finish: impl FnMut(usize, &mut [&mut [f64]]),
     ) {
         let n = self.outputs;
         debug_assert!(outs.len() >= arrays.len());
@@ -173,7 +189,7 @@ impl Stencil {
                 }
                 add_runs(&taps, column);
             }
-            finish(&mut columns);
+            finish(q_out, &mut columns);
         }
     }
 }

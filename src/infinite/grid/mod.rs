@@ -410,8 +410,65 @@ impl GridPlan {
         // buffers are reused from the last pair.
         let grouped = self.group_results.is_some();
         work.spare.extend(work.thetas.drain(..).map(|(_, t)| t));
-        for step in &self.steps {
+        let mut next = 0;
+        while let Some(step) = self.steps.get(next) {
+            next += 1;
             match step {
+                // Without groups, a convolution and the bias and φ after it run in one
+                // pass over each output column, while it is in cache.
+                Step::Conv {
+                    stencil,
+                    sigma2,
+                    coef,
+                    ..
+                } if !grouped && matches!(self.fused_phi(next), Some((_, _, _))) => {
+                    let (bias, dual, layer) = self.fused_phi(next).expect("checked");
+                    next += 1 + usize::from(bias.is_some());
+                    let (scale_m, scale_own) = (sigma2 * stencil.scale(), coef * stencil.scale());
+                    let (bias_m, bias_t) = bias.unwrap_or((0.0, 0.0));
+                    let (rows, cols) = match &mut sides {
+                        Sides::Own(record) => {
+                            let diagonal = stencil
+                                .diagonal(&work.m)
+                                .into_iter()
+                                .map(|d| scale_m * d + bias_m)
+                                .collect();
+                            record.push(Variances::new(diagonal));
+                            let v = &record[layer];
+                            (v, v)
+                        }
+                        Sides::Cross(ra, rb) => (&ra[layer], &rb[layer]),
+                    };
+                    let carried = work.thetas.len() == 1;
+                    while work.outs.len() < 2 {
+                        work.outs
+                            .push(work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0)));
+                    }
+                    {
+                        let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
+                            .chain(work.thetas.iter().map(|t| &t.1))
+                            .collect();
+                        stencil.apply(&inputs, &mut work.outs[..2], |q, columns| {
+                            let [m, t] = columns else {
+                                unreachable!("two outputs")
+                            };
+                            for (t, m) in t.iter_mut().zip(m.iter_mut()) {
+                                let carried_t = if carried { scale_m * *t } else { 0.0 };
+                                *t = carried_t + scale_own * *m + bias_t;
+                                *m = scale_m * *m + bias_m;
+                            }
+                            dual.eval_column_then(rows, 0, m, cols, q, t, |c, cd, t| (c, t * cd));
+                        });
+                    }
+                    std::mem::swap(&mut work.m, &mut work.outs[0]);
+                    if carried {
+                        std::mem::swap(&mut work.thetas[0].1, &mut work.outs[1]);
+                    } else {
+                        let spare = work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
+                        let own = std::mem::replace(&mut work.outs[1], spare);
+                        work.thetas.push((1, own));
+                    }
+                }
                 Step::Conv {
                     stencil,
                     sigma2,
@@ -432,7 +489,7 @@ impl GridPlan {
                         let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
                             .chain(work.thetas.iter().map(|t| &t.1))
                             .collect();
-                        stencil.apply(&inputs, &mut work.outs[..total], |columns| {
+                        stencil.apply(&inputs, &mut work.outs[..total], |_, columns| {
                             let (m, thetas) = columns.split_first_mut().expect("M's column");
                             if fold {
                                 for (t, &m) in thetas[0].iter_mut().zip(m.iter()) {
@@ -541,6 +598,19 @@ impl GridPlan {
             }
         }
         values
+    }
+
+    /// The steps a convolution fuses with when `next` follows it: an optional bias
+    /// ($σ_b^2$, $c_b$), then φ (its dual and layer number).
+    fn fused_phi(&self, next: usize) -> Option<(Option<(f64, f64)>, &PairDual, usize)> {
+        let (bias, at) = match self.steps.get(next) {
+            Some(Step::Bias { sigma2, coef, .. }) => (Some((*sigma2, *coef)), next + 1),
+            _ => (None, next),
+        };
+        match self.steps.get(at) {
+            Some(Step::Phi { dual, layer }) => Some((bias, dual, *layer)),
+            _ => None,
+        }
     }
 
     /// The result index of a group's own NTK array (1, Θ̊ itself, without groups).
