@@ -144,6 +144,11 @@ impl Stencil {
             .collect()
     }
 
+    /// The number of output positions.
+    pub(crate) fn outputs(&self) -> usize {
+        self.outputs
+    }
+
     /// The averaging factor 1/taps.
     pub(crate) fn scale(&self) -> f64 {
         self.scale
@@ -222,6 +227,11 @@ impl Pool {
             windows,
             inputs: dims[0] * dims[1],
         }
+    }
+
+    /// The numbers of input and output positions.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.inputs, self.windows.len())
     }
 
     /// The pooled array into `out`, through `half` (pooled along the second side only).

@@ -38,7 +38,7 @@ use crate::program::{GridLayer, Group, Op, Program, Width};
 
 use super::dual::{PairDual, Variances};
 use super::quadrature::GaussHermite;
-use arrays::{Pool, Stencil, reshape};
+use arrays::{Pool, Stencil};
 
 /// One layer of a convolutional chain.
 #[derive(Clone, Debug)]
@@ -404,12 +404,14 @@ impl GridPlan {
     fn pair(&self, a: &Pixels, b: &Pixels, mut sides: Sides<'_>, work: &mut Workspace) -> Vec<f64> {
         let c = self.channels;
         let positions = self.starts.len();
-        reshape(&mut work.m, positions, positions);
+        work.free.fit(&mut work.m, positions, positions);
         work.m.gemm(1.0 / c as f64, &a.0, &b.1, 0.0);
         // The NTK arrays: one (Θ), or one per group with its result index; their
         // buffers are reused from the last pair.
         let grouped = self.group_results.is_some();
-        work.spare.extend(work.thetas.drain(..).map(|(_, t)| t));
+        for (_, t) in work.thetas.drain(..) {
+            work.free.give(t);
+        }
         let mut next = 0;
         while let Some(step) = self.steps.get(next) {
             next += 1;
@@ -440,15 +442,13 @@ impl GridPlan {
                         Sides::Cross(ra, rb) => (&ra[layer], &rb[layer]),
                     };
                     let carried = work.thetas.len() == 1;
-                    while work.outs.len() < 2 {
-                        work.outs
-                            .push(work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0)));
-                    }
+                    let n = stencil.outputs();
+                    let mut outs = [work.free.take(n, n), work.free.take(n, n)];
                     {
                         let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
                             .chain(work.thetas.iter().map(|t| &t.1))
                             .collect();
-                        stencil.apply(&inputs, &mut work.outs[..2], |q, columns| {
+                        stencil.apply(&inputs, &mut outs, |q, columns| {
                             let [m, t] = columns else {
                                 unreachable!("two outputs")
                             };
@@ -460,13 +460,12 @@ impl GridPlan {
                             dual.eval_column_then(rows, 0, m, cols, q, t, |c, cd, t| (c, t * cd));
                         });
                     }
-                    std::mem::swap(&mut work.m, &mut work.outs[0]);
+                    let [m, t] = outs;
+                    work.free.give(std::mem::replace(&mut work.m, m));
                     if carried {
-                        std::mem::swap(&mut work.thetas[0].1, &mut work.outs[1]);
+                        work.free.give(std::mem::replace(&mut work.thetas[0].1, t));
                     } else {
-                        let spare = work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
-                        let own = std::mem::replace(&mut work.outs[1], spare);
-                        work.thetas.push((1, own));
+                        work.thetas.push((1, t));
                     }
                 }
                 Step::Conv {
@@ -481,15 +480,14 @@ impl GridPlan {
                     // Θ; otherwise it is a new array, the last output.
                     let fold = !grouped && k == 1;
                     let total = if fold { 1 + k } else { 2 + k };
-                    while work.outs.len() < total {
-                        work.outs
-                            .push(work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0)));
-                    }
+                    let n = stencil.outputs();
+                    let mut outs: Vec<DMatrix<f64>> =
+                        (0..total).map(|_| work.free.take(n, n)).collect();
                     {
                         let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
                             .chain(work.thetas.iter().map(|t| &t.1))
                             .collect();
-                        stencil.apply(&inputs, &mut work.outs[..total], |_, columns| {
+                        stencil.apply(&inputs, &mut outs, |_, columns| {
                             let (m, thetas) = columns.split_first_mut().expect("M's column");
                             if fold {
                                 for (t, &m) in thetas[0].iter_mut().zip(m.iter()) {
@@ -507,13 +505,14 @@ impl GridPlan {
                             m.iter_mut().for_each(|m| *m *= scale_m);
                         });
                     }
-                    std::mem::swap(&mut work.m, &mut work.outs[0]);
-                    for (t, s) in work.thetas.iter_mut().zip(&mut work.outs[1..=k]) {
-                        std::mem::swap(&mut t.1, s);
+                    let mut outs = outs.into_iter();
+                    let m = outs.next().expect("M");
+                    work.free.give(std::mem::replace(&mut work.m, m));
+                    for t in work.thetas.iter_mut() {
+                        let new = outs.next().expect("a carried Θ");
+                        work.free.give(std::mem::replace(&mut t.1, new));
                     }
-                    if !fold {
-                        let spare = work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
-                        let own = std::mem::replace(&mut work.outs[k + 1], spare);
+                    if let Some(own) = outs.next() {
                         work.thetas.push((self.slot(*group), own));
                     }
                 }
@@ -527,8 +526,7 @@ impl GridPlan {
                         work.thetas[0].1.add_scalar_mut(*coef);
                     } else {
                         let n = work.m.nrows();
-                        let mut own = work.spare.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
-                        reshape(&mut own, n, n);
+                        let mut own = work.free.take(n, n);
                         own.fill(*coef);
                         work.thetas.push((self.slot(*group), own));
                     }
@@ -563,12 +561,16 @@ impl GridPlan {
                     }
                 }
                 Step::Pool(pool) => {
-                    pool.apply(&work.m, &mut work.half, &mut work.pooled);
-                    std::mem::swap(&mut work.m, &mut work.pooled);
-                    for (_, t) in &mut work.thetas {
-                        pool.apply(t, &mut work.half, &mut work.pooled);
-                        std::mem::swap(t, &mut work.pooled);
+                    let (inputs, outputs) = pool.shape();
+                    let mut half = work.free.take(inputs, outputs);
+                    for a in
+                        std::iter::once(&mut work.m).chain(work.thetas.iter_mut().map(|t| &mut t.1))
+                    {
+                        let mut pooled = work.free.take(outputs, outputs);
+                        pool.apply(a, &mut half, &mut pooled);
+                        work.free.give(std::mem::replace(a, pooled));
                     }
+                    work.free.give(half);
                 }
             }
         }
@@ -636,12 +638,39 @@ enum Sides<'a> {
 struct Workspace {
     m: DMatrix<f64>,
     thetas: Vec<(usize, DMatrix<f64>)>,
-    outs: Vec<DMatrix<f64>>,
-    /// Buffers free for the next array.
-    spare: Vec<DMatrix<f64>>,
-    /// A pooling's half-pooled array and its output.
-    half: DMatrix<f64>,
-    pooled: DMatrix<f64>,
+    /// Arrays free for the next use.
+    free: Buffers,
+}
+
+/// Arrays kept for reuse, taken back by shape: every pair needs the same shapes, so after
+/// the first pair nothing is allocated or zeroed.
+#[derive(Default)]
+struct Buffers(Vec<DMatrix<f64>>);
+
+impl Buffers {
+    /// A `rows × cols` array with unspecified entries (the caller writes every one).
+    fn take(&mut self, rows: usize, cols: usize) -> DMatrix<f64> {
+        match self.0.iter().position(|m| m.shape() == (rows, cols)) {
+            Some(i) => self.0.swap_remove(i),
+            // `vec![0.0; n]` allocates zeroed memory (fresh pages, no memset).
+            None => DMatrix::from_vec(rows, cols, vec![0.0; rows * cols]),
+        }
+    }
+
+    /// Keeps `m` for a later [`Buffers::take`].
+    fn give(&mut self, m: DMatrix<f64>) {
+        if !m.is_empty() {
+            self.0.push(m);
+        }
+    }
+
+    /// Gives `m` a `rows × cols` array (unspecified entries), keeping the old one.
+    fn fit(&mut self, m: &mut DMatrix<f64>, rows: usize, cols: usize) {
+        if m.shape() != (rows, cols) {
+            let new = self.take(rows, cols);
+            self.give(std::mem::replace(m, new));
+        }
+    }
 }
 
 #[cfg(test)]
