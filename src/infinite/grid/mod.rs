@@ -604,7 +604,7 @@ impl GridPlan {
 
     /// The steps a convolution fuses with when `next` follows it: an optional bias
     /// ($σ_b^2$, $c_b$), then φ (its dual and layer number).
-    fn fused_phi(&self, next: usize) -> Option<(Option<(f64, f64)>, &PairDual, usize)> {
+    fn fused_phi(&self, next: usize) -> Option<FusedPhi<'_>> {
         let (bias, at) = match self.steps.get(next) {
             Some(Step::Bias { sigma2, coef, .. }) => (Some((*sigma2, *coef)), next + 1),
             _ => (None, next),
@@ -620,6 +620,10 @@ impl GridPlan {
         self.group_results.as_ref().map_or(1, |slots| slots[group])
     }
 }
+
+/// What a convolution fuses with: an optional bias ($σ_b^2$, $c_b$), then φ's dual and
+/// its layer number.
+type FusedPhi<'a> = (Option<(f64, f64)>, &'a PairDual, usize);
 
 /// A sample's pixels, one row per position and one column per channel, and their
 /// transpose.
