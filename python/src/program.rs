@@ -280,8 +280,10 @@ impl Program {
         let grid = (count(shape.0, "shape")?, count(shape.1, "shape")?);
         let window = (count(window.0, "window")?, count(window.1, "window")?);
         let steps = (count(strides.0, "strides")?, count(strides.1, "strides")?);
-        let (out, dims) =
-            checked(self.inner.avg_pool2d(&vars(&positions), grid, window, steps))?;
+        let (out, dims) = checked(
+            self.inner
+                .avg_pool2d(&vars(&positions), grid, window, steps),
+        )?;
         Ok((var_list(out), dims))
     }
 

@@ -127,8 +127,7 @@ fn myrtle5_matches_neural_tangents() {
 /// (computed by the array engine: 1,024 positions per side of a pair).
 #[test]
 fn padding_strides_pooling_and_myrtle_at_full_size_match_neural_tangents() {
-    let data: Value =
-        serde_json::from_str(include_str!("../data/images_nt.json")).expect("parses");
+    let data: Value = serde_json::from_str(include_str!("../data/images_nt.json")).expect("parses");
     let cases = data["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6, "every case is run");
     for c in cases {
