@@ -167,7 +167,16 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
     };
     // A batch-coupled model's batches are never split: one block each.
     let (b1, b2) = if model.batch_coupled() {
-        (vec![0..x1.nrows()], vec![0..x2.nrows()])
+        (
+            vec![Range {
+                start: 0,
+                end: x1.nrows(),
+            }],
+            vec![Range {
+                start: 0,
+                end: x2.nrows(),
+            }],
+        )
     } else {
         (row_blocks(x1.nrows()), row_blocks(x2.nrows()))
     };

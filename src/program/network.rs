@@ -322,9 +322,7 @@ impl<T: Scalar> ProgramNetwork<T> {
                         if coupled {
                             for (j, output_grad) in by_source(&g, n).into_iter().enumerate() {
                                 uses.push(DenseUse {
-                                    input: DMatrix::from_fn(n, input.ncols(), |_, a| {
-                                        input[(j, a)]
-                                    }),
+                                    input: DMatrix::from_fn(n, input.ncols(), |_, a| input[(j, a)]),
                                     output_grad,
                                 });
                             }

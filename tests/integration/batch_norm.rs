@@ -279,7 +279,11 @@ fn the_limit_matches_monte_carlo() {
         // The first layer's K = Θ¹ = σ_w² z·z̄/d + σ_b² on the stacked batches.
         let total: usize = sizes.iter().sum();
         let z = DMatrix::from_fn(total, d, |i, j| {
-            if i < sizes[0] { x1[(i, j)] } else { x2[(i - sizes[0], j)] }
+            if i < sizes[0] {
+                x1[(i, j)]
+            } else {
+                x2[(i - sizes[0], j)]
+            }
         });
         let k = (&z * z.transpose()) * (sw * sw / d as f64)
             + DMatrix::from_element(total, total, sb * sb);
@@ -343,8 +347,14 @@ fn kernels_are_invariant_to_sigma_w_and_sigma_b_and_scale_with_sigma_v() {
             let p = bn_mlp(8, &acts, sw, sb, sv);
             let k = infinite_width(&p, &x1, b).unwrap();
             let s = sv * sv;
-            assert!(rel_err(&(k.nngp / s), &k0.nngp) < 1e-10, "{acts:?} {sw} {sb} {sv}");
-            assert!(rel_err(&(k.ntk / s), &k0.ntk) < 1e-10, "{acts:?} {sw} {sb} {sv}");
+            assert!(
+                rel_err(&(k.nngp / s), &k0.nngp) < 1e-10,
+                "{acts:?} {sw} {sb} {sv}"
+            );
+            assert!(
+                rel_err(&(k.ntk / s), &k0.ntk) < 1e-10,
+                "{acts:?} {sw} {sb} {sv}"
+            );
         }
     }
 }
@@ -375,7 +385,10 @@ fn the_limit_refuses_what_it_cannot_compute() {
     // Input dimension below B − 1.
     let narrow = bn_mlp(3, &[Activation::Relu], 1.0, 0.0, 1.0);
     let x = common::gaussian(6, 3, 3);
-    assert!(matches!(infinite_width(&narrow, &x, &x), Err(Error::OutsideLimit { .. })));
+    assert!(matches!(
+        infinite_width(&narrow, &x, &x),
+        Err(Error::OutsideLimit { .. })
+    ));
     // Smooth φ: B ≥ 7, and between two batches.
     let erf = bn_mlp(8, &[Activation::Erf], 1.0, 0.0, 1.0);
     let x7 = common::gaussian(7, 8, 4);
@@ -417,9 +430,15 @@ fn finite_networks_converge_at_root_width() {
     // Between two batches: the cross kernel of a wide network is close to the limit.
     let x2 = common::gaussian(7, 10, 32);
     let limit = infinite_width(&p, &x, &x2).unwrap().ntk;
-    let net = p.init::<f64>(16_384, &mut StdRng::seed_from_u64(7)).unwrap();
+    let net = p
+        .init::<f64>(16_384, &mut StdRng::seed_from_u64(7))
+        .unwrap();
     let theta = empirical_ntk(&net, &x, &x2).unwrap();
-    assert!(rel_err(&theta, &limit) < 0.05, "{}", rel_err(&theta, &limit));
+    assert!(
+        rel_err(&theta, &limit) < 0.05,
+        "{}",
+        rel_err(&theta, &limit)
+    );
 }
 
 /// The convergence rate against B, two layers: about −1/2 at B = 6 and 8, slower at
@@ -437,7 +456,11 @@ fn convergence_rate_against_batch_size() {
         if b >= 6 {
             common::assert_root_width_rate(&study, 0.1);
         } else {
-            assert!(study.slope > -0.5 && study.slope < -0.1, "B = {b}: {}", study.slope);
+            assert!(
+                study.slope > -0.5 && study.slope < -0.1,
+                "B = {b}: {}",
+                study.slope
+            );
         }
     }
 }

@@ -63,7 +63,7 @@ impl Program {
     /// let a = p.apply(Activation::Relu, z)?;
     /// p.output(a, 1.0)?;
     ///
-    /// let x = DMatrix::from_fn(6, 8, |i, j| ((i * 8 + j) as f64 * 0.61).sin());
+    /// let x = DMatrix::from_fn(6, 8, |i, j| ((i + 1) as f64 * (j + 2) as f64 * 0.37).sin());
     /// let limit = infinite_width(&p, &x, &x)?; // the kernels of this one batch
     /// let net = p.init::<f64>(2048, &mut StdRng::seed_from_u64(0))?;
     /// assert!(net.batch_coupled());
@@ -110,7 +110,7 @@ impl<T: Scalar> Neuron<T> {
         centred.add_scalar_mut(-mean);
         let var = centred.norm_squared() / bf;
         let floor = T::from_f64_lossy(8.0 * b as f64) * T::default_epsilon();
-        if !(var > floor * floor) {
+        if var.partial_cmp(&(floor * floor)) != Some(std::cmp::Ordering::Greater) {
             return None;
         }
         Some(Neuron {
