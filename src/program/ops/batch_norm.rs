@@ -48,7 +48,14 @@ impl Program {
     /// sample depends on the whole batch, its kernel between two batches $x_1$, $x_2$ is
     /// $Θ(x_1, x_2)_{ij} = ⟨∇_θ f(x_{1,i}; x_1), ∇_θ f(x_{2,j}; x_2)⟩$ (each batch with its own
     /// statistics), and the kernels never split a batch. Its exact gradients go
-    /// through the batch statistics.
+    /// through the batch statistics: the backward pass holds, for each of the $N$
+    /// samples and $k$ outputs, the gradient with respect to every sample, $N^2 k$
+    /// numbers per hidden unit of each variable (against $N k$ without batch norm), and
+    /// each weight's tangents are $N$ uses per use. That suits the batches batch norm's
+    /// kernels are studied on (tens to hundreds of samples): the NTK of a two-layer
+    /// width-1024 network on $N = 8$ takes 9 ms (`benches/batch_norm.rs`). Training
+    /// (`GradientDescent`) uses the training batch's statistics, and predictions on a
+    /// test batch that batch's.
     ///
     /// ```
     /// use ntk::nalgebra::DMatrix;
