@@ -13,6 +13,10 @@
 //! 1024 on B = 8 (one backward pass carries every sample's gradient through the batch
 //! statistics; target < 1 s).
 //! Baselines (`baseline_*`): the same programs without batch norm.
+//!
+//! Measured (2 shared cores): relu_infinite 0.69 ms, relu_between 11 ms, erf_infinite
+//! 0.55 s, finite_ntk 9.1 ms; baselines 3 µs, 2.5 µs, 4.8 µs (compiled recursions) and
+//! 1.3 ms.
 
 use std::hint::black_box;
 
