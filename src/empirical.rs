@@ -13,6 +13,8 @@
 //! contracted from the features of blocks $I$ and $J$. When $x_1 = x_2$ only the tiles with
 //! $I ≤ J$ are computed and the rest mirrored. Peak memory is the output plus the
 //! features: $O(N · k · Σ \text{widths})$ for an MLP with $k$ outputs, never the $N × P$ Jacobian.
+//! A [batch-coupled](crate::NtkModel::batch_coupled) model's batches are one block
+//! each: its tangents of a row block would carry the block's statistics, not the batch's.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +43,10 @@ const MIN_BLOCK_ROWS: usize = 32;
 /// kernel $Θ$ of the $Θ ⊗ I$ limit. It equals the sum of
 /// [`NtkModel::group_kernels`] and the contraction $J₁ J₂ᵀ$ of the Jacobians, but is
 /// computed from per-layer Gram matrices without forming either.
+///
+/// For a [batch-coupled](NtkModel::batch_coupled) model (batch normalisation) `x1` and
+/// `x2` are two batches, each with its own statistics:
+/// $Θ_{ij} = ⟨∇\_θ f(x_{1,i}; x_1), ∇\_θ f(x_{2,j}; x_2)⟩$.
 ///
 /// ```
 /// use ntk::nalgebra::DMatrix;
@@ -93,6 +99,10 @@ pub fn empirical_ntk_full<T: Scalar, M: NtkModel<T> + ?Sized>(
 /// of a cluster job array), and assembled or streamed to disk. Each call runs its
 /// own forward and backward passes on the rows it needs.
 ///
+/// A [batch-coupled](NtkModel::batch_coupled) model (batch normalisation) is the
+/// exception: its rows keep the statistics of their whole batches, so the call computes
+/// the kernel between the whole `x1` and `x2` and returns the block of it.
+///
 /// ```
 /// use ntk::nalgebra::DMatrix;
 /// use ntk::rand::{rngs::StdRng, SeedableRng};
@@ -120,8 +130,16 @@ pub fn empirical_ntk_block<T: Scalar, M: NtkModel<T> + ?Sized>(
     rows: Range<usize>,
     cols: Range<usize>,
 ) -> Result<DMatrix<T>> {
-    let a = select_rows("rows", x1, rows)?;
-    let b = select_rows("cols", x2, cols)?;
+    let a = select_rows("rows", x1, rows.clone())?;
+    let b = select_rows("cols", x2, cols.clone())?;
+    if model.batch_coupled() {
+        // The rows' statistics are those of their whole batches: compute the kernel of
+        // the whole batches and cut the block out.
+        let whole = blocked_ntk(model, x1, x2, OutputLayout::Trace)?;
+        return Ok(whole
+            .view((rows.start, cols.start), (rows.len(), cols.len()))
+            .into_owned());
+    }
     blocked_ntk(model, &a, &b, OutputLayout::Trace)
 }
 
@@ -147,7 +165,21 @@ fn blocked_ntk<T: Scalar, M: NtkModel<T> + ?Sized>(
         .into_iter()
         .collect()
     };
-    let (b1, b2) = (row_blocks(x1.nrows()), row_blocks(x2.nrows()));
+    // A batch-coupled model's batches are never split: one block each.
+    let (b1, b2) = if model.batch_coupled() {
+        (
+            vec![Range {
+                start: 0,
+                end: x1.nrows(),
+            }],
+            vec![Range {
+                start: 0,
+                end: x2.nrows(),
+            }],
+        )
+    } else {
+        (row_blocks(x1.nrows()), row_blocks(x2.nrows()))
+    };
     let f1 = features(x1, &b1)?;
     let f2_owned = if symmetric {
         None

@@ -31,18 +31,29 @@ use crate::tangent::{GroupKernel, GroupTangent, OutputLayout, Tangents, check_ke
 /// is a layer, which is where the names `group_tangents` and `group_kernels` come from;
 /// for a program it is one `Weight`, `Bias` or the readout, however many places use it.
 ///
-/// # Samples are independent
+/// # Samples are independent, unless the model is batch-coupled
 ///
-/// A model's output on a sample depends on that sample and the parameters only, so a
-/// kernel entry $Θ(x_i, x̄_j)$ depends on $x_i$ and $x̄_j$ alone. The kernels rely on
+/// A model's output on a sample usually depends on that sample and the parameters only,
+/// so a kernel entry $Θ(x_i, x̄_j)$ depends on $x_i$ and $x̄_j$ alone. The kernels rely on
 /// it: [`empirical_ntk`](crate::empirical_ntk) calls `group_tangents` on row blocks of
 /// the batch (and on the two batches separately), and
-/// [`empirical_ntk_block`](crate::empirical_ntk_block) on the rows it is asked for. A
-/// model whose outputs couple the samples of a batch (batch normalisation with batch
-/// statistics) breaks this: its tangents of a row block are not the rows of the
-/// batch's. Such a model must compute its kernel from whole batches itself, and refuse
-/// (with an error that says so) any call that would split a batch, rather than return
-/// the kernel of sub-batches.
+/// [`empirical_ntk_block`](crate::empirical_ntk_block) on the rows it is asked for.
+///
+/// A model whose outputs couple the samples of a batch (batch normalisation with batch
+/// statistics, [`Program::batch_norm`](crate::Program::batch_norm)) declares itself by
+/// returning `true` from [`batch_coupled`](NtkModel::batch_coupled). Its tangents of a
+/// batch are then the gradients of each sample's output *with the statistics of the
+/// whole batch* (row $i$ of `group_tangents(x)` is $∇_θ f(x_i; x)$), and its kernel
+/// between two batches is
+///
+/// $$Θ(x_1, x_2)_{ij} = ⟨∇_θ f(x_{1,i}; x_1), ∇_θ f(x_{2,j}; x_2)⟩,$$
+///
+/// each batch with its own statistics ($x_2 = x_1$ gives the kernel within one batch).
+/// The row-block machinery never splits its batches: `empirical_ntk` computes the
+/// tangents of each batch whole, and `empirical_ntk_block` computes the kernel of the
+/// whole batches and cuts out the block asked for (so a block costs as much as the
+/// whole kernel). [`infinite_width_block`](crate::infinite_width_block) does the same
+/// for a batch-coupled [`Program`](crate::Program).
 pub trait NtkModel<T: Scalar>: Sync {
     /// Input dimension $d$ (columns of $x$).
     fn input_dim(&self) -> usize;
@@ -62,6 +73,14 @@ pub trait NtkModel<T: Scalar>: Sync {
     /// [`Error::ShapeMismatch`] if `params.len() != parameter_count()`,
     /// [`Error::NonFinite`] on NaN or infinite entries.
     fn set_parameters(&mut self, params: &DVector<T>) -> Result<()>;
+
+    /// Whether the model's output on a sample depends on the other samples of its batch
+    /// (batch normalisation with batch statistics). `false` by default. A batch-coupled
+    /// model's tangents, kernels and gradients are those of whole batches, which the
+    /// kernels never split (see [the trait documentation](NtkModel)).
+    fn batch_coupled(&self) -> bool {
+        false
+    }
 
     /// $f(x)$: $N × k$.
     ///

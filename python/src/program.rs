@@ -302,6 +302,16 @@ impl Program {
         })
     }
 
+    /// BatchNorm with batch statistics, without affine parameters or ε: per neuron,
+    /// (x − mean)/std over the samples of the batch (std with 1/B). The network then
+    /// couples the samples of a batch: its kernel between two batches computes each
+    /// sample with its own batch's statistics, and a batch is never split.
+    fn batch_norm(&mut self, x: Var) -> PyResult<Var> {
+        Ok(Var {
+            inner: checked(self.inner.batch_norm(x.inner))?,
+        })
+    }
+
     /// Softmax attention with 1/n logits, one output per query:
     /// y_t = Σ_s softmax_s(q_t·k_s/n) v_s. Returns the list of outputs.
     fn attention(

@@ -143,6 +143,37 @@ def test_finite_programs_approach_their_limit(rng):
     assert -1.0 < study.slope < -0.2
 
 
+def batch_norm_program(d, activation):
+    """dense + bias → batch_norm → φ → readout."""
+    p = ntk.Program(d)
+    h = p.add_bias(p.dense(p.weight(1.2), p.input(0, d)), p.bias(0.3))
+    p.output(p.apply(activation, p.batch_norm(h)), 1.0)
+    return p
+
+
+def test_batch_norm_couples_the_samples_of_a_batch(rng):
+    p = batch_norm_program(8, "relu")
+    net = p.init(6, seed=3)
+    x1, x2 = rng.standard_normal((5, 8)), rng.standard_normal((4, 8))
+    j1, j2 = fd_jacobian(net, x1), fd_jacobian(net, x2)
+    # Each batch with its own statistics.
+    assert rel_err(ntk.empirical_ntk(net, x1, x2), j1 @ j2.T) < FINITE_DIFFERENCE
+    assert rel_err(net.jacobian(x1), j1) < FINITE_DIFFERENCE
+    # Three samples alone have other statistics, so other gradients.
+    assert rel_err(fd_jacobian(net, x1[:3]), j1[:3]) > 1e-3
+    # A block keeps the whole batches.
+    block = ntk.empirical_ntk_block(net, x1, x2, (1, 4), (0, 2))
+    assert rel_err(block, (j1 @ j2.T)[1:4, 0:2]) < FINITE_DIFFERENCE
+    # Wide networks approach the limit, within a batch and between two.
+    for b in (x1, x2):
+        limit = ntk.infinite_width(p, x1, b).ntk
+        errors = [rel_err(ntk.empirical_ntk(p.init(4096, seed=s), x1, b), limit) for s in range(3)]
+        assert np.mean(errors) < 0.15
+    # The NTK of a batch of three is infinite: an error, not a number.
+    with pytest.raises(ValueError, match="B ≤ 3"):
+        ntk.infinite_width(p, x1[:3])
+
+
 def test_gradient_flow_against_matrix_functions(rng):
     a = rng.standard_normal((6, 10))
     k = a @ a.T / 10

@@ -185,3 +185,17 @@ def test_flows_match_neural_tangents_gradient_descent_mse():
         # The same through GradientFlow in the crate's units: η t = lr t / y.size.
         flow = ntk.GradientFlow(k, y, f["eta_t_sum_loss"])
         assert rel_err(flow.test(1.0, f0, f0_test, kt), f["f_test_t"]) <= PROGRAMS
+
+
+def test_batch_norm_matches_the_independent_reference():
+    """Erf after BatchNorm on one batch of 6 (tests/data/batchnorm.json): the sphere rule
+    against an independent implementation converged to about 1e-10."""
+    c = load("batchnorm.json")["cases"][0]
+    a = c["architecture"]
+    p = ntk.Program(a["input_dim"])
+    h = p.add_bias(p.dense(p.weight(a["weight_std"]), p.input(0, a["input_dim"])), p.bias(a["bias_std"]))
+    p.output(p.apply(a["activation"], p.batch_norm(h)), a["readout_std"])
+    x = np.array(c["x"])
+    k = ntk.infinite_width(p, x)
+    assert rel_err(k.nngp, c["nngp"]) < 1e-10
+    assert rel_err(k.ntk, c["ntk"]) < 1e-8

@@ -46,6 +46,33 @@ pub struct WidthStudy {
 /// $Θ̊$ is [`infinite_width`](crate::infinite_width)'s NTK, computed once per width
 /// (it depends on the width only in the standard parameterization).
 ///
+/// For a [batch-coupled](crate::NtkModel::batch_coupled) program (with
+/// [`batch_norm`](crate::Program::batch_norm)), `x` is one batch: $Θ_n$ and $Θ̊$ are
+/// the kernels within it, every sample computed with the statistics of the whole of `x`
+/// (the finite kernel is never split into row blocks). Its rate is $n^{−1/2}$ for
+/// batches of $B ≥ 6$ samples and slower at $B = 4, 5$, where the batch norm's
+/// $1/\lVert Ph \rVert^2$ has heavy tails (the module `infinite::batch_norm`'s source
+/// documents the measured slopes); the limit's NTK does not exist at $B ≤ 3$ (an error).
+///
+/// ```
+/// use ntk::nalgebra::DMatrix;
+/// use ntk::{width_convergence, Activation, Program};
+/// # fn main() -> Result<(), ntk::Error> {
+/// // Tensor Programs II's BatchNorm network on one batch of 8.
+/// let mut p = Program::new(10);
+/// let x = p.input(0..10)?;
+/// let w = p.weight(1.0)?;
+/// let h = p.dense(w, x)?;
+/// let z = p.batch_norm(h)?;
+/// let a = p.apply(Activation::Relu, z)?;
+/// p.output(a, 1.0)?;
+/// let x = DMatrix::from_fn(8, 10, |i, j| ((i + 1) as f64 * (j + 2) as f64 * 0.37).sin());
+/// let study = width_convergence(&p, &x, &[128, 2048], &[1, 2, 3, 4])?;
+/// assert!(study.points[1].mean < study.points[0].mean);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// ```
 /// use ntk::nalgebra::DMatrix;
 /// use ntk::{width_convergence, Activation, MlpSpec};

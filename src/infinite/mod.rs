@@ -48,10 +48,27 @@
 //! measures both); an MLP's per-layer split goes through the program recursion, so
 //! there is one general recursion and one fast path.
 //!
+//! ## Batch normalisation
+//!
+//! A program with [`batch_norm`](Program::batch_norm) couples the samples of a batch:
+//! its kernels are kernels between two batches, each sample computed with the
+//! statistics of its own batch ($x_2 = x_1$: within one batch). Each neuron's batch
+//! vector is Gaussian in the limit and batch norm followed by $φ$ is a $B$-input
+//! nonlinearity of it; [`infinite_width`] computes the kernels of chains
+//! `dense (+ add_bias) → batch_norm (→ apply) → … → readout` from its expectations:
+//! 1-D and 2-D integrals for ReLU, LeakyReLU, Abs and no activation (any batch size
+//! $B ≥ 4$, within and between batches), a quadrature on the sphere of centred
+//! directions for smooth φ (within one batch, $B ≤ 6$). The NTK of a batch of $B ≤ 3$
+//! is infinite and an error; so is a batch whose centred second moments are singular.
+//! The source file `infinite/batch_norm.rs` has the derivation and the accuracy
+//! against $B$. [`infinite_width_block`] keeps the batches whole, and
+//! [`InfiniteWidth::group_kernels`] is not computed for such programs (an error).
+//!
 //! The distance between a finite network's NTK and $Θ̊$ shrinks like $n^{−1/2}$;
 //! [`width_convergence`] measures it, for MLPs and programs alike.
 
 mod architecture;
+mod batch_norm;
 pub(crate) mod cache;
 mod convergence;
 mod dual;
@@ -218,6 +235,12 @@ impl InfiniteWidth {
             Described::Mlp(spec) => {
                 engine::Plan::new(spec, &self.rule).kernels(&x1f, x2f.as_ref())?
             }
+            Described::Program(p) if p.batch_coupled() => {
+                let (nngp, ntk) = batch_norm::kernels(p, &x1f, x2f.as_ref(), &self.rule)?;
+                check_kernel(&nngp, "nngp", p)?;
+                check_kernel(&ntk, "ntk", p)?;
+                (nngp, ntk)
+            }
             Described::Program(p) => {
                 let compiled = self.compiled(p, false)?;
                 let mut out = compiled.run(p, &x1f, x2f.as_ref())?.into_iter();
@@ -256,6 +279,9 @@ impl InfiniteWidth {
             Described::Mlp(spec) => (Program::with_widths_of(spec)?, Some(spec.has_bias())),
             Described::Program(p) => (p.clone(), None),
         };
+        if program.batch_coupled() {
+            return Err(batch_norm::no_group_kernels(&program));
+        }
         let compiled = self.compiled(&program, true)?;
         let mut out = compiled
             .run(&program, &x1f, x2f.as_ref())?
@@ -412,6 +438,9 @@ pub fn infinite_width<T: Scalar, A: Architecture + ?Sized>(
 /// As with [`empirical_ntk_block`](crate::empirical_ntk_block), every entry depends
 /// only on its two samples, so a large kernel can be computed tile by tile by any
 /// scheduler (threads, or the tasks of a cluster job array).
+/// A [batch-coupled](Program::batch_coupled) program is the exception: its rows keep
+/// the statistics of their whole batches, so the call computes the kernels between
+/// the whole `x1` and `x2` and returns the block of them.
 ///
 /// A program is compiled on the first call only (see [`infinite_width`]): the tiles of
 /// a loop share one compilation through the process-wide cache. A task that computes
@@ -467,8 +496,22 @@ pub fn infinite_width_block<T: Scalar, A: Architecture + ?Sized>(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) -> Result<Kernels<T>> {
-    let a = select_rows("rows", x1, rows)?;
-    let b = select_rows("cols", x2, cols)?;
+    let a = select_rows("rows", x1, rows.clone())?;
+    let b = select_rows("cols", x2, cols.clone())?;
+    if let Described::Program(p) = architecture.describe(None)?
+        && p.batch_coupled()
+    {
+        // The rows keep the statistics of their whole batches: the whole kernel, cut.
+        let whole = infinite_width(architecture, x1, x2)?;
+        let cut = |m: DMatrix<T>| {
+            m.view((rows.start, cols.start), (rows.len(), cols.len()))
+                .into_owned()
+        };
+        return Ok(Kernels {
+            nngp: cut(whole.nngp),
+            ntk: cut(whole.ntk),
+        });
+    }
     infinite_width(architecture, &a, &b)
 }
 

@@ -51,6 +51,7 @@
 //! | [`concat`](Program::concat)`(&[a₁, …, a_K])` | $(a_1; …; a_K)$, width $Σ$ widths |
 //! | [`apply`](Program::apply)`(φ, h)` | $φ(h)$ entrywise |
 //! | [`layer_norm`](Program::layer_norm)`(x)` | $(x − \operatorname{mean}(x))/\operatorname{std}(x)$ over the coordinates |
+//! | [`batch_norm`](Program::batch_norm)`(x)` | $(x − \operatorname{mean})/\operatorname{std}$ per neuron, over the samples of the batch (batch-coupled) |
 //! | [`attention`](Program::attention)`(&qs, &ks, &vs)` | $y_t = Σ_s \operatorname{softmax}\_s(q_t·k_s/n) v_s$, one per query |
 //! | [`output`](Program::output)`(z, σ_v)` | $f = (σ_v/\sqrt{n_{in}}) vᵀ z$ (+ $σ_b\' b\'$ with a readout bias) |
 //!
@@ -454,6 +455,17 @@ impl Program {
         rng: &mut (impl rand::Rng + ?Sized),
     ) -> Result<ProgramNetwork<T>> {
         ProgramNetwork::init(self, width, rng)
+    }
+
+    /// Whether the program couples the samples of a batch (it has a
+    /// [`batch_norm`](Program::batch_norm)): its network's output on a sample depends on
+    /// the whole batch, and its kernels are kernels between batches (see
+    /// [`NtkModel::batch_coupled`](crate::NtkModel::batch_coupled)).
+    #[must_use]
+    pub fn batch_coupled(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|node| node.op.finite::<f64>().couples_samples())
     }
 
     /// The readout variable and its [`Readout`] (after [`Program::validate`]).

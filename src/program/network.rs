@@ -239,22 +239,37 @@ impl<T: Scalar> ProgramNetwork<T> {
     /// # Errors
     /// Where an operation has no derivative at the batch (LayerNorm of a vector whose
     /// coordinates are all equal).
+    ///
+    /// In a batch-coupled network ([`Program::batch_coupled`]) the outputs are the $N·k$
+    /// pairs (sample $i$, output $c$), block $i·k + c$, and row $j$ of a gradient holds
+    /// $∂f_c(x_i)/∂v(x_j)$ (see [`Gradients`]): one pass carries every sample's gradient
+    /// through the batch statistics.
     fn backward_pass(&self, fwd: &Forward<T>) -> Result<Vec<Option<DMatrix<T>>>> {
         let nodes = &self.program.nodes;
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
+        let coupled = self.program.batch_coupled();
         let mut grads = Gradients {
             nodes,
             slots: vec![None; nodes.len()],
             samples: n,
-            outputs: k,
+            outputs: if coupled { n * k } else { k },
         };
-        // ∂f_c/∂z = s_v V[c, :] for every sample.
+        // ∂f_c(x_i)/∂z(x_j) = δ_ij s_v V[c, :] (without coupling, row i alone).
         let fan_in = self.readout_weights.nrows();
         let sv = self.readout_scale();
-        grads.slots[self.readout_var] = Some(DMatrix::from_fn(n, k * fan_in, |_, col| {
-            sv * self.readout_weights[(col % fan_in, col / fan_in)]
-        }));
+        let v = |col: usize| sv * self.readout_weights[(col % fan_in, (col / fan_in) % k)];
+        grads.slots[self.readout_var] = Some(if coupled {
+            DMatrix::from_fn(n, n * k * fan_in, |j, col| {
+                if col / (k * fan_in) == j {
+                    v(col)
+                } else {
+                    T::zero()
+                }
+            })
+        } else {
+            DMatrix::from_fn(n, k * fan_in, |_, col| v(col))
+        });
         let at = FiniteBackward {
             program: &self.program,
             values: &fwd.values,
@@ -274,14 +289,21 @@ impl<T: Scalar> ProgramNetwork<T> {
     }
 
     /// The tangent features of every group from one forward and one backward pass.
+    ///
+    /// In a batch-coupled network the gradient of $f(x_i)$ with respect to a weight used
+    /// at $h = s_W z W^⊤$ is $s_W Σ_j ∂f(x_i)/∂h(x_j)^⊤ z(x_j)$, a sum over the batch: each
+    /// use becomes $N$ uses, use $j$ with input $z(x_j)$ on every row and output gradient
+    /// $∂f(x_i)/∂h(x_j)$ in row $i$; a bias's gradient is $Σ_j ∂f(x_i)/∂h(x_j)$.
     fn tangents(&self, fwd: &Forward<T>) -> Result<Vec<GroupTangent<T>>> {
         let n = fwd.output.nrows();
         let k = self.readout.outputs;
+        let coupled = self.program.batch_coupled();
+        let blocks = if coupled { n * k } else { k };
         let mut grads = self.backward_pass(fwd)?;
         let mut grad_of = |v: usize, cols: usize| {
             grads[v]
                 .take()
-                .unwrap_or_else(|| DMatrix::zeros(n, k * cols))
+                .unwrap_or_else(|| DMatrix::zeros(n, blocks * cols))
         };
         let mut out = Vec::with_capacity(self.program.groups.len() + 1);
         // A variable may be the input of several dense uses but is the output of one
@@ -290,19 +312,27 @@ impl<T: Scalar> ProgramNetwork<T> {
             match *group {
                 Group::Weight(w) => {
                     let decl = &self.program.weights[w];
-                    let uses = decl
-                        .uses
-                        .iter()
-                        .map(|&u| {
-                            let Op::Dense(dense) = &self.program.nodes[u].op else {
-                                unreachable!("weight uses are dense variables")
-                            };
-                            DenseUse {
-                                input: fwd.values[dense.input].clone(),
-                                output_grad: grad_of(u, self.width),
+                    let mut uses = Vec::with_capacity(decl.uses.len());
+                    for &u in &decl.uses {
+                        let Op::Dense(dense) = &self.program.nodes[u].op else {
+                            unreachable!("weight uses are dense variables")
+                        };
+                        let input = &fwd.values[dense.input];
+                        let g = grad_of(u, self.width);
+                        if coupled {
+                            for (j, output_grad) in by_source(&g, n).into_iter().enumerate() {
+                                uses.push(DenseUse {
+                                    input: DMatrix::from_fn(n, input.ncols(), |_, a| input[(j, a)]),
+                                    output_grad,
+                                });
                             }
-                        })
-                        .collect();
+                        } else {
+                            uses.push(DenseUse {
+                                input: input.clone(),
+                                output_grad: g,
+                            });
+                        }
+                    }
                     out.push(GroupTangent::Dense {
                         weight_scale: self.parameters.weight_scale(&self.program, w),
                         bias_scale: None,
@@ -314,7 +344,20 @@ impl<T: Scalar> ProgramNetwork<T> {
                     let cols = self.parameters.biases[b].len();
                     out.push(GroupTangent::Bias {
                         scale: T::from_f64_lossy(decl.std),
-                        output_grads: decl.uses.iter().map(|&u| grad_of(u, cols)).collect(),
+                        output_grads: decl
+                            .uses
+                            .iter()
+                            .map(|&u| {
+                                let g = grad_of(u, cols);
+                                if coupled {
+                                    by_source(&g, n)
+                                        .into_iter()
+                                        .fold(DMatrix::zeros(n, k * cols), |acc, g| acc + g)
+                                } else {
+                                    g
+                                }
+                            })
+                            .collect(),
                     });
                 }
             }
@@ -330,6 +373,16 @@ impl<T: Scalar> ProgramNetwork<T> {
         });
         Ok(out)
     }
+}
+
+/// A batch-coupled gradient `g` ($N$ rows $j$ × blocks $i·k + c$ of $m$ columns, holding
+/// $∂f_c(x_i)/∂v(x_j)$) split by source sample: entry $j$ is the $N × k·m$ matrix whose row
+/// $i$ holds $∂f(x_i)/∂v(x_j)$, output $c$ in column block $c$.
+fn by_source<T: Scalar>(g: &DMatrix<T>, n: usize) -> Vec<DMatrix<T>> {
+    let km = g.ncols() / n.max(1);
+    (0..n)
+        .map(|j| DMatrix::from_fn(n, km, |i, col| g[(j, i * km + col)]))
+        .collect()
 }
 
 impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
@@ -390,6 +443,11 @@ impl<T: Scalar> NtkModel<T> for ProgramNetwork<T> {
             take(b.as_mut_slice());
         }
         Ok(())
+    }
+
+    /// True when the program has a [`batch_norm`](Program::batch_norm).
+    fn batch_coupled(&self) -> bool {
+        self.program.batch_coupled()
     }
 
     fn forward(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {

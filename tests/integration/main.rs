@@ -7,6 +7,7 @@
 //! `prec.rs`.
 
 mod audit;
+mod batch_norm;
 mod cache;
 mod common;
 mod contract;

@@ -78,6 +78,7 @@ operations! {
     layer_norm::LayerNorm,
     attention::Attend,
     zeros::Zeros,
+    batch_norm::BatchNorm,
 }
 
 pub(crate) use attention::softmax_in_place;
@@ -138,8 +139,12 @@ pub(crate) struct FiniteBackward<'a, T: Scalar> {
     pub(crate) parameters: &'a Parameters<T>,
 }
 
-/// $∂f/∂v$ of every variable $v$, accumulated: $N × (k·\text{columns})$, column block $c$
-/// for output $c$. Variables of input width take none (no parameter lies before them).
+/// $∂f/∂v$ of every variable $v$, accumulated: $N × (\text{outputs}·\text{columns})$,
+/// column block $c$ for output $c$. Without batch coupling the outputs are the model's
+/// $k$ and row $i$ holds $∂f_c(x_i)/∂v(x_i)$; in a batch-coupled network they are the
+/// $N·k$ pairs (sample $i$, output $c$), block $i·k + c$, and row $j$ holds
+/// $∂f_c(x_i)/∂v(x_j)$. The rules are linear in `g` and act on every block alike.
+/// Variables of input width take none (no parameter lies before them).
 pub(crate) struct Gradients<'a, T: Scalar> {
     pub(crate) nodes: &'a [Node],
     pub(crate) slots: Vec<Option<DMatrix<T>>>,
@@ -196,6 +201,14 @@ pub(crate) trait FiniteRule<T: Scalar> {
     /// [`crate::Error::NonFiniteResult`] naming variable `i` and the sample.
     fn differentiable(&self, _at: &FiniteBackward<'_, T>, _i: usize) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether the operation couples the samples of a batch (its value on one sample
+    /// depends on the others: batch normalisation). A program with such an operation is
+    /// batch-coupled: its backward pass carries, for every output sample, the gradient
+    /// with respect to every sample (see [`crate::NtkModel::batch_coupled`]).
+    fn couples_samples(&self) -> bool {
+        false
     }
 
     /// Why the variable's value can fail to be finite on finite inputs, as a clause for
