@@ -284,7 +284,7 @@ def main(out, only=()):
 
     spec = mlp_spec() if ntk is not None else None
     if want("mlp"):
-        mlp_sections(out, manifest, rng, apply_fn, params, kernel_fn, spec)
+        mlp_sections(out, manifest, rng, apply_fn, params, kernel_fn, spec, flat)
     if want("flow"):
         flow_section(out, manifest, rng, kernel_fn)
     if want("cnn"):
@@ -301,7 +301,7 @@ def main(out, only=()):
     print(f"  cargo run --release --example compare_neural_tangents -- {out}")
 
 
-def mlp_sections(out, manifest, rng, apply_fn, params, kernel_fn, spec):
+def mlp_sections(out, manifest, rng, apply_fn, params, kernel_fn, spec, flat):
     manifest["empirical"] = empirical_cases(
         out, apply_fn, params, lambda n: inputs(rng, n), EMPIRICAL_N, "empirical NTK", "emp",
         ours_net=ntk.Mlp.from_parameters(spec, flat) if ntk is not None else None)
