@@ -226,3 +226,14 @@ fn bad_windows_are_errors() {
     assert!(zoo::myrtle(5, (6, 8), 3).is_err());
     let _ = DMatrix::<f64>::zeros(0, 0);
 }
+
+/// The array engine's arrays are P × P per pair: a grid whose arrays cannot be
+/// allocated is `AllocationFailed`, before any work and without an abort.
+#[test]
+fn arrays_too_large_to_allocate_are_an_error() {
+    let program = zoo::Cnn::sequence(200_000, 1).layers(1).program().unwrap();
+    let x = DMatrix::from_element(1, 200_000, 0.5);
+    let err = ntk::infinite_width(&program, &x, &x).unwrap_err();
+    assert!(matches!(err, ntk::Error::AllocationFailed { .. }), "{err}");
+    assert!(err.to_string().contains("200000 positions"), "{err}");
+}
