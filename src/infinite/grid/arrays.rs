@@ -169,7 +169,7 @@ impl Stencil {
         for out in outs.iter_mut() {
             reshape(out, n, n);
         }
-        let mut taps: Vec<(&[Run], &[f64])> = Vec::with_capacity(self.maps.runs.len());
+        let mut taps = Vec::with_capacity(self.maps.runs.len());
         let mut chunks: Vec<_> = outs
             .iter_mut()
             .map(|o| o.as_mut_slice().chunks_exact_mut(n.max(1)))
@@ -182,19 +182,48 @@ impl Stencil {
                     .iter_mut()
                     .map(|c| c.next().expect("an output column")),
             );
-            for (k, column) in columns.iter_mut().enumerate() {
-                column.fill(0.0);
-                let Some(a) = arrays.get(k) else { continue };
-                let m = a.nrows();
-                taps.clear();
-                for (runs, index) in self.maps.runs.iter().zip(&self.maps.index) {
-                    if let Some(q_in) = index[q_out] {
-                        taps.push((runs, &a.as_slice()[q_in * m..(q_in + 1) * m]));
-                    }
-                }
-                add_runs(&taps, column);
-            }
+            self.column(q_out, arrays, &mut columns, &mut taps);
             finish(q_out, &mut columns);
+        }
+    }
+
+    /// [`Stencil::apply`] into `count` columns of scratch: `finish` receives each output
+    /// column of every output and stores what it needs (nothing is kept).
+    pub(crate) fn apply_columns(
+        &self,
+        arrays: &[&DMatrix<f64>],
+        count: usize,
+        mut finish: impl FnMut(usize, &mut [&mut [f64]]),
+    ) {
+        let n = self.outputs;
+        let mut scratch = vec![0.0; n * count];
+        let mut taps = Vec::with_capacity(self.maps.runs.len());
+        for q_out in 0..n {
+            let mut columns: Vec<&mut [f64]> = scratch.chunks_exact_mut(n.max(1)).collect();
+            self.column(q_out, arrays, &mut columns, &mut taps);
+            finish(q_out, &mut columns);
+        }
+    }
+
+    /// Output column `q_out` of `S(a_k)` into `columns[k]` (zero past the arrays).
+    fn column<'a>(
+        &'a self,
+        q_out: usize,
+        arrays: &[&'a DMatrix<f64>],
+        columns: &mut [&mut [f64]],
+        taps: &mut Vec<(&'a [Run], &'a [f64])>,
+    ) {
+        for (k, column) in columns.iter_mut().enumerate() {
+            column.fill(0.0);
+            let Some(a) = arrays.get(k) else { continue };
+            let m = a.nrows();
+            taps.clear();
+            for (runs, index) in self.maps.runs.iter().zip(&self.maps.index) {
+                if let Some(q_in) = index[q_out] {
+                    taps.push((runs, &a.as_slice()[q_in * m..(q_in + 1) * m]));
+                }
+            }
+            add_runs(taps, column);
         }
     }
 }
@@ -205,6 +234,8 @@ impl Stencil {
 pub(crate) struct Pool {
     /// Per output position, its window's input positions.
     windows: Vec<Vec<usize>>,
+    /// Per input position, the output positions whose windows hold it.
+    holders: Vec<Vec<usize>>,
     inputs: usize,
 }
 
@@ -212,7 +243,7 @@ impl Pool {
     /// The pooling with windows `axes` over an input grid of shape `dims`.
     pub(crate) fn new(axes: &[AxisWindows; 2], dims: [usize; 2]) -> Pool {
         let [rows, cols] = axes;
-        let windows = rows
+        let windows: Vec<Vec<usize>> = rows
             .iter()
             .flat_map(|r| {
                 cols.iter().map(move |c| {
@@ -223,9 +254,17 @@ impl Pool {
                 })
             })
             .collect();
+        let inputs = dims[0] * dims[1];
+        let mut holders = vec![Vec::new(); inputs];
+        for (out, window) in windows.iter().enumerate() {
+            for &i in window {
+                holders[i].push(out);
+            }
+        }
         Pool {
             windows,
-            inputs: dims[0] * dims[1],
+            holders,
+            inputs,
         }
     }
 
@@ -237,21 +276,39 @@ impl Pool {
     /// The pooled array into `out`, through `half` (pooled along the second side only).
     pub(crate) fn apply(&self, a: &DMatrix<f64>, half: &mut DMatrix<f64>, out: &mut DMatrix<f64>) {
         debug_assert_eq!(a.shape(), (self.inputs, self.inputs));
-        let n = self.windows.len();
         let m = self.inputs;
-        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
-        let scale = 1.0 / (size * size) as f64;
         // Along the second side (columns), then the first (rows).
-        reshape(half, m, n);
-        for (q, window) in self.windows.iter().enumerate() {
-            let column = &mut half.as_mut_slice()[q * m..(q + 1) * m];
-            column.fill(0.0);
-            for &i in window {
-                for (o, v) in column.iter_mut().zip(&a.as_slice()[i * m..(i + 1) * m]) {
-                    *o += v;
-                }
+        self.start(half);
+        for q in 0..m {
+            self.add_column(q, &a.as_slice()[q * m..(q + 1) * m], half);
+        }
+        self.finish(half, out);
+    }
+
+    /// Zeroes `half`, the array pooled along the second side, for [`Pool::add_column`].
+    pub(crate) fn start(&self, half: &mut DMatrix<f64>) {
+        reshape(half, self.inputs, self.windows.len());
+        half.fill(0.0);
+    }
+
+    /// Adds column `q` of the array being pooled into the columns of `half` whose
+    /// windows hold `q` (columns taken in increasing order sum as [`Pool::apply`] does).
+    pub(crate) fn add_column(&self, q: usize, column: &[f64], half: &mut DMatrix<f64>) {
+        let m = self.inputs;
+        for &out in &self.holders[q] {
+            let target = &mut half.as_mut_slice()[out * m..(out + 1) * m];
+            for (o, v) in target.iter_mut().zip(column) {
+                *o += v;
             }
         }
+    }
+
+    /// The pooled array from `half`: window means along the first side, scaled by
+    /// 1/|w|².
+    pub(crate) fn finish(&self, half: &DMatrix<f64>, out: &mut DMatrix<f64>) {
+        let (m, n) = (self.inputs, self.windows.len());
+        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
+        let scale = 1.0 / (size * size) as f64;
         reshape(out, n, n);
         for q in 0..n {
             let column = &half.as_slice()[q * m..(q + 1) * m];

@@ -417,7 +417,9 @@ impl GridPlan {
             next += 1;
             match step {
                 // Without groups, a convolution and the bias and φ after it run in one
-                // pass over each output column, while it is in cache.
+                // pass over each output column, while it is in cache; an average pooling
+                // after them takes each column as it is made, so the unpooled arrays
+                // are never stored.
                 Step::Conv {
                     stencil,
                     sigma2,
@@ -443,24 +445,50 @@ impl GridPlan {
                     };
                     let carried = work.thetas.len() == 1;
                     let n = stencil.outputs();
-                    let mut outs = [work.free.take(n, n), work.free.take(n, n)];
-                    {
-                        let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
-                            .chain(work.thetas.iter().map(|t| &t.1))
-                            .collect();
-                        stencil.apply(&inputs, &mut outs, |q, columns| {
-                            let [m, t] = columns else {
-                                unreachable!("two outputs")
-                            };
-                            for (t, m) in t.iter_mut().zip(m.iter_mut()) {
-                                let carried_t = if carried { scale_m * *t } else { 0.0 };
-                                *t = carried_t + scale_own * *m + bias_t;
-                                *m = scale_m * *m + bias_m;
+                    // Column q of S(M) and S(Θ) in, of φ's M and Θ out.
+                    let layer_column = |q: usize, columns: &mut [&mut [f64]]| {
+                        let [m, t] = columns else {
+                            unreachable!("two outputs")
+                        };
+                        for (t, m) in t.iter_mut().zip(m.iter_mut()) {
+                            let carried_t = if carried { scale_m * *t } else { 0.0 };
+                            *t = carried_t + scale_own * *m + bias_t;
+                            *m = scale_m * *m + bias_m;
+                        }
+                        dual.eval_column_then(rows, 0, m, cols, q, t, |c, cd, t| (c, t * cd));
+                    };
+                    let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
+                        .chain(work.thetas.iter().map(|t| &t.1))
+                        .collect();
+                    let [m, t] = match self.steps.get(next) {
+                        Some(Step::Pool(pool)) => {
+                            next += 1;
+                            let (wide, narrow) = pool.shape();
+                            let mut halves = [work.free.take(wide, narrow), work.free.take(wide, narrow)];
+                            for half in &mut halves {
+                                pool.start(half);
                             }
-                            dual.eval_column_then(rows, 0, m, cols, q, t, |c, cd, t| (c, t * cd));
-                        });
-                    }
-                    let [m, t] = outs;
+                            stencil.apply_columns(&inputs, 2, |q, columns| {
+                                layer_column(q, columns);
+                                for (column, half) in columns.iter().zip(&mut halves) {
+                                    pool.add_column(q, column, half);
+                                }
+                            });
+                            let pooled = halves.map(|half| {
+                                let mut out = work.free.take(narrow, narrow);
+                                pool.finish(&half, &mut out);
+                                work.free.give(half);
+                                out
+                            });
+                            pooled
+                        }
+                        _ => {
+                            let mut outs = [work.free.take(n, n), work.free.take(n, n)];
+                            stencil.apply(&inputs, &mut outs, layer_column);
+                            outs
+                        }
+                    };
+                    drop(inputs);
                     work.free.give(std::mem::replace(&mut work.m, m));
                     if carried {
                         work.free.give(std::mem::replace(&mut work.thetas[0].1, t));
