@@ -464,7 +464,8 @@ impl GridPlan {
                         Some(Step::Pool(pool)) => {
                             next += 1;
                             let (wide, narrow) = pool.shape();
-                            let mut halves = [work.free.take(wide, narrow), work.free.take(wide, narrow)];
+                            let mut halves =
+                                [work.free.take(wide, narrow), work.free.take(wide, narrow)];
                             for half in &mut halves {
                                 pool.start(half);
                             }
