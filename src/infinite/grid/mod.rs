@@ -475,13 +475,12 @@ impl GridPlan {
                                     pool.add_column(q, column, half);
                                 }
                             });
-                            let pooled = halves.map(|half| {
+                            halves.map(|half| {
                                 let mut out = work.free.take(narrow, narrow);
                                 pool.finish(&half, &mut out);
                                 work.free.give(half);
                                 out
-                            });
-                            pooled
+                            })
                         }
                         _ => {
                             let mut outs = [work.free.take(n, n), work.free.take(n, n)];
