@@ -157,7 +157,7 @@ impl Stencil {
     /// `out_k = S(a_k)` (unscaled: the sum over taps) for every input array, output
     /// column by output column; `finish` then receives that column of every output,
     /// including outputs past the inputs (left zero for it to fill), while it is hot in
-    /// cache. Outputs are resized to the stencil's output positions.
+    /// cache. The outputs are n × n, n the stencil's output positions (entries overwritten).
     pub(crate) fn apply(
         &self,
         arrays: &[&DMatrix<f64>],
@@ -166,8 +166,8 @@ impl Stencil {
     ) {
         let n = self.outputs;
         debug_assert!(outs.len() >= arrays.len());
-        for out in outs.iter_mut() {
-            reshape(out, n, n);
+        for out in outs.iter() {
+            assert_eq!(out.shape(), (n, n), "a stencil's outputs are n × n");
         }
         let mut taps = Vec::with_capacity(self.maps.runs.len());
         let mut chunks: Vec<_> = outs
@@ -287,7 +287,11 @@ impl Pool {
 
     /// Zeroes `half`, the array pooled along the second side, for [`Pool::add_column`].
     pub(crate) fn start(&self, half: &mut DMatrix<f64>) {
-        reshape(half, self.inputs, self.windows.len());
+        assert_eq!(
+            half.shape(),
+            (self.inputs, self.windows.len()),
+            "half-pooled shape"
+        );
         half.fill(0.0);
     }
 
@@ -309,23 +313,13 @@ impl Pool {
         let (m, n) = (self.inputs, self.windows.len());
         let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
         let scale = 1.0 / (size * size) as f64;
-        reshape(out, n, n);
+        assert_eq!(out.shape(), (n, n), "pooled shape");
         for q in 0..n {
             let column = &half.as_slice()[q * m..(q + 1) * m];
             for (p, window) in self.windows.iter().enumerate() {
                 out[(p, q)] = scale * window.iter().map(|&i| column[i]).sum::<f64>();
             }
         }
-    }
-}
-
-/// Gives `m` the shape `rows × cols`, reusing its buffer; the entries are left
-/// unspecified (the caller writes every one).
-pub(crate) fn reshape(m: &mut DMatrix<f64>, rows: usize, cols: usize) {
-    if m.shape() != (rows, cols) {
-        let mut data: Vec<f64> = std::mem::replace(m, DMatrix::zeros(0, 0)).data.into();
-        data.resize(rows * cols, 0.0);
-        *m = DMatrix::from_vec(rows, cols, data);
     }
 }
 
