@@ -9,7 +9,7 @@ use crate::activation::Activation;
 use crate::infinite::expectation::{Rules, Side, Smoothness, mean_moments, pair_moments};
 use crate::infinite::quadrature::GaussHermite;
 
-use super::closed_forms::{Closed, arccos_column, arccos_slice};
+use super::closed_forms::{ArcCosine, Closed, arccos_column, arccos_slice};
 
 /// $Σ_{i,j} w_i w_j (φ(u_{ij}) φ(v_{ij}), φ\'(u_{ij}) φ\'(v_{ij}))$ over the pruned tensor rule in
 /// the Cholesky coordinates $(u, v) = (a z_1, l z_1 + m z_2)$.
@@ -115,6 +115,16 @@ impl Variances {
     /// The variances.
     pub(crate) fn q(&self) -> &[f64] {
         &self.q
+    }
+
+    /// The square roots $\sqrt q$.
+    pub(crate) fn sd(&self) -> &[f64] {
+        &self.sd
+    }
+
+    /// The inverse square roots $1/\sqrt q$ (0 for $q = 0$).
+    pub(crate) fn inv_sd(&self) -> &[f64] {
+        &self.inv_sd
     }
 
     pub(crate) fn new(q: Vec<f64>) -> Variances {
@@ -269,6 +279,33 @@ impl PairDual {
                     (c[i], aux[i]) = then(cc, cd, aux[i]);
                 }
             }
+        }
+    }
+
+    /// The arc-cosine family, when this is its closed form (for
+    /// [`ArcCosine::eval_products`]).
+    pub(crate) fn arc_cosine(&self) -> Option<ArcCosine> {
+        match &self.kind {
+            PairKind::Closed(closed) => ArcCosine::of(closed),
+            _ => None,
+        }
+    }
+
+    /// Entry by entry: `c[i]` holds $\operatorname{Cov}(u_i, v_i)$ on entry, with variances
+    /// `q1[i]` and `q2[i]`; `(c[i], aux[i]) = then(C, Ċ, aux[i])`.
+    pub(crate) fn eval_pairs_then(
+        &self,
+        q1: &[f64],
+        q2: &[f64],
+        c: &mut [f64],
+        aux: &mut [f64],
+        then: impl Fn(f64, f64, f64) -> (f64, f64),
+    ) {
+        let n = c.len();
+        let (q1, q2, aux) = (&q1[..n], &q2[..n], &mut aux[..n]);
+        for i in 0..n {
+            let (cc, cd) = self.eval(q1[i], c[i], q2[i]);
+            (c[i], aux[i]) = then(cc, cd, aux[i]);
         }
     }
 

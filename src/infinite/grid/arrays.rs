@@ -273,6 +273,12 @@ impl Pool {
         (self.inputs, self.windows.len())
     }
 
+    /// The averaging factor $1/|w|^2$.
+    pub(crate) fn scale(&self) -> f64 {
+        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
+        1.0 / (size * size) as f64
+    }
+
     /// The pooled array into `out`, through `half` (pooled along the second side only).
     pub(crate) fn apply(&self, a: &DMatrix<f64>, half: &mut DMatrix<f64>, out: &mut DMatrix<f64>) {
         debug_assert_eq!(a.shape(), (self.inputs, self.inputs));
@@ -311,8 +317,7 @@ impl Pool {
     /// 1/|w|².
     pub(crate) fn finish(&self, half: &DMatrix<f64>, out: &mut DMatrix<f64>) {
         let (m, n) = (self.inputs, self.windows.len());
-        let size: usize = self.windows.iter().map(Vec::len).max().unwrap_or(1);
-        let scale = 1.0 / (size * size) as f64;
+        let scale = self.scale();
         assert_eq!(out.shape(), (n, n), "pooled shape");
         for q in 0..n {
             let column = &half.as_slice()[q * m..(q + 1) * m];

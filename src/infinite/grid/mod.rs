@@ -26,6 +26,7 @@
 //! The variances of each sample come from its own pair $(x, x)$, computed first.
 
 mod arrays;
+mod slices;
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +40,7 @@ use crate::program::{GridLayer, Group, Op, Program, Width};
 use super::dual::{PairDual, Variances};
 use super::quadrature::GaussHermite;
 use arrays::{Pool, Stencil};
+use slices::{Holders, Scratch, Shift, Sink, SliceRun, SliceStep, Source};
 
 /// One layer of a convolutional chain.
 #[derive(Clone, Debug)]
@@ -46,6 +48,11 @@ enum Step {
     /// A convolution: $σ_W^2$, the weight's NTK coefficient $c_W$ and its group.
     Conv {
         stencil: Stencil,
+        /// Its taps along the rows and columns when they are translations (stride 1,
+        /// zero padding or valid windows): then it keeps diagonal slices.
+        shifts: Option<[Shift; 2]>,
+        /// The input grid.
+        grid: [usize; 2],
         sigma2: f64,
         coef: f64,
         group: usize,
@@ -58,8 +65,8 @@ enum Step {
     },
     /// φ of a Gaussian layer; `layer` numbers the φ layers (the per-sample variances).
     Phi { dual: PairDual, layer: usize },
-    /// Average pooling.
-    Pool(Pool),
+    /// Average pooling, and where each position of each axis goes.
+    Pool(Pool, [Holders; 2]),
 }
 
 /// What the readout does to the last layer's arrays.
@@ -89,6 +96,10 @@ pub(crate) struct GridPlan {
     phi_layers: usize,
     /// The largest number of positions of a layer.
     widest: usize,
+    /// The steps as array operations and runs over diagonal slices (without groups).
+    segments: Vec<Segment>,
+    /// The largest number of positions whose arrays the segments store.
+    stored: usize,
 }
 
 /// What kind of vectors a layer holds, for the φ rule's precondition.
@@ -143,14 +154,25 @@ impl GridPlan {
                         if decl.uses.len() != grid.len() {
                             return None;
                         }
+                        let [rows, cols] = &layer.axes;
+                        let [height, width] = layer.input_dims;
+                        let shifts = Shift::of(rows, height).zip(Shift::of(cols, width));
                         backward.push(Step::Conv {
                             stencil: Stencil::new(&layer.axes, columns),
+                            shifts: shifts.map(|(r, c)| [r, c]),
+                            grid: layer.input_dims,
                             sigma2: decl.std * decl.std,
                             coef: decl.ntk_coefficient(),
                             group: group_of(Group::Weight(w))?,
                         });
                     }
-                    None => backward.push(Step::Pool(Pool::new(&layer.axes, layer.input_dims))),
+                    None => backward.push(Step::Pool(
+                        Pool::new(&layer.axes, layer.input_dims),
+                        [
+                            Holders::of_windows(&layer.axes[0], layer.input_dims[0]),
+                            Holders::of_windows(&layer.axes[1], layer.input_dims[1]),
+                        ],
+                    )),
                 }
                 if !grid.iter().all(|&v| hidden_one(v)) {
                     return None;
@@ -224,7 +246,7 @@ impl GridPlan {
                     Kind::Gaussian
                 }
                 Step::Bias { .. } if kind == Kind::Fixed => return None,
-                Step::Bias { .. } | Step::Pool(_) => kind,
+                Step::Bias { .. } | Step::Pool(..) => kind,
                 Step::Phi { layer, .. } => {
                     if kind != Kind::Gaussian {
                         return None;
@@ -238,6 +260,7 @@ impl GridPlan {
         if convolutions == 0 {
             return None;
         }
+        let (segments, stored) = segments(&steps, reduce, starts.len());
         let sv2 = readout.weight_std_value().powi(2);
         let sb2 = readout.bias_std_value().powi(2);
         let (coef_v, coef_b) = program.readout_ntk_coef.unwrap_or((sv2, sb2));
@@ -276,6 +299,8 @@ impl GridPlan {
             results,
             phi_layers,
             widest,
+            segments,
+            stored,
         })
     }
 
@@ -380,9 +405,13 @@ impl GridPlan {
     fn check_memory(&self) -> Result<()> {
         let tangents = self.group_results.as_ref().map_or(1, Vec::len);
         let arrays = 2 * (tangents + 1) + 1;
-        let entries = self
-            .widest
-            .checked_mul(self.widest)
+        let widest = if self.group_results.is_some() {
+            self.widest
+        } else {
+            self.stored
+        };
+        let entries = widest
+            .checked_mul(widest)
             .and_then(|e| e.checked_mul(arrays));
         let fits = entries.is_some_and(|e| {
             e <= isize::MAX as usize / 8 && Vec::<f64>::new().try_reserve_exact(e).is_ok()
@@ -392,28 +421,71 @@ impl GridPlan {
         } else {
             Err(Error::AllocationFailed {
                 what: format!(
-                    "the covariance arrays of a convolutional kernel ({} positions)",
-                    self.widest
+                    "the covariance arrays of a convolutional kernel ({widest} positions)"
                 ),
-                size: format!("{arrays} arrays of {0} × {0} f64 per thread", self.widest),
+                size: format!("{arrays} arrays of {widest} × {widest} f64 per thread"),
             })
         }
     }
 
     /// The results at one pair of samples.
     fn pair(&self, a: &Pixels, b: &Pixels, mut sides: Sides<'_>, work: &mut Workspace) -> Vec<f64> {
+        for (_, t) in work.thetas.drain(..) {
+            work.free.give(t);
+        }
+        if self.group_results.is_some() {
+            self.gram(a, b, work);
+            self.steps(0..self.steps.len(), &mut sides, work);
+            return self.readout_of_arrays(work);
+        }
+        for segment in &self.segments {
+            match segment {
+                Segment::Arrays(range) => {
+                    if range.start == 0 {
+                        self.gram(a, b, work);
+                    }
+                    self.steps(range.clone(), &mut sides, work);
+                }
+                Segment::Slices { run, from_pixels } => {
+                    let n = run.output_positions().unwrap_or(0);
+                    let mut out = [work.free.take(n, n), work.free.take(n, n)];
+                    let source = if *from_pixels {
+                        Source::Pixels(&a.0, &b.0)
+                    } else {
+                        Source::Arrays(&work.m, work.thetas.first().map(|t| &t.1))
+                    };
+                    let [m, t] = run.run(source, &mut sides, &mut out, &mut work.slices);
+                    if n == 0 {
+                        // The readout's reductions: the last segment.
+                        return self.readout(m, [(1, t)]);
+                    }
+                    let [om, ot] = out;
+                    work.free.give(std::mem::replace(&mut work.m, om));
+                    for (_, t) in work.thetas.drain(..) {
+                        work.free.give(t);
+                    }
+                    work.thetas.push((1, ot));
+                }
+            }
+        }
+        self.readout_of_arrays(work)
+    }
+
+    /// The position Gram $M(p, q) = x_p · x̄_q / C$ into the workspace.
+    fn gram(&self, a: &Pixels, b: &Pixels, work: &mut Workspace) {
         let c = self.channels;
         let positions = self.starts.len();
         work.free.fit(&mut work.m, positions, positions);
         work.m.gemm(1.0 / c as f64, &a.0, &b.1, 0.0);
-        // The NTK arrays: one (Θ), or one per group with its result index; their
-        // buffers are reused from the last pair.
+    }
+
+    /// The array operations of `range`, on the workspace's arrays (no group without
+    /// groups: the weight's own terms fold into the one Θ).
+    fn steps(&self, range: std::ops::Range<usize>, sides: &mut Sides<'_>, work: &mut Workspace) {
         let grouped = self.group_results.is_some();
-        for (_, t) in work.thetas.drain(..) {
-            work.free.give(t);
-        }
-        let mut next = 0;
-        while let Some(step) = self.steps.get(next) {
+        let steps = &self.steps[..range.end];
+        let mut next = range.start;
+        while let Some(step) = steps.get(next) {
             next += 1;
             match step {
                 // Without groups, a convolution and the bias and φ after it run in one
@@ -425,12 +497,12 @@ impl GridPlan {
                     sigma2,
                     coef,
                     ..
-                } if !grouped && matches!(self.fused_phi(next), Some((_, _, _))) => {
-                    let (bias, dual, layer) = self.fused_phi(next).expect("checked");
+                } if !grouped && matches!(fused_phi(steps, next), Some((_, _, _))) => {
+                    let (bias, dual, layer) = fused_phi(steps, next).expect("checked");
                     next += 1 + usize::from(bias.is_some());
                     let (scale_m, scale_own) = (sigma2 * stencil.scale(), coef * stencil.scale());
                     let (bias_m, bias_t) = bias.unwrap_or((0.0, 0.0));
-                    let (rows, cols) = match &mut sides {
+                    let (rows, cols) = match sides {
                         Sides::Own(record) => {
                             let diagonal = stencil
                                 .diagonal(&work.m)
@@ -460,8 +532,8 @@ impl GridPlan {
                     let inputs: Vec<&DMatrix<f64>> = std::iter::once(&work.m)
                         .chain(work.thetas.iter().map(|t| &t.1))
                         .collect();
-                    let [m, t] = match self.steps.get(next) {
-                        Some(Step::Pool(pool)) => {
+                    let [m, t] = match steps.get(next) {
+                        Some(Step::Pool(pool, _)) => {
                             next += 1;
                             let (wide, narrow) = pool.shape();
                             let mut halves =
@@ -501,6 +573,7 @@ impl GridPlan {
                     sigma2,
                     coef,
                     group,
+                    ..
                 } => {
                     let (scale_m, scale_own) = (sigma2 * stencil.scale(), coef * stencil.scale());
                     let k = work.thetas.len();
@@ -560,7 +633,7 @@ impl GridPlan {
                     }
                 }
                 Step::Phi { dual, layer } => {
-                    let (rows, cols) = match &mut sides {
+                    let (rows, cols) = match sides {
                         Sides::Own(record) => {
                             record
                                 .push(Variances::new(work.m.diagonal().iter().copied().collect()));
@@ -588,7 +661,7 @@ impl GridPlan {
                         }
                     }
                 }
-                Step::Pool(pool) => {
+                Step::Pool(pool, _) => {
                     let (inputs, outputs) = pool.shape();
                     let mut half = work.free.take(inputs, outputs);
                     for a in
@@ -602,21 +675,34 @@ impl GridPlan {
                 }
             }
         }
+    }
+
+    /// The readout's results from the workspace's arrays.
+    fn readout_of_arrays(&self, work: &Workspace) -> Vec<f64> {
         let reduce = |a: &DMatrix<f64>| match self.reduce {
             Reduce::All { scale } => a.sum() * scale,
             Reduce::Diagonal => a.trace() / a.nrows() as f64,
         };
+        self.readout(
+            reduce(&work.m),
+            work.thetas.iter().map(|(slot, t)| (*slot, reduce(t))),
+        )
+    }
+
+    /// The results from the readout's reduction $R$ of $M$ and of each Θ array (with its
+    /// result index).
+    fn readout(&self, m: f64, thetas: impl IntoIterator<Item = (usize, f64)>) -> Vec<f64> {
+        let grouped = self.group_results.is_some();
         let [sv2, sb2, coef_v, coef_b] = self.readout;
-        let m = reduce(&work.m);
         let mut values = vec![0.0; self.results];
         values[0] = sv2 * m + sb2;
         let readout_bias = if sb2 > 0.0 { coef_b } else { 0.0 };
         let mut ntk = coef_v * m + readout_bias;
-        for (slot, t) in &work.thetas {
-            let term = sv2 * reduce(t);
+        for (slot, t) in thetas {
+            let term = sv2 * t;
             ntk += term;
             if grouped {
-                values[*slot] = term;
+                values[slot] = term;
             }
         }
         values[1] = ntk;
@@ -630,28 +716,132 @@ impl GridPlan {
         values
     }
 
-    /// The steps a convolution fuses with when `next` follows it: an optional bias
-    /// ($σ_b^2$, $c_b$), then φ (its dual and layer number).
-    fn fused_phi(&self, next: usize) -> Option<FusedPhi<'_>> {
-        let (bias, at) = match self.steps.get(next) {
-            Some(Step::Bias { sigma2, coef, .. }) => (Some((*sigma2, *coef)), next + 1),
-            _ => (None, next),
-        };
-        match self.steps.get(at) {
-            Some(Step::Phi { dual, layer }) => Some((bias, dual, *layer)),
-            _ => None,
-        }
-    }
-
     /// The result index of a group's own NTK array (1, Θ̊ itself, without groups).
     fn slot(&self, group: usize) -> usize {
         self.group_results.as_ref().map_or(1, |slots| slots[group])
     }
 }
 
+/// The steps a convolution fuses with when `steps[next]` follows it: an optional bias
+/// ($σ_b^2$, $c_b$), then φ (its dual and layer number).
+fn fused_phi(steps: &[Step], next: usize) -> Option<FusedPhi<'_>> {
+    let (bias, at) = match steps.get(next) {
+        Some(Step::Bias { sigma2, coef, .. }) => (Some((*sigma2, *coef)), next + 1),
+        _ => (None, next),
+    };
+    match steps.get(at) {
+        Some(Step::Phi { dual, layer }) => Some((bias, dual, *layer)),
+        _ => None,
+    }
+}
+
 /// What a convolution fuses with: an optional bias ($σ_b^2$, $c_b$), then φ's dual and
 /// its layer number.
 type FusedPhi<'a> = (Option<(f64, f64)>, &'a PairDual, usize);
+
+/// A stretch of a plan's steps, as the pair of samples runs through it (without groups).
+#[derive(Debug)]
+enum Segment {
+    /// Array operations on the workspace's arrays.
+    Arrays(std::ops::Range<usize>),
+    /// A run over diagonal slices, from the pixels or the workspace's arrays.
+    Slices { run: SliceRun, from_pixels: bool },
+}
+
+/// The plan's steps as segments: every stride-1 convolution (zero padding or valid)
+/// starts a run over diagonal slices that takes in the biases, φ and further such
+/// convolutions after it, and ends in the average pooling that follows, the readout,
+/// or arrays for the next step. With the largest number of positions whose arrays
+/// are stored.
+fn segments(steps: &[Step], reduce: Reduce, pixels: usize) -> (Vec<Segment>, usize) {
+    let mut segments = Vec::new();
+    let (mut k, mut plain) = (0, 0);
+    let mut stored = 0;
+    while k < steps.len() {
+        let Step::Conv {
+            shifts: Some(_),
+            grid,
+            ..
+        } = &steps[k]
+        else {
+            stored = stored.max(match &steps[k] {
+                Step::Conv { stencil, .. } => stencil.outputs(),
+                Step::Pool(pool, _) => pool.shape().1,
+                _ => 0,
+            });
+            k += 1;
+            continue;
+        };
+        if plain < k {
+            if plain == 0 {
+                stored = stored.max(pixels);
+            }
+            segments.push(Segment::Arrays(plain..k));
+        }
+        let (start, grid) = (k, *grid);
+        let mut run = Vec::new();
+        while let Some(step) = steps.get(k) {
+            run.push(match step {
+                Step::Conv {
+                    stencil,
+                    shifts: Some(shifts),
+                    sigma2,
+                    coef,
+                    ..
+                } => {
+                    SliceStep::Conv {
+                        shifts: shifts.clone(),
+                        scale_m: sigma2 * stencil.scale(),
+                        scale_own: coef * stencil.scale(),
+                    }
+                }
+                Step::Bias { sigma2, coef, .. } => SliceStep::Bias {
+                    m: *sigma2,
+                    t: *coef,
+                },
+                Step::Phi { dual, layer } => SliceStep::Phi {
+                    dual: dual.clone(),
+                    layer: *layer,
+                },
+                _ => break,
+            });
+            k += 1;
+        }
+        let sink = match steps.get(k) {
+            Some(Step::Pool(pool, [rows, cols])) => {
+                k += 1;
+                Sink::Arrays {
+                    rows: rows.clone(),
+                    cols: cols.clone(),
+                    scale: pool.scale(),
+                }
+            }
+            Some(_) => Sink::Arrays {
+                rows: Holders::identity(grid[0]),
+                cols: Holders::identity(grid[1]),
+                scale: 1.0,
+            },
+            None => match reduce {
+                Reduce::All { scale } => Sink::Sum { scale },
+                Reduce::Diagonal => Sink::Diagonal,
+            },
+        };
+        let run = SliceRun::new(grid, run, sink);
+        stored = stored.max(run.output_positions().unwrap_or(0));
+        segments.push(Segment::Slices {
+            run,
+            from_pixels: start == 0,
+        });
+        plain = k;
+    }
+    if plain < steps.len() {
+        if plain == 0 {
+            stored = stored.max(pixels);
+        }
+        segments.push(Segment::Arrays(plain..steps.len()));
+    }
+    (segments, stored)
+}
 
 /// A sample's pixels, one row per position and one column per channel, and their
 /// transpose.
@@ -670,6 +860,8 @@ enum Sides<'a> {
 struct Workspace {
     m: DMatrix<f64>,
     thetas: Vec<(usize, DMatrix<f64>)>,
+    /// The buffers of a run over diagonal slices.
+    slices: Scratch,
     /// Arrays free for the next use.
     free: Buffers,
 }
