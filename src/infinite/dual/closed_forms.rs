@@ -201,63 +201,28 @@ pub(super) fn arccos_column<F: Fn(f64, f64, f64) -> (f64, f64)>(
     }
 }
 
-/// The arc-cosine family $φ = a·\min(x, 0) + b·\max(x, 0)$ ($φ'(0)$ = `d0`), for
-/// entry-wise duals over pairs whose square roots the caller has multiplied already.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ArcCosine {
-    a: f64,
-    b: f64,
-    d0: f64,
-}
-
-impl ArcCosine {
-    /// The family member of a closed form, if it is one.
-    pub(crate) fn of(closed: &Closed) -> Option<ArcCosine> {
-        match *closed {
-            Closed::ArcCos { a, b, d0 } => Some(ArcCosine { a, b, d0 }),
-            _ => None,
-        }
-    }
-
-    /// $E φ'(u)$ for $u ∼ N(0, q)$: $(a + b)/2$, or $φ'(0)$ at $q = 0$.
-    #[inline(always)]
-    pub(crate) fn mean_derivative(&self, q: f64) -> f64 {
-        arccos_side(self.a, self.b, self.d0, q)
-    }
-
-    /// Entry by entry, from `c[i]` = Cov(u, v), `std[i]` = $σ_uσ_v$, `inv[i]` = $1/(σ_uσ_v)$
-    /// (0 where that is 0) and `zero[i]` = $E φ'(u) E φ'(v)$ (Ċ where a variance is 0):
-    /// `(c[i], aux[i]) = then(C, Ċ, aux[i])`. Multiversioned like [`arccos_slice`].
-    pub(crate) fn eval_products(
-        &self,
-        [std, inv, zero]: [&[f64]; 3],
-        c: &mut [f64],
-        aux: &mut [f64],
-        then: impl Fn(f64, f64, f64) -> (f64, f64),
-    ) {
-        arccos_products((self.a, self.b), [std, inv, zero], c, aux, then);
-    }
-}
-
-/// [`ArcCosine::eval_products`].
+/// [`arccos_column`] with both sides varying: entry `i` pairs position `i` of the first
+/// side with position `i` of the second (see
+/// [`PairDual::eval_pairs_then`](super::PairDual::eval_pairs_then)).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-fn arccos_products<F: Fn(f64, f64, f64) -> (f64, f64)>(
-    (a, b): (f64, f64),
-    [std, inv, zero]: [&[f64]; 3],
+pub(super) fn arccos_pairs<F: Fn(f64, f64, f64) -> (f64, f64)>(
+    (a, b, d0): (f64, f64, f64),
+    [q1, sd1, inv_sd1]: [&[f64]; 3],
+    [q2, sd2, inv_sd2]: [&[f64]; 3],
     c: &mut [f64],
     aux: &mut [f64],
     then: F,
 ) {
     let n = c.len();
-    let (std, inv, zero, aux) = (&std[..n], &inv[..n], &zero[..n], &mut aux[..n]);
+    let (q1, sd1, inv_sd1) = (&q1[..n], &sd1[..n], &inv_sd1[..n]);
+    let (q2, sd2, inv_sd2, aux) = (&q2[..n], &sd2[..n], &inv_sd2[..n], &mut aux[..n]);
     for i in 0..n {
-        let rho = fastmath::correlation(c[i] * inv[i]);
-        let (unit, d) = arccos_unit(a, b, rho);
-        let cd = if std[i] > 0.0 { d } else { zero[i] };
-        (c[i], aux[i]) = then(std[i] * unit, cd, aux[i]);
+        let rho = fastmath::correlation((c[i] * inv_sd1[i]) * inv_sd2[i]);
+        let (cc, cd) = arccos_at(a, b, d0, sd1[i] * sd2[i], rho, q1[i], q2[i]);
+        (c[i], aux[i]) = then(cc, cd, aux[i]);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::activation::Activation;
 use crate::infinite::expectation::{Rules, Side, Smoothness, mean_moments, pair_moments};
 use crate::infinite::quadrature::GaussHermite;
 
-use super::closed_forms::{ArcCosine, Closed, arccos_column, arccos_slice};
+use super::closed_forms::{Closed, arccos_column, arccos_pairs, arccos_slice};
 
 /// $Σ_{i,j} w_i w_j (φ(u_{ij}) φ(v_{ij}), φ\'(u_{ij}) φ\'(v_{ij}))$ over the pruned tensor rule in
 /// the Cholesky coordinates $(u, v) = (a z_1, l z_1 + m z_2)$.
@@ -282,27 +282,24 @@ impl PairDual {
         }
     }
 
-    /// The arc-cosine family, when this is its closed form (for
-    /// [`ArcCosine::eval_products`]).
-    pub(crate) fn arc_cosine(&self) -> Option<ArcCosine> {
-        match &self.kind {
-            PairKind::Closed(closed) => ArcCosine::of(closed),
-            _ => None,
-        }
-    }
-
-    /// Entry by entry: `c[i]` holds $\operatorname{Cov}(u_i, v_i)$ on entry, with variances
-    /// `q1[i]` and `q2[i]`; `(c[i], aux[i]) = then(C, Ċ, aux[i])`.
+    /// As [`PairDual::eval_column_then`] with both sides varying: `c[i]` holds
+    /// $\operatorname{Cov}(u_i, v_i)$ on entry; `first` and `second` hold the two sides'
+    /// variances, their square roots and inverse square roots (0 for a zero variance),
+    /// entry by entry. `(c[i], aux[i]) = then(C, Ċ, aux[i])`.
     pub(crate) fn eval_pairs_then(
         &self,
-        q1: &[f64],
-        q2: &[f64],
+        first: [&[f64]; 3],
+        second: [&[f64]; 3],
         c: &mut [f64],
         aux: &mut [f64],
         then: impl Fn(f64, f64, f64) -> (f64, f64),
     ) {
         let n = c.len();
-        let (q1, q2, aux) = (&q1[..n], &q2[..n], &mut aux[..n]);
+        if let PairKind::Closed(Closed::ArcCos { a, b, d0 }) = &self.kind {
+            arccos_pairs((*a, *b, *d0), first, second, c, aux, then);
+            return;
+        }
+        let (q1, q2, aux) = (&first[0][..n], &second[0][..n], &mut aux[..n]);
         for i in 0..n {
             let (cc, cd) = self.eval(q1[i], c[i], q2[i]);
             (c[i], aux[i]) = then(cc, cd, aux[i]);

@@ -29,17 +29,6 @@ use crate::program::AxisWindows;
 
 use super::Sides;
 
-/// The positions of an axis of `n` whose partner at difference `d` is on it too.
-fn span(n: usize, d: isize) -> Range<usize> {
-    let n = n as isize;
-    let (lo, hi) = ((-d).max(0), (n - d).min(n));
-    if hi <= lo {
-        0..0
-    } else {
-        lo as usize..hi as usize
-    }
-}
-
 /// A stride-1 zero-padded convolution's taps along one axis: output $i$ reads input
 /// $i + o$ for each offset $o$, zero past the axis (a tap that reads nothing anywhere
 /// is dropped); the outputs are the inputs' positions.
@@ -185,6 +174,8 @@ pub(super) struct SliceRun {
     sink: Sink,
     /// The zero border a slice needs along the rows and the columns: the farthest tap.
     pads: [usize; 2],
+    /// The number of φ steps.
+    phis: usize,
 }
 
 /// What a run starts from.
@@ -195,7 +186,8 @@ pub(super) enum Source<'a> {
     Arrays(&'a DMatrix<f64>, Option<&'a DMatrix<f64>>),
 }
 
-/// A thread's slice buffers, reused from slice to slice.
+/// A thread's buffers for one run, reused from slice to slice (every buffer has the
+/// run's [`Layout`]).
 #[derive(Default)]
 pub(super) struct Scratch {
     m: Vec<f64>,
@@ -203,58 +195,59 @@ pub(super) struct Scratch {
     sm: Vec<f64>,
     st: Vec<f64>,
     tmp: Vec<f64>,
-    /// The two sides' variances, square roots and inverse square roots.
-    variances: [Vec<f64>; 6],
+    /// The second sample's variances, square roots and inverse square roots at each
+    /// position's partner.
+    partner: [Vec<f64>; 3],
+    /// Per φ step, the first sample's (built at its first use in a pair).
+    first: Vec<Option<[Vec<f64>; 3]>>,
 }
 
-/// Where a slice's entries are in its buffers: its rectangle of rows × columns of the
-/// grid, with a zero border of `pads` rows and columns (so that a box filter is a sum
-/// of shifted copies of the whole buffer), row-major with `stride` entries a row.
+/// The buffers of a run: the grid's positions row-major, in a border of `pads` rows
+/// and columns (zero in the arrays, so that a box filter is a sum of shifted copies of
+/// the whole buffer; 1 in the variances), `stride` entries a row.
+#[derive(Clone, Copy)]
 struct Layout {
-    rows: usize,
-    cols: usize,
+    grid: [usize; 2],
     pads: [usize; 2],
     stride: usize,
     total: usize,
 }
 
 impl Layout {
-    fn new(rows: usize, cols: usize, pads: [usize; 2]) -> Layout {
-        let stride = cols + 2 * pads[1];
+    fn new(grid: [usize; 2], pads: [usize; 2]) -> Layout {
+        let stride = grid[1] + 2 * pads[1];
         Layout {
-            rows,
-            cols,
+            grid,
             pads,
             stride,
-            total: (rows + 2 * pads[0]) * stride,
+            total: (grid[0] + 2 * pads[0]) * stride,
         }
     }
 
-    /// The rows of the rectangle, border columns included.
+    /// The grid's rows, border columns included.
     fn inner(&self) -> Range<usize> {
-        self.pads[0] * self.stride..(self.pads[0] + self.rows) * self.stride
+        self.pads[0] * self.stride..(self.pads[0] + self.grid[0]) * self.stride
     }
 
-    /// Row `r` of the rectangle.
-    fn row(&self, r: usize) -> Range<usize> {
-        let start = (self.pads[0] + r) * self.stride + self.pads[1];
-        start..start + self.cols
+    /// Where position (i, j) is.
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> usize {
+        (self.pads[0] + i) * self.stride + self.pads[1] + j
     }
 
-    /// Zeroes the border columns of the rectangle's rows.
-    fn clear_columns(&self, buffer: &mut [f64]) {
-        self.fill_columns(buffer, 0.0);
+    /// Grid row `i`.
+    #[inline(always)]
+    fn row(&self, i: usize) -> Range<usize> {
+        let start = self.at(i, 0);
+        start..start + self.grid[1]
     }
 
-    /// Sets the border columns of the rectangle's rows to `value`.
+    /// Sets the border columns of the grid's rows to `value`.
     #[inline(always)]
     fn fill_columns(&self, buffer: &mut [f64], value: f64) {
         let pad = self.pads[1];
-        if pad == 0 {
-            return;
-        }
-        for r in 0..self.rows {
-            let row = self.row(r);
+        for i in 0..self.grid[0] {
+            let row = self.row(i);
             for k in 0..pad {
                 buffer[row.start - pad + k] = value;
                 buffer[row.end + k] = value;
@@ -262,12 +255,50 @@ impl Layout {
         }
     }
 
-    /// Zeroes the whole border.
-    fn clear(&self, buffer: &mut [f64]) {
+    /// Sets the whole border to `value`.
+    fn fill_border(&self, buffer: &mut [f64], value: f64) {
         let inner = self.inner();
-        buffer[..inner.start].fill(0.0);
-        buffer[inner.end..self.total].fill(0.0);
-        self.clear_columns(buffer);
+        buffer[..inner.start].fill(value);
+        buffer[inner.end..self.total].fill(value);
+        self.fill_columns(buffer, value);
+    }
+}
+
+/// A circular difference δ = (d, e), 0 ≤ d < H, 0 ≤ e < W, and where its wraps are.
+///
+/// The slice of δ holds $A(p, p ⊕ δ)$ at every position $p$, $⊕$ modulo the grid: the
+/// four true slices of differences $(d, e)$, $(d − H, e)$, $(d, e − W)$ and $(d − H, e − W)$
+/// side by side, split by the seams before row $H − d$ and column $W − e$. A filter
+/// treats a seam as the grid's edge.
+#[derive(Clone, Copy)]
+struct Difference {
+    d: usize,
+    e: usize,
+    /// The first row and column past a seam (the grid's size when there is none).
+    seams: [usize; 2],
+}
+
+impl Difference {
+    fn new(d: usize, e: usize, [h, w]: [usize; 2]) -> Difference {
+        Difference {
+            d,
+            e,
+            seams: [h - d, w - e],
+        }
+    }
+
+    /// The partner's row of row `i`.
+    #[inline(always)]
+    fn partner_row(&self, i: usize, h: usize) -> usize {
+        (i + self.d) % h
+    }
+
+    /// Row `i`'s positions, as runs `(j, l, n)`: columns `j..j + n` pair with the
+    /// partner row's columns `l..l + n`.
+    #[inline(always)]
+    fn pieces(&self, w: usize) -> [(usize, usize, usize); 2] {
+        let cut = self.seams[1];
+        [(0, self.e, cut), (cut, 0, w - cut)]
     }
 }
 
@@ -275,11 +306,16 @@ impl SliceRun {
     /// The run of `steps` on a grid of `grid` positions into `sink`.
     pub(super) fn new(grid: [usize; 2], steps: Vec<SliceStep>, sink: Sink) -> SliceRun {
         let mut pads = [0, 0];
+        let mut phis = 0;
         for step in &steps {
-            if let SliceStep::Conv { shifts, .. } = step {
-                for (pad, shift) in pads.iter_mut().zip(shifts) {
-                    *pad = (*pad).max(shift.reach());
+            match step {
+                SliceStep::Conv { shifts, .. } => {
+                    for (pad, shift) in pads.iter_mut().zip(shifts) {
+                        *pad = (*pad).max(shift.reach());
+                    }
                 }
+                SliceStep::Phi { .. } => phis += 1,
+                SliceStep::Bias { .. } => {}
             }
         }
         SliceRun {
@@ -287,6 +323,7 @@ impl SliceRun {
             steps,
             sink,
             pads,
+            phis,
         }
     }
 
@@ -308,19 +345,23 @@ impl SliceRun {
         scratch: &mut Scratch,
     ) -> [f64; 2] {
         let [h, w] = self.grid;
-        let size = Layout::new(h, w, self.pads).total;
+        let layout = Layout::new(self.grid, self.pads);
         for buffer in [
             &mut scratch.m,
             &mut scratch.t,
             &mut scratch.sm,
             &mut scratch.st,
             &mut scratch.tmp,
-        ]
-        .into_iter()
-        .chain(scratch.variances.iter_mut())
-        {
-            buffer.resize(size, 0.0);
+        ] {
+            buffer.resize(layout.total, 0.0);
+            layout.fill_border(buffer, 0.0);
         }
+        for buffer in &mut scratch.partner {
+            buffer.resize(layout.total, 1.0);
+            layout.fill_border(buffer, 1.0);
+        }
+        scratch.first.clear();
+        scratch.first.resize(self.phis, None);
         if let Sink::Arrays { .. } = self.sink {
             for o in out.iter_mut() {
                 o.fill(0.0);
@@ -329,16 +370,23 @@ impl SliceRun {
         let own = matches!(sides, Sides::Own(_));
         let mut sums = [0.0; 2];
         // δ = 0 first: a sample's own variances come from it.
-        slice(self, (0, 0), false, &source, sides, out, scratch, &mut sums);
+        let at = |d, e| Difference::new(d, e, self.grid);
+        let context = Context {
+            run: self,
+            layout,
+            source: &source,
+        };
+        slice(&context, at(0, 0), false, sides, out, scratch, &mut sums);
         if !matches!(self.sink, Sink::Diagonal) {
-            let (h, w) = (h as isize, w as isize);
-            for d in 1 - h..h {
-                for e in 1 - w..w {
-                    let upper = d > 0 || (d == 0 && e > 0);
-                    if (d, e) == (0, 0) || (own && !upper) {
+            for d in 0..h {
+                for e in 0..w {
+                    // A sample with itself: δ and −δ are each other's transposes.
+                    let negated = ((h - d) % h, (w - e) % w);
+                    if (d, e) == (0, 0) || (own && (d, e) > negated) {
                         continue;
                     }
-                    slice(self, (d, e), own, &source, sides, out, scratch, &mut sums);
+                    let mirrored = own && (d, e) != negated;
+                    slice(&context, at(d, e), mirrored, sides, out, scratch, &mut sums);
                 }
             }
         }
@@ -355,8 +403,15 @@ impl SliceRun {
     }
 }
 
-/// One slice through the run into the sink; `mirrored`: slice −δ is its transpose
-/// (a sample with itself), stored or summed with it. Multiversioned (AVX-512, AVX2,
+/// What every slice of a run shares.
+struct Context<'a> {
+    run: &'a SliceRun,
+    layout: Layout,
+    source: &'a Source<'a>,
+}
+
+/// One slice through the run into the sink; `mirrored`: slice −δ is its transpose (a
+/// sample with itself), stored or summed with it. Multiversioned (AVX-512, AVX2,
 /// baseline; the same IEEE results).
 #[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets(
@@ -364,21 +419,20 @@ impl SliceRun {
     "x86_64+avx2+fma"
 ))]
 fn slice(
-    run: &SliceRun,
-    (d, e): (isize, isize),
+    context: &Context<'_>,
+    delta: Difference,
     mirrored: bool,
-    source: &Source<'_>,
     sides: &mut Sides<'_>,
     out: &mut [DMatrix<f64>; 2],
     scratch: &mut Scratch,
     sums: &mut [f64; 2],
 ) {
+    let Context {
+        run,
+        layout,
+        source,
+    } = context;
     let [h, w] = run.grid;
-    let (rows, cols) = (span(h, d), span(w, e));
-    if rows.is_empty() || cols.is_empty() {
-        return;
-    }
-    let layout = Layout::new(rows.len(), cols.len(), run.pads);
     let inner = layout.inner();
     let Scratch {
         m,
@@ -386,59 +440,64 @@ fn slice(
         sm,
         st,
         tmp,
-        variances,
+        partner,
+        first,
     } = scratch;
-    // Grid position of the first sample at the start of rectangle row r, and its
-    // partner's.
-    let first = |r: usize| (rows.start + r) * w + cols.start;
-    let partner = |p: usize| (p as isize + d * w as isize + e) as usize;
     let mut has_t = false;
     match source {
         Source::Pixels(a, b) => {
             let channels = a.ncols();
             let scale = 1.0 / channels as f64;
-            for r in 0..layout.rows {
-                let (p, dst) = (first(r), &mut m[layout.row(r)]);
-                let q = partner(p);
-                for k in 0..channels {
-                    let (x, y) = (a.column(k), b.column(k));
-                    let (x, y) = (&x.as_slice()[p..p + dst.len()], &y.as_slice()[q..]);
-                    if k == 0 {
-                        for ((o, x), y) in dst.iter_mut().zip(x).zip(y) {
-                            *o = x * y;
-                        }
-                    } else {
-                        for ((o, x), y) in dst.iter_mut().zip(x).zip(y) {
-                            *o += x * y;
+            for i in 0..h {
+                let k = delta.partner_row(i, h);
+                let row = layout.row(i);
+                for (j, l, n) in delta.pieces(w) {
+                    let dst = &mut m[row.start + j..row.start + j + n];
+                    let (p, q) = (i * w + j, k * w + l);
+                    for c in 0..channels {
+                        let (x, y) = (a.column(c), b.column(c));
+                        let (x, y) = (&x.as_slice()[p..p + n], &y.as_slice()[q..q + n]);
+                        if c == 0 {
+                            for ((o, x), y) in dst.iter_mut().zip(x).zip(y) {
+                                *o = x * y;
+                            }
+                        } else {
+                            for ((o, x), y) in dst.iter_mut().zip(x).zip(y) {
+                                *o += x * y;
+                            }
                         }
                     }
                 }
-                dst.iter_mut().for_each(|v| *v *= scale);
             }
+            m[inner.clone()].iter_mut().for_each(|v| *v *= scale);
         }
         Source::Arrays(am, at) => {
-            // Entry (p, p + δ) of the column-major arrays, p along a row: a step
-            // of one column and one row.
+            // Entry (p, q) of the column-major arrays; along a piece p and q both
+            // step by one, the entry by one column and one row.
             let positions = am.nrows();
-            for r in 0..layout.rows {
-                let p = first(r);
-                let at_p = partner(p) * positions + p;
-                let row = layout.row(r);
-                let step = positions + 1;
-                for (k, o) in m[row.clone()].iter_mut().enumerate() {
-                    *o = am.as_slice()[at_p + k * step];
-                }
-                if let Some(at) = at {
-                    for (k, o) in t[row].iter_mut().enumerate() {
-                        *o = at.as_slice()[at_p + k * step];
+            let step = positions + 1;
+            for i in 0..h {
+                let k = delta.partner_row(i, h);
+                let row = layout.row(i);
+                for (j, l, n) in delta.pieces(w) {
+                    let from = (k * w + l) * positions + i * w + j;
+                    let dst = row.start + j..row.start + j + n;
+                    for (x, o) in m[dst.clone()].iter_mut().enumerate() {
+                        *o = am.as_slice()[from + x * step];
+                    }
+                    if let Some(at) = at {
+                        for (x, o) in t[dst].iter_mut().enumerate() {
+                            *o = at.as_slice()[from + x * step];
+                        }
                     }
                 }
             }
             has_t = at.is_some();
         }
     }
-    layout.clear(m);
-    layout.clear(t);
+    layout.fill_columns(m, 0.0);
+    layout.fill_columns(t, 0.0);
+    let mut phi = 0;
     for step in &run.steps {
         match step {
             SliceStep::Conv {
@@ -446,9 +505,9 @@ fn slice(
                 scale_m,
                 scale_own,
             } => {
-                box_filter(shifts, &layout, m, sm, tmp);
+                box_filter(shifts, layout, delta, m, sm, tmp);
                 if has_t {
-                    box_filter(shifts, &layout, t, st, tmp);
+                    box_filter(shifts, layout, delta, t, st, tmp);
                 }
                 let (m, sm) = (&mut m[inner.clone()], &sm[inner.clone()]);
                 let t = &mut t[inner.clone()];
@@ -469,14 +528,14 @@ fn slice(
             SliceStep::Bias { m: bm, t: bt } => {
                 m[inner.clone()].iter_mut().for_each(|m| *m += bm);
                 t[inner.clone()].iter_mut().for_each(|t| *t += bt);
-                layout.clear_columns(m);
-                layout.clear_columns(t);
+                layout.fill_columns(m, 0.0);
+                layout.fill_columns(t, 0.0);
             }
             SliceStep::Phi { dual, layer } => {
                 let (one, other) = match sides {
                     Sides::Own(record) => {
-                        if (d, e) == (0, 0) {
-                            let q = (0..layout.rows).flat_map(|r| m[layout.row(r)].to_vec());
+                        if (delta.d, delta.e) == (0, 0) {
+                            let q = (0..h).flat_map(|i| m[layout.row(i)].to_vec());
                             record.push(Variances::new(q.collect()));
                         }
                         let v = &record[*layer];
@@ -484,49 +543,42 @@ fn slice(
                     }
                     Sides::Cross(ra, rb) => (&ra[*layer], &rb[*layer]),
                 };
-                // What the duals need of both sides, in the slice's layout (finite
-                // on the border), so that they run over the whole slice at once.
-                let [x, y, z, ..] = variances;
-                let arc_cosine = dual.arc_cosine();
-                for r in 0..layout.rows {
-                    let (p, row) = (first(r), layout.row(r));
-                    let (q, n) = (partner(p), row.len());
-                    let (x, y, z) = (&mut x[row.clone()], &mut y[row.clone()], &mut z[row]);
-                    match arc_cosine {
-                        Some(family) => {
-                            let (sd1, sd2) = (&one.sd()[p..p + n], &other.sd()[q..q + n]);
-                            let (inv1, inv2) =
-                                (&one.inv_sd()[p..p + n], &other.inv_sd()[q..q + n]);
-                            let (q1, q2) = (&one.q()[p..p + n], &other.q()[q..q + n]);
-                            for k in 0..n {
-                                x[k] = sd1[k] * sd2[k];
-                                y[k] = inv1[k] * inv2[k];
-                                z[k] = family.mean_derivative(q1[k])
-                                    * family.mean_derivative(q2[k]);
-                            }
+                // The first sample's variances in the layout, once per pair; the
+                // second's at each position's partner.
+                let mine = first[phi].get_or_insert_with(|| {
+                    let parts = [one.q(), one.sd(), one.inv_sd()];
+                    parts.map(|part| {
+                        let mut buffer = vec![1.0; layout.total];
+                        for i in 0..h {
+                            buffer[layout.row(i)].copy_from_slice(&part[i * w..(i + 1) * w]);
                         }
-                        None => {
-                            let (q1, q2) = (&one.q()[p..p + n], &other.q()[q..q + n]);
-                            for k in 0..n {
-                                (x[k], y[k]) = (q1[k], q2[k]);
-                            }
+                        buffer
+                    })
+                });
+                phi += 1;
+                let parts = [other.q(), other.sd(), other.inv_sd()];
+                for (buffer, part) in partner.iter_mut().zip(parts) {
+                    for i in 0..h {
+                        let (k, row) = (delta.partner_row(i, h), layout.row(i));
+                        for (j, l, n) in delta.pieces(w) {
+                            let q = k * w + l;
+                            buffer[row.start + j..row.start + j + n]
+                                .copy_from_slice(&part[q..q + n]);
                         }
                     }
-                }
-                for v in [&mut *x, &mut *y, &mut *z] {
-                    layout.fill_columns(v, 1.0);
                 }
                 let i = inner.clone();
-                let then = |c, cd, t: f64| (c, t * cd);
-                let (mi, ti) = (&mut m[i.clone()], &mut t[i.clone()]);
-                match arc_cosine {
-                    Some(family) => {
-                        family.eval_products([&x[i.clone()], &y[i.clone()], &z[i]], mi, ti, then)
-                    }
-                    None => dual.eval_pairs_then(&x[i.clone()], &y[i], mi, ti, then),
-                }
-                layout.clear_columns(m);
-                layout.clear_columns(t);
+                let [q1, s1, i1] = mine;
+                let [q2, s2, i2] = partner;
+                dual.eval_pairs_then(
+                    [&q1[i.clone()], &s1[i.clone()], &i1[i.clone()]],
+                    [&q2[i.clone()], &s2[i.clone()], &i2[i.clone()]],
+                    &mut m[i.clone()],
+                    &mut t[i],
+                    |c, cd, t| (c, t * cd),
+                );
+                layout.fill_columns(m, 0.0);
+                layout.fill_columns(t, 0.0);
             }
         }
     }
@@ -545,10 +597,10 @@ fn slice(
             let positions = om.nrows();
             let out_width = by_col.outputs;
             let (om, ot) = (om.as_mut_slice(), ot.as_mut_slice());
-            for r in 0..layout.rows {
-                let i = rows.start + r;
-                let k = (i as isize + d) as usize;
-                let (mr, tr) = (&m[layout.row(r)], &t[layout.row(r)]);
+            for i in 0..h {
+                let k = delta.partner_row(i, h);
+                let row = layout.row(i);
+                let (mr, tr) = (&m[row.clone()], &t[row]);
                 for &big_i in by_row.of(i) {
                     for &big_k in by_row.of(k) {
                         let (row_p, row_q) = (big_i * out_width, big_k * out_width);
@@ -561,24 +613,22 @@ fn slice(
                                 ot[p * positions + q] += tv;
                             }
                         };
-                        match &by_col.single {
-                            Some(single) => {
-                                for (jj, (&mv, &tv)) in mr.iter().zip(tr).enumerate() {
-                                    let j = cols.start + jj;
-                                    let l = (j as isize + e) as usize;
-                                    let (big_j, big_l) = (single[j], single[l]);
-                                    if big_j != usize::MAX && big_l != usize::MAX {
-                                        add(big_j, big_l, mv, tv);
-                                    }
-                                }
-                            }
-                            None => {
-                                for (jj, (&mv, &tv)) in mr.iter().zip(tr).enumerate() {
-                                    let j = cols.start + jj;
-                                    let l = (j as isize + e) as usize;
-                                    for &big_j in by_col.of(j) {
-                                        for &big_l in by_col.of(l) {
+                        for (j0, l0, n) in delta.pieces(w) {
+                            for x in 0..n {
+                                let (j, l) = (j0 + x, l0 + x);
+                                let (mv, tv) = (mr[j], tr[j]);
+                                match &by_col.single {
+                                    Some(single) => {
+                                        let (big_j, big_l) = (single[j], single[l]);
+                                        if big_j != usize::MAX && big_l != usize::MAX {
                                             add(big_j, big_l, mv, tv);
+                                        }
+                                    }
+                                    None => {
+                                        for &big_j in by_col.of(j) {
+                                            for &big_l in by_col.of(l) {
+                                                add(big_j, big_l, mv, tv);
+                                            }
                                         }
                                     }
                                 }
@@ -591,10 +641,12 @@ fn slice(
     }
 }
 
-/// $\text{out}(i, j) = Σ_a Σ_b \text{input}(i + r_a, j + c_b)$ on the rectangle's rows, the
-/// input zero on its border: the column taps into `tmp` as shifted copies of the whole
-/// buffer, then the row taps (shifts by whole rows); the output's border columns are
-/// zeroed. Multiversioned (AVX-512, AVX2, baseline; the same IEEE results).
+/// $\text{out}(i, j) = Σ_a Σ_b \text{input}(i + r_a, j + c_b)$ over the grid, taps past
+/// its edge or across a seam of `delta` reading zero (the input's border is zero): the
+/// column taps into `tmp` as shifted copies of the whole buffer, the row taps as
+/// shifts by whole rows, and the entries within a tap's reach of a seam summed again
+/// without the taps that cross it. The output's border columns are zeroed.
+/// Multiversioned (AVX-512, AVX2, baseline; the same IEEE results).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
@@ -602,14 +654,16 @@ fn slice(
 fn box_filter(
     shifts: &[Shift; 2],
     layout: &Layout,
+    delta: Difference,
     input: &[f64],
     out: &mut [f64],
     tmp: &mut [f64],
 ) {
     let [by_row, by_col] = shifts;
+    let [h, w] = layout.grid;
     let (pad, total, stride) = (layout.pads[1], layout.total, layout.stride);
     // Every entry but the first and last `pad` (border columns), whose sums are never
-    // read into the rectangle.
+    // read into the grid.
     let columns = pad..total - pad;
     let tmp = &mut tmp[..total];
     tmp[columns.clone()].fill(0.0);
@@ -619,35 +673,62 @@ fn box_filter(
             *x += y;
         }
     }
+    // Columns near the column seam, again.
+    let cut = delta.seams[1];
+    if cut < w {
+        let reach = by_col.reach();
+        let near = cut.saturating_sub(reach)..(cut + reach).min(w);
+        for i in 0..h {
+            let start = layout.at(i, 0);
+            for j in near.clone() {
+                let mut sum = 0.0;
+                for &offset in &by_col.offsets {
+                    let source = j as isize + offset;
+                    let same_side = (source < cut as isize) == (j < cut);
+                    if same_side && (0..w as isize).contains(&source) {
+                        sum += input[start + source as usize];
+                    }
+                }
+                tmp[start + j] = sum;
+            }
+        }
+    }
     let inner = layout.inner();
-    let out = &mut out[inner.clone()];
-    out.fill(0.0);
-    for &offset in &by_row.offsets {
-        let from = (inner.start as isize + offset * stride as isize) as usize;
-        for (x, y) in out.iter_mut().zip(&tmp[from..]) {
-            *x += y;
+    {
+        let out = &mut out[inner.clone()];
+        out.fill(0.0);
+        for &offset in &by_row.offsets {
+            let from = (inner.start as isize + offset * stride as isize) as usize;
+            for (x, y) in out.iter_mut().zip(&tmp[from..]) {
+                *x += y;
+            }
         }
     }
-    for r in 0..layout.rows {
-        let row = r * stride;
-        for k in 0..pad {
-            out[row + k] = 0.0;
-            out[row + stride - pad + k] = 0.0;
+    // Rows near the row seam, again.
+    let cut = delta.seams[0];
+    if cut < h {
+        let reach = by_row.reach();
+        for i in cut.saturating_sub(reach)..(cut + reach).min(h) {
+            let row = layout.row(i);
+            out[row.clone()].fill(0.0);
+            for &offset in &by_row.offsets {
+                let source = i as isize + offset;
+                let same_side = (source < cut as isize) == (i < cut);
+                if same_side && (0..h as isize).contains(&source) {
+                    let from = layout.at(source as usize, 0);
+                    for (x, y) in out[row.clone()].iter_mut().zip(&tmp[from..]) {
+                        *x += y;
+                    }
+                }
+            }
         }
     }
+    layout.fill_columns(out, 0.0);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spans_keep_both_partners_on_the_axis() {
-        assert_eq!(span(5, 0), 0..5);
-        assert_eq!(span(5, 2), 0..3);
-        assert_eq!(span(5, -2), 2..5);
-        assert_eq!(span(5, 5), 0..0);
-    }
 
     #[test]
     fn shifts_accept_zero_padding_and_valid_windows_only() {
