@@ -260,7 +260,7 @@ impl GridPlan {
         if convolutions == 0 {
             return None;
         }
-        let (segments, stored) = segments(&steps, reduce, starts.len());
+        let (segments, stored) = segments(&steps, reduce, starts.len(), SLICES_FROM);
         let sv2 = readout.weight_std_value().powi(2);
         let sb2 = readout.bias_std_value().powi(2);
         let (coef_v, coef_b) = program.readout_ntk_coef.unwrap_or((sv2, sb2));
@@ -311,6 +311,14 @@ impl GridPlan {
     /// 57 ms, and their compiled size does not grow with the square of the positions.
     pub(crate) fn pays_off(&self) -> bool {
         self.widest > 16
+    }
+
+    /// The plan with runs over diagonal slices on grids of any size (for tests: by
+    /// default only large grids take them).
+    #[cfg(test)]
+    fn slices_everywhere(mut self) -> GridPlan {
+        (self.segments, self.stored) = segments(&self.steps, self.reduce, self.starts.len(), 1);
+        self
     }
 
     /// Per group (the readout last), whether it has a bias term among the results.
@@ -739,13 +747,21 @@ fn fused_phi(steps: &[Step], next: usize) -> Option<FusedPhi<'_>> {
 /// its layer number.
 type FusedPhi<'a> = (Option<(f64, f64)>, &'a PairDual, usize);
 
+/// The fewest positions at which a run over diagonal slices beats the array operations
+/// (measured on Myrtle-5, `benches/images.rs`: at 16 × 16 the arrays' fused passes are
+/// faster, 12.7 against 19.5 ms; at 32 × 32 the slices, 59 against 75 ms).
+const SLICES_FROM: usize = 1024;
+
 /// A stretch of a plan's steps, as the pair of samples runs through it (without groups).
 #[derive(Debug)]
 enum Segment {
     /// Array operations on the workspace's arrays.
     Arrays(std::ops::Range<usize>),
     /// A run over diagonal slices, from the pixels or the workspace's arrays.
-    Slices { run: SliceRun, from_pixels: bool },
+    Slices {
+        run: Box<SliceRun>,
+        from_pixels: bool,
+    },
 }
 
 /// The plan's steps as segments: every stride-1 convolution (zero padding or valid)
@@ -753,17 +769,25 @@ enum Segment {
 /// convolutions after it, and ends in the average pooling that follows, the readout,
 /// or arrays for the next step. With the largest number of positions whose arrays
 /// are stored.
-fn segments(steps: &[Step], reduce: Reduce, pixels: usize) -> (Vec<Segment>, usize) {
+fn segments(
+    steps: &[Step],
+    reduce: Reduce,
+    pixels: usize,
+    slices_from: usize,
+) -> (Vec<Segment>, usize) {
     let mut segments = Vec::new();
     let (mut k, mut plain) = (0, 0);
     let mut stored = 0;
     while k < steps.len() {
-        let Step::Conv {
-            shifts: Some(_),
-            grid,
-            ..
-        } = &steps[k]
-        else {
+        let slices = match &steps[k] {
+            Step::Conv {
+                shifts: Some(_),
+                grid,
+                ..
+            } if grid[0] * grid[1] >= slices_from => Some(*grid),
+            _ => None,
+        };
+        let Some(grid) = slices else {
             stored = stored.max(match &steps[k] {
                 Step::Conv { stencil, .. } => stencil.outputs(),
                 Step::Pool(pool, _) => pool.shape().1,
@@ -778,7 +802,7 @@ fn segments(steps: &[Step], reduce: Reduce, pixels: usize) -> (Vec<Segment>, usi
             }
             segments.push(Segment::Arrays(plain..k));
         }
-        let (start, grid) = (k, *grid);
+        let start = k;
         let mut run = Vec::new();
         while let Some(step) = steps.get(k) {
             run.push(match step {
@@ -788,13 +812,11 @@ fn segments(steps: &[Step], reduce: Reduce, pixels: usize) -> (Vec<Segment>, usi
                     sigma2,
                     coef,
                     ..
-                } => {
-                    SliceStep::Conv {
-                        shifts: shifts.clone(),
-                        scale_m: sigma2 * stencil.scale(),
-                        scale_own: coef * stencil.scale(),
-                    }
-                }
+                } => SliceStep::Conv {
+                    shifts: shifts.clone(),
+                    scale_m: sigma2 * stencil.scale(),
+                    scale_own: coef * stencil.scale(),
+                },
                 Step::Bias { sigma2, coef, .. } => SliceStep::Bias {
                     m: *sigma2,
                     t: *coef,
@@ -829,7 +851,7 @@ fn segments(steps: &[Step], reduce: Reduce, pixels: usize) -> (Vec<Segment>, usi
         let run = SliceRun::new(grid, run, sink);
         stored = stored.max(run.output_positions().unwrap_or(0));
         segments.push(Segment::Slices {
-            run,
+            run: Box::new(run),
             from_pixels: start == 0,
         });
         plain = k;
@@ -917,8 +939,13 @@ mod tests {
         let rule = GaussHermite::new(GaussHermite::DEFAULT_DEGREE).unwrap();
         let d = program.input_dim();
         let (x1, x2) = (images(3, d, 1), images(2, d, 2));
-        for groups in [false, true] {
+        for (groups, slices) in [(false, false), (false, true), (true, false)] {
             let plan = GridPlan::of(program, &rule, groups).expect("a convolutional chain");
+            let plan = if slices {
+                plan.slices_everywhere()
+            } else {
+                plan
+            };
             let tapes = compile_tapes(program, &rule, groups).unwrap();
             assert_eq!(plan.layout(), tapes.layout());
             for second in [Some(&x2), None] {
@@ -929,7 +956,7 @@ mod tests {
                     let scale = s.norm().max(1e-300);
                     assert!(
                         (f - s).norm() <= 1e-12 * scale,
-                        "result {k} (groups {groups}): {f} against {s}"
+                        "result {k} (groups {groups}, slices {slices}): {f} against {s}"
                     );
                 }
             }
@@ -999,6 +1026,45 @@ mod tests {
         let pooled = p.mean(&z).unwrap();
         p.readout(pooled, Readout::new(1.1).bias_std(0.2).outputs(2))
             .unwrap();
+        agrees_with_tapes(&p);
+    }
+
+    #[test]
+    fn zero_padded_relu_convolutions_flattened() {
+        let cnn = Cnn::new((4, 3), 2)
+            .layers(2)
+            .taps((3, 2))
+            .padding(Padding::Same)
+            .bias_std(0.1)
+            .readout(ImageReadout::Flatten);
+        agrees_with_tapes(&cnn.program().unwrap());
+    }
+
+    #[test]
+    fn a_zero_padded_run_stored_for_a_strided_convolution() {
+        let (h, w, c) = (5, 4, 2);
+        let mut p = Program::new(h * w * c);
+        let pixels: Vec<_> = (0..h * w)
+            .map(|q| p.input(c * q..c * q + c).unwrap())
+            .collect();
+        let w1 = p.weight(1.2).unwrap();
+        let (hs, shape) = p
+            .conv2d(w1, &pixels, (h, w), (3, 3), Padding::Same)
+            .unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| p.apply(Activation::Relu, v).unwrap())
+            .collect();
+        let w2 = p.weight(0.8).unwrap();
+        let (hs, _) = p
+            .conv2d_strided(w2, &z, shape, (2, 2), (2, 2), Padding::Same)
+            .unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| p.apply(Activation::Erf, v).unwrap())
+            .collect();
+        let pooled = p.mean(&z).unwrap();
+        p.readout(pooled, Readout::new(1.0)).unwrap();
         agrees_with_tapes(&p);
     }
 

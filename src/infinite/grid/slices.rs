@@ -111,15 +111,12 @@ impl Holders {
             targets.extend_from_slice(list);
             starts.push(targets.len());
         }
-        let single = lists
-            .iter()
-            .all(|l| l.len() <= 1)
-            .then(|| {
-                lists
-                    .iter()
-                    .map(|l| l.first().copied().unwrap_or(usize::MAX))
-                    .collect()
-            });
+        let single = lists.iter().all(|l| l.len() <= 1).then(|| {
+            lists
+                .iter()
+                .map(|l| l.first().copied().unwrap_or(usize::MAX))
+                .collect()
+        });
         Holders {
             starts,
             targets,
@@ -743,7 +740,11 @@ mod tests {
         assert_eq!(Shift::of(&same, 4).unwrap().offsets, vec![-1, 0, 1]);
         // Even filters split as TensorFlow does.
         let even: AxisWindows = (0..4)
-            .map(|i: usize| (0..2).map(|a| (i + a).checked_sub(0).filter(|&j| j < 4)).collect())
+            .map(|i: usize| {
+                (0..2)
+                    .map(|a| (i + a).checked_sub(0).filter(|&j| j < 4))
+                    .collect()
+            })
             .collect();
         assert_eq!(Shift::of(&even, 4).unwrap().offsets, vec![0, 1]);
         // Valid windows shrink the grid; circular wraps around; strides skip.
