@@ -195,8 +195,9 @@ pub(super) struct Scratch {
     /// The second sample's variances, square roots and inverse square roots at each
     /// position's partner.
     partner: [Vec<f64>; 3],
-    /// Per φ step, the first sample's (built at its first use in a pair).
-    first: Vec<Option<[Vec<f64>; 3]>>,
+    /// Per φ step, the first sample's, and whether they are this pair's yet (they are
+    /// laid out at their first use in a pair, into buffers kept from pair to pair).
+    first: Vec<([Vec<f64>; 3], bool)>,
 }
 
 /// The buffers of a run: the grid's positions row-major, in a border of `pads` rows
@@ -357,8 +358,14 @@ impl SliceRun {
             buffer.resize(layout.total, 1.0);
             layout.fill_border(buffer, 1.0);
         }
-        scratch.first.clear();
-        scratch.first.resize(self.phis, None);
+        scratch.first.resize_with(self.phis, Default::default);
+        for (buffers, ready) in &mut scratch.first {
+            for buffer in buffers.iter_mut() {
+                buffer.resize(layout.total, 1.0);
+                layout.fill_border(buffer, 1.0);
+            }
+            *ready = false;
+        }
         if let Sink::Arrays { .. } = self.sink {
             for o in out.iter_mut() {
                 o.fill(0.0);
@@ -532,7 +539,7 @@ fn slice(
                 let (one, other) = match sides {
                     Sides::Own(record) => {
                         if (delta.d, delta.e) == (0, 0) {
-                            let q = (0..h).flat_map(|i| m[layout.row(i)].to_vec());
+                            let q = (0..h).flat_map(|i| m[layout.row(i)].iter().copied());
                             record.push(Variances::new(q.collect()));
                         }
                         let v = &record[*layer];
@@ -542,16 +549,15 @@ fn slice(
                 };
                 // The first sample's variances in the layout, once per pair; the
                 // second's at each position's partner.
-                let mine = first[phi].get_or_insert_with(|| {
-                    let parts = [one.q(), one.sd(), one.inv_sd()];
-                    parts.map(|part| {
-                        let mut buffer = vec![1.0; layout.total];
+                let (mine, ready) = &mut first[phi];
+                if !*ready {
+                    for (buffer, part) in mine.iter_mut().zip([one.q(), one.sd(), one.inv_sd()]) {
                         for i in 0..h {
                             buffer[layout.row(i)].copy_from_slice(&part[i * w..(i + 1) * w]);
                         }
-                        buffer
-                    })
-                });
+                    }
+                    *ready = true;
+                }
                 phi += 1;
                 let parts = [other.q(), other.sd(), other.inv_sd()];
                 for (buffer, part) in partner.iter_mut().zip(parts) {
