@@ -128,6 +128,22 @@ impl Holders {
     fn of(&self, i: usize) -> &[usize] {
         &self.targets[self.starts[i]..self.starts[i + 1]]
     }
+
+    /// The block size $k$ when the windows tile the axis in blocks of $k$: position $i$
+    /// goes to output $⌊i/k⌋$ alone, and every position to one (an average pooling with
+    /// its window as its stride and a multiple of it as the axis, or the identity).
+    fn blocks(&self) -> Option<usize> {
+        let single = self.single.as_ref()?;
+        if self.outputs == 0 || single.len() % self.outputs != 0 {
+            return None;
+        }
+        let k = single.len() / self.outputs;
+        single
+            .iter()
+            .enumerate()
+            .all(|(i, &t)| t == i / k)
+            .then_some(k)
+    }
 }
 
 /// One layer of a run.
@@ -173,6 +189,9 @@ pub(super) struct SliceRun {
     pads: [usize; 2],
     /// The number of φ steps.
     phis: usize,
+    /// For [`Sink::Arrays`] whose windows tile the grid in blocks (along the rows and
+    /// the columns), their sizes: the run then accumulates the output's slices.
+    blocks: Option<[usize; 2]>,
 }
 
 /// What a run starts from.
@@ -198,6 +217,9 @@ pub(super) struct Scratch {
     /// Per φ step, the first sample's, and whether they are this pair's yet (they are
     /// laid out at their first use in a pair, into buffers kept from pair to pair).
     first: Vec<([Vec<f64>; 3], bool)>,
+    /// The output's slices of M and Θ (for a sink of [blocks](SliceRun::blocks)), slice
+    /// $Δ = (D, E)$ at `(D · W' + E) · P'`, position $p$ after it.
+    coarse: [Vec<f64>; 2],
 }
 
 /// The buffers of a run: the grid's positions row-major, in a border of `pads` rows
@@ -316,12 +338,19 @@ impl SliceRun {
                 SliceStep::Bias { .. } => {}
             }
         }
+        let blocks = match &sink {
+            Sink::Arrays { rows, cols, .. } => {
+                rows.blocks().zip(cols.blocks()).map(|(r, c)| [r, c])
+            }
+            _ => None,
+        };
         SliceRun {
             grid,
             steps,
             sink,
             pads,
             phis,
+            blocks,
         }
     }
 
@@ -366,9 +395,15 @@ impl SliceRun {
             }
             *ready = false;
         }
-        if let Sink::Arrays { .. } = self.sink {
+        if let (Sink::Arrays { .. }, None) = (&self.sink, self.blocks) {
             for o in out.iter_mut() {
                 o.fill(0.0);
+            }
+        }
+        if let Some(positions) = self.output_positions().filter(|_| self.blocks.is_some()) {
+            for acc in &mut scratch.coarse {
+                acc.clear();
+                acc.resize(positions * positions, 0.0);
             }
         }
         let own = matches!(sides, Sides::Own(_));
@@ -394,15 +429,56 @@ impl SliceRun {
                 }
             }
         }
-        match &self.sink {
-            Sink::Arrays { scale, .. } => {
+        match (&self.sink, self.blocks) {
+            (Sink::Arrays { scale, .. }, Some(blocks)) => {
+                self.unfold(blocks, own, *scale, &scratch.coarse, out);
+                [0.0; 2]
+            }
+            (Sink::Arrays { scale, .. }, None) => {
                 for o in out.iter_mut() {
                     *o *= *scale;
                 }
                 [0.0; 2]
             }
-            Sink::Sum { scale } => sums.map(|s| s * scale),
-            Sink::Diagonal => sums.map(|s| s / (h * w) as f64),
+            (Sink::Sum { scale }, _) => sums.map(|s| s * scale),
+            (Sink::Diagonal, _) => sums.map(|s| s / (h * w) as f64),
+        }
+    }
+
+    /// The output's arrays (column-major over pairs of coarse positions), times `scale`,
+    /// from its accumulated slices $B_Δ(p)$: $A(p, q) = B_{q ⊖ p}(p)$, and for a sample
+    /// with itself, where only half of the fine slices were taken (those that are their
+    /// own transposes at half weight), $A(p, q) = B_{q ⊖ p}(p) + B_{p ⊖ q}(q)$.
+    fn unfold(
+        &self,
+        [kh, kw]: [usize; 2],
+        own: bool,
+        scale: f64,
+        coarse: &[Vec<f64>; 2],
+        out: &mut [DMatrix<f64>; 2],
+    ) {
+        let [ch, cw] = [self.grid[0] / kh, self.grid[1] / kw];
+        let n = ch * cw;
+        let minus = |a: usize, b: usize, size: usize| if a >= b { a - b } else { a + size - b };
+        for (acc, o) in coarse.iter().zip(out.iter_mut()) {
+            let o = o.as_mut_slice();
+            for (big_k, big_l) in (0..ch).flat_map(|k| (0..cw).map(move |l| (k, l))) {
+                let q = big_k * cw + big_l;
+                let column = &mut o[q * n..(q + 1) * n];
+                for big_i in 0..ch {
+                    let d = minus(big_k, big_i, ch);
+                    let back = minus(0, d, ch) % ch;
+                    for big_j in 0..cw {
+                        let e = minus(big_l, big_j, cw);
+                        let p = big_i * cw + big_j;
+                        let mut v = acc[(d * cw + e) * n + p];
+                        if own {
+                            v += acc[(back * cw + minus(0, e, cw) % cw) * n + q];
+                        }
+                        column[p] = scale * v;
+                    }
+                }
+            }
         }
     }
 }
@@ -446,6 +522,7 @@ fn slice(
         tmp,
         partner,
         first,
+        coarse,
     } = scratch;
     let mut has_t = false;
     match source {
@@ -591,6 +668,17 @@ fn slice(
             sums[0] += weight * m[inner.clone()].iter().sum::<f64>();
             sums[1] += weight * t[inner].iter().sum::<f64>();
         }
+        Sink::Arrays { .. } if run.blocks.is_some() => {
+            let blocks = run.blocks.unwrap_or([1, 1]);
+            // A sample with itself: the slices that are their own transposes count half.
+            if matches!(sides, Sides::Own(_)) && !mirrored {
+                m[inner.clone()].iter_mut().for_each(|v| *v *= 0.5);
+                t[inner.clone()].iter_mut().for_each(|v| *v *= 0.5);
+            }
+            for (buffer, acc) in [&*m, &*t].into_iter().zip(coarse.iter_mut()) {
+                pool_blocks(buffer, layout, delta, blocks, acc);
+            }
+        }
         Sink::Arrays {
             rows: by_row,
             cols: by_col,
@@ -638,6 +726,70 @@ fn slice(
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Adds a slice's entries into the output's slices, for average-pooling blocks of
+/// `kh × kw` positions: fine position $(i, j)$ with partner $(i, j) ⊕ δ$ goes to coarse
+/// position $(⌊i/k_h⌋, ⌊j/k_w⌋)$ with partner difference
+/// $Δ = (⌊(i \bmod k_h + d)/k_h⌋, ⌊(j \bmod k_w + e)/k_w⌋)$ modulo the coarse grid. Each fine
+/// row therefore adds into one row of at most two coarse slices, its entries summed
+/// in runs of $k_w$ (split where the column's residue changes $Δ$).
+#[inline(always)]
+fn pool_blocks(
+    buffer: &[f64],
+    layout: &Layout,
+    delta: Difference,
+    [kh, kw]: [usize; 2],
+    acc: &mut [f64],
+) {
+    let [h, w] = layout.grid;
+    let [ch, cw] = [h / kh, w / kw];
+    let n = ch * cw;
+    let first = (delta.e / kw) % cw;
+    let second = (first + 1) % cw;
+    // Residues below `split` go to the first difference, the rest to the second.
+    let split = if second == first {
+        kw
+    } else {
+        kw - delta.e % kw
+    };
+    for i in 0..h {
+        let row = &buffer[layout.row(i)];
+        let big_d = ((i % kh + delta.d) / kh) % ch;
+        let at = |e: usize| (big_d * cw + e) * n + (i / kh) * cw;
+        if split == kw {
+            let dst = &mut acc[at(first)..at(first) + cw];
+            if kw == 2 {
+                for (o, pair) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                    *o += pair[0] + pair[1];
+                }
+            } else {
+                for (o, block) in dst.iter_mut().zip(row.chunks_exact(kw)) {
+                    *o += block.iter().sum::<f64>();
+                }
+            }
+        } else {
+            let (a, b) = (at(first), at(second));
+            let (one, other) = if a < b {
+                let (lo, hi) = acc.split_at_mut(b);
+                (&mut lo[a..a + cw], &mut hi[..cw])
+            } else {
+                let (lo, hi) = acc.split_at_mut(a);
+                (&mut hi[..cw], &mut lo[b..b + cw])
+            };
+            if kw == 2 {
+                for ((o, u), pair) in one.iter_mut().zip(other).zip(row.chunks_exact(2)) {
+                    *o += pair[0];
+                    *u += pair[1];
+                }
+            } else {
+                for ((o, u), block) in one.iter_mut().zip(other).zip(row.chunks_exact(kw)) {
+                    *o += block[..split].iter().sum::<f64>();
+                    *u += block[split..].iter().sum::<f64>();
                 }
             }
         }
