@@ -211,12 +211,10 @@ pub(super) struct Scratch {
     sm: Vec<f64>,
     st: Vec<f64>,
     tmp: Vec<f64>,
-    /// The second sample's variances, square roots and inverse square roots at each
-    /// position's partner.
-    partner: [Vec<f64>; 3],
-    /// Per φ step, the first sample's, and whether they are this pair's yet (they are
-    /// laid out at their first use in a pair, into buffers kept from pair to pair).
-    first: Vec<([Vec<f64>; 3], bool)>,
+    /// Per φ step, the second sample's variances, square roots and inverse square
+    /// roots, every row twice over, and whether they are this pair's yet (they are laid
+    /// out at their first use in a pair, into buffers kept from pair to pair).
+    second: Vec<([Vec<f64>; 3], bool)>,
     /// The output's slices of M and Θ (for a sink of [blocks](SliceRun::blocks)), slice
     /// $Δ = (D, E)$ at `(D · W' + E) · P'`, position $p$ after it.
     coarse: [Vec<f64>; 2],
@@ -383,16 +381,8 @@ impl SliceRun {
             buffer.resize(layout.total, 0.0);
             layout.fill_border(buffer, 0.0);
         }
-        for buffer in &mut scratch.partner {
-            buffer.resize(layout.total, 1.0);
-            layout.fill_border(buffer, 1.0);
-        }
-        scratch.first.resize_with(self.phis, Default::default);
-        for (buffers, ready) in &mut scratch.first {
-            for buffer in buffers.iter_mut() {
-                buffer.resize(layout.total, 1.0);
-                layout.fill_border(buffer, 1.0);
-            }
+        scratch.second.resize_with(self.phis, Default::default);
+        for (_, ready) in &mut scratch.second {
             *ready = false;
         }
         if let (Sink::Arrays { .. }, None) = (&self.sink, self.blocks) {
@@ -520,8 +510,7 @@ fn slice(
         sm,
         st,
         tmp,
-        partner,
-        first,
+        second,
         coarse,
     } = scratch;
     let mut has_t = false;
@@ -578,33 +567,39 @@ fn slice(
     }
     layout.fill_columns(m, 0.0);
     layout.fill_columns(t, 0.0);
+    // Whether Θ holds the next convolution's combination $s_M Θ + s_Θ M$ already.
+    let mut combined = false;
     let mut phi = 0;
-    for step in &run.steps {
+    for (k, step) in run.steps.iter().enumerate() {
         match step {
             SliceStep::Conv {
                 shifts,
                 scale_m,
                 scale_own,
             } => {
-                box_filter(shifts, layout, delta, m, sm, tmp);
-                if has_t {
-                    box_filter(shifts, layout, delta, t, st, tmp);
-                }
-                let (m, sm) = (&mut m[inner.clone()], &sm[inner.clone()]);
-                let t = &mut t[inner.clone()];
-                if has_t {
-                    for ((t, &st), &sm) in t.iter_mut().zip(&st[inner.clone()]).zip(sm) {
-                        *t = scale_m * st + scale_own * sm;
-                    }
-                } else {
-                    for (t, &sm) in t.iter_mut().zip(sm) {
+                // $M' = s_M S(M)$ and $Θ' = S(s_M Θ + s_Θ M)$, S linear.
+                if !has_t {
+                    box_filter(shifts, layout, delta, m, sm, tmp, 1.0);
+                    let sm = &sm[inner.clone()];
+                    for (t, &sm) in t[inner.clone()].iter_mut().zip(sm) {
                         *t = scale_own * sm;
                     }
-                }
-                for (m, &sm) in m.iter_mut().zip(sm) {
-                    *m = scale_m * sm;
+                    for (m, &sm) in m[inner.clone()].iter_mut().zip(sm) {
+                        *m = scale_m * sm;
+                    }
+                } else {
+                    if !combined {
+                        for (t, &m) in t[inner.clone()].iter_mut().zip(&m[inner.clone()]) {
+                            *t = scale_m * *t + scale_own * m;
+                        }
+                    }
+                    box_filter(shifts, layout, delta, m, sm, tmp, *scale_m);
+                    box_filter(shifts, layout, delta, t, st, tmp, 1.0);
+                    std::mem::swap(m, sm);
+                    std::mem::swap(t, st);
                 }
                 has_t = true;
+                combined = false;
             }
             SliceStep::Bias { m: bm, t: bt } => {
                 m[inner.clone()].iter_mut().for_each(|m| *m += bm);
@@ -624,41 +619,48 @@ fn slice(
                     }
                     Sides::Cross(ra, rb) => (&ra[*layer], &rb[*layer]),
                 };
-                // The first sample's variances in the layout, once per pair; the
-                // second's at each position's partner.
-                let (mine, ready) = &mut first[phi];
+                // The second sample's variances with every row twice over, once per
+                // pair, so that each position's partner in row i is the run of w
+                // entries from column e of row i ⊕ d.
+                let (twice, ready) = &mut second[phi];
                 if !*ready {
-                    for (buffer, part) in mine.iter_mut().zip([one.q(), one.sd(), one.inv_sd()]) {
-                        for i in 0..h {
-                            buffer[layout.row(i)].copy_from_slice(&part[i * w..(i + 1) * w]);
+                    let parts = [other.q(), other.sd(), other.inv_sd()];
+                    for (buffer, part) in twice.iter_mut().zip(parts) {
+                        buffer.clear();
+                        for row in part.chunks_exact(w) {
+                            buffer.extend_from_slice(row);
+                            buffer.extend_from_slice(row);
                         }
                     }
                     *ready = true;
                 }
                 phi += 1;
-                let parts = [other.q(), other.sd(), other.inv_sd()];
-                for (buffer, part) in partner.iter_mut().zip(parts) {
-                    for i in 0..h {
-                        let (k, row) = (delta.partner_row(i, h), layout.row(i));
-                        for (j, l, n) in delta.pieces(w) {
-                            let q = k * w + l;
-                            buffer[row.start + j..row.start + j + n]
-                                .copy_from_slice(&part[q..q + n]);
+                // The next convolution's combination, if one follows.
+                let next = match run.steps.get(k + 1) {
+                    Some(SliceStep::Conv {
+                        scale_m, scale_own, ..
+                    }) => Some((*scale_m, *scale_own)),
+                    _ => None,
+                };
+                let mine = [one.q(), one.sd(), one.inv_sd()];
+                for i in 0..h {
+                    let own = i * w..(i + 1) * w;
+                    let from = delta.partner_row(i, h) * 2 * w + delta.e;
+                    let theirs = from..from + w;
+                    let row = layout.row(i);
+                    let first = mine.map(|part| &part[own.clone()]);
+                    let second = [0, 1, 2].map(|x| &twice[x][theirs.clone()]);
+                    let (m, t) = (&mut m[row.clone()], &mut t[row]);
+                    match next {
+                        Some((scale_m, scale_own)) => {
+                            dual.eval_pairs_then(first, second, m, t, |c, cd, t| {
+                                (c, scale_m * (t * cd) + scale_own * c)
+                            })
                         }
+                        None => dual.eval_pairs_then(first, second, m, t, |c, cd, t| (c, t * cd)),
                     }
                 }
-                let i = inner.clone();
-                let [q1, s1, i1] = mine;
-                let [q2, s2, i2] = partner;
-                dual.eval_pairs_then(
-                    [&q1[i.clone()], &s1[i.clone()], &i1[i.clone()]],
-                    [&q2[i.clone()], &s2[i.clone()], &i2[i.clone()]],
-                    &mut m[i.clone()],
-                    &mut t[i],
-                    |c, cd, t| (c, t * cd),
-                );
-                layout.fill_columns(m, 0.0);
-                layout.fill_columns(t, 0.0);
+                combined = next.is_some();
             }
         }
     }
@@ -796,12 +798,13 @@ fn pool_blocks(
     }
 }
 
-/// $\text{out}(i, j) = Σ_a Σ_b \text{input}(i + r_a, j + c_b)$ over the grid, taps past
+/// $\text{out}(i, j) = s · Σ_a Σ_b \text{input}(i + r_a, j + c_b)$ over the grid, taps past
 /// its edge or across a seam of `delta` reading zero (the input's border is zero): the
-/// column taps into `tmp` as shifted copies of the whole buffer, the row taps as
-/// shifts by whole rows, and the entries within a tap's reach of a seam summed again
-/// without the taps that cross it. The output's border columns are zeroed.
+/// column taps into `tmp` as sums of shifted copies of the whole buffer, the row taps
+/// as shifts by whole rows, and the entries within a tap's reach of a seam summed
+/// again without the taps that cross it. The output's border columns are zeroed.
 /// Multiversioned (AVX-512, AVX2, baseline; the same IEEE results).
+#[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
@@ -813,6 +816,7 @@ fn box_filter(
     input: &[f64],
     out: &mut [f64],
     tmp: &mut [f64],
+    scale: f64,
 ) {
     let [by_row, by_col] = shifts;
     let [h, w] = layout.grid;
@@ -820,14 +824,13 @@ fn box_filter(
     // Every entry but the first and last `pad` (border columns), whose sums are never
     // read into the grid.
     let columns = pad..total - pad;
-    let tmp = &mut tmp[..total];
-    tmp[columns.clone()].fill(0.0);
-    for &offset in &by_col.offsets {
-        let from = (columns.start as isize + offset) as usize;
-        for (x, y) in tmp[columns.clone()].iter_mut().zip(&input[from..]) {
-            *x += y;
-        }
-    }
+    sum_shifted(
+        &mut tmp[columns.clone()],
+        input,
+        (columns.start, 1),
+        &by_col.offsets,
+        1.0,
+    );
     // Columns near the column seam, again.
     let cut = delta.seams[1];
     if cut < w {
@@ -849,16 +852,14 @@ fn box_filter(
         }
     }
     let inner = layout.inner();
-    {
-        let out = &mut out[inner.clone()];
-        out.fill(0.0);
-        for &offset in &by_row.offsets {
-            let from = (inner.start as isize + offset * stride as isize) as usize;
-            for (x, y) in out.iter_mut().zip(&tmp[from..]) {
-                *x += y;
-            }
-        }
-    }
+    let start = inner.start;
+    sum_shifted(
+        &mut out[inner],
+        tmp,
+        (start, stride),
+        &by_row.offsets,
+        scale,
+    );
     // Rows near the row seam, again.
     let cut = delta.seams[0];
     if cut < h {
@@ -876,9 +877,57 @@ fn box_filter(
                     }
                 }
             }
+            out[row].iter_mut().for_each(|x| *x *= scale);
         }
     }
     layout.fill_columns(out, 0.0);
+}
+
+/// $\text{out}[x] = s · Σ_k \text{input}[b + o_k t + x]$ for the offsets $o_k$ from `(b, t)`,
+/// in one pass for up to three terms (a 3 × 3 filter's taps), further terms added in
+/// more.
+#[inline(always)]
+fn sum_shifted(
+    out: &mut [f64],
+    input: &[f64],
+    (base, step): (usize, usize),
+    offsets: &[isize],
+    scale: f64,
+) {
+    let n = out.len();
+    let at = |k: usize| {
+        let from = (base as isize + offsets[k] * step as isize) as usize;
+        &input[from..from + n]
+    };
+    match offsets.len() {
+        0 => out.fill(0.0),
+        1 => {
+            for (o, a) in out.iter_mut().zip(at(0)) {
+                *o = scale * a;
+            }
+        }
+        2 => {
+            for ((o, a), b) in out.iter_mut().zip(at(0)).zip(at(1)) {
+                *o = scale * (a + b);
+            }
+        }
+        3 => {
+            for (((o, a), b), c) in out.iter_mut().zip(at(0)).zip(at(1)).zip(at(2)) {
+                *o = scale * (a + b + c);
+            }
+        }
+        taps => {
+            for (((o, a), b), c) in out.iter_mut().zip(at(0)).zip(at(1)).zip(at(2)) {
+                *o = a + b + c;
+            }
+            for k in 3..taps {
+                for (o, a) in out.iter_mut().zip(at(k)) {
+                    *o += a;
+                }
+            }
+            out.iter_mut().for_each(|o| *o *= scale);
+        }
+    }
 }
 
 #[cfg(test)]
