@@ -2,7 +2,7 @@
 //! Identity, Sin and GELU, each written without the cancellations listed in the
 //! [module documentation](super), and the vectorised loops over the ReLU family.
 
-use std::f64::consts::{FRAC_1_PI, FRAC_2_SQRT_PI, PI};
+use std::f64::consts::{FRAC_1_PI, FRAC_2_SQRT_PI};
 
 use crate::activation::Activation;
 use crate::infinite::fastmath;
@@ -119,16 +119,19 @@ fn std_and_correlation(q1: f64, c: f64, q2: f64) -> (f64, f64) {
     (std, fastmath::correlation(c / std.max(f64::MIN_POSITIVE)))
 }
 
-/// The arc-cosine kernels at correlation $ρ$: $(C/(σ_1σ_2), \dot C)$ for
-/// $φ = a·\min(x, 0) + b·\max(x, 0)$.
+/// The arc-cosine kernels at correlation $ρ = \cos θ$: $(C/(σ_1σ_2), \dot C)$ for
+/// $φ = a·\min(x, 0) + b·\max(x, 0)$, with $k_1 = a^2 + b^2$ and $k_2 = 2ab$:
+/// $\dot C = (k_1(π − θ) + k_2θ)/2π$ and $C/(σ_1σ_2) = (k_1 − k_2)\sin θ/2π + \dot C ρ$,
+/// formed as $β_0 + β_1θ$ and $α \sin θ + \dot C ρ$ from constants of $(a, b)$ (five
+/// operations: the loops over it are bound by arithmetic).
 #[inline(always)]
 fn arccos_unit(a: f64, b: f64, rho: f64) -> (f64, f64) {
     let (k1, k2) = (a * a + b * b, 2.0 * a * b);
+    let (alpha, beta0, beta1) = (INV_2PI * (k1 - k2), 0.5 * k1, INV_2PI * (k2 - k1));
     let theta = fastmath::acos(rho);
     let sin = ((1.0 - rho) * (1.0 + rho)).sqrt();
-    let c = INV_2PI * (k1 * (sin + (PI - theta) * rho) - k2 * (sin - theta * rho));
-    let cdot = INV_2PI * (k1 * (PI - theta) + k2 * theta);
-    (c, cdot)
+    let cdot = beta0 + beta1 * theta;
+    (alpha * sin + cdot * rho, cdot)
 }
 
 /// $E φ\'(u)$ of the arc-cosine family for $u ∼ N(0, q)$: $(a + b)/2$, or $φ\'(0)$ at $q = 0$.
