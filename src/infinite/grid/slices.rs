@@ -218,6 +218,9 @@ pub(super) struct Scratch {
     /// The output's slices of M and Θ (for a sink of [blocks](SliceRun::blocks)), slice
     /// $Δ = (D, E)$ at `(D · W' + E) · P'`, position $p$ after it.
     coarse: [Vec<f64>; 2],
+    /// For a run from the pixels, the second sample's, channel by channel, every row
+    /// twice over.
+    pixels: Vec<f64>,
 }
 
 /// The buffers of a run: the grid's positions row-major, in a border of `pads` rows
@@ -381,6 +384,15 @@ impl SliceRun {
             buffer.resize(layout.total, 0.0);
             layout.fill_border(buffer, 0.0);
         }
+        if let Source::Pixels(_, b) = &source {
+            scratch.pixels.clear();
+            for c in 0..b.ncols() {
+                for row in b.column(c).as_slice().chunks_exact(w) {
+                    scratch.pixels.extend_from_slice(row);
+                    scratch.pixels.extend_from_slice(row);
+                }
+            }
+        }
         scratch.second.resize_with(self.phis, Default::default);
         for (_, ready) in &mut scratch.second {
             *ready = false;
@@ -512,34 +524,32 @@ fn slice(
         tmp,
         second,
         coarse,
+        pixels,
     } = scratch;
     let mut has_t = false;
     match source {
-        Source::Pixels(a, b) => {
+        Source::Pixels(a, _) => {
+            // $M(p, p ⊕ δ) = x_p · \bar x_{p ⊕ δ} / C$, channel by channel, the second
+            // sample's rows doubled (a row's partners are one run of w from column e).
             let channels = a.ncols();
             let scale = 1.0 / channels as f64;
+            let plane = h * 2 * w;
             for i in 0..h {
-                let k = delta.partner_row(i, h);
-                let row = layout.row(i);
-                for (j, l, n) in delta.pieces(w) {
-                    let dst = &mut m[row.start + j..row.start + j + n];
-                    let (p, q) = (i * w + j, k * w + l);
-                    for c in 0..channels {
-                        let (x, y) = (a.column(c), b.column(c));
-                        let (x, y) = (&x.as_slice()[p..p + n], &y.as_slice()[q..q + n]);
-                        if c == 0 {
-                            for ((o, x), y) in dst.iter_mut().zip(x).zip(y) {
-                                *o = x * y;
-                            }
-                        } else {
-                            for ((o, x), y) in dst.iter_mut().zip(x).zip(y) {
-                                *o += x * y;
-                            }
-                        }
+                let from = delta.partner_row(i, h) * 2 * w + delta.e;
+                let dst = &mut m[layout.row(i)];
+                for c in 0..channels {
+                    let column = a.column(c);
+                    let x = &column.as_slice()[i * w..(i + 1) * w];
+                    let y = &pixels[c * plane + from..c * plane + from + w];
+                    let terms = dst.iter_mut().zip(x).zip(y);
+                    match (c == 0, c + 1 == channels) {
+                        (true, true) => terms.for_each(|((o, x), y)| *o = x * y * scale),
+                        (true, false) => terms.for_each(|((o, x), y)| *o = x * y),
+                        (false, false) => terms.for_each(|((o, x), y)| *o += x * y),
+                        (false, true) => terms.for_each(|((o, x), y)| *o = (*o + x * y) * scale),
                     }
                 }
             }
-            m[inner.clone()].iter_mut().for_each(|v| *v *= scale);
         }
         Source::Arrays(am, at) => {
             // Entry (p, q) of the column-major arrays; along a piece p and q both
@@ -797,10 +807,25 @@ fn pool_blocks(
                 let (ones, others) = (one.chunks_exact_mut(4), other.chunks_exact_mut(4));
                 let ends = (ones.len() * 4, row.len() / 8 * 8);
                 for ((o, u), x) in ones.zip(others).zip(row.chunks_exact(8)) {
-                    for k in 0..4 {
-                        o[k] += x[2 * k];
-                        u[k] += x[2 * k + 1];
-                    }
+                    let (o, u): (&mut [f64; 4], &mut [f64; 4]) = match (o.try_into(), u.try_into())
+                    {
+                        (Ok(o), Ok(u)) => (o, u),
+                        _ => unreachable!("chunks of four"),
+                    };
+                    let evens = [x[0], x[2], x[4], x[6]];
+                    let odds = [x[1], x[3], x[5], x[7]];
+                    *o = [
+                        o[0] + evens[0],
+                        o[1] + evens[1],
+                        o[2] + evens[2],
+                        o[3] + evens[3],
+                    ];
+                    *u = [
+                        u[0] + odds[0],
+                        u[1] + odds[1],
+                        u[2] + odds[2],
+                        u[3] + odds[3],
+                    ];
                 }
                 let rest = one[ends.0..].iter_mut().zip(&mut other[ends.0..]);
                 for ((o, u), pair) in rest.zip(row[ends.1..].chunks_exact(2)) {
@@ -855,16 +880,29 @@ fn box_filter(
     if cut < w {
         let reach = by_col.reach();
         let near = cut.saturating_sub(reach)..(cut + reach).min(w);
-        for i in 0..h {
-            let start = layout.at(i, 0);
-            for j in near.clone() {
-                let mut sum = 0.0;
-                for &offset in &by_col.offsets {
-                    let source = j as isize + offset;
-                    let same_side = (source < cut as isize) == (j < cut);
-                    if same_side && (0..w as isize).contains(&source) {
-                        sum += input[start + source as usize];
+        for j in near {
+            // The taps of column j that stay on its side of the seam and on the grid.
+            let mut taps = [0usize; 8];
+            let mut count = 0;
+            let mut rest = Vec::new();
+            for &offset in &by_col.offsets {
+                let source = j as isize + offset;
+                let same_side = (source < cut as isize) == (j < cut);
+                if same_side && (0..w as isize).contains(&source) {
+                    if count < taps.len() {
+                        taps[count] = source as usize;
+                        count += 1;
+                    } else {
+                        rest.push(source as usize);
                     }
+                }
+            }
+            let taps = &taps[..count];
+            for i in 0..h {
+                let start = layout.at(i, 0);
+                let mut sum = 0.0;
+                for &source in taps.iter().chain(&rest) {
+                    sum += input[start + source];
                 }
                 tmp[start + j] = sum;
             }
