@@ -1069,6 +1069,45 @@ mod tests {
     }
 
     #[test]
+    fn wide_and_single_row_filters_a_bias_after_phi_and_oblong_pooling_blocks() {
+        // 5 × 3 and 1 × 5 zero-padded filters, leaky ReLU and |x| (the arc-cosine family
+        // off ReLU), a bias between φ and the next convolution, and 2 × 3 pooling
+        // blocks that tile the 4 × 6 grid.
+        let (h, w, c) = (4, 6, 2);
+        let mut p = Program::new(h * w * c);
+        let pixels: Vec<_> = (0..h * w)
+            .map(|q| p.input(c * q..c * q + c).unwrap())
+            .collect();
+        let (w1, b1) = (p.weight(1.3).unwrap(), p.bias(0.5).unwrap());
+        let (hs, shape) = p
+            .conv2d(w1, &pixels, (h, w), (5, 3), Padding::Same)
+            .unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| {
+                let v = p.apply(Activation::LeakyRelu(0.2), v).unwrap();
+                p.add_bias(v, b1).unwrap()
+            })
+            .collect();
+        let w2 = p.weight(0.9).unwrap();
+        let (hs, shape) = p.conv2d(w2, &z, shape, (1, 5), Padding::Same).unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| p.apply(Activation::Abs, v).unwrap())
+            .collect();
+        let (z, shape) = p.avg_pool2d(&z, shape, (2, 3), (2, 3)).unwrap();
+        let w3 = p.weight(1.1).unwrap();
+        let (hs, _) = p.conv2d(w3, &z, shape, (3, 3), Padding::Same).unwrap();
+        let z: Vec<_> = hs
+            .into_iter()
+            .map(|v| p.apply(Activation::Relu, v).unwrap())
+            .collect();
+        let pooled = p.mean(&z).unwrap();
+        p.readout(pooled, Readout::new(1.0)).unwrap();
+        agrees_with_tapes(&p);
+    }
+
+    #[test]
     fn other_structures_are_left_to_the_symbolic_engine() {
         let rule = GaussHermite::new(8).unwrap();
         // A residual connection around a convolution.
