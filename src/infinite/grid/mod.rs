@@ -747,9 +747,11 @@ fn fused_phi(steps: &[Step], next: usize) -> Option<FusedPhi<'_>> {
 /// its layer number.
 type FusedPhi<'a> = (Option<(f64, f64)>, &'a PairDual, usize);
 
-/// The fewest positions at which a run over diagonal slices beats the array operations
-/// (measured on Myrtle-5, `benches/images.rs`: at 16 × 16 the arrays' fused passes are
-/// faster, 12.7 against 19.5 ms; at 32 × 32 the slices, 59 against 75 ms).
+/// The fewest positions at which runs over diagonal slices are used (measured on
+/// Myrtle-5, `benches/images.rs`: at 32 × 32 the slices take 29 ms where the array
+/// operations took 75; at 16 × 16 the two are even, 10.5 against 11.0 ms, and a
+/// 16 × 16 run read from arrays, as Myrtle-5's second stage at 32 × 32 is, makes that
+/// network slower, 36 against 29 ms).
 const SLICES_FROM: usize = 1024;
 
 /// A stretch of a plan's steps, as the pair of samples runs through it (without groups).
