@@ -412,7 +412,10 @@ impl GridPlan {
     /// Errors unless a thread's arrays for one pair fit in memory.
     fn check_memory(&self) -> Result<()> {
         let tangents = self.group_results.as_ref().map_or(1, Vec::len);
-        let arrays = 2 * (tangents + 1) + 1;
+        // M, the Θs, their next values and a spare; without groups, also the two
+        // accumulators of a slice run's pooled slices.
+        let accumulators = if self.group_results.is_some() { 0 } else { 2 };
+        let arrays = 2 * (tangents + 1) + 1 + accumulators;
         let widest = if self.group_results.is_some() {
             self.widest
         } else {
