@@ -204,28 +204,37 @@ pub(super) fn arccos_column<F: Fn(f64, f64, f64) -> (f64, f64)>(
     }
 }
 
-/// [`arccos_column`] with both sides varying: entry `i` pairs position `i` of the first
-/// side with position `i` of the second (see
-/// [`PairDual::eval_pairs_then`](super::PairDual::eval_pairs_then)).
+/// [`arccos_column`] with both sides varying, over rows: row `r` gives the two sides
+/// `(first, second)` and where its entries start in `c` and `aux`; entry `i` of the row
+/// pairs position `i` of the first side with position `i` of the second (see
+/// [`PairDual::eval_rows_then`](super::PairDual::eval_rows_then)). One call for many
+/// short rows.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub(super) fn arccos_pairs<F: Fn(f64, f64, f64) -> (f64, f64)>(
+pub(super) fn arccos_rows<'a, F, R>(
     (a, b, d0): (f64, f64, f64),
-    [q1, sd1, inv_sd1]: [&[f64]; 3],
-    [q2, sd2, inv_sd2]: [&[f64]; 3],
+    rows: usize,
+    row: R,
     c: &mut [f64],
     aux: &mut [f64],
     then: F,
-) {
-    let n = c.len();
-    let (q1, sd1, inv_sd1) = (&q1[..n], &sd1[..n], &inv_sd1[..n]);
-    let (q2, sd2, inv_sd2, aux) = (&q2[..n], &sd2[..n], &inv_sd2[..n], &mut aux[..n]);
-    for i in 0..n {
-        let rho = fastmath::correlation((c[i] * inv_sd1[i]) * inv_sd2[i]);
-        let (cc, cd) = arccos_at(a, b, d0, sd1[i] * sd2[i], rho, q1[i], q2[i]);
-        (c[i], aux[i]) = then(cc, cd, aux[i]);
+) where
+    F: Fn(f64, f64, f64) -> (f64, f64),
+    R: Fn(usize) -> ([&'a [f64]; 3], [&'a [f64]; 3], usize),
+{
+    for r in 0..rows {
+        let ([q1, sd1, inv_sd1], [q2, sd2, inv_sd2], start) = row(r);
+        let n = q1.len();
+        let (c, aux) = (&mut c[start..start + n], &mut aux[start..start + n]);
+        let (sd1, inv_sd1) = (&sd1[..n], &inv_sd1[..n]);
+        let (q2, sd2, inv_sd2) = (&q2[..n], &sd2[..n], &inv_sd2[..n]);
+        for i in 0..n {
+            let rho = fastmath::correlation((c[i] * inv_sd1[i]) * inv_sd2[i]);
+            let (cc, cd) = arccos_at(a, b, d0, sd1[i] * sd2[i], rho, q1[i], q2[i]);
+            (c[i], aux[i]) = then(cc, cd, aux[i]);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::activation::Activation;
 use crate::infinite::expectation::{Rules, Side, Smoothness, mean_moments, pair_moments};
 use crate::infinite::quadrature::GaussHermite;
 
-use super::closed_forms::{Closed, arccos_column, arccos_pairs, arccos_slice};
+use super::closed_forms::{Closed, arccos_column, arccos_rows, arccos_slice};
 
 /// $Σ_{i,j} w_i w_j (φ(u_{ij}) φ(v_{ij}), φ\'(u_{ij}) φ\'(v_{ij}))$ over the pruned tensor rule in
 /// the Cholesky coordinates $(u, v) = (a z_1, l z_1 + m z_2)$.
@@ -282,27 +282,29 @@ impl PairDual {
         }
     }
 
-    /// As [`PairDual::eval_column_then`] with both sides varying: `c[i]` holds
-    /// $\operatorname{Cov}(u_i, v_i)$ on entry; `first` and `second` hold the two sides'
-    /// variances, their square roots and inverse square roots (0 for a zero variance),
-    /// entry by entry. `(c[i], aux[i]) = then(C, Ċ, aux[i])`.
-    pub(crate) fn eval_pairs_then(
+    /// As [`PairDual::eval_column_then`] with both sides varying, over `rows` rows:
+    /// row `r` gives `(first, second, start)`, the two sides' variances, their square
+    /// roots and inverse square roots (0 for a zero variance) over the row, and where
+    /// the row starts in `c` and `aux`; `c[start + i]` holds
+    /// $\operatorname{Cov}(u_i, v_i)$ on entry, and `(c, aux)[start + i] = then(C, Ċ, aux)`.
+    pub(crate) fn eval_rows_then<'a>(
         &self,
-        first: [&[f64]; 3],
-        second: [&[f64]; 3],
+        rows: usize,
+        row: impl Fn(usize) -> ([&'a [f64]; 3], [&'a [f64]; 3], usize),
         c: &mut [f64],
         aux: &mut [f64],
         then: impl Fn(f64, f64, f64) -> (f64, f64),
     ) {
-        let n = c.len();
         if let PairKind::Closed(Closed::ArcCos { a, b, d0 }) = &self.kind {
-            arccos_pairs((*a, *b, *d0), first, second, c, aux, then);
+            arccos_rows((*a, *b, *d0), rows, row, c, aux, then);
             return;
         }
-        let (q1, q2, aux) = (&first[0][..n], &second[0][..n], &mut aux[..n]);
-        for i in 0..n {
-            let (cc, cd) = self.eval(q1[i], c[i], q2[i]);
-            (c[i], aux[i]) = then(cc, cd, aux[i]);
+        for r in 0..rows {
+            let ([q1, ..], [q2, ..], start) = row(r);
+            for (i, (&q1, &q2)) in q1.iter().zip(q2).enumerate() {
+                let (cc, cd) = self.eval(q1, c[start + i], q2);
+                (c[start + i], aux[start + i]) = then(cc, cd, aux[start + i]);
+            }
         }
     }
 

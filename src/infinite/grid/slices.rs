@@ -15,10 +15,14 @@
 //!
 //! A slice holds at most one image's positions, so a whole run happens in the L1
 //! cache, and the $P × P$ arrays of its resolution are never stored. The run ends in an
-//! average pooling (its slices scattered into the coarser grid's arrays), in the
-//! readout (summed; flattening needs only δ = 0), or in arrays for the next operation.
-//! For a sample with itself every array is symmetric and slice $−δ$ is slice $δ$
-//! transposed, so half of the slices are computed.
+//! average pooling, in the readout (summed; flattening needs only δ = 0), or in arrays
+//! for the next operation. A pooling whose windows tile the grid in $k_h × k_w$ blocks
+//! (or none: $k = 1$) keeps slices too: fine slice δ sends each residue class of rows
+//! modulo $k_h$ and of columns modulo $k_w$ to one coarse slice, so the run adds each
+//! fine row into at most two coarse slices' rows, and lays the coarse slices out as
+//! arrays once per pair ([`SliceRun::unfold`]); other windows scatter the slices entry
+//! by entry. For a sample with itself every array is symmetric and slice $−δ$ is slice
+//! $δ$ transposed, so half of the slices are computed.
 
 use std::ops::Range;
 
@@ -653,22 +657,20 @@ fn slice(
                     _ => None,
                 };
                 let mine = [one.q(), one.sd(), one.inv_sd()];
-                for i in 0..h {
-                    let own = i * w..(i + 1) * w;
+                let twice = &*twice;
+                let row = |i: usize| {
                     let from = delta.partner_row(i, h) * 2 * w + delta.e;
-                    let theirs = from..from + w;
-                    let row = layout.row(i);
-                    let first = mine.map(|part| &part[own.clone()]);
-                    let second = [0, 1, 2].map(|x| &twice[x][theirs.clone()]);
-                    let (m, t) = (&mut m[row.clone()], &mut t[row]);
-                    match next {
-                        Some((scale_m, scale_own)) => {
-                            dual.eval_pairs_then(first, second, m, t, |c, cd, t| {
-                                (c, scale_m * (t * cd) + scale_own * c)
-                            })
-                        }
-                        None => dual.eval_pairs_then(first, second, m, t, |c, cd, t| (c, t * cd)),
-                    }
+                    (
+                        mine.map(|part| &part[i * w..(i + 1) * w]),
+                        [0, 1, 2].map(|x| &twice[x][from..from + w]),
+                        layout.row(i).start,
+                    )
+                };
+                match next {
+                    Some((scale_m, scale_own)) => dual.eval_rows_then(h, row, m, t, |c, cd, t| {
+                        (c, scale_m * (t * cd) + scale_own * c)
+                    }),
+                    None => dual.eval_rows_then(h, row, m, t, |c, cd, t| (c, t * cd)),
                 }
                 combined = next.is_some();
             }
