@@ -457,15 +457,26 @@ impl GridPlan {
                     }
                     self.steps(range.clone(), &mut sides, work);
                 }
-                Segment::Slices { run, from_pixels } => {
-                    let n = run.output_positions().unwrap_or(0);
+                Segment::Slices { run, from } => {
+                    let n = match run.output_positions() {
+                        Some(_) if run.keeps_slices() => 0,
+                        positions => positions.unwrap_or(0),
+                    };
                     let mut out = [work.free.take(n, n), work.free.take(n, n)];
-                    let source = if *from_pixels {
-                        Source::Pixels(&a.0, &b.0)
-                    } else {
-                        Source::Arrays(&work.m, work.thetas.first().map(|t| &t.1))
+                    let source = match from {
+                        SliceInput::Pixels => Source::Pixels(&a.0, &b.0),
+                        SliceInput::Arrays => {
+                            Source::Arrays(&work.m, work.thetas.first().map(|t| &t.1))
+                        }
+                        SliceInput::Slices => Source::Slices,
                     };
                     let [m, t] = run.run(source, &mut sides, &mut out, &mut work.slices);
+                    if run.keeps_slices() {
+                        let [om, ot] = out;
+                        work.free.give(om);
+                        work.free.give(ot);
+                        continue;
+                    }
                     if n == 0 {
                         // The readout's reductions: the last segment.
                         return self.readout(m, [(1, t)]);
@@ -762,18 +773,30 @@ const SLICES_FROM: usize = 1024;
 enum Segment {
     /// Array operations on the workspace's arrays.
     Arrays(std::ops::Range<usize>),
-    /// A run over diagonal slices, from the pixels or the workspace's arrays.
+    /// A run over diagonal slices.
     Slices {
         run: Box<SliceRun>,
-        from_pixels: bool,
+        from: SliceInput,
     },
 }
 
+/// What a [`Segment::Slices`] run reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SliceInput {
+    /// The pixels (the first step).
+    Pixels,
+    /// The workspace's arrays.
+    Arrays,
+    /// The slices that the run before it kept.
+    Slices,
+}
+
 /// The plan's steps as segments: every stride-1 convolution (zero padding or valid)
-/// starts a run over diagonal slices that takes in the biases, φ and further such
-/// convolutions after it, and ends in the average pooling that follows, the readout,
-/// or arrays for the next step. With the largest number of positions whose arrays
-/// are stored.
+/// on at least `slices_from` positions starts a run over diagonal slices that takes in
+/// the biases, φ and further such convolutions after it, and ends in the average
+/// pooling that follows, the readout, or arrays for the next step. A pooling of blocks
+/// right before such a convolution, at any size, keeps its slices for the next run.
+/// With the largest number of positions whose arrays are stored.
 fn segments(
     steps: &[Step],
     reduce: Reduce,
@@ -789,10 +812,14 @@ fn segments(
                 shifts: Some(_),
                 grid,
                 ..
-            } if grid[0] * grid[1] >= slices_from => Some(*grid),
+            } => {
+                let chained = plain == k
+                    && matches!(segments.last(), Some(Segment::Slices { run, .. }) if run.pools_blocks());
+                (chained || grid[0] * grid[1] >= slices_from).then_some((*grid, chained))
+            }
             _ => None,
         };
-        let Some(grid) = slices else {
+        let Some((grid, chained)) = slices else {
             stored = stored.max(match &steps[k] {
                 Step::Conv { stencil, .. } => stencil.outputs(),
                 Step::Pool(pool, _) => pool.shape().1,
@@ -807,7 +834,16 @@ fn segments(
             }
             segments.push(Segment::Arrays(plain..k));
         }
-        let start = k;
+        let from = if chained {
+            if let Some(Segment::Slices { run, .. }) = segments.last_mut() {
+                run.keep_slices();
+            }
+            SliceInput::Slices
+        } else if k == 0 {
+            SliceInput::Pixels
+        } else {
+            SliceInput::Arrays
+        };
         let mut run = Vec::new();
         while let Some(step) = steps.get(k) {
             run.push(match step {
@@ -857,7 +893,7 @@ fn segments(
         stored = stored.max(run.output_positions().unwrap_or(0));
         segments.push(Segment::Slices {
             run: Box::new(run),
-            from_pixels: start == 0,
+            from,
         });
         plain = k;
     }

@@ -19,9 +19,10 @@
 //! for the next operation. A pooling whose windows tile the grid in $k_h × k_w$ blocks
 //! (or none: $k = 1$) keeps slices too: fine slice δ sends each residue class of rows
 //! modulo $k_h$ and of columns modulo $k_w$ to one coarse slice, so the run adds each
-//! fine row into at most two coarse slices' rows, and lays the coarse slices out as
-//! arrays once per pair ([`SliceRun::unfold`]); other windows scatter the slices entry
-//! by entry. For a sample with itself every array is symmetric and slice $−δ$ is slice
+//! fine row into at most two coarse slices' rows. The coarse slices are then either
+//! laid out as arrays once per pair, or, when a run on the coarse grid follows, kept
+//! as they are for it to read ([`Source::Slices`]); other windows scatter the slices
+//! entry by entry. For a sample with itself every array is symmetric and slice $−δ$ is slice
 //! $δ$ transposed, so half of the slices are computed.
 
 use std::ops::Range;
@@ -196,6 +197,9 @@ pub(super) struct SliceRun {
     /// For [`Sink::Arrays`] whose windows tile the grid in blocks (along the rows and
     /// the columns), their sizes: the run then accumulates the output's slices.
     blocks: Option<[usize; 2]>,
+    /// Whether the output's slices stay as they are, for the next run to read
+    /// ([`Source::Slices`]), instead of being laid out as arrays.
+    keeps_slices: bool,
 }
 
 /// What a run starts from.
@@ -204,6 +208,9 @@ pub(super) enum Source<'a> {
     Pixels(&'a DMatrix<f64>, &'a DMatrix<f64>),
     /// Arrays over pairs of positions: $M$ and, after a convolution, $Θ$.
     Arrays(&'a DMatrix<f64>, Option<&'a DMatrix<f64>>),
+    /// The slices of M and Θ that the previous run [kept](SliceRun::keep_slices), on
+    /// this run's grid (in the scratch).
+    Slices,
 }
 
 /// A thread's buffers for one run, reused from slice to slice (every buffer has the
@@ -222,6 +229,8 @@ pub(super) struct Scratch {
     /// The output's slices of M and Θ (for a sink of [blocks](SliceRun::blocks)), slice
     /// $Δ = (D, E)$ at `(D · W' + E) · P'`, position $p$ after it.
     coarse: [Vec<f64>; 2],
+    /// The previous run's output slices, for a run from [`Source::Slices`].
+    input: [Vec<f64>; 2],
     /// For a run from the pixels, the second sample's, channel by channel, every row
     /// twice over.
     pixels: Vec<f64>,
@@ -356,7 +365,25 @@ impl SliceRun {
             pads,
             phis,
             blocks,
+            keeps_slices: false,
         }
+    }
+
+    /// Whether the run ends in a pooling of blocks, whose output can stay as slices.
+    pub(super) fn pools_blocks(&self) -> bool {
+        self.blocks.is_some()
+    }
+
+    /// Keeps the output as slices for the next run (which must read
+    /// [`Source::Slices`]); only for a run that [pools blocks](Self::pools_blocks).
+    pub(super) fn keep_slices(&mut self) {
+        debug_assert!(self.blocks.is_some());
+        self.keeps_slices = self.blocks.is_some();
+    }
+
+    /// Whether the output stays as slices.
+    pub(super) fn keeps_slices(&self) -> bool {
+        self.keeps_slices
     }
 
     /// The number of output positions of a [`Sink::Arrays`] run.
@@ -368,7 +395,9 @@ impl SliceRun {
     }
 
     /// Runs every slice from `source`: into `out` (M and Θ, overwritten) for
-    /// [`Sink::Arrays`], or the readout's reductions of M and Θ otherwise.
+    /// [`Sink::Arrays`] (or into the scratch's slices, for a run that
+    /// [keeps them](Self::keep_slices); `out` unused), or the readout's reductions of M
+    /// and Θ otherwise.
     pub(super) fn run(
         &self,
         source: Source<'_>,
@@ -406,6 +435,9 @@ impl SliceRun {
                 o.fill(0.0);
             }
         }
+        if let Source::Slices = source {
+            std::mem::swap(&mut scratch.input, &mut scratch.coarse);
+        }
         if let Some(positions) = self.output_positions().filter(|_| self.blocks.is_some()) {
             for acc in &mut scratch.coarse {
                 acc.clear();
@@ -437,7 +469,13 @@ impl SliceRun {
         }
         match (&self.sink, self.blocks) {
             (Sink::Arrays { scale, .. }, Some(blocks)) => {
-                self.unfold(blocks, own, *scale, &scratch.coarse, out);
+                let coarse = [self.grid[0] / blocks[0], self.grid[1] / blocks[1]];
+                for acc in &mut scratch.coarse {
+                    finish_slices(acc, coarse, own, *scale);
+                }
+                if !self.keeps_slices {
+                    unfold(coarse, &scratch.coarse, out);
+                }
                 [0.0; 2]
             }
             (Sink::Arrays { scale, .. }, None) => {
@@ -450,39 +488,52 @@ impl SliceRun {
             (Sink::Diagonal, _) => sums.map(|s| s / (h * w) as f64),
         }
     }
+}
 
-    /// The output's arrays (column-major over pairs of coarse positions), times `scale`,
-    /// from its accumulated slices $B_Δ(p)$: $A(p, q) = B_{q ⊖ p}(p)$, and for a sample
-    /// with itself, where only half of the fine slices were taken (those that are their
-    /// own transposes at half weight), $A(p, q) = B_{q ⊖ p}(p) + B_{p ⊖ q}(q)$.
-    fn unfold(
-        &self,
-        [kh, kw]: [usize; 2],
-        own: bool,
-        scale: f64,
-        coarse: &[Vec<f64>; 2],
-        out: &mut [DMatrix<f64>; 2],
-    ) {
-        let [ch, cw] = [self.grid[0] / kh, self.grid[1] / kw];
-        let n = ch * cw;
-        let minus = |a: usize, b: usize, size: usize| if a >= b { a - b } else { a + size - b };
-        for (acc, o) in coarse.iter().zip(out.iter_mut()) {
-            let o = o.as_mut_slice();
-            for (big_k, big_l) in (0..ch).flat_map(|k| (0..cw).map(move |l| (k, l))) {
-                let q = big_k * cw + big_l;
-                let column = &mut o[q * n..(q + 1) * n];
-                for big_i in 0..ch {
-                    let d = minus(big_k, big_i, ch);
-                    let back = minus(0, d, ch) % ch;
-                    for big_j in 0..cw {
-                        let e = minus(big_l, big_j, cw);
-                        let p = big_i * cw + big_j;
-                        let mut v = acc[(d * cw + e) * n + p];
-                        if own {
-                            v += acc[(back * cw + minus(0, e, cw) % cw) * n + q];
-                        }
-                        column[p] = scale * v;
-                    }
+/// The slices $B_Δ(p)$ accumulated over a grid of `[h, w]` positions, made whole, times
+/// `scale`, in place: for a sample with itself only half of the fine slices were taken
+/// (those that are their own transposes at half weight), so the slice of $Δ$ is
+/// $S_Δ(p) = B_Δ(p) + B_{−Δ}(p ⊕ Δ)$, which is also $S_{−Δ}(p ⊕ Δ)$: each such pair of
+/// entries is set once.
+fn finish_slices(acc: &mut [f64], [h, w]: [usize; 2], own: bool, scale: f64) {
+    let n = h * w;
+    if own {
+        for (d, e) in (0..h).flat_map(|d| (0..w).map(move |e| (d, e))) {
+            let delta = d * w + e;
+            let negated = ((h - d) % h) * w + (w - e) % w;
+            if delta > negated {
+                continue;
+            }
+            for (i, j) in (0..h).flat_map(|i| (0..w).map(move |j| (i, j))) {
+                let (p, q) = (i * w + j, ((i + d) % h) * w + (j + e) % w);
+                if delta == negated && p > q {
+                    continue;
+                }
+                let (x, y) = (delta * n + p, negated * n + q);
+                let v = acc[x] + acc[y];
+                acc[x] = v;
+                acc[y] = v;
+            }
+        }
+    }
+    acc.iter_mut().for_each(|v| *v *= scale);
+}
+
+/// The arrays (column-major over pairs of positions of a `[h, w]` grid) of whole slices
+/// $S_Δ(p)$: $A(p, q) = S_{q ⊖ p}(p)$.
+fn unfold([h, w]: [usize; 2], slices: &[Vec<f64>; 2], out: &mut [DMatrix<f64>; 2]) {
+    let n = h * w;
+    let minus = |a: usize, b: usize, size: usize| if a >= b { a - b } else { a + size - b };
+    for (acc, o) in slices.iter().zip(out.iter_mut()) {
+        let o = o.as_mut_slice();
+        for (k, l) in (0..h).flat_map(|k| (0..w).map(move |l| (k, l))) {
+            let q = k * w + l;
+            let column = &mut o[q * n..(q + 1) * n];
+            for i in 0..h {
+                let d = minus(k, i, h);
+                for j in 0..w {
+                    let p = i * w + j;
+                    column[p] = acc[(d * w + minus(l, j, w)) * n + p];
                 }
             }
         }
@@ -528,6 +579,7 @@ fn slice(
         tmp,
         second,
         coarse,
+        input,
         pixels,
     } = scratch;
     let mut has_t = false;
@@ -554,6 +606,17 @@ fn slice(
                     }
                 }
             }
+        }
+        Source::Slices => {
+            // Row i of slice δ is a run of w entries.
+            let n = h * w;
+            let start = (delta.d * w + delta.e) * n;
+            for i in 0..h {
+                let from = start + i * w..start + (i + 1) * w;
+                m[layout.row(i)].copy_from_slice(&input[0][from.clone()]);
+                t[layout.row(i)].copy_from_slice(&input[1][from]);
+            }
+            has_t = true;
         }
         Source::Arrays(am, at) => {
             // Entry (p, q) of the column-major arrays; along a piece p and q both
