@@ -458,9 +458,11 @@ impl GridPlan {
                     self.steps(range.clone(), &mut sides, work);
                 }
                 Segment::Slices { run, from } => {
-                    let n = match run.output_positions() {
-                        Some(_) if run.keeps_slices() => 0,
-                        positions => positions.unwrap_or(0),
+                    // A run that keeps its slices writes no arrays.
+                    let n = if run.keeps_slices() {
+                        0
+                    } else {
+                        run.output_positions().unwrap_or(0)
                     };
                     let mut out = [work.free.take(n, n), work.free.take(n, n)];
                     let source = match from {
@@ -472,9 +474,6 @@ impl GridPlan {
                     };
                     let [m, t] = run.run(source, &mut sides, &mut out, &mut work.slices);
                     if run.keeps_slices() {
-                        let [om, ot] = out;
-                        work.free.give(om);
-                        work.free.give(ot);
                         continue;
                     }
                     if n == 0 {
